@@ -1,0 +1,735 @@
+"""The master: one thread, one loop. It alone forks, reaps and handles the service's signals.
+
+Signal handlers do nothing; ``signal.set_wakeup_fd`` writes each signal's number into a pipe,
+and the loop, blocked in ``select`` on that pipe and on every child's event pipe, wakes at once
+and dispatches to ``handle_<signal>``. Decisions come from ``goodsd.children`` (pure); this
+module carries them out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import secrets
+import selectors
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from goodsd import config as config_mod
+from goodsd import consumer as consumer_mod
+from goodsd import hostinfo, logs
+from goodsd.children import (
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    EXIT_OK,
+    TIMEOUT_GRACE,
+    Child,
+    State,
+    backoff_delay,
+    describe_exit,
+    failed_start,
+    heartbeat_timeout,
+    overdue,
+    reconcile,
+)
+from goodsd.config import Config, ConfigError
+from goodsd.notify import Notifier
+from goodsd.queue import Queue
+from goodsd.redisconn import TRANSIENT_ERRORS, connect
+from goodsd.runner import HandlerLoadError
+from goodsd.scoreboard import Scoreboard
+
+log = logging.getLogger("goodsd.master")
+
+HANDLED_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGCHLD,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+)
+# Longest the loop sleeps without an event: the resolution of timeouts and backoff restarts.
+TICK = 0.5
+# How often STATUS= is refreshed (and the backlog read from Redis).
+STATUS_EVERY = 2.0
+PR_SET_PDEATHSIG = 1
+
+
+def role_settings(config: Config, role: str) -> tuple[object, ...]:
+    """What a child of ``role`` was started with; a change means rolling its children."""
+    common = (
+        config.redis,
+        config.queue,
+        config.pythonpath,
+        config.logging,
+        config.supervisor.lease,
+    )
+    if role == "consumer":
+        return (
+            *common,
+            config.consumers.__class__(**{**config.consumers.__dict__, "processes": 0}),
+        )
+    return (*common, config.producer.__class__(**{**config.producer.__dict__, "processes": 0}))
+
+
+def wanted_counts(config: Config, extra_consumers: int) -> dict[str, int]:
+    return {
+        "consumer": max(0, config.consumers.processes + extra_consumers),
+        "producer": config.producer.processes,
+    }
+
+
+@dataclass
+class Rates:
+    """Items/s over the last status interval, from the children's scoreboard counters."""
+
+    last_total: int = 0
+    last_time: float = 0.0
+    retired_total: int = 0  # counts of children that are gone, so totals never go back
+    per_second: float = 0.0
+
+    def update(self, total: int, now: float) -> None:
+        if self.last_time and now > self.last_time:
+            self.per_second = max(0.0, (total - self.last_total) / (now - self.last_time))
+        self.last_total, self.last_time = total, now
+
+
+@dataclass
+class Recovery:
+    """In-flight items of a gone consumer still to be given back (Redis may be away)."""
+
+    identity: str
+    current: int | None
+    error: str
+    attempts: int = 0
+
+
+@dataclass
+class Master:
+    config: Config
+    notifier: Notifier
+    clock: Callable[[], float] = time.monotonic
+    children: list[Child] = field(default_factory=list)
+    generation: dict[str, int] = field(default_factory=lambda: {"consumer": 1, "producer": 1})
+    extra_consumers: int = 0
+    stopping: bool = False
+    ready_sent: bool = False
+    reload_pending: bool = False
+    reload_error: str = ""
+    exit_code: int = EXIT_OK
+    spawn_seq: int = 0
+    recoveries: list[Recovery] = field(default_factory=list)
+    rates: Rates = field(default_factory=Rates)
+    backlog: int | None = None
+
+    def __post_init__(self) -> None:
+        self.previous: Config | None = None
+        self.queue = Queue(connect(self.config.redis, "goodsd-master"), self.config.queue)
+        self.selector = selectors.DefaultSelector()
+        self.wake_r, self.wake_w = os.pipe()
+        self.timers: dict[str, float] = {}
+        self.stop_deadline = 0.0
+
+    # -- main loop ----------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.install_signals()
+        self.check_redis()
+        self.recover_own_host()
+        log.info(
+            "goodsd master %d starting: queue %r, %d consumer(s)",
+            os.getpid(),
+            self.config.queue,
+            self.config.consumers.processes,
+        )
+        self.manage_children()
+        self.maybe_ready()
+        while self.children or not self.stopping:
+            self.wait_for_events()
+            self.tick()
+            if self.stopping and not self.children:
+                break
+        self.close()
+        log.info("goodsd master %d stopped", os.getpid())
+        return self.exit_code
+
+    def wait_for_events(self) -> None:
+        timeout = max(0.0, min([TICK, *[t - self.clock() for t in self.timers.values()]]))
+        for key, _ in self.selector.select(timeout):
+            if key.fd == self.wake_r:
+                self.dispatch_signals()
+            else:
+                self.read_child_events(key.data)
+
+    def dispatch_signals(self) -> None:
+        try:
+            data = os.read(self.wake_r, 512)
+        except BlockingIOError:
+            return
+        for signum in dict.fromkeys(data):  # each signal once per wake-up, in arrival order
+            name = signal.Signals(signum).name
+            getattr(self, "handle_" + name[3:].lower())()
+
+    def tick(self) -> None:
+        now = self.clock()
+        self.reap()
+        self.enforce_liveness(now)
+        self.kill_overdue_stoppers(now)
+        self.manage_children()
+        self.every("leases", self.config.supervisor.lease / 3, self.renew_leases)
+        self.every("reaper", self.config.supervisor.lease / 2, self.reap_expired_leases)
+        self.every("recover", 1.0, self.retry_recoveries)
+        self.every("status", STATUS_EVERY, self.refresh_status)
+        if self.notifier.watchdog_interval:
+            self.every("watchdog", self.notifier.watchdog_interval, self.notifier.watchdog)
+        self.maybe_ready()
+
+    def every(self, name: str, interval: float, action: Callable[[], None]) -> None:
+        now = self.clock()
+        if now >= self.timers.get(name, 0.0):
+            self.timers[name] = now + interval
+            action()
+
+    # -- signals ------------------------------------------------------------------------
+
+    def install_signals(self) -> None:
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.selector.register(self.wake_r, selectors.EVENT_READ, None)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, _record_only)
+
+    def handle_term(self) -> None:
+        if self.stopping:
+            log.warning("second stop request: killing children now")
+            self.kill_all("stop requested twice")
+            return
+        log.info(
+            "stopping: waiting up to %gs for current items", self.config.supervisor.graceful_timeout
+        )
+        self.notifier.stopping()
+        self.stopping = True
+        self.stop_deadline = self.clock() + self.config.supervisor.graceful_timeout
+        for child in list(self.children):
+            self.retire(child)
+
+    handle_int = handle_term
+
+    def handle_chld(self) -> None:
+        self.reap()
+
+    def handle_hup(self) -> None:
+        if self.stopping:
+            return
+        self.notifier.reloading()
+        path = self.config.path
+        log.info("reloading %s", path)
+        try:
+            new = config_mod.load(path)
+        except ConfigError as exc:
+            self.reload_error = str(exc)
+            log.error("reload rejected, keeping the running config: %s", exc)
+            self.notifier.ready(self.status_text())
+            return
+        self.apply_config(new)
+
+    def handle_ttin(self) -> None:
+        self.extra_consumers += 1
+        log.info("SIGTTIN: one consumer more (%d wanted)", self.wanted()["consumer"])
+        self.manage_children()
+
+    def handle_ttou(self) -> None:
+        if self.wanted()["consumer"] > 0:
+            self.extra_consumers -= 1
+        log.info("SIGTTOU: one consumer fewer (%d wanted)", self.wanted()["consumer"])
+        self.manage_children()
+
+    # -- reload -------------------------------------------------------------------------
+
+    def apply_config(self, new: Config) -> None:
+        """Put a valid config in force: resize pools, roll roles whose settings changed."""
+        old = self.config
+        for role in self.generation:
+            if role_settings(old, role) != role_settings(new, role):
+                self.generation[role] += 1
+                log.info("%s settings changed: rolling %s children", role, role)
+        self.previous = old
+        self.config = new
+        self.extra_consumers = 0
+        self.reload_error = ""
+        logs.setup(new.logging.level, new.logging.format, "master")
+        if (old.redis, old.queue) != (new.redis, new.queue):
+            self.queue = Queue(connect(new.redis, "goodsd-master"), new.queue)
+        self.reload_pending = True
+        self.manage_children()
+        self.maybe_ready()
+
+    def reject_reload(self, reason: str) -> None:
+        """A new child of the reloaded config could not load its handler: go back to the
+        previous config, whose children are still serving."""
+        log.error("reload failed, keeping the previous config: %s", reason)
+        self.reload_error = reason
+        if self.previous is not None:
+            for role in self.generation:
+                if role_settings(self.previous, role) != role_settings(self.config, role):
+                    self.generation[role] -= 1
+            self.config = self.previous
+            self.previous = None
+        self.manage_children()
+        if self.reload_pending:
+            self.reload_pending = False
+            self.notifier.ready(self.status_text())
+
+    # -- children -----------------------------------------------------------------------
+
+    def wanted(self) -> dict[str, int]:
+        if self.stopping:
+            return dict.fromkeys(self.generation, 0)
+        return wanted_counts(self.config, self.extra_consumers)
+
+    def manage_children(self) -> None:
+        """The one reconciler: spawn and retire until running matches wanted."""
+        plan = reconcile(self.children, self.wanted(), self.generation)
+        for child in plan.retire:
+            self.retire(child)
+        for role, index in plan.spawn:
+            child = Child(role=role, index=index, seq=0, generation=self.generation[role])
+            self.children.append(child)
+            self.spawn(child)
+        now = self.clock()
+        for child in self.children:
+            if child.state is State.BACKOFF and now >= child.restart_at and not self.stopping:
+                self.spawn(child)  # BACKOFF -> STARTING
+
+    def retire(self, child: Child) -> None:
+        if child.state is State.BACKOFF:
+            self.children.remove(child)
+            return
+        if child.state is State.STOPPING:
+            return
+        log.info("stopping %s", child.name)
+        child.state = State.STOPPING  # STARTING/RUNNING -> STOPPING
+        child.stop_deadline = self.clock() + self.config.supervisor.graceful_timeout
+        _kill(child.pid, signal.SIGTERM)
+
+    def spawn(self, child: Child) -> None:
+        self.spawn_seq += 1
+        child.seq = self.spawn_seq
+        child.board = Scoreboard()
+        events_r, events_w = os.pipe()
+        token = secrets.token_hex(3)
+        master_pid = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            code = EXIT_FAILURE
+            try:
+                os.close(events_r)
+                self.forget_in_child()
+                code = child_main(self.config, child, events_w, token, master_pid)
+            finally:
+                os._exit(code)
+        os.close(events_w)
+        os.set_blocking(events_r, False)
+        child.pid = pid
+        child.identity = consumer_identity(pid, token)
+        child.state = State.STARTING  # (new)/BACKOFF -> STARTING
+        child.started_at = self.clock()
+        child.ready_at = 0.0
+        child.kill_reason = ""
+        child.events = events_r
+        self.selector.register(events_r, selectors.EVENT_READ, child)
+        log.info("started %s", child.name)
+
+    def forget_in_child(self) -> None:
+        """In a fresh child: drop the master's signal plumbing and file descriptors."""
+        signal.set_wakeup_fd(-1)
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        self.selector.close()
+        for fd in (self.wake_r, self.wake_w, *(c.events for c in self.children)):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def read_child_events(self, child: Child) -> None:
+        try:
+            data = os.read(child.events, 4096)
+        except BlockingIOError:
+            return
+        if not data:
+            self.close_events(child)
+            return
+        for line in data.decode("utf-8", "replace").splitlines():
+            if line == "ready" and child.state is State.STARTING:
+                child.state = State.RUNNING  # STARTING -> RUNNING
+                child.ready_at = self.clock()
+                log.info("%s ready", child.name)
+        self.manage_children()
+        self.maybe_ready()
+
+    def close_events(self, child: Child) -> None:
+        if child.events >= 0:
+            self.selector.unregister(child.events)
+            os.close(child.events)
+            child.events = -1
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = next((c for c in self.children if c.pid == pid), None)
+            if child is not None:
+                self.child_exited(child, status)
+
+    def child_exited(self, child: Child, status: int) -> None:
+        now = self.clock()
+        text, code, sig = describe_exit(status)
+        _, busy_since, position, done, failed, _ = (
+            child.board.read() if child.board else (0, 0, -1, 0, 0, 0)
+        )
+        self.rates.retired_total += done + failed
+        self.close_events(child)
+        if child.board:
+            child.board.close()
+            child.board = None
+        was = child.state
+        if child.role == "consumer":
+            self.queue_recovery(child, busy_since, position, text)
+        if was is State.STOPPING:
+            level = logging.WARNING if sig == signal.SIGKILL else logging.INFO
+            log.log(level, "%s %s", child.name, text)
+            self.children.remove(child)
+            return
+        if code == EXIT_CONFIG and not child.ready_at:
+            self.children.remove(child)
+            self.handler_failed(child)
+            return
+        if child.kill_reason:
+            log.error("%s %s (%s)", child.name, text, child.kill_reason)
+        elif sig == signal.SIGKILL:
+            log.error("%s %s (out of memory?)", child.name, text)
+        elif code == EXIT_OK:
+            log.info("%s %s", child.name, text)
+        else:
+            log.error("%s %s", child.name, text)
+        if code == EXIT_OK and child.ready_at and not child.kill_reason:
+            child.failures = 0
+            delay = 0.0
+        elif failed_start(child, now):
+            child.failures += 1
+            delay = backoff_delay(
+                child.failures,
+                self.config.supervisor.restart_delay,
+                self.config.supervisor.restart_delay_max,
+            )
+        else:
+            child.failures = 0
+            delay = 0.0
+        child.state = State.BACKOFF  # RUNNING/STARTING -> BACKOFF
+        child.pid = 0
+        child.restart_at = now + delay
+        if delay:
+            log.warning(
+                "%s failed to start %d time(s) in a row; restarting in %.1fs",
+                child.name,
+                child.failures,
+                delay,
+            )
+        self.manage_children()
+
+    def handler_failed(self, child: Child) -> None:
+        """A child could not load its handler: fatal at start, a failed reload later."""
+        reason = f"{child.role} handler cannot be loaded (see the error above)"
+        if not self.ready_sent:
+            log.critical("%s: exiting", reason)
+            self.exit_code = EXIT_CONFIG
+            if not self.stopping:
+                self.stopping = True
+                self.stop_deadline = self.clock() + self.config.supervisor.graceful_timeout
+                for other in list(self.children):
+                    self.retire(other)
+            return
+        self.reject_reload(reason)
+
+    def queue_recovery(self, child: Child, busy_since: float, position: int, how: str) -> None:
+        current = position if busy_since and position >= 0 else None
+        if child.kill_reason:
+            error = f"worker killed: {child.kill_reason}"
+        else:
+            error = f"worker {how} while running this item"
+        if child.state is State.STOPPING and not child.kill_reason:
+            current = None  # a stop, not the item's fault
+        self.recoveries.append(Recovery(child.identity, current, error))
+        self.retry_recoveries()
+
+    def retry_recoveries(self) -> None:
+        remaining: list[Recovery] = []
+        for rec in self.recoveries:
+            try:
+                count = self.queue.recover(
+                    rec.identity,
+                    current=rec.current,
+                    error=rec.error,
+                    retries=self.config.consumers.retries,
+                    retry_delay=self.config.consumers.retry_delay,
+                )
+            except TRANSIENT_ERRORS as exc:
+                rec.attempts += 1
+                if rec.attempts == 1:
+                    log.warning("cannot requeue items of %s yet: %s", rec.identity, exc)
+                remaining.append(rec)
+                continue
+            if count:
+                log.warning("requeued %d in-flight item(s) of %s", count, rec.identity)
+        self.recoveries = remaining
+
+    def enforce_liveness(self, now: float) -> None:
+        limit = heartbeat_timeout(self.config.supervisor.lease)
+        for child in self.children:
+            if child.board is None or not child.pid:
+                continue
+            heartbeat, busy_since, *_ = child.board.read()
+            timeout = self.config.consumers.timeout if child.role == "consumer" else None
+            reason = overdue(child, heartbeat, busy_since, now, timeout, limit)
+            if reason:
+                log.error("killing %s: %s", child.name, reason)
+                child.kill_reason = reason
+                _kill(child.pid, signal.SIGKILL)
+
+    def kill_overdue_stoppers(self, now: float) -> None:
+        for child in self.children:
+            if (
+                child.state is State.STOPPING
+                and now >= child.stop_deadline
+                and not child.kill_reason
+            ):
+                log.warning(
+                    "%s did not stop within %gs: killing it",
+                    child.name,
+                    self.config.supervisor.graceful_timeout,
+                )
+                child.kill_reason = ""
+                _kill(child.pid, signal.SIGKILL)
+                child.stop_deadline = float("inf")
+
+    def kill_all(self, why: str) -> None:
+        for child in self.children:
+            if child.pid:
+                _kill(child.pid, signal.SIGKILL)
+            if child.state is not State.BACKOFF:
+                child.state = State.STOPPING
+        self.children = [c for c in self.children if c.pid]
+
+    # -- Redis housekeeping --------------------------------------------------------------
+
+    def renew_leases(self) -> None:
+        """Keep leases only for children that are alive and not hung."""
+        now = self.clock()
+        limit = heartbeat_timeout(self.config.supervisor.lease)
+        live = []
+        for child in self.children:
+            if (
+                child.role != "consumer"
+                or not child.pid
+                or child.board is None
+                or child.kill_reason
+            ):
+                continue
+            heartbeat, busy_since, *_ = child.board.read()
+            fresh = now - heartbeat < limit or (
+                busy_since and now - busy_since < self.config.consumers.timeout + TIMEOUT_GRACE
+            )
+            if fresh:
+                live.append(child.identity)
+        try:
+            self.queue.renew_leases(live, self.config.supervisor.lease)
+        except TRANSIENT_ERRORS as exc:
+            log.debug("lease renewal failed: %s", exc)
+
+    def reap_expired_leases(self) -> None:
+        try:
+            reaped = self.queue.reap_expired()
+        except TRANSIENT_ERRORS as exc:
+            log.debug("lease reaper skipped: %s", exc)
+            return
+        for identity, count in reaped.items():
+            log.warning("lease of %s expired: requeued %d item(s)", identity, count)
+
+    def recover_own_host(self) -> None:
+        """After a crash of a previous master on this host, its consumers are gone but their
+        leases may still run: requeue their items now instead of waiting."""
+        host = hostinfo.hostname()
+        try:
+            registered = self.queue.registered()
+        except TRANSIENT_ERRORS as exc:
+            log.warning("cannot look for leftovers of earlier runs yet: %s", exc)
+            return
+        for identity, info in registered.items():
+            if info.get("host") != host:
+                continue
+            pid, start = info.get("pid"), info.get("proc_start")
+            if isinstance(pid, int) and hostinfo.process_alive(
+                pid, start if isinstance(start, int) else None
+            ):
+                continue
+            self.recoveries.append(Recovery(identity, None, ""))
+        self.retry_recoveries()
+
+    def check_redis(self) -> None:
+        """Warn about settings that can lose items; tolerate a server that is not up yet."""
+        try:
+            info = self.queue.client.info("server")
+            policy = self.queue.client.config_get("maxmemory-policy").get("maxmemory-policy")
+        except TRANSIENT_ERRORS as exc:
+            log.warning("redis not reachable yet (%s); children will keep trying", exc)
+            return
+        except Exception as exc:  # CONFIG may be disabled on managed servers
+            log.debug("cannot read redis settings: %s", exc)
+            return
+        version = tuple(int(p) for p in str(info.get("redis_version", "0")).split(".")[:2])
+        if version < (6, 2):
+            log.error(
+                "redis %s is too old: goodsd needs 6.2 or later (BLMOVE)", info.get("redis_version")
+            )
+        if policy and policy != "noeviction":
+            log.warning(
+                "redis maxmemory-policy is %s: items may be evicted; use noeviction", policy
+            )
+
+    # -- systemd ------------------------------------------------------------------------
+
+    def maybe_ready(self) -> None:
+        """READY=1 once the wanted children all run; after a reload, once the roll is over."""
+        if self.stopping:
+            return
+        wanted = self.wanted()
+        settled = all(
+            sum(
+                1
+                for c in self.children
+                if c.role == role
+                and c.generation == self.generation[role]
+                and c.state in (State.RUNNING, State.BACKOFF)
+            )
+            >= count
+            and not any(
+                c.role == role and c.generation != self.generation[role] for c in self.children
+            )
+            for role, count in wanted.items()
+        )
+        if not self.ready_sent:
+            initial = all(
+                sum(1 for c in self.children if c.role == role and c.state is State.RUNNING)
+                >= count
+                for role, count in wanted.items()
+            )
+            if initial:
+                self.ready_sent = True
+                log.info("ready: %s", self.status_text())
+                self.notifier.ready(self.status_text())
+        elif self.reload_pending and settled:
+            self.reload_pending = False
+            log.info("reload complete: %s", self.status_text())
+            self.notifier.ready(self.status_text())
+
+    def refresh_status(self) -> None:
+        total = self.rates.retired_total
+        for child in self.children:
+            if child.board is not None:
+                _, _, _, done, failed, _ = child.board.read()
+                total += done + failed
+        self.rates.update(total, self.clock())
+        try:
+            self.backlog = self.queue.backlog()
+        except TRANSIENT_ERRORS:
+            self.backlog = None
+        self.notifier.status(self.status_text())
+
+    def status_text(self) -> str:
+        parts = []
+        for role in self.generation:
+            states: dict[str, int] = {}
+            for child in self.children:
+                if child.role == role:
+                    states[child.state.value] = states.get(child.state.value, 0) + 1
+            if states or role == "consumer":
+                detail = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none"
+                parts.append(f"{role}s: {detail}")
+        parts.append(f"backlog {self.backlog if self.backlog is not None else '?'}")
+        parts.append(f"{self.rates.per_second:.0f} items/s")
+        if self.reload_error:
+            parts.append(f"last reload failed: {self.reload_error}")
+        return "; ".join(parts)
+
+    def close(self) -> None:
+        self.retry_recoveries()
+        self.notifier.status("stopped")
+        signal.set_wakeup_fd(-1)
+        self.selector.close()
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+
+
+def _record_only(signum: int, frame: object) -> None:
+    """The wakeup fd already carries the signal number to the loop."""
+
+
+def _kill(pid: int, signum: int) -> None:
+    if pid <= 0:
+        return
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+    except OSError as exc:
+        if exc.errno != errno.ESRCH:
+            raise
+
+
+def consumer_identity(pid: int, token: str) -> str:
+    return f"{hostinfo.hostname()}-{pid}-{token}"
+
+
+def die_with_parent(master_pid: int) -> None:
+    """SIGKILL this child when the master dies, however it dies; the master's successor (or
+    any master, once the lease runs out) requeues what it held."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != master_pid:
+        os._exit(EXIT_FAILURE)
+
+
+def child_main(config: Config, child: Child, events_w: int, token: str, master_pid: int) -> int:
+    """Everything a child does after fork; returns its exit code."""
+    die_with_parent(master_pid)
+    logs.setup(
+        config.logging.level, config.logging.format, f"{child.role} {child.index} pid {os.getpid()}"
+    )
+    child_log = logging.getLogger(f"goodsd.{child.role}")
+
+    def ready() -> None:
+        os.write(events_w, b"ready\n")
+
+    assert child.board is not None
+    try:
+        worker = consumer_mod.Consumer(
+            config, consumer_identity(os.getpid(), token), child.board, ready
+        )
+        return consumer_mod.run(worker)
+    except HandlerLoadError as exc:
+        child_log.error("%s", exc)
+        return EXIT_CONFIG
+    except Exception:
+        child_log.exception("%s crashed", child.role)
+        return EXIT_FAILURE

@@ -1,0 +1,59 @@
+"""sd_notify for the master only: takes NOTIFY_SOCKET out of the environment so that children
+(and the commands they run) can never speak for the service. Harmless outside systemd."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import MutableMapping
+
+import sdnotify
+
+
+class Notifier:
+    """Sends READY / RELOADING / STOPPING / STATUS / WATCHDOG messages to systemd."""
+
+    def __init__(self, environ: MutableMapping[str, str] = os.environ) -> None:
+        self.enabled = bool(environ.get("NOTIFY_SOCKET"))
+        self._notifier = sdnotify.SystemdNotifier() if self.enabled else None
+        environ.pop("NOTIFY_SOCKET", None)
+        self.watchdog_interval = watchdog_interval(environ, os.getpid())
+        environ.pop("WATCHDOG_USEC", None)
+        environ.pop("WATCHDOG_PID", None)
+
+    def send(self, *lines: str) -> None:
+        if self._notifier is not None:
+            self._notifier.notify("\n".join(lines))
+
+    def ready(self, status: str) -> None:
+        self.send("READY=1", status_line(status))
+
+    def reloading(self) -> None:
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.send("RELOADING=1", f"MONOTONIC_USEC={usec}", status_line("reloading"))
+
+    def stopping(self) -> None:
+        self.send("STOPPING=1", status_line("stopping"))
+
+    def status(self, text: str) -> None:
+        self.send(status_line(text))
+
+    def watchdog(self) -> None:
+        self.send("WATCHDOG=1")
+
+
+def status_line(text: str) -> str:
+    """STATUS= must be one line."""
+    return "STATUS=" + " ".join(text.split())
+
+
+def watchdog_interval(environ: MutableMapping[str, str], pid: int) -> float | None:
+    """Half of WATCHDOG_USEC in seconds, when the watchdog is meant for this process."""
+    usec = environ.get("WATCHDOG_USEC")
+    owner = environ.get("WATCHDOG_PID")
+    if not usec or (owner and owner != str(pid)):
+        return None
+    try:
+        return int(usec) / 2_000_000
+    except ValueError:
+        return None

@@ -1,0 +1,453 @@
+"""Every Redis key and script goodsd uses for one queue lives here, and nowhere else.
+
+Keys (all of a queue's keys share the hash tag ``{<queue>}``, so they sit in one Cluster slot):
+
+| key                                  | type   | holds                                        |
+|--------------------------------------|--------|----------------------------------------------|
+| ``<queue>``                          | list   | ready items; anyone may LPUSH; we pop right  |
+| ``goodsd:{<queue>}:inflight:<id>``   | list   | items one consumer claimed, not yet settled  |
+| ``goodsd:{<queue>}:lease:<id>``      | string | consumer's lease (PX); gone = items reapable |
+| ``goodsd:{<queue>}:consumers``       | hash   | consumer id -> JSON {host, pid, started...}  |
+| ``goodsd:{<queue>}:attempts``        | hash   | delivery tag -> failed attempts so far       |
+| ``goodsd:{<queue>}:retry``           | zset   | tagged items awaiting retry, by due time ms  |
+| ``goodsd:{<queue>}:dead``            | list   | JSON {item, error, attempts, at, consumer}   |
+| ``goodsd:{<queue>}:stats``           | hash   | fleet counters (see ``STAT_FIELDS``)         |
+| ``goodsd:{<queue>}:producer:lock``   | string | the singleton producer's lock (random token) |
+
+A failed item goes back to Redis *tagged*: ``TAG_MARK + <16 hex> + ":" + <item>``. The tag makes
+each delivery distinct, so equal items never merge in the retry set or the attempts hash.
+
+Every script receives its keys through ``KEYS``. The server's clock (``TIME``) times leases and
+retries, so hosts with skewed clocks agree.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import time
+from dataclasses import dataclass
+
+import redis
+
+TAG_MARK = b"\x1egoodsd:"
+TAG_LEN = 16
+STAT_FIELDS = ("pushed", "claimed", "done", "failed", "retried", "dead", "requeued")
+# How many due retries one claim moves back to the ready list; the rest wait for the next claim.
+RETRY_MOVE_LIMIT = 100
+
+
+def _keys(queue: str) -> dict[str, str]:
+    prefix = f"goodsd:{{{queue}}}:"
+    return {
+        "ready": queue,
+        "consumers": prefix + "consumers",
+        "attempts": prefix + "attempts",
+        "retry": prefix + "retry",
+        "dead": prefix + "dead",
+        "stats": prefix + "stats",
+        "producer_lock": prefix + "producer:lock",
+        "inflight_prefix": prefix + "inflight:",
+        "lease_prefix": prefix + "lease:",
+    }
+
+
+# Server time in milliseconds, for lease and retry arithmetic inside scripts.
+_NOW_MS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# Moves up to ARGV[n] more items ready -> in-flight, after bringing due retries back to the pop
+# end; stamps the lease; counts every item now in flight as claimed (in-flight is empty before
+# every claim, so its length is exactly this claim, including an item BLMOVE took just before).
+# KEYS: ready, inflight, lease, retry, stats   ARGV: n, lease_ms, consumer_id, retry_move_limit
+_CLAIM = (
+    _NOW_MS
+    + """
+local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
+for _, item in ipairs(due) do
+  redis.call('ZREM', KEYS[4], item)
+  redis.call('RPUSH', KEYS[1], item)
+end
+local items = {}
+for i = 1, tonumber(ARGV[1]) do
+  local item = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not item then break end
+  items[i] = item
+end
+redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[2])
+local held = redis.call('LLEN', KEYS[2])
+if held > 0 then redis.call('HINCRBY', KEYS[5], 'claimed', held) end
+return items
+"""
+)
+
+# Records the outcome of claimed items in one round trip.
+# KEYS: inflight, attempts, retry, dead, stats, ready
+# ARGV: retries, retry_delay_ms, complete(0|1), done_count, n_listed, listed..., n_done_tags,
+#       done_tags..., n_release, release..., n_failed, then per failure: claimed, tag, tagged,
+#       record_head, final
+# complete=1 means these outcomes cover everything in flight, so the list is simply deleted and
+# done items need not be sent; otherwise each settled item is removed by value from the right
+# (oldest first), which is the claimed copy even when equal items sit further left.
+_SETTLE = (
+    _NOW_MS
+    + """
+local retries = tonumber(ARGV[1])
+local delay = tonumber(ARGV[2])
+local complete = ARGV[3] == '1'
+local n_done = tonumber(ARGV[4])
+local i = 5
+local n_listed = tonumber(ARGV[i]); i = i + 1
+for j = 0, n_listed - 1 do redis.call('LREM', KEYS[1], -1, ARGV[i + j]) end
+i = i + n_listed
+local n_tags = tonumber(ARGV[i]); i = i + 1
+for j = 0, n_tags - 1 do redis.call('HDEL', KEYS[2], ARGV[i + j]) end
+i = i + n_tags
+local n_release = tonumber(ARGV[i]); i = i + 1
+for j = n_release - 1, 0, -1 do
+  if not complete then redis.call('LREM', KEYS[1], -1, ARGV[i + j]) end
+  redis.call('RPUSH', KEYS[6], ARGV[i + j])
+end
+i = i + n_release
+local n_failed = tonumber(ARGV[i]); i = i + 1
+local retried, dead = 0, 0
+for j = 1, n_failed do
+  local claimed, tag, tagged, head, final = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
+  i = i + 5
+  if not complete then redis.call('LREM', KEYS[1], -1, claimed) end
+  local attempts = redis.call('HINCRBY', KEYS[2], tag, 1)
+  if final == '1' or attempts > retries then
+    redis.call('HDEL', KEYS[2], tag)
+    redis.call('LPUSH', KEYS[4], head .. attempts .. '}')
+    dead = dead + 1
+  else
+    redis.call('ZADD', KEYS[3], now + delay, tagged)
+    retried = retried + 1
+  end
+end
+if complete then redis.call('DEL', KEYS[1]) end
+if n_done > 0 then redis.call('HINCRBY', KEYS[5], 'done', n_done) end
+if n_failed > 0 then redis.call('HINCRBY', KEYS[5], 'failed', n_failed) end
+if retried > 0 then redis.call('HINCRBY', KEYS[5], 'retried', retried) end
+if dead > 0 then redis.call('HINCRBY', KEYS[5], 'dead', dead) end
+if n_release > 0 then redis.call('HINCRBY', KEYS[5], 'requeued', n_release) end
+return {retried, dead}
+"""
+)
+
+# Gives a consumer's whole in-flight list back to the pop end, oldest nearest to it, and forgets
+# the consumer. With ARGV[1] = 1 only when its lease is gone (the reaper, racing other masters).
+# When ARGV[2] names a claimed item, that one item (the one a dead child was running) is counted
+# as a failed attempt instead: retried later, or dead when its attempts are used up.
+# KEYS: inflight, lease, consumers, ready, stats, attempts, retry, dead
+# ARGV: only_if_expired, current(''|claimed), tag, tagged, record_head, retries, retry_delay_ms,
+#       consumer_id
+_RECOVER = (
+    _NOW_MS
+    + """
+if ARGV[1] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+local current = ARGV[2]
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+local moved, failed = 0, 0
+for _, item in ipairs(items) do
+  if failed == 0 and current ~= '' and item == current then
+    failed = 1
+    local attempts = redis.call('HINCRBY', KEYS[6], ARGV[3], 1)
+    redis.call('HINCRBY', KEYS[5], 'failed', 1)
+    if attempts > tonumber(ARGV[6]) then
+      redis.call('HDEL', KEYS[6], ARGV[3])
+      redis.call('LPUSH', KEYS[8], ARGV[5] .. attempts .. '}')
+      redis.call('HINCRBY', KEYS[5], 'dead', 1)
+    else
+      redis.call('ZADD', KEYS[7], now + tonumber(ARGV[7]), ARGV[4])
+      redis.call('HINCRBY', KEYS[5], 'retried', 1)
+    end
+  else
+    redis.call('RPUSH', KEYS[4], item)
+    moved = moved + 1
+  end
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('HDEL', KEYS[3], ARGV[8])
+if moved > 0 then redis.call('HINCRBY', KEYS[5], 'requeued', moved) end
+return moved + failed
+"""
+)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One claimed item: ``claimed`` is the exact value in the in-flight list, ``payload`` the
+    user's item inside it, ``tag`` the delivery tag when the item failed before (else None)."""
+
+    claimed: bytes
+    payload: bytes
+    tag: str | None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A handler failure to record: ``final`` skips the remaining retries (malformed items)."""
+
+    delivery: Delivery
+    error: str
+    final: bool = False
+
+
+def unwrap(claimed: bytes) -> Delivery:
+    """Split a claimed value into tag and payload; untagged values are the raw user item."""
+    if claimed.startswith(TAG_MARK):
+        head = len(TAG_MARK)
+        sep = head + TAG_LEN
+        if len(claimed) > sep and claimed[sep : sep + 1] == b":":
+            return Delivery(claimed, claimed[sep + 1 :], claimed[head:sep].decode("ascii"))
+    return Delivery(claimed, claimed, None)
+
+
+def new_tag() -> str:
+    return secrets.token_hex(TAG_LEN // 2)
+
+
+def tagged_value(tag: str, payload: bytes) -> bytes:
+    return TAG_MARK + tag.encode("ascii") + b":" + payload
+
+
+def dead_record_head(payload: bytes, error: str, consumer: str, at: float) -> bytes:
+    """The JSON of a dead record up to its attempts count, which only the script knows:
+    the script appends ``<attempts>}``. Items that are not UTF-8 are kept as base64."""
+    record: dict[str, object] = {}
+    try:
+        record["item"] = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        record["item_b64"] = base64.b64encode(payload).decode("ascii")
+    record.update(error=error, at=round(at, 3), consumer=consumer)
+    text = json.dumps(record, ensure_ascii=False)
+    return (text[:-1] + ', "attempts": ').encode("utf-8")
+
+
+def parse_dead_record(raw: bytes) -> dict[str, object]:
+    """Decode one entry of the dead list; an entry some other program pushed is shown raw."""
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        return {"item": raw.decode("utf-8", "replace"), "error": "", "attempts": 0, "at": 0}
+    return record
+
+
+class Queue:
+    """One queue's Redis state, as seen by one process with its own connection."""
+
+    def __init__(self, client: redis.Redis, name: str) -> None:
+        self.client = client
+        self.name = name
+        self.keys = _keys(name)
+        self._claim = client.register_script(_CLAIM)
+        self._settle = client.register_script(_SETTLE)
+        self._recover = client.register_script(_RECOVER)
+
+    # -- per-consumer keys ---------------------------------------------------------------
+
+    def inflight_key(self, consumer: str) -> str:
+        return self.keys["inflight_prefix"] + consumer
+
+    def lease_key(self, consumer: str) -> str:
+        return self.keys["lease_prefix"] + consumer
+
+    # -- registration and leases --------------------------------------------------------
+
+    def register(self, consumer: str, info: dict[str, object], lease: float) -> None:
+        """Make the consumer visible (for status and for recovery by host) and take its lease."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self.keys["consumers"], consumer, json.dumps(info))
+        pipe.set(self.lease_key(consumer), consumer, px=int(lease * 1000))
+        pipe.execute()
+
+    def deregister(self, consumer: str) -> None:
+        """A clean exit: its in-flight list is already empty."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hdel(self.keys["consumers"], consumer)
+        pipe.delete(self.lease_key(consumer))
+        pipe.execute()
+
+    def renew_leases(self, consumers: list[str], lease: float) -> None:
+        """Extend the leases of live consumers in one round trip."""
+        if not consumers:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for consumer in consumers:
+            pipe.set(self.lease_key(consumer), consumer, px=int(lease * 1000))
+        pipe.execute()
+
+    def registered(self) -> dict[str, dict[str, object]]:
+        """Consumer id -> its registration record."""
+        raw = self.client.hgetall(self.keys["consumers"])
+        out: dict[str, dict[str, object]] = {}
+        for key, value in raw.items():
+            try:
+                out[key.decode()] = json.loads(value)
+            except ValueError:
+                out[key.decode()] = {}
+        return out
+
+    # -- claiming -----------------------------------------------------------------------
+
+    def _claim_args(self, consumer: str, n: int, lease: float) -> tuple[list[str], list[object]]:
+        keys = [
+            self.keys["ready"],
+            self.inflight_key(consumer),
+            self.lease_key(consumer),
+            self.keys["retry"],
+            self.keys["stats"],
+        ]
+        return keys, [n, int(lease * 1000), consumer, RETRY_MOVE_LIMIT]
+
+    def claim(self, consumer: str, batch: int, lease: float, block: float) -> list[Delivery]:
+        """Claim up to ``batch`` items, oldest first. Non-blocking first (one round trip when
+        the queue has items); on an empty queue, BLMOVE waits up to ``block`` seconds and the
+        rest of the batch is claimed in the same pipeline, so a pick-up costs one round trip."""
+        keys, args = self._claim_args(consumer, batch, lease)
+        items = self._claim(keys=keys, args=args)
+        if not items and block > 0:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.blmove(keys[0], keys[1], block, "RIGHT", "LEFT")
+            args[0] = batch - 1
+            self._claim(keys=keys, args=args, client=pipe)
+            first, more = pipe.execute()
+            items = ([first] if first is not None else []) + list(more)
+        return [unwrap(item) for item in items]
+
+    # -- settling -----------------------------------------------------------------------
+
+    def settle(
+        self,
+        consumer: str,
+        done: list[Delivery],
+        failed: list[Failure],
+        release: list[Delivery],
+        *,
+        complete: bool,
+        retries: int,
+        retry_delay: float,
+    ) -> None:
+        """Ack, fail and give back claimed items in one round trip. ``release`` goes back to
+        the pop end in its claimed order; ``complete`` says nothing else is in flight."""
+        listed = [] if complete else [d.claimed for d in done]
+        args: list[object] = [retries, int(retry_delay * 1000), 1 if complete else 0, len(done)]
+        args.append(len(listed))
+        args.extend(listed)
+        done_tags = [d.tag for d in done if d.tag]
+        args.append(len(done_tags))
+        args.extend(done_tags)
+        args.append(len(release))
+        args.extend(d.claimed for d in release)
+        args.append(len(failed))
+        now = time.time()
+        for failure in failed:
+            delivery = failure.delivery
+            tag = delivery.tag or new_tag()
+            args.extend(
+                [
+                    delivery.claimed,
+                    tag,
+                    tagged_value(tag, delivery.payload),
+                    dead_record_head(delivery.payload, failure.error, consumer, now),
+                    1 if failure.final else 0,
+                ]
+            )
+        keys = [
+            self.inflight_key(consumer),
+            self.keys["attempts"],
+            self.keys["retry"],
+            self.keys["dead"],
+            self.keys["stats"],
+            self.keys["ready"],
+        ]
+        self._settle(keys=keys, args=args)
+
+    # -- recovery -----------------------------------------------------------------------
+
+    def recover(
+        self,
+        consumer: str,
+        *,
+        current: int | None = None,
+        error: str = "",
+        retries: int = 0,
+        retry_delay: float = 0.0,
+        only_if_expired: bool = False,
+    ) -> int:
+        """Give a gone consumer's in-flight items back to the pop end and forget it.
+
+        ``current`` is the position (0 = oldest) of the item the consumer was running when it
+        died; that item counts a failed attempt with ``error``, so an item that kills its
+        worker every time ends in the dead list instead of looping. Returns the number of
+        items handled, or -1 when ``only_if_expired`` and the lease still lives.
+        """
+        inflight = self.inflight_key(consumer)
+        claimed = b""
+        if current is not None:
+            claimed = self.client.lindex(inflight, -(current + 1)) or b""
+        delivery = unwrap(claimed) if claimed else None
+        tag = (delivery.tag if delivery else None) or new_tag()
+        keys = [
+            inflight,
+            self.lease_key(consumer),
+            self.keys["consumers"],
+            self.keys["ready"],
+            self.keys["stats"],
+            self.keys["attempts"],
+            self.keys["retry"],
+            self.keys["dead"],
+        ]
+        args: list[object] = [
+            1 if only_if_expired else 0,
+            claimed,
+            tag,
+            tagged_value(tag, delivery.payload) if delivery else b"",
+            dead_record_head(delivery.payload, error, consumer, time.time()) if delivery else b"",
+            retries,
+            int(retry_delay * 1000),
+            consumer,
+        ]
+        return int(self._recover(keys=keys, args=args))
+
+    def reap_expired(self) -> dict[str, int]:
+        """Requeue the in-flight items of every registered consumer whose lease is gone
+        (a dead host). Safe to run from every master at once: the check is in the script."""
+        reaped: dict[str, int] = {}
+        for consumer in self.registered():
+            count = self.recover(consumer, only_if_expired=True)
+            if count >= 0:
+                reaped[consumer] = count
+        return reaped
+
+    # -- producing and inspecting ---------------------------------------------------------
+
+    def push(self, items: list[bytes]) -> None:
+        """LPUSH a batch (the far end from the pops, so FIFO) and count it."""
+        if not items:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        pipe.lpush(self.keys["ready"], *items)
+        pipe.hincrby(self.keys["stats"], "pushed", len(items))
+        pipe.execute()
+
+    def stats(self) -> dict[str, int]:
+        raw = self.client.hgetall(self.keys["stats"])
+        out = dict.fromkeys(STAT_FIELDS, 0)
+        for key, value in raw.items():
+            out[key.decode()] = int(value)
+        return out
+
+    def backlog(self) -> int:
+        return int(self.client.llen(self.keys["ready"]))
+
+    def dead_records(self, limit: int) -> list[dict[str, object]]:
+        return [
+            parse_dead_record(raw) for raw in self.client.lrange(self.keys["dead"], 0, limit - 1)
+        ]

@@ -1,0 +1,47 @@
+"""One shared-memory record per child, written by the child and read by the master.
+
+A child updates it on every item without a system call (a pipe write per item would cost more
+than a no-op handler); the master reads it whenever it likes to judge liveness and rates.
+The master creates the record before fork; both sides then see the same anonymous page.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+import time
+
+# heartbeat: monotonic time of the child's last loop step
+# busy_since: monotonic time the current item started, 0.0 when idle
+# position: index in the claimed batch (0 = oldest) of the current item, -1 when idle
+# done / failed: items handled so far by this child
+# flags: FLAG_* bits (the producer's paused state)
+_LAYOUT = struct.Struct("=ddqQQQ")
+FLAG_PAUSED = 1
+
+
+class Scoreboard:
+    """A child's liveness and counters in an anonymous shared mapping."""
+
+    def __init__(self) -> None:
+        self._map = mmap.mmap(-1, mmap.PAGESIZE)
+        self.write(heartbeat=time.monotonic())
+
+    def write(
+        self,
+        *,
+        heartbeat: float,
+        busy_since: float = 0.0,
+        position: int = -1,
+        done: int = 0,
+        failed: int = 0,
+        flags: int = 0,
+    ) -> None:
+        _LAYOUT.pack_into(self._map, 0, heartbeat, busy_since, position, done, failed, flags)
+
+    def read(self) -> tuple[float, float, int, int, int, int]:
+        """(heartbeat, busy_since, position, done, failed, flags)."""
+        return _LAYOUT.unpack_from(self._map, 0)
+
+    def close(self) -> None:
+        self._map.close()

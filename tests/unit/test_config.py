@@ -1,0 +1,676 @@
+"""Config parsing: defaults, every duration form, and the exact text of each error.
+
+The messages are asserted word for word because they are the user interface of `goodsd check`:
+a message that loses its line number or key path is a regression.
+"""
+
+import dataclasses
+import pickle
+import textwrap
+
+import pytest
+
+from goodsd import config
+from goodsd.config import Config, ConfigError, parse, parse_duration, parse_listen
+
+# The smallest valid file: the default of 4 consumers needs something to run.
+MINIMAL = "consumers:\n  handler: app.tasks:handle\n"
+
+
+def error_of(text: str, path: str = "goodsd.yaml") -> ConfigError:
+    with pytest.raises(ConfigError) as caught:
+        parse(textwrap.dedent(text), path)
+    return caught.value
+
+
+# --- valid files -------------------------------------------------------------------------------
+
+
+def test_minimal_file_gives_every_default() -> None:
+    # Given only a handler
+    # When it is parsed
+    cfg = parse(MINIMAL, "goodsd.yaml")
+    # Then every other setting has its documented default
+    assert cfg == Config(
+        consumers=config.ConsumersConfig(handler="app.tasks:handle"), path="goodsd.yaml"
+    )
+    assert cfg.redis == config.RedisConfig("redis://127.0.0.1:6379/0", None)
+    assert cfg.queue == "goods2"
+    assert cfg.pythonpath == ()
+    assert (cfg.consumers.processes, cfg.consumers.batch, cfg.consumers.timeout) == (4, 10, 30.0)
+    assert (cfg.consumers.retries, cfg.consumers.retry_delay) == (3, 5.0)
+    assert (cfg.consumers.max_items, cfg.consumers.decode) == (0, "utf-8")
+    assert cfg.producer == config.ProducerConfig(0, None, None, 10000, 8000, False, 100)
+    assert cfg.supervisor == config.SupervisorConfig(30.0, 1.0, 60.0, 30.0)
+    assert cfg.logging == config.LoggingConfig("info", "text")
+    assert cfg.metrics.listen is None
+
+
+def test_every_key_is_read() -> None:
+    # Given a file that sets every key to something other than its default
+    text = """\
+        redis:
+          url: rediss://cache.example:6380/2
+          password_file: /run/credentials/goodsd/redis
+        queue: orders
+        pythonpath: [/srv/app, /srv/lib]
+        consumers:
+          processes: 8
+          command: [/usr/local/bin/handle-good, --flag]
+          setup: app.boot:init
+          batch: 50
+          timeout: 1min 30s
+          retries: 0
+          retry_delay: 500ms
+          max_items: 1000
+          decode: JSON
+        producer:
+          processes: 2
+          source: app.feed:items
+          high_watermark: 500
+          low_watermark: 0
+          singleton: true
+          batch: 20
+        supervisor:
+          graceful_timeout: 2min
+          restart_delay: 2s
+          restart_delay_max: 2s
+          lease: 1s
+        logging:
+          level: WARNING
+          format: json
+        metrics:
+          listen: "[::1]:9464"
+    """
+    # When it is parsed
+    cfg = parse(textwrap.dedent(text))
+    # Then each value lands in its field, durations in seconds, words lower-cased
+    assert cfg.redis == config.RedisConfig(
+        "rediss://cache.example:6380/2", "/run/credentials/goodsd/redis"
+    )
+    assert (cfg.queue, cfg.pythonpath) == ("orders", ("/srv/app", "/srv/lib"))
+    assert cfg.consumers == config.ConsumersConfig(
+        processes=8,
+        handler=None,
+        command=("/usr/local/bin/handle-good", "--flag"),
+        setup="app.boot:init",
+        batch=50,
+        timeout=90.0,
+        retries=0,
+        retry_delay=0.5,
+        max_items=1000,
+        decode="json",
+    )
+    assert cfg.producer == config.ProducerConfig(2, "app.feed:items", None, 500, 0, True, 20)
+    assert cfg.supervisor == config.SupervisorConfig(120.0, 2.0, 2.0, 1.0)
+    assert cfg.logging == config.LoggingConfig("warning", "json")
+    assert cfg.metrics.listen == "[::1]:9464"
+
+
+def test_schema_covers_every_dataclass_field() -> None:
+    # Given the key table and the dataclasses
+    # Then every field can be set from YAML and no key is without a field
+    for name, (cls, keys) in config._SECTIONS.items():
+        assert set(keys) == {f.name for f in dataclasses.fields(cls)}, name
+    top = {f.name for f in dataclasses.fields(Config)} - {"path"}
+    assert top == set(config._TOP_KEYS) | set(config._SECTIONS)
+
+
+def test_no_consumers_needs_no_handler() -> None:
+    # Given a host that only produces
+    cfg = parse("consumers:\n  processes: 0\nproducer:\n  processes: 1\n  source: a:b\n")
+    # Then neither handler nor command is required
+    assert (cfg.consumers.processes, cfg.consumers.handler, cfg.consumers.command) == (
+        0,
+        None,
+        None,
+    )
+
+
+def test_null_section_and_explicit_null_mean_defaults() -> None:
+    # Given an emptied section and a null optional key
+    cfg = parse(MINIMAL + "producer:\nmetrics:\n  listen: null\nredis:\n  password_file: ~\n")
+    # Then they read as "not set"
+    assert cfg.producer == config.ProducerConfig()
+    assert cfg.metrics.listen is None
+    assert cfg.redis.password_file is None
+
+
+def test_unix_socket_url_with_password_is_accepted() -> None:
+    cfg = parse(MINIMAL + "redis:\n  url: unix://:pw@/run/redis/redis.sock?db=1\n")
+    assert cfg.redis.url == "unix://:pw@/run/redis/redis.sock?db=1"
+
+
+def test_merge_keys_work_as_in_safe_load() -> None:
+    # Given a section built from an anchor, with one key overridden
+    text = "consumers:\n  <<: &base {handler: a:b, batch: 3}\n  batch: 4\n"
+    # When it is parsed
+    cfg = parse(text)
+    # Then the merged key is kept and the explicit key wins
+    assert (cfg.consumers.handler, cfg.consumers.batch) == ("a:b", 4)
+
+
+def test_config_is_frozen() -> None:
+    # Given a parsed config
+    cfg = parse(MINIMAL)
+    # When someone tries to change it, top level or nested
+    # Then it refuses: children hold a snapshot that cannot drift
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.queue = "other"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.consumers.batch = 1  # type: ignore[misc]
+    assert hash(cfg) == hash(parse(MINIMAL))
+
+
+# --- durations -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "seconds"),
+    [
+        (0, 0.0),
+        (30, 30.0),
+        (2.5, 2.5),
+        ("30", 30.0),
+        ("1.5", 1.5),
+        ("250us", 0.00025),
+        ("250usec", 0.00025),
+        ("500ms", 0.5),
+        ("500msec", 0.5),
+        ("30s", 30.0),
+        ("30sec", 30.0),
+        ("1second", 1.0),
+        ("2 seconds", 2.0),
+        ("1.5s", 1.5),
+        (".5s", 0.5),
+        ("5m", 300.0),
+        ("5min", 300.0),
+        ("1minute", 60.0),
+        ("2minutes", 120.0),
+        ("1h", 3600.0),
+        ("1hr", 3600.0),
+        ("1hour", 3600.0),
+        ("2hours", 7200.0),
+        ("2d", 172800.0),
+        ("1day", 86400.0),
+        ("2days", 172800.0),
+        ("1min 30s", 90.0),
+        ("1min30s", 90.0),
+        (" 1h 1min 1s ", 3661.0),
+    ],
+)
+def test_parse_duration_accepts(given: object, seconds: float) -> None:
+    assert parse_duration(given) == pytest.approx(seconds)
+
+
+HINT = "(use e.g. 500ms, 30s, 5min, 1h or a number of seconds)"
+
+
+@pytest.mark.parametrize(
+    ("given", "reason"),
+    [
+        (True, "expected a duration such as 30s, got boolean true"),
+        (None, "expected a duration such as 30s, got null"),
+        ([1], "expected a duration such as 30s, got a list"),
+        (-1, "must not be negative"),
+        ("-5s", "must not be negative"),
+        (float("inf"), "must be a finite duration"),
+        ("", f"empty duration {HINT}"),
+        ("5mins", f"unknown unit 'mins' in '5mins' {HINT}"),
+        ("soon", f"invalid duration 'soon' {HINT}"),
+        ("1min 30", f"invalid duration '1min 30' {HINT}"),
+        ("1e3", f"unknown unit 'e' in '1e3' {HINT}"),
+    ],
+)
+def test_parse_duration_rejects(given: object, reason: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_duration(given)
+    assert str(caught.value) == reason
+
+
+def test_duration_in_file_accepts_number_and_span() -> None:
+    # Given durations as a YAML number and as a span
+    cfg = parse(MINIMAL + "  timeout: 45\n  retry_delay: 1min 30s\n")
+    # Then both are seconds
+    assert (cfg.consumers.timeout, cfg.consumers.retry_delay) == (45.0, 90.0)
+
+
+# --- errors: every message exactly, with its line --------------------------------------------
+
+ERRORS = [
+    # unknown keys, with and without a close match
+    (
+        "consumers:\n  handler: a:b\n  procesess: 3\n",
+        "goodsd.yaml:3: consumers.procesess: unknown key (did you mean processes?)",
+    ),
+    (MINIMAL + "  colour: blue\n", "goodsd.yaml:3: consumers.colour: unknown key"),
+    (MINIMAL + "qeueu: x\n", "goodsd.yaml:3: qeueu: unknown key (did you mean queue?)"),
+    (MINIMAL + "extra: 1\n", "goodsd.yaml:3: extra: unknown key"),
+    (
+        MINIMAL + "  batch: 1\n  batch: 2\n",
+        "goodsd.yaml:4: consumers.batch: duplicate key (first on line 3)",
+    ),
+    # wrong types
+    (
+        MINIMAL + "  batch: '5'\n",
+        "goodsd.yaml:3: consumers.batch: expected an integer, got string '5'",
+    ),
+    (
+        MINIMAL + "  batch: true\n",
+        "goodsd.yaml:3: consumers.batch: expected an integer, got boolean true",
+    ),
+    (
+        MINIMAL + "  batch: 2.5\n",
+        "goodsd.yaml:3: consumers.batch: expected an integer, got number 2.5",
+    ),
+    (
+        MINIMAL + "  processes: null\n",
+        "goodsd.yaml:3: consumers.processes: expected an integer, got null",
+    ),
+    (
+        MINIMAL + "  processes:\n",
+        "goodsd.yaml:3: consumers.processes: expected an integer, got null",
+    ),
+    (
+        MINIMAL + "  timeout: yes\n",
+        "goodsd.yaml:3: consumers.timeout: expected a duration such as 30s, got boolean true",
+    ),
+    (
+        MINIMAL + "producer:\n  singleton: 1\n",
+        "goodsd.yaml:4: producer.singleton: expected true or false, got integer 1",
+    ),
+    (MINIMAL + "queue: 7\n", "goodsd.yaml:3: queue: expected a string, got integer 7"),
+    (MINIMAL + "queue: null\n", "goodsd.yaml:3: queue: expected a string, got null"),
+    (
+        MINIMAL + "pythonpath: /srv/app\n",
+        "goodsd.yaml:3: pythonpath: expected a list of strings, got string '/srv/app'",
+    ),
+    (
+        MINIMAL + "pythonpath: [/a, 3]\n",
+        "goodsd.yaml:3: pythonpath: item 2: expected a non-empty string, got integer 3",
+    ),
+    (MINIMAL + "pythonpath:\n", "goodsd.yaml:3: pythonpath: expected a list of strings, got null"),
+    ("consumers: 4\n", "goodsd.yaml:1: consumers: expected a mapping of keys, got integer 4"),
+    ("- a\n- b\n", "goodsd.yaml:1: expected a mapping of keys, got a list"),
+    ("{1: 2}\n", "goodsd.yaml:1: keys must be strings"),
+    (
+        MINIMAL + "logging:\n  level: [info]\n",
+        "goodsd.yaml:4: logging.level: expected a string, got a list",
+    ),
+    # command: a non-empty list of strings, never a string to split
+    (
+        "consumers:\n  command: /bin/handle --flag\n",
+        "goodsd.yaml:2: consumers.command: "
+        "must be a non-empty list of strings such as [/usr/local/bin/handle-good, --flag], got "
+        "string '/bin/handle --flag'",
+    ),
+    (
+        "consumers:\n  command: []\n",
+        "goodsd.yaml:2: consumers.command: "
+        "must be a non-empty list of strings such as [/usr/local/bin/handle-good, --flag], got a "
+        "list",
+    ),
+    (
+        "consumers:\n  command: [/bin/x, 5]\n",
+        "goodsd.yaml:2: consumers.command: every argument must be a string, got integer 5",
+    ),
+    (
+        "consumers:\n  command: ['', x]\n",
+        "goodsd.yaml:2: consumers.command: the program (first item) must not be empty",
+    ),
+    # module:callable references
+    (
+        "consumers:\n  handler: app.tasks.handle\n",
+        "goodsd.yaml:2: consumers.handler: expected 'module.path:callable', got 'app.tasks.handle'",
+    ),
+    (
+        "consumers:\n  handler: app-x:run\n",
+        "goodsd.yaml:2: consumers.handler: expected 'module.path:callable', got 'app-x:run'",
+    ),
+    (
+        "consumers:\n  handler: 'app:'\n",
+        "goodsd.yaml:2: consumers.handler: expected 'module.path:callable', got 'app:'",
+    ),
+    (
+        MINIMAL + "  setup: init\n",
+        "goodsd.yaml:3: consumers.setup: expected 'module.path:callable', got 'init'",
+    ),
+    (
+        MINIMAL + "producer:\n  source: feed\n",
+        "goodsd.yaml:4: producer.source: expected 'module.path:callable', got 'feed'",
+    ),
+    # ranges
+    (
+        MINIMAL + "  processes: -1\n",
+        "goodsd.yaml:3: consumers.processes: must be between 0 and 1024, got -1",
+    ),
+    (
+        MINIMAL + "  processes: 1025\n",
+        "goodsd.yaml:3: consumers.processes: must be between 0 and 1024, got 1025",
+    ),
+    (
+        MINIMAL + "producer:\n  processes: 65\n",
+        "goodsd.yaml:4: producer.processes: must be between 0 and 64, got 65",
+    ),
+    (
+        MINIMAL + "  batch: 0\n",
+        "goodsd.yaml:3: consumers.batch: must be between 1 and 10000, got 0",
+    ),
+    (
+        MINIMAL + "  batch: 10001\n",
+        "goodsd.yaml:3: consumers.batch: must be between 1 and 10000, got 10001",
+    ),
+    (
+        MINIMAL + "producer:\n  batch: 0\n",
+        "goodsd.yaml:4: producer.batch: must be between 1 and 10000, got 0",
+    ),
+    (MINIMAL + "  retries: -1\n", "goodsd.yaml:3: consumers.retries: must be at least 0, got -1"),
+    (
+        MINIMAL + "  max_items: -5\n",
+        "goodsd.yaml:3: consumers.max_items: must be at least 0, got -5",
+    ),
+    (
+        MINIMAL + "  timeout: 0\n",
+        "goodsd.yaml:3: consumers.timeout: must be greater than 0s, got 0s",
+    ),
+    (
+        MINIMAL + "  retry_delay: -1s\n",
+        "goodsd.yaml:3: consumers.retry_delay: must not be negative",
+    ),
+    (
+        MINIMAL + "  timeout: 5 fortnights\n",
+        "goodsd.yaml:3: consumers.timeout: "
+        "unknown unit 'fortnights' in '5 fortnights' (use e.g. 500ms, 30s, 5min, 1h or a number "
+        "of seconds)",
+    ),
+    (
+        MINIMAL + "supervisor:\n  graceful_timeout: 0s\n",
+        "goodsd.yaml:4: supervisor.graceful_timeout: must be greater than 0s, got 0s",
+    ),
+    (
+        MINIMAL + "supervisor:\n  restart_delay: 0\n",
+        "goodsd.yaml:4: supervisor.restart_delay: must be greater than 0s, got 0s",
+    ),
+    (
+        MINIMAL + "supervisor:\n  lease: 500ms\n",
+        "goodsd.yaml:4: supervisor.lease: must be at least 1s, got 0.5s",
+    ),
+    (
+        MINIMAL + "supervisor:\n  restart_delay: 2min\n  restart_delay_max: 1min\n",
+        "goodsd.yaml:5: supervisor.restart_delay_max: "
+        "must be at least restart_delay (120s), got 60s",
+    ),
+    (
+        MINIMAL + "supervisor:\n  restart_delay: 2min\n",
+        "goodsd.yaml:4: supervisor.restart_delay: "
+        "must not exceed restart_delay_max (60s), got 120s",
+    ),
+    (
+        MINIMAL + "producer:\n  high_watermark: 0\n",
+        "goodsd.yaml:4: producer.high_watermark: must be at least 1, got 0",
+    ),
+    (
+        MINIMAL + "producer:\n  low_watermark: -1\n",
+        "goodsd.yaml:4: producer.low_watermark: must be at least 0, got -1",
+    ),
+    (
+        MINIMAL + "producer:\n  high_watermark: 100\n  low_watermark: 100\n",
+        "goodsd.yaml:5: producer.low_watermark: must be below high_watermark (100), got 100",
+    ),
+    (
+        MINIMAL + "producer:\n  high_watermark: 100\n",
+        "goodsd.yaml:4: producer.high_watermark: must be above low_watermark (8000), got 100",
+    ),
+    # enums
+    (
+        MINIMAL + "  decode: latin-1\n",
+        "goodsd.yaml:3: consumers.decode: must be one of utf-8, bytes, json, got 'latin-1'",
+    ),
+    (
+        MINIMAL + "logging:\n  level: loud\n",
+        "goodsd.yaml:4: logging.level: "
+        "must be one of debug, info, warning, error, critical, got 'loud'",
+    ),
+    (
+        MINIMAL + "logging:\n  format: xml\n",
+        "goodsd.yaml:4: logging.format: must be one of text, json, got 'xml'",
+    ),
+    # queue name
+    (MINIMAL + "queue: ''\n", "goodsd.yaml:3: queue: must not be empty"),
+    (
+        MINIMAL + "queue: 'my queue'\n",
+        "goodsd.yaml:3: queue: must not contain whitespace, got 'my queue'",
+    ),
+    (
+        MINIMAL + "queue: '{q}'\n",
+        "goodsd.yaml:3: queue: "
+        "must not contain '{' or '}' (goodsd adds its own hash tag), got '{q}'",
+    ),
+    # redis
+    (
+        MINIMAL + "redis:\n  url: http://h/0\n",
+        "goodsd.yaml:4: redis.url: must start with redis://, rediss:// or unix://",
+    ),
+    (
+        MINIMAL + "redis:\n  url: unix://\n",
+        "goodsd.yaml:4: redis.url: "
+        "unix:// needs an absolute socket path, e.g. unix:///run/redis.sock",
+    ),
+    (
+        MINIMAL + "redis:\n  url: unix://run/redis.sock\n",
+        "goodsd.yaml:4: redis.url: "
+        "unix:// needs an absolute socket path, e.g. unix:///run/redis.sock",
+    ),
+    (
+        MINIMAL + "redis:\n  url: redis://\n",
+        "goodsd.yaml:4: redis.url: needs a host, e.g. redis://127.0.0.1:6379/0",
+    ),
+    (
+        MINIMAL + "redis:\n  url: redis://h:99999/0\n",
+        "goodsd.yaml:4: redis.url: port must be a number between 0 and 65535",
+    ),
+    (
+        MINIMAL + "redis:\n  url: redis://h/zero\n",
+        "goodsd.yaml:4: redis.url: "
+        "the path must be a database number, e.g. redis://127.0.0.1:6379/0",
+    ),
+    (MINIMAL + "redis:\n  url: 'redis://[::1'\n", "goodsd.yaml:4: redis.url: not a valid URL"),
+    (
+        MINIMAL + "redis:\n  password_file: ''\n",
+        "goodsd.yaml:4: redis.password_file: must not be empty",
+    ),
+    # metrics
+    (
+        MINIMAL + "metrics:\n  listen: localhost\n",
+        "goodsd.yaml:4: metrics.listen: expected HOST:PORT such as 127.0.0.1:9464, got 'localhost'",
+    ),
+    (
+        MINIMAL + "metrics:\n  listen: ':9464'\n",
+        "goodsd.yaml:4: metrics.listen: expected HOST:PORT such as 127.0.0.1:9464, got ':9464'",
+    ),
+    (
+        MINIMAL + "metrics:\n  listen: '[::1]'\n",
+        "goodsd.yaml:4: metrics.listen: expected HOST:PORT such as 127.0.0.1:9464, got '[::1]'",
+    ),
+    (
+        MINIMAL + "metrics:\n  listen: '::1:9464'\n",
+        "goodsd.yaml:4: metrics.listen: "
+        "put an IPv6 address in brackets, e.g. [::1]:9464, got '::1:9464'",
+    ),
+    (
+        MINIMAL + "metrics:\n  listen: 'h:0'\n",
+        "goodsd.yaml:4: metrics.listen: port must be between 1 and 65535, got '0'",
+    ),
+    (
+        MINIMAL + "metrics:\n  listen: 'h:65536'\n",
+        "goodsd.yaml:4: metrics.listen: port must be between 1 and 65535, got '65536'",
+    ),
+    (
+        MINIMAL + "metrics:\n  listen: 'h:http'\n",
+        "goodsd.yaml:4: metrics.listen: port must be between 1 and 65535, got 'http'",
+    ),
+    (
+        MINIMAL + "metrics:\n  listen: 9464\n",
+        "goodsd.yaml:4: metrics.listen: expected a string, got integer 9464",
+    ),
+    # handler / command exclusivity
+    ("queue: q\nconsumers:\n  processes: 2\n", "goodsd.yaml:2: consumers: set handler or command"),
+    ("", "goodsd.yaml: consumers: set handler or command"),
+    ("# only a comment\n", "goodsd.yaml: consumers: set handler or command"),
+    (
+        "consumers:\n  handler: a:b\n  command: [x]\n",
+        "goodsd.yaml:3: consumers.command: give either handler or command, not both",
+    ),
+    (
+        "consumers:\n  command: [x]\n  handler: a:b\n",
+        "goodsd.yaml:3: consumers.handler: give either handler or command, not both",
+    ),
+    (
+        "consumers:\n  processes: 0\n  handler: a:b\n  command: [x]\n",
+        "goodsd.yaml:4: consumers.command: give either handler or command, not both",
+    ),
+    (MINIMAL + "producer:\n  processes: 1\n", "goodsd.yaml:3: producer: set source or command"),
+    (
+        MINIMAL + "producer:\n  source: a:b\n  command: [tail]\n",
+        "goodsd.yaml:5: producer.command: give either source or command, not both",
+    ),
+    # YAML itself
+    (
+        "consumers:\n  handler: a:b\n    batch: 1\n",
+        "goodsd.yaml:3: invalid YAML: mapping values are not allowed here",
+    ),
+    (
+        "consumers:\n  handler: a:b\n  batch: [1\n",
+        "goodsd.yaml:4: invalid YAML: "
+        "while parsing a flow sequence, expected ',' or ']', but got '<stream end>'",
+    ),
+    (
+        "a: 1\n---\nb: 2\n",
+        "goodsd.yaml:2: invalid YAML: "
+        "expected a single document in the stream, but found another document",
+    ),
+    (
+        "queue: q\n\x07\n",
+        "goodsd.yaml:2: invalid YAML: character #x0007: special characters are not allowed",
+    ),
+    (
+        "consumers:\n  handler: !!python/name:os.system\n",
+        "goodsd.yaml:2: consumers.handler: "
+        "invalid YAML: could not determine a constructor for the tag "
+        "'tag:yaml.org,2002:python/name:os.system'",
+    ),
+    (
+        MINIMAL + "  batch: !!int ten\n",
+        "goodsd.yaml:3: consumers.batch: "
+        "invalid YAML value: invalid literal for int() with base 10: 'ten'",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), ERRORS)
+def test_error_message(text: str, message: str) -> None:
+    # Given a file with one mistake
+    # When it is parsed
+    err = error_of(text)
+    # Then the one-line message names file, line, key and reason
+    assert str(err) == message
+    assert "\n" not in str(err)
+
+
+def test_error_parts_are_attributes() -> None:
+    # Given the typo example
+    err = error_of("consumers:\n  handler: a:b\n  procesess: 3\n")
+    # Then the parts are available separately
+    assert (err.path, err.line, err.key) == ("goodsd.yaml", 3, "consumers.procesess")
+    assert err.reason == "unknown key (did you mean processes?)"
+
+
+def test_error_without_line_or_key_and_pickling() -> None:
+    # Given errors built by other modules
+    err = ConfigError("/etc/goodsd.yaml", None, "", "cannot read: Permission denied")
+    # Then the location parts that do not apply are left out, and it survives pickling
+    assert str(err) == "/etc/goodsd.yaml: cannot read: Permission denied"
+    assert str(pickle.loads(pickle.dumps(err))) == str(err)
+
+
+def test_redis_url_error_never_shows_the_password() -> None:
+    err = error_of(MINIMAL + "redis:\n  url: redis://:hunter2@h:99999/0\n")
+    assert "hunter2" not in str(err)
+
+
+def test_block_list_error_points_at_the_list() -> None:
+    # Given a command written as a block list with a bad item
+    err = error_of("consumers:\n  command:\n    - /bin/x\n    - 5\n")
+    # Then the line is where the list starts
+    assert (
+        str(err)
+        == "goodsd.yaml:3: consumers.command: every argument must be a string, got integer 5"
+    )
+
+
+def test_parse_listen_splits_host_and_port() -> None:
+    assert parse_listen("127.0.0.1:9464") == ("127.0.0.1", 9464)
+    assert parse_listen("[::1]:9464") == ("::1", 9464)
+    assert parse_listen("metrics.local:80") == ("metrics.local", 80)
+
+
+# --- files and paths -------------------------------------------------------------------------
+
+
+def test_load_reads_the_file_and_keeps_its_path(tmp_path) -> None:
+    # Given a config file
+    path = tmp_path / "goodsd.yaml"
+    path.write_text(MINIMAL + "queue: orders\n")
+    # When it is loaded
+    cfg = config.load(str(path))
+    # Then the values and the path are kept
+    assert (cfg.queue, cfg.path) == ("orders", str(path))
+
+
+def test_load_reports_errors_against_the_file(tmp_path) -> None:
+    path = tmp_path / "goodsd.yaml"
+    path.write_text("consumers:\n  handler: a:b\n  procesess: 3\n")
+    with pytest.raises(ConfigError) as caught:
+        config.load(str(path))
+    assert (
+        str(caught.value) == f"{path}:3: consumers.procesess: unknown key (did you mean processes?)"
+    )
+
+
+def test_missing_file_names_path_and_os_reason(tmp_path) -> None:
+    # Given a path where no file exists
+    missing = str(tmp_path / "nope.yaml")
+    # When it is loaded
+    with pytest.raises(ConfigError) as caught:
+        config.load(missing)
+    # Then the error names the path and the OS reason, without a line
+    assert str(caught.value) == f"{missing}: cannot read: No such file or directory"
+    assert caught.value.line is None
+
+
+def test_directory_and_binary_files_are_config_errors(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="cannot read: Is a directory"):
+        config.load(str(tmp_path))
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"queue: q\xff\n")
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 8\)"):
+        config.load(str(binary))
+
+
+@pytest.mark.parametrize(
+    ("cli", "environ", "expected"),
+    [
+        ("/cli.yaml", {"GOODSD_CONFIG": "/env.yaml"}, "/cli.yaml"),
+        (None, {"GOODSD_CONFIG": "/env.yaml"}, "/env.yaml"),
+        (None, {"GOODSD_CONFIG": ""}, "/etc/goodsd.yaml"),
+        (None, {}, "/etc/goodsd.yaml"),
+    ],
+)
+def test_resolve_path_order(cli: str | None, environ: dict[str, str], expected: str) -> None:
+    # Given -c and/or $GOODSD_CONFIG
+    # Then -c wins, then the environment, then the default
+    assert config.resolve_path(cli, environ) == expected
+
+
+def test_exit_code_for_bad_config_is_ex_config() -> None:
+    assert config.EX_CONFIG == 78
