@@ -164,7 +164,7 @@ class Master:
         for key, _ in self.selector.select(timeout):
             if key.fd == self.wake_r:
                 self.dispatch_signals()
-            else:
+            elif key.data.events == key.fd:  # not closed by an earlier event of this wake-up
                 self.read_child_events(key.data)
 
     def dispatch_signals(self) -> None:
