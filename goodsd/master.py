@@ -710,6 +710,19 @@ def die_with_parent(master_pid: int) -> None:
         os._exit(EXIT_FAILURE)
 
 
+def consumer_main(
+    config: Config, identity: str, board: Scoreboard, send_event: Callable[[str], None]
+) -> int:
+    worker = consumer_mod.Consumer(config, identity, board, lambda: send_event("ready"))
+    return consumer_mod.run(worker)
+
+
+# role -> the function a child of that role runs after fork; returns its exit code
+ROLE_MAIN: dict[str, Callable[[Config, str, Scoreboard, Callable[[str], None]], int]] = {
+    "consumer": consumer_main,
+}
+
+
 def child_main(config: Config, child: Child, events_w: int, token: str, master_pid: int) -> int:
     """Everything a child does after fork; returns its exit code."""
     die_with_parent(master_pid)
@@ -718,15 +731,14 @@ def child_main(config: Config, child: Child, events_w: int, token: str, master_p
     )
     child_log = logging.getLogger(f"goodsd.{child.role}")
 
-    def ready() -> None:
-        os.write(events_w, b"ready\n")
+    def send_event(event: str) -> None:
+        os.write(events_w, event.encode() + b"\n")
 
     assert child.board is not None
     try:
-        worker = consumer_mod.Consumer(
-            config, consumer_identity(os.getpid(), token), child.board, ready
+        return ROLE_MAIN[child.role](
+            config, consumer_identity(os.getpid(), token), child.board, send_event
         )
-        return consumer_mod.run(worker)
     except HandlerLoadError as exc:
         child_log.error("%s", exc)
         return EXIT_CONFIG
