@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import time
 from collections.abc import Callable
@@ -37,14 +38,12 @@ REDIS_BACKOFF_MAX = 5.0
 
 @dataclass
 class Pending:
-    """Outcomes of the current batch not yet written to Redis."""
+    """Outcomes of the current batch not yet written to Redis, in claimed order
+    (None = done), and when the oldest of them was reached."""
 
-    done: list[Delivery] = field(default_factory=list)
-    failed: list[Failure] = field(default_factory=list)
+    results: list[Failure | None] = field(default_factory=list)
+    done_tags: list[str] = field(default_factory=list)  # done items that had failed before
     since: float = 0.0
-
-    def __bool__(self) -> bool:
-        return bool(self.done or self.failed)
 
 
 class Consumer:
@@ -70,6 +69,8 @@ class Consumer:
         self.failed_count = 0
         self.run_item: Callable[[bytes], None] | None = None
         self.queue: Queue | None = None
+        # A batch claimed together with the previous batch's acks, to run next.
+        self.next_batch: list[Delivery] = []
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -89,18 +90,21 @@ class Consumer:
             "started": round(time.time(), 3),
         }
         self._until_done(lambda q: q.register(self.consumer_id, info, self.config.supervisor.lease))
-        self.beat()
+        self.beat(self.clock())
         self.ready()
 
     def loop(self) -> None:
         """One step: claim a batch (waiting at most CLAIM_BLOCK), run it, settle it."""
         assert self.queue is not None
-        self.beat()
-        batch = self._until_done(
-            lambda q: q.claim(
-                self.consumer_id, self.cfg.batch, self.config.supervisor.lease, CLAIM_BLOCK
+        self.beat(self.clock())
+        batch, self.next_batch = self.next_batch, []
+        if not batch:
+            batch = self._until_done(
+                lambda q: q.claim(
+                    self.consumer_id, self.cfg.batch, self.config.supervisor.lease, CLAIM_BLOCK
+                ),
+                retry=lambda q: q.held(self.consumer_id),
             )
-        )
         if batch:
             self.run_batch(batch)
         if self.cfg.max_items and self.handled >= self.cfg.max_items:
@@ -108,82 +112,111 @@ class Consumer:
             self.running = False
 
     def shutdown(self) -> None:
-        if self.queue is not None:
-            self._until_done(lambda q: q.deregister(self.consumer_id))
+        """Give back a batch claimed but not started, then leave the registry."""
+        if self.queue is None:
+            return
+        if self.next_batch:
+            self.settle(Pending(), release=len(self.next_batch))
+            self.next_batch = []
+        self._until_done(lambda q: q.deregister(self.consumer_id))
 
     # -- one batch ----------------------------------------------------------------------
 
     def run_batch(self, batch: list[Delivery]) -> None:
+        """Run the items oldest first; ack slow ones as they go, fast ones once per batch."""
         pending = Pending()
         settled = 0
         for position, delivery in enumerate(batch):
             if not self.running:
-                self.settle(pending, release=batch[position:], complete=True)
+                self.settle(pending, release=len(batch) - position)
                 return
             started = self.clock()
-            self.beat(busy_since=started, position=position - settled)
-            self.run_one(delivery, pending, started)
-            if pending and not pending.since:
-                pending.since = started
-            if position + 1 < len(batch) and pending and self.clock() - pending.since > FLUSH_AFTER:
-                settled += len(pending.done) + len(pending.failed)
-                self.settle(pending, release=[], complete=False)
+            if pending.results and started - pending.since > FLUSH_AFTER:
+                settled += len(pending.results)
+                self.settle(pending)
                 pending = Pending()
-        self.beat()
-        self.settle(pending, release=[], complete=True)
+            self.beat(started, busy_since=started, position=position - settled)
+            pending.since = pending.since or started
+            result = self.run_one(delivery)
+            pending.results.append(result)
+            if result is None and delivery.tag:
+                pending.done_tags.append(delivery.tag)
+        self.beat(self.clock())
+        self.settle(pending, claim_next=self.wants_more())
 
-    def run_one(self, delivery: Delivery, pending: Pending, started: float) -> None:
+    def wants_more(self) -> int:
+        """How many items to claim along with this batch's acks (0: none)."""
+        if not self.running:
+            return 0
+        if self.cfg.max_items:
+            return max(0, min(self.cfg.batch, self.cfg.max_items - self.handled))
+        return self.cfg.batch
+
+    def run_one(self, delivery: Delivery) -> Failure | None:
+        """Run one item; its failure, or None when done."""
         assert self.run_item is not None
         self.handled += 1
         try:
             self.run_item(delivery.payload)
         except runner.MalformedItem as exc:
             log.warning("malformed item %s goes to the dead list: %s", _show(delivery), exc)
-            pending.failed.append(Failure(delivery, f"malformed: {exc}", final=True))
             self.failed_count += 1
+            return Failure(delivery, f"malformed: {exc}", final=True)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             log.warning("handler failed on %s: %s", _show(delivery), error)
-            pending.failed.append(Failure(delivery, error))
             self.failed_count += 1
-        else:
-            pending.done.append(delivery)
-            self.done_count += 1
+            return Failure(delivery, error)
+        self.done_count += 1
+        return None
 
-    def settle(self, pending: Pending, release: list[Delivery], *, complete: bool) -> None:
-        if not (pending or release):
-            return
-        self._until_done(
-            lambda q: q.settle(
+    def settle(self, pending: Pending, release: int = 0, claim_next: int = 0) -> None:
+        """Write outcomes (and maybe claim the next batch) in one round trip. After a lost
+        reply the settle is repeated harmlessly (same settle id) and what the claim took is
+        read back from the in-flight list, so no claimed item is ever unknown to us."""
+        settle_id = secrets.token_hex(8)
+
+        def attempt(q: Queue, claim: int) -> list[Delivery]:
+            return q.settle(
                 self.consumer_id,
-                pending.done,
-                pending.failed,
+                pending.results,
                 release,
-                complete=complete,
+                settle_id=settle_id,
                 retries=self.cfg.retries,
                 retry_delay=self.cfg.retry_delay,
+                claim_next=claim,
+                lease=self.config.supervisor.lease,
+                done_tags=tuple(pending.done_tags),
             )
-        )
+
+        def resync(q: Queue) -> list[Delivery]:
+            attempt(q, 0)
+            return q.held(self.consumer_id) if claim_next else []
+
+        self.next_batch = self._until_done(lambda q: attempt(q, claim_next), retry=resync)
 
     # -- helpers ------------------------------------------------------------------------
 
-    def beat(self, busy_since: float = 0.0, position: int = -1) -> None:
+    def beat(self, now: float, busy_since: float = 0.0, position: int = -1) -> None:
         self.board.write(
-            heartbeat=self.clock(),
+            heartbeat=now,
             busy_since=busy_since,
             position=position,
             done=self.done_count,
             failed=self.failed_count,
         )
 
-    def _until_done(self, step: Callable[[Queue], T]) -> T:
-        """Run a Redis step, retrying with capped exponential backoff while Redis is away.
-        Keeps heartbeating so the master knows this wait is not a hang."""
+    def _until_done(
+        self, step: Callable[[Queue], T], retry: Callable[[Queue], T] | None = None
+    ) -> T:
+        """Run a Redis step, retrying with capped exponential backoff while Redis is away
+        (with ``retry`` instead of ``step`` after a failure, when given). Keeps heartbeating
+        so the master knows this wait is not a hang."""
         assert self.queue is not None
         failures = 0
         while True:
             try:
-                return step(self.queue)
+                return (retry if failures and retry else step)(self.queue)
             except TRANSIENT_ERRORS as exc:
                 failures += 1
                 delay = backoff_delay(failures, REDIS_BACKOFF_BASE, REDIS_BACKOFF_MAX)
@@ -196,7 +229,7 @@ class Consumer:
     def _pause(self, seconds: float) -> None:
         deadline = self.clock() + seconds
         while (left := deadline - self.clock()) > 0:
-            self.beat()
+            self.beat(self.clock())
             time.sleep(min(left, 0.25))
 
 
