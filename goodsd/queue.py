@@ -64,10 +64,13 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 # Moves up to ARGV[1] more items ready -> in-flight (oldest first, each to the left of what is
 # already held, as LMOVE RIGHT LEFT would), after bringing due retries back to the pop end;
-# stamps the lease; counts every item now in flight as claimed (in-flight is empty before every
-# claim, so its length is exactly this claim, including an item BLMOVE took just before).
+# stamps the lease and puts the registration back if a reaper removed it (a live consumer whose
+# lease ran out, e.g. in a long Redis outage, must stay visible to recovery); counts every item
+# now in flight as claimed (in-flight is empty before every claim, so its length is exactly this
+# claim, including an item BLMOVE took just before).
 # Bulk LRANGE/LTRIM/LPUSH instead of one LMOVE per item: same effect, a fraction of the cost.
-# KEYS: ready, inflight, lease, retry, stats   ARGV: n, lease_ms, consumer_id, retry_move_limit
+# KEYS: ready, inflight, lease, retry, stats, consumers
+# ARGV: n, lease_ms, consumer_id, retry_move_limit, registration ('' = none)
 _CLAIM = (
     _NOW_MS
     + """
@@ -90,6 +93,7 @@ if n > 0 then
   end
 end
 redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[2])
+if ARGV[5] ~= '' then redis.call('HSETNX', KEYS[6], ARGV[3], ARGV[5]) end
 local held = redis.call('LLEN', KEYS[2])
 if held > 0 then redis.call('HINCRBY', KEYS[5], 'claimed', held) end
 return claimed
@@ -263,6 +267,8 @@ class Queue:
         self.client = client
         self.name = name
         self.keys = _keys(name)
+        # consumer id -> its registration record, put back by every claim if it went missing
+        self._registrations: dict[str, str] = {}
         self._claim = client.register_script(_CLAIM)
         self._settle = client.register_script(_SETTLE)
         self._recover = client.register_script(_RECOVER)
@@ -282,13 +288,15 @@ class Queue:
 
     def register(self, consumer: str, info: dict[str, object], lease: float) -> None:
         """Make the consumer visible (for status and for recovery by host) and take its lease."""
+        self._registrations[consumer] = json.dumps(info)
         pipe = self.client.pipeline(transaction=True)
-        pipe.hset(self.keys["consumers"], consumer, json.dumps(info))
+        pipe.hset(self.keys["consumers"], consumer, self._registrations[consumer])
         pipe.set(self.lease_key(consumer), consumer, px=int(lease * 1000))
         pipe.execute()
 
     def deregister(self, consumer: str) -> None:
         """A clean exit: its in-flight list is already empty."""
+        self._registrations.pop(consumer, None)
         pipe = self.client.pipeline(transaction=True)
         pipe.hdel(self.keys["consumers"], consumer)
         pipe.delete(self.lease_key(consumer), self.settled_key(consumer))
@@ -323,8 +331,10 @@ class Queue:
             self.lease_key(consumer),
             self.keys["retry"],
             self.keys["stats"],
+            self.keys["consumers"],
         ]
-        return keys, [n, int(lease * 1000), consumer, RETRY_MOVE_LIMIT]
+        registration = self._registrations.get(consumer, "")
+        return keys, [n, int(lease * 1000), consumer, RETRY_MOVE_LIMIT, registration]
 
     def claim(self, consumer: str, batch: int, lease: float, block: float) -> list[Delivery]:
         """Claim up to ``batch`` items, oldest first. Non-blocking first (one round trip when

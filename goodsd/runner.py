@@ -5,8 +5,11 @@ Kept apart from the claim/ack loop so that later concurrency (threads, coroutine
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -38,7 +41,7 @@ def load_callable(spec: str) -> Callable[..., object]:
         target: object = importlib.import_module(module_name)
         for attr in attr_path.split("."):
             target = getattr(target, attr)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a module may sys.exit() when it cannot start
         raise HandlerLoadError(f"cannot load {spec!r}: {type(exc).__name__}: {exc}") from exc
     if not callable(target):
         raise HandlerLoadError(f"{spec!r} is not callable")
@@ -68,18 +71,24 @@ def command_handler(argv: tuple[str, ...], timeout: float) -> Callable[[bytes], 
     failure whose error is the tail of its stderr; past ``timeout`` it is killed."""
 
     def run(raw: bytes) -> None:
-        try:
-            result = subprocess.run(
-                argv, input=raw, stderr=subprocess.PIPE, timeout=timeout, check=False
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise RuntimeError(f"command timed out after {timeout:g}s and was killed") from exc
-        if result.returncode != 0:
-            tail = result.stderr[-STDERR_TAIL:].decode("utf-8", "replace").strip()
+        # Its own process group, so that a timeout also kills whatever the command started:
+        # killing only its pid would leave e.g. a shell's children running on, unsupervised.
+        with subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0
+        ) as proc:
+            try:
+                _, stderr = proc.communicate(raw, timeout=timeout)
+            except subprocess.TimeoutExpired as exc:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise RuntimeError(f"command timed out after {timeout:g}s and was killed") from exc
+        if proc.returncode != 0:
+            tail = stderr[-STDERR_TAIL:].decode("utf-8", "replace").strip()
             how = (
-                f"killed by signal {-result.returncode}"
-                if result.returncode < 0
-                else f"exit status {result.returncode}"
+                f"killed by signal {-proc.returncode}"
+                if proc.returncode < 0
+                else f"exit status {proc.returncode}"
             )
             raise RuntimeError(f"command failed ({how})" + (f": {tail}" if tail else ""))
 

@@ -39,3 +39,34 @@ def hang(item: object) -> None:
 def crash(item: object) -> None:
     """Kill the whole worker process on the spot."""
     os._exit(3)
+
+
+def paced_record(item: object) -> None:
+    """Take $TEST_ITEM_SECONDS (default 0.05 s) per item, then record it."""
+    time.sleep(float(os.environ.get("TEST_ITEM_SECONDS", "0.05")))
+    record(item)
+
+
+def crash_on_poison(item: object) -> None:
+    """Kill the worker on the item "poison"; record every other item."""
+    if item == "poison":
+        os._exit(3)
+    record(item)
+
+
+def paced_record_to_file(item: object) -> None:
+    """Take $TEST_ITEM_SECONDS per item, then append it as one line to the file $TEST_OUT:
+    a record that does not need Redis, for tests that take Redis away."""
+    time.sleep(float(os.environ.get("TEST_ITEM_SECONDS", "0.01")))
+    fd = os.open(os.environ["TEST_OUT"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"{item}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def setup_fails_when_flagged() -> None:
+    """A consumer setup that raises (the child exits 1 before ready) while the Redis key
+    test:fail-setup exists: a crash loop a test can turn on and off."""
+    if _client().exists("test:fail-setup"):
+        raise RuntimeError("setup failed on purpose (test:fail-setup is set)")

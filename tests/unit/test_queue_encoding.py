@@ -1,0 +1,140 @@
+"""How items are wrapped for Redis: delivery tags and dead records. Pure functions, no Redis."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from goodsd.queue import (
+    TAG_LEN,
+    TAG_MARK,
+    dead_record_head,
+    new_tag,
+    parse_dead_record,
+    tagged_value,
+    unwrap,
+)
+
+PAYLOADS = [
+    b"good7",
+    b"",
+    b'{"id": 1}',
+    b"\xff\xfe\x00binary\x1e",
+    TAG_MARK,  # a user item that merely looks like the mark
+    b"caf\xc3\xa9 \xe2\x9c\x93",
+    b"line one\nline two",
+]
+
+
+# --- tags -------------------------------------------------------------------------------------
+
+
+def test_new_tags_are_hex_of_the_fixed_length_and_distinct() -> None:
+    tags = {new_tag() for _ in range(100)}
+    assert len(tags) == 100
+    assert all(len(t) == TAG_LEN and int(t, 16) >= 0 for t in tags)
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_tagged_value_unwraps_to_the_same_tag_and_payload(payload: bytes) -> None:
+    # Given a payload tagged for a retry
+    tag = new_tag()
+    value = tagged_value(tag, payload)
+    # When it is claimed again and unwrapped
+    delivery = unwrap(value)
+    # Then the tag and the exact payload come back, and the claimed value is kept as is
+    assert delivery.tag == tag
+    assert delivery.payload == payload
+    assert delivery.claimed == value
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_untagged_items_are_the_raw_user_item(payload: bytes) -> None:
+    delivery = unwrap(payload)
+    assert delivery == (payload, payload, None)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        TAG_MARK + b"0123",  # too short for a tag
+        TAG_MARK + b"0123456789abcdef",  # a tag but no separator
+        TAG_MARK + b"0123456789abcdefXgood",  # wrong separator
+        b"\x1egoodsd-0123456789abcdef:good",  # almost the mark
+    ],
+)
+def test_values_that_only_resemble_a_tag_stay_untagged(value: bytes) -> None:
+    # Given a user item that starts like a tag but is not one
+    # Then it is delivered whole, untouched
+    assert unwrap(value) == (value, value, None)
+
+
+# --- dead records -----------------------------------------------------------------------------
+
+
+def complete(head: bytes, attempts: int) -> dict[str, object]:
+    """What the settle script does: append the attempts count and the closing brace."""
+    return json.loads(head + f"{attempts}}}".encode())
+
+
+def test_dead_record_head_plus_attempts_is_one_json_object() -> None:
+    # Given a failed UTF-8 item
+    head = dead_record_head(
+        b"good7", "ValueError: cannot handle good7", "host-1-abc", 1700000000.1234
+    )
+    # When the script appends the attempts count
+    record = complete(head, 4)
+    # Then it is a JSON object with every field
+    assert record == {
+        "item": "good7",
+        "error": "ValueError: cannot handle good7",
+        "at": 1700000000.123,
+        "consumer": "host-1-abc",
+        "attempts": 4,
+    }
+
+
+def test_dead_record_keeps_non_utf8_items_as_base64() -> None:
+    # Given an item that is not UTF-8
+    payload = b"\xff\xfe\x00binary"
+    # When it is dead-lettered
+    record = complete(dead_record_head(payload, "boom", "c", 1.0), 1)
+    # Then the bytes survive exactly, as base64, and there is no "item" field
+    assert "item" not in record
+    assert base64.b64decode(record["item_b64"]) == payload
+
+
+def test_dead_record_escapes_awkward_errors_and_keeps_unicode() -> None:
+    # Given an error with quotes, a newline, a brace and non-ASCII text
+    error = "KeyError: 'x' \"quoted\" }\nsecond line — ünïcode ✓"
+    record = complete(dead_record_head("café".encode(), error, "c", 2.0), 10)
+    # Then the JSON is still valid and every character comes back
+    assert record["error"] == error
+    assert record["item"] == "café"
+    assert record["attempts"] == 10
+
+
+def test_parse_dead_record_reads_what_goodsd_wrote() -> None:
+    raw = dead_record_head(b"good1", "err", "c", 3.0) + b"2}"
+    assert parse_dead_record(raw) == {
+        "item": "good1",
+        "error": "err",
+        "at": 3.0,
+        "consumer": "c",
+        "attempts": 2,
+    }
+
+
+@pytest.mark.parametrize("raw", [b"not json at all", b"[1, 2]", b"42", b'"a string"', b"\xff\xfe"])
+def test_parse_dead_record_shows_foreign_entries_raw(raw: bytes) -> None:
+    # Given an entry some other program pushed onto the dead list
+    record = parse_dead_record(raw)
+    # Then it is shown as its raw text, with empty metadata, instead of failing
+    assert record == {
+        "item": raw.decode("utf-8", "replace"),
+        "error": "",
+        "attempts": 0,
+        "at": 0,
+    }

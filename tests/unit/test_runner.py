@@ -1,0 +1,207 @@
+"""Running one item: decoding, loading the handler, and command handlers.
+
+The command tests run real tiny commands (``true``, ``sh``): they take milliseconds and are the
+only honest way to check exit statuses, stderr and timeouts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from goodsd.config import ConsumersConfig
+from goodsd.runner import (
+    STDERR_TAIL,
+    HandlerLoadError,
+    MalformedItem,
+    build,
+    command_handler,
+    decoder,
+    load_callable,
+)
+
+# --- decoding ---------------------------------------------------------------------------------
+
+
+def test_utf8_mode_gives_text() -> None:
+    assert decoder("utf-8")("café".encode()) == "café"
+
+
+def test_utf8_mode_rejects_other_bytes_as_malformed() -> None:
+    with pytest.raises(MalformedItem, match=r"^not UTF-8: "):
+        decoder("utf-8")(b"\xff\xfe")
+
+
+def test_bytes_mode_passes_anything_through() -> None:
+    assert decoder("bytes")(b"\xff\x00") == b"\xff\x00"
+
+
+def test_json_mode_gives_the_decoded_value() -> None:
+    assert decoder("json")(b'{"id": 1, "tags": ["a"]}') == {"id": 1, "tags": ["a"]}
+    assert decoder("json")(b"42") == 42
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"", b"\xff"])
+def test_json_mode_rejects_bad_json_as_malformed(raw: bytes) -> None:
+    with pytest.raises(MalformedItem, match=r"^not JSON: "):
+        decoder("json")(raw)
+
+
+# --- loading handlers -------------------------------------------------------------------------
+
+
+def test_load_callable_follows_a_dotted_attribute_path() -> None:
+    assert load_callable("json:loads") is json.loads
+    assert load_callable("json:JSONDecoder.decode") is json.JSONDecoder.decode
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            "no_such_module_xyz:handle",
+            "cannot load 'no_such_module_xyz:handle': ModuleNotFoundError",
+        ),
+        ("json:no_such_attr", "cannot load 'json:no_such_attr': AttributeError"),
+        ("json", "cannot load 'json': AttributeError"),
+        ("goodsd.runner:STDERR_TAIL", "'goodsd.runner:STDERR_TAIL' is not callable"),
+    ],
+)
+def test_load_callable_errors_are_handler_load_errors(spec: str, message: str) -> None:
+    with pytest.raises(HandlerLoadError) as caught:
+        load_callable(spec)
+    assert str(caught.value).startswith(message)
+
+
+def test_an_import_that_raises_is_a_handler_load_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a module that fails while being imported
+    (tmp_path / "broken_handler_mod.py").write_text("raise RuntimeError('no database')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    # Then loading it names the module and the cause
+    with pytest.raises(HandlerLoadError, match="RuntimeError: no database"):
+        load_callable("broken_handler_mod:handle")
+
+
+def test_an_import_that_exits_is_a_handler_load_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a module that calls sys.exit() at import, as scripts do when they cannot start
+    (tmp_path / "exiting_handler_mod.py").write_text("import sys\nsys.exit('no config')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    # Then it is a load error (exit 78 in a child), not a crash to restart forever
+    with pytest.raises(HandlerLoadError, match="SystemExit: no config"):
+        load_callable("exiting_handler_mod:handle")
+
+
+def test_build_with_a_python_handler_decodes_then_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a handler module in a pythonpath directory that keeps what it receives
+    (tmp_path / "sink_handler_mod.py").write_text(
+        "seen = []\ndef handle(item):\n    seen.append(item)\n"
+    )
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "sink_handler_mod", raising=False)
+    cfg = ConsumersConfig(handler="sink_handler_mod:handle", decode="json")
+    # When the per-item function is built with that directory and an item runs
+    run_item = build(cfg, (str(tmp_path),))
+    run_item(b'{"id": 7}')
+    # Then the directory was put on sys.path and the handler got the decoded value
+    assert sys.path[0] == str(tmp_path)
+    assert sys.modules["sink_handler_mod"].seen == [{"id": 7}]
+    monkeypatch.delitem(sys.modules, "sink_handler_mod")
+
+
+def test_build_without_handler_or_command_is_a_load_error() -> None:
+    with pytest.raises(HandlerLoadError, match="no handler or command configured"):
+        build(ConsumersConfig(handler=None), ())
+
+
+def test_build_with_a_command_rejects_malformed_items_before_running_it(tmp_path: Path) -> None:
+    # Given a command handler decoding JSON, whose command would leave a mark
+    mark = tmp_path / "ran"
+    cfg = ConsumersConfig(command=("sh", "-c", f"touch {mark}"), decode="json")
+    run_item = build(cfg, ())
+    # When a malformed item runs
+    with pytest.raises(MalformedItem):
+        run_item(b"{not json")
+    # Then the command never ran
+    assert not mark.exists()
+
+
+# --- command handlers -------------------------------------------------------------------------
+
+
+def test_command_exit_zero_is_done() -> None:
+    command_handler(("true",), 5.0)(b"good1")
+
+
+def test_command_gets_the_item_on_stdin(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    command_handler(("sh", "-c", f"cat > {out}"), 5.0)(b"good\x001\n")
+    assert out.read_bytes() == b"good\x001\n"
+
+
+def test_command_failure_carries_exit_status_and_stderr() -> None:
+    run = command_handler(("sh", "-c", "echo 'bad item' >&2; exit 3"), 5.0)
+    with pytest.raises(RuntimeError) as caught:
+        run(b"good1")
+    assert str(caught.value) == "command failed (exit status 3): bad item"
+
+
+def test_command_failure_without_stderr_has_no_trailing_colon() -> None:
+    with pytest.raises(RuntimeError) as caught:
+        command_handler(("false",), 5.0)(b"x")
+    assert str(caught.value) == "command failed (exit status 1)"
+
+
+def test_command_killed_by_a_signal_says_so() -> None:
+    with pytest.raises(RuntimeError) as caught:
+        command_handler(("sh", "-c", "kill -9 $$"), 5.0)(b"x")
+    assert str(caught.value) == "command failed (killed by signal 9)"
+
+
+def test_command_stderr_is_cut_to_its_tail() -> None:
+    # Given a command that writes far more than STDERR_TAIL bytes before failing
+    script = "i=0; while [ $i -lt 500 ]; do echo line$i >&2; i=$((i+1)); done; exit 2"
+    with pytest.raises(RuntimeError) as caught:
+        command_handler(("sh", "-c", script), 5.0)(b"x")
+    # Then the error keeps the end of it, bounded
+    message = str(caught.value)
+    assert message.endswith("line499")
+    assert len(message) <= len("command failed (exit status 2): ") + STDERR_TAIL
+
+
+def test_command_past_its_timeout_is_killed_with_everything_it_started(tmp_path: Path) -> None:
+    # Given a command that starts a background process and then waits forever
+    pidfile = tmp_path / "bg.pid"
+    script = 'sleep 60 & echo $! > "$1"; wait'
+    run = command_handler(("sh", "-c", script, "sh", str(pidfile)), 0.3)
+    # When it runs past its timeout
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"^command timed out after 0\.3s and was killed$"):
+        run(b"x")
+    # Then it was stopped at the timeout, and its background process died with it
+    assert time.monotonic() - started < 5
+    assert not _running(int(pidfile.read_text()))
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (an orphan may wait to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return stat[stat.rindex(b")") + 2 :][:1] != b"Z"
+
+
+def test_a_missing_command_fails_the_item() -> None:
+    with pytest.raises(OSError):
+        command_handler((os.devnull + "/no-such-command",), 5.0)(b"x")
