@@ -9,6 +9,7 @@ import signal
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from goodsd.config import Config
 from goodsd.scoreboard import Scoreboard
 
 # Exit codes of a child (and of the master, where they mean the same).
@@ -22,7 +23,9 @@ STABLE_AFTER = 5.0
 # command handlers enforce the timeout themselves first.
 TIMEOUT_GRACE = 5.0
 # A ready child whose scoreboard heartbeat is older than this (while not in an item) is hung.
-HEARTBEAT_MIN = 10.0
+# Longer than one Redis call of a child can block (its socket timeout, 10 s, plus the claim
+# wait), so an unreachable Redis is never mistaken for a hang.
+HEARTBEAT_MIN = 15.0
 # A child that has not reported ready within this long is killed as a failed start.
 START_TIMEOUT = 120.0
 
@@ -34,7 +37,7 @@ class State(enum.Enum):
     STOPPING = "stopping"  # SIGTERM sent: finishing its current item
 
 
-@dataclass
+@dataclass(eq=False)  # a record is itself: two slots never compare equal by value
 class Child:
     """One supervised slot of a role; its process comes and goes across restarts."""
 
@@ -53,6 +56,8 @@ class Child:
     kill_reason: str = ""  # why the master SIGKILLed it, empty otherwise
     board: Scoreboard | None = None  # its shared liveness record
     events: int = -1  # read end of its event pipe, -1 when closed
+    config: Config | None = None  # the snapshot its current process was started with
+    last_error: str = ""  # what its process reported before failing (handler load error)
 
     @property
     def name(self) -> str:
@@ -92,13 +97,15 @@ def reconcile(
     """
     spawn: list[tuple[str, int]] = []
     retire: list[Child] = []
+    children = list(children)
     active = [c for c in children if c.state is not State.STOPPING]
     for role, want in wanted.items():
         mine = [c for c in active if c.role == role]
         current = [c for c in mine if c.generation == generation[role]]
         outdated = [c for c in mine if c.generation != generation[role]]
-        used = {c.index for c in mine}
-        free = (i for i in range(len(mine) + want + 1) if i not in used)
+        # A slot still held by a stopping child is not reused, so log lines stay unambiguous.
+        used = {c.index for c in children if c.role == role}
+        free = (i for i in range(len(used) + want + 1) if i not in used)
         spawn.extend((role, next(free)) for _ in range(want - len(current)))
         surplus = sorted(current, key=lambda c: (c.state is not State.BACKOFF, c.seq))
         retire.extend(surplus[: max(0, len(current) - want)])
@@ -111,6 +118,91 @@ def reconcile(
         excess = len(serving_outdated) + min(ready_current, want) - want
         retire.extend(serving_outdated[: max(0, excess)])
     return Plan(tuple(spawn), tuple(retire))
+
+
+class Exit(enum.Enum):
+    """What the master does about a child that exited."""
+
+    GONE = "gone"  # it was stopping: forget it
+    FATAL = "fatal"  # its handler cannot load before READY: the whole service exits 78
+    ROLLBACK = "rollback"  # the handler of a reloaded config cannot load: back to the old one
+    RESTART = "restart"  # start it again after ``delay`` (BACKOFF)
+
+
+@dataclass(frozen=True)
+class ExitPlan:
+    action: Exit
+    failures: int = 0  # consecutive failed starts, counting this exit
+    delay: float = 0.0  # how long to wait in BACKOFF before the restart
+
+
+def plan_exit(
+    child: Child,
+    code: int | None,
+    now: float,
+    *,
+    ready_sent: bool,
+    can_roll_back: bool,
+    base: float,
+    cap: float,
+) -> ExitPlan:
+    """Decide the fate of ``child`` whose process just exited with ``code`` (None: signal).
+
+    A handler that cannot load is fatal before READY and undoes a reload after it; when there is
+    nothing to undo (its module broke on disk under a running service) it is a failed start
+    like any other, so it backs off instead of looping.
+    """
+    if child.state is State.STOPPING:
+        return ExitPlan(Exit.GONE)
+    if code == EXIT_CONFIG and not child.ready_at:
+        if not ready_sent:
+            return ExitPlan(Exit.FATAL)
+        if can_roll_back:
+            return ExitPlan(Exit.ROLLBACK)
+    if code == EXIT_OK and child.ready_at and not child.kill_reason:
+        return ExitPlan(Exit.RESTART)  # a planned recycle (max_items)
+    if failed_start(child, now):
+        failures = child.failures + 1
+        return ExitPlan(Exit.RESTART, failures, backoff_delay(failures, base, cap))
+    return ExitPlan(Exit.RESTART)
+
+
+def all_running(children: Iterable[Child], wanted: dict[str, int]) -> bool:
+    """The initial READY: every wanted child has connected and loaded its handler."""
+    children = list(children)
+    return all(
+        sum(1 for c in children if c.role == role and c.state is State.RUNNING) >= count
+        for role, count in wanted.items()
+    )
+
+
+def roll_settled(
+    children: Iterable[Child], wanted: dict[str, int], generation: dict[str, int]
+) -> bool:
+    """The children are exactly what the config asks for: no older generation left, nobody
+    stopping, every wanted slot running. A reload is complete then."""
+    children = list(children)
+    if any(c.generation != generation[c.role] or c.state is State.STOPPING for c in children):
+        return False
+    return all(
+        sum(1 for c in children if c.role == role and c.state is State.RUNNING) == count
+        for role, count in wanted.items()
+    )
+
+
+def roll_stuck(children: Iterable[Child], generation: dict[str, int]) -> bool:
+    """A child of the current generation is backing off: a reload cannot complete soon, and
+    holding ``systemctl reload`` would not help (the older children keep serving meanwhile)."""
+    return any(c.state is State.BACKOFF and c.generation == generation[c.role] for c in children)
+
+
+def next_deadline(children: Iterable[Child]) -> float | None:
+    """The earliest moment a child needs the master: a restart after backoff or a stop
+    deadline; the loop sleeps no longer than that."""
+    times = [c.restart_at for c in children if c.state is State.BACKOFF] + [
+        c.stop_deadline for c in children if c.state is State.STOPPING
+    ]
+    return min(times, default=None)
 
 
 def overdue(
@@ -133,6 +225,23 @@ def overdue(
     if not busy_since and now - heartbeat > heartbeat_timeout:
         return f"no heartbeat for {now - heartbeat:.1f}s"
     return ""
+
+
+def keeps_lease(
+    child: Child,
+    heartbeat: float,
+    busy_since: float,
+    now: float,
+    timeout: float | None,
+    heartbeat_timeout: float,
+) -> bool:
+    """Whether the master renews ``child``'s lease: only while it serves and is not hung by
+    the same measures ``overdue`` kills by, so a hung child never holds its items for good."""
+    if child.state not in (State.RUNNING, State.STOPPING) or not child.pid or child.kill_reason:
+        return False
+    if busy_since:
+        return timeout is None or now - busy_since <= timeout + TIMEOUT_GRACE
+    return now - heartbeat <= heartbeat_timeout
 
 
 def heartbeat_timeout(lease: float) -> float:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import subprocess
 import sys
@@ -19,13 +21,103 @@ def load_config(args: argparse.Namespace) -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run the master in the foreground (systemd's way)."""
+    """Run the master in the foreground (systemd's way), or detached with a pidfile."""
     from goodsd.master import Master
     from goodsd.notify import Notifier
 
     cfg = load_config(args)
+    if args.detach:
+        return run_detached(args, cfg)
     logs.setup(cfg.logging.level, cfg.logging.format, "master")
     return Master(cfg, Notifier()).run()
+
+
+def run_detached(args: argparse.Namespace, cfg: Config) -> int:
+    """Without systemd: everything that can fail fast (config, handler import, the pidfile
+    lock, the log file) is checked in the foreground, so its exit code says so; then detach.
+    Logs go to ``--logfile``, else to syslog."""
+    import daemon
+
+    from goodsd.master import Master
+    from goodsd.notify import Notifier
+
+    problem = import_problem(cfg)
+    if problem:
+        print(f"{cfg.path}: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not args.logfile and not os.path.exists(logs.SYSLOG_SOCKET):
+        print(
+            f"goodsd: no {logs.SYSLOG_SOCKET} to log to once detached; give --logfile PATH",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    pidfile = PidFile(args.pidfile)
+    try:
+        logfile = open(args.logfile, "a", buffering=1) if args.logfile else None  # noqa: SIM115
+        pidfile.acquire()
+    except (PidFileLocked, OSError) as exc:
+        print(f"goodsd: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    target = logs.STDERR if logfile else logs.SYSLOG
+    context = daemon.DaemonContext(
+        working_directory=os.getcwd(),  # relative paths in the config keep their meaning
+        umask=0o022,
+        detach_process=True,
+        pidfile=pidfile,
+        files_preserve=[pidfile.fd],
+        stdout=logfile,
+        stderr=logfile,
+    )
+    with context:
+        logs.setup(cfg.logging.level, cfg.logging.format, "master", target=target)
+        return Master(cfg, Notifier(), log_target=target).run()
+
+
+class PidFileLocked(Exception):
+    """Another goodsd holds the pidfile."""
+
+
+class PidFile:
+    """A pidfile locked (flock) for the daemon's whole life. Taken in the foreground, so a
+    second instance is refused before it detaches; filled with the daemon's pid once detached
+    (python-daemon enters it as a context); removed at exit. The file of a crashed run is not
+    locked any more, so it is simply taken over."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self.fd = -1  # open and locked once acquired
+
+    def acquire(self) -> None:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise PidFileLocked(
+                    f"already running as pid {owner} (pidfile {self.path} is locked)"
+                ) from None
+            try:
+                ours = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                ours = False
+            if ours:
+                self.fd = fd
+                return
+            os.close(fd)  # its owner removed it as we locked it: try again with a new file
+
+    def __enter__(self) -> PidFile:
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with contextlib.suppress(OSError):
+            if os.path.samestat(os.fstat(self.fd), os.stat(self.path)):
+                os.unlink(self.path)
+        os.close(self.fd)
+        self.fd = -1
 
 
 # Imports what the config names, in a throwaway interpreter, so that `check` never runs user
@@ -39,19 +131,30 @@ for spec in sys.argv[2:]:
 """
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    """Validate the config and import the handler, like `nginx -t`."""
-    cfg = load_config(args)
-    specs = [s for s in (cfg.consumers.handler, cfg.consumers.setup, cfg.producer.source) if s]
+def import_specs(cfg: Config) -> list[str]:
+    return [s for s in (cfg.consumers.handler, cfg.consumers.setup, cfg.producer.source) if s]
+
+
+def import_problem(cfg: Config) -> str | None:
+    """Why what the config names cannot be imported, or None when it can."""
     probe = subprocess.run(
-        [sys.executable, "-c", _IMPORT_PROBE, "\0".join(cfg.pythonpath), *specs],
+        [sys.executable, "-c", _IMPORT_PROBE, "\0".join(cfg.pythonpath), *import_specs(cfg)],
         capture_output=True,
         text=True,
         check=False,
     )
-    if probe.returncode != 0:
-        lines = probe.stderr.strip().splitlines()
-        print(f"{cfg.path}: {lines[-1] if lines else 'import failed'}", file=sys.stderr)
+    if probe.returncode == 0:
+        return None
+    lines = probe.stderr.strip().splitlines()
+    return lines[-1] if lines else "import failed"
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate the config and import the handler, like `nginx -t`."""
+    cfg = load_config(args)
+    problem = import_problem(cfg)
+    if problem:
+        print(f"{cfg.path}: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     c, p = cfg.consumers, cfg.producer
     work = c.handler if c.handler else "command " + " ".join(c.command or ())
@@ -61,7 +164,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if p.processes:
         feed = p.source if p.source else "command " + " ".join(p.command or ())
         print(f"  producers: {p.processes} x {feed}")
-    for spec in specs:
+    for spec in import_specs(cfg):
         print(f"  imported {spec}")
     return 0
 
@@ -88,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", parents=[common], help="run the master in the foreground")
+    run.add_argument(
+        "--detach", action="store_true", help="daemonize (without systemd); needs --pidfile"
+    )
+    run.add_argument("--pidfile", metavar="PATH", help="with --detach: the locked pidfile")
+    run.add_argument(
+        "--logfile", metavar="PATH", help="with --detach: append logs here (default: syslog)"
+    )
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check", parents=[common], help="validate config, import handler")
     check.set_defaults(func=cmd_check)
@@ -95,11 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "run" and args.detach != bool(args.pidfile):
+        parser.error("--detach and --pidfile PATH go together")
+    if args.command == "run" and args.logfile and not args.detach:
+        parser.error("--logfile is for --detach (in the foreground, logs go to stderr)")
     try:
         return int(args.func(args))
     except ConfigError as exc:
-        print(f"goodsd: {exc}", file=sys.stderr)
+        # under journald, at error priority like the daemon's own error lines
+        prefix = "<3>" if logs.under_journal(os.environ) else ""
+        print(f"{prefix}goodsd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_FAILURE

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import logging
 import os
@@ -20,6 +21,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import redis
+
 from goodsd import config as config_mod
 from goodsd import consumer as consumer_mod
 from goodsd import hostinfo, logs
@@ -27,22 +30,26 @@ from goodsd.children import (
     EXIT_CONFIG,
     EXIT_FAILURE,
     EXIT_OK,
-    TIMEOUT_GRACE,
     Child,
+    Exit,
     State,
-    backoff_delay,
+    all_running,
     describe_exit,
-    failed_start,
     heartbeat_timeout,
+    keeps_lease,
+    next_deadline,
     overdue,
+    plan_exit,
     reconcile,
+    roll_settled,
+    roll_stuck,
 )
-from goodsd.config import Config, ConfigError
+from goodsd.config import Config, ConfigError, RedisConfig
 from goodsd.notify import Notifier
 from goodsd.queue import Queue
-from goodsd.redisconn import TRANSIENT_ERRORS, connect
+from goodsd.redisconn import connect, password
 from goodsd.runner import HandlerLoadError
-from goodsd.scoreboard import Scoreboard
+from goodsd.scoreboard import FLAG_PAUSED, Scoreboard
 
 log = logging.getLogger("goodsd.master")
 
@@ -54,10 +61,21 @@ HANDLED_SIGNALS = (
     signal.SIGTTIN,
     signal.SIGTTOU,
 )
-# Longest the loop sleeps without an event: the resolution of timeouts and backoff restarts.
+# Signals a child leaves to the master: systemd or a terminal may send them to the whole group.
+CHILD_IGNORED = (signal.SIGHUP, signal.SIGINT, signal.SIGTTIN, signal.SIGTTOU)
+# Longest the loop sleeps without an event: the resolution of liveness checks.
 TICK = 0.5
 # How often STATUS= is refreshed (and the backlog read from Redis).
 STATUS_EVERY = 2.0
+# How often the master retries giving back items of gone consumers while Redis is away.
+RECOVER_EVERY = 1.0
+# The first search for leftovers of a crashed run is repeated this soon after start, to catch
+# its children that were still dying at the first look.
+LEFTOVER_RECHECK = 1.0
+# The master's Redis calls are all short; a frozen server must not stall its loop for long.
+MASTER_SOCKET_TIMEOUT = 2.0
+# Any trouble with Redis, as seen by the master: log it, carry on, try again later.
+REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OSError)
 PR_SET_PDEATHSIG = 1
 
 
@@ -71,11 +89,8 @@ def role_settings(config: Config, role: str) -> tuple[object, ...]:
         config.supervisor.lease,
     )
     if role == "consumer":
-        return (
-            *common,
-            config.consumers.__class__(**{**config.consumers.__dict__, "processes": 0}),
-        )
-    return (*common, config.producer.__class__(**{**config.producer.__dict__, "processes": 0}))
+        return (*common, dataclasses.replace(config.consumers, processes=0))
+    return (*common, dataclasses.replace(config.producer, processes=0))
 
 
 def wanted_counts(config: Config, extra_consumers: int) -> dict[str, int]:
@@ -104,10 +119,11 @@ class Rates:
 class Recovery:
     """In-flight items of a gone consumer still to be given back (Redis may be away)."""
 
-    identity: str
-    current: int | None
-    error: str
-    attempts: int = 0
+    identity: str  # the consumer id whose in-flight list is to be emptied
+    current: int | None  # position of the item it was running when it died, if its fault
+    error: str  # recorded as that item's failure
+    config: Config  # the config it ran with: which Redis, which queue, how many retries
+    attempts: int = 0  # failed tries so far, to log the first one only
 
 
 @dataclass
@@ -115,12 +131,13 @@ class Master:
     config: Config
     notifier: Notifier
     clock: Callable[[], float] = time.monotonic
+    log_target: str = logs.STDERR  # where this master and its children log
     children: list[Child] = field(default_factory=list)
     generation: dict[str, int] = field(default_factory=lambda: {"consumer": 1, "producer": 1})
-    extra_consumers: int = 0
+    extra_consumers: int = 0  # SIGTTIN minus SIGTTOU since the last reload
     stopping: bool = False
     ready_sent: bool = False
-    reload_pending: bool = False
+    reload_pending: bool = False  # a READY=1 is owed for a reload
     reload_error: str = ""
     exit_code: int = EXIT_OK
     spawn_seq: int = 0
@@ -129,19 +146,41 @@ class Master:
     backlog: int | None = None
 
     def __post_init__(self) -> None:
+        # The config and generations to go back to while a reload's roll is not settled.
         self.previous: Config | None = None
-        self.queue = Queue(connect(self.config.redis, "goodsd-master"), self.config.queue)
+        self.previous_generation: dict[str, int] = {}
+        self.generation_seq = max(self.generation.values())
+        self.queues: dict[tuple[RedisConfig, str], Queue] = {}
         self.selector = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe()
         self.timers: dict[str, float] = {}
-        self.stop_deadline = 0.0
+
+    @property
+    def queue(self) -> Queue:
+        return self.queue_for(self.config)
+
+    def queue_for(self, config: Config) -> Queue:
+        """The master's client for the queue a config names (children of an older config may
+        still hold items of another queue or server)."""
+        key = (config.redis, config.queue)
+        if key not in self.queues:
+            client = connect(config.redis, "goodsd-master", socket_timeout=MASTER_SOCKET_TIMEOUT)
+            self.queues[key] = Queue(client, config.queue)
+        return self.queues[key]
 
     # -- main loop ----------------------------------------------------------------------
 
     def run(self) -> int:
+        try:
+            password(self.config.redis, os.environ)
+        except OSError as exc:
+            log.critical("cannot read the redis password: %s", exc)
+            return EXIT_CONFIG
         self.install_signals()
         self.check_redis()
         self.recover_own_host()
+        self.read_backlog()
+        self.timers["reaper"] = self.clock() + LEFTOVER_RECHECK
         log.info(
             "goodsd master %d starting: queue %r, %d consumer(s)",
             os.getpid(),
@@ -153,14 +192,17 @@ class Master:
         while self.children or not self.stopping:
             self.wait_for_events()
             self.tick()
-            if self.stopping and not self.children:
-                break
         self.close()
         log.info("goodsd master %d stopped", os.getpid())
         return self.exit_code
 
     def wait_for_events(self) -> None:
-        timeout = max(0.0, min([TICK, *[t - self.clock() for t in self.timers.values()]]))
+        """Block until a signal, a child's message or the next deadline, whichever is first."""
+        now = self.clock()
+        deadlines = list(self.timers.values())
+        if (child_deadline := next_deadline(self.children)) is not None:
+            deadlines.append(child_deadline)
+        timeout = max(0.0, min([TICK, *(t - now for t in deadlines)]))
         for key, _ in self.selector.select(timeout):
             if key.fd == self.wake_r:
                 self.dispatch_signals()
@@ -183,8 +225,8 @@ class Master:
         self.kill_overdue_stoppers(now)
         self.manage_children()
         self.every("leases", self.config.supervisor.lease / 3, self.renew_leases)
-        self.every("reaper", self.config.supervisor.lease / 2, self.reap_expired_leases)
-        self.every("recover", 1.0, self.retry_recoveries)
+        self.every("reaper", self.config.supervisor.lease / 2, self.reap_leftovers)
+        self.every("recover", RECOVER_EVERY, self.retry_recoveries)
         self.every("status", STATUS_EVERY, self.refresh_status)
         if self.notifier.watchdog_interval:
             self.every("watchdog", self.notifier.watchdog_interval, self.notifier.watchdog)
@@ -208,19 +250,20 @@ class Master:
 
     def handle_term(self) -> None:
         if self.stopping:
-            log.warning("second stop request: killing children now")
             self.kill_all("stop requested twice")
             return
         log.info(
             "stopping: waiting up to %gs for current items", self.config.supervisor.graceful_timeout
         )
         self.notifier.stopping()
-        self.stopping = True
-        self.stop_deadline = self.clock() + self.config.supervisor.graceful_timeout
-        for child in list(self.children):
-            self.retire(child)
+        self.begin_stop()
 
     handle_int = handle_term
+
+    def begin_stop(self) -> None:
+        self.stopping = True
+        for child in list(self.children):
+            self.retire(child)
 
     def handle_chld(self) -> None:
         self.reap()
@@ -228,15 +271,18 @@ class Master:
     def handle_hup(self) -> None:
         if self.stopping:
             return
-        self.notifier.reloading()
+        if self.ready_sent:
+            self.notifier.reloading()
         path = self.config.path
         log.info("reloading %s", path)
         try:
             new = config_mod.load(path)
-        except ConfigError as exc:
+            password(new.redis, os.environ)
+        except (ConfigError, OSError) as exc:
             self.reload_error = str(exc)
             log.error("reload rejected, keeping the running config: %s", exc)
-            self.notifier.ready(self.status_text())
+            if self.ready_sent:
+                self.notifier.ready(self.status_text())
             return
         self.apply_config(new)
 
@@ -256,32 +302,42 @@ class Master:
     def apply_config(self, new: Config) -> None:
         """Put a valid config in force: resize pools, roll roles whose settings changed."""
         old = self.config
+        if self.previous is None:  # the first reload of a roll: the state to go back to
+            self.previous = old
+            self.previous_generation = dict(self.generation)
         for role in self.generation:
             if role_settings(old, role) != role_settings(new, role):
-                self.generation[role] += 1
+                self.generation_seq += 1
+                self.generation[role] = self.generation_seq
                 log.info("%s settings changed: rolling %s children", role, role)
-        self.previous = old
         self.config = new
         self.extra_consumers = 0
         self.reload_error = ""
-        logs.setup(new.logging.level, new.logging.format, "master")
-        if (old.redis, old.queue) != (new.redis, new.queue):
-            self.queue = Queue(connect(new.redis, "goodsd-master"), new.queue)
-        self.reload_pending = True
+        logs.setup(new.logging.level, new.logging.format, "master", target=self.log_target)
+        self.reload_pending = self.ready_sent
         self.manage_children()
         self.maybe_ready()
+
+    def can_roll_back(self, child: Child) -> bool:
+        """Whether ``child`` runs settings a reload brought in, which undoing it would drop."""
+        return (
+            self.previous is not None
+            and child.generation == self.generation[child.role]
+            and child.generation != self.previous_generation.get(child.role)
+        )
 
     def reject_reload(self, reason: str) -> None:
         """A new child of the reloaded config could not load its handler: go back to the
         previous config, whose children are still serving."""
-        log.error("reload failed, keeping the previous config: %s", reason)
+        assert self.previous is not None
+        log.error("reload failed, going back to the previous config: %s", reason)
+        self.config = self.previous
+        self.generation = dict(self.previous_generation)
+        self.previous = None
         self.reload_error = reason
-        if self.previous is not None:
-            for role in self.generation:
-                if role_settings(self.previous, role) != role_settings(self.config, role):
-                    self.generation[role] -= 1
-            self.config = self.previous
-            self.previous = None
+        logs.setup(
+            self.config.logging.level, self.config.logging.format, "master", target=self.log_target
+        )
         self.manage_children()
         if self.reload_pending:
             self.reload_pending = False
@@ -322,6 +378,8 @@ class Master:
     def spawn(self, child: Child) -> None:
         self.spawn_seq += 1
         child.seq = self.spawn_seq
+        child.generation = self.generation[child.role]
+        child.config = self.config
         child.board = Scoreboard()
         events_r, events_w = os.pipe()
         token = secrets.token_hex(3)
@@ -332,7 +390,7 @@ class Master:
             try:
                 os.close(events_r)
                 self.forget_in_child()
-                code = child_main(self.config, child, events_w, token, master_pid)
+                code = child_main(self.config, child, events_w, token, master_pid, self.log_target)
             finally:
                 os._exit(code)
         os.close(events_w)
@@ -343,15 +401,18 @@ class Master:
         child.started_at = self.clock()
         child.ready_at = 0.0
         child.kill_reason = ""
+        child.last_error = ""
         child.events = events_r
         self.selector.register(events_r, selectors.EVENT_READ, child)
         log.info("started %s", child.name)
 
     def forget_in_child(self) -> None:
-        """In a fresh child: drop the master's signal plumbing and file descriptors."""
+        """In a fresh child: drop the master's signal plumbing, file descriptors and its line
+        to systemd."""
         signal.set_wakeup_fd(-1)
         for signum in HANDLED_SIGNALS:
-            signal.signal(signum, signal.SIG_DFL)
+            signal.signal(signum, signal.SIG_IGN if signum in CHILD_IGNORED else signal.SIG_DFL)
+        self.notifier.forget()
         self.selector.close()
         for fd in (self.wake_r, self.wake_w, *(c.events for c in self.children)):
             if fd >= 0:
@@ -359,20 +420,27 @@ class Master:
                     os.close(fd)
 
     def read_child_events(self, child: Child) -> None:
-        try:
-            data = os.read(child.events, 4096)
-        except BlockingIOError:
-            return
-        if not data:
+        if self.drain_events(child) == b"":
             self.close_events(child)
-            return
+        self.manage_children()
+        self.maybe_ready()
+
+    def drain_events(self, child: Child) -> bytes | None:
+        """Handle what the child wrote to its event pipe. Returns what was read: b"" once the
+        pipe is closed, None when nothing waits (a process it forked may hold the pipe open)."""
+        try:
+            data = os.read(child.events, 65536)
+        except BlockingIOError:
+            return None
         for line in data.decode("utf-8", "replace").splitlines():
-            if line == "ready" and child.state is State.STARTING:
+            kind, _, detail = line.partition(" ")
+            if kind == "ready" and child.state is State.STARTING:
                 child.state = State.RUNNING  # STARTING -> RUNNING
                 child.ready_at = self.clock()
                 log.info("%s ready", child.name)
-        self.manage_children()
-        self.maybe_ready()
+            elif kind == "error":
+                child.last_error = detail
+        return data
 
     def close_events(self, child: Child) -> None:
         if child.events >= 0:
@@ -395,25 +463,48 @@ class Master:
     def child_exited(self, child: Child, status: int) -> None:
         now = self.clock()
         text, code, sig = describe_exit(status)
+        if child.events >= 0:
+            while self.drain_events(child):  # its last words may still be in the pipe
+                pass
+            self.close_events(child)
         _, busy_since, position, done, failed, _ = (
-            child.board.read() if child.board else (0, 0, -1, 0, 0, 0)
+            child.board.read() if child.board else (0.0, 0.0, -1, 0, 0, 0)
         )
         self.rates.retired_total += done + failed
-        self.close_events(child)
         if child.board:
             child.board.close()
             child.board = None
-        was = child.state
         if child.role == "consumer":
             self.queue_recovery(child, busy_since, position, text)
-        if was is State.STOPPING:
+        supervisor = self.config.supervisor
+        plan = plan_exit(
+            child,
+            code,
+            now,
+            ready_sent=self.ready_sent,
+            can_roll_back=self.can_roll_back(child),
+            base=supervisor.restart_delay,
+            cap=supervisor.restart_delay_max,
+        )
+        if plan.action is Exit.GONE:
             level = logging.WARNING if sig == signal.SIGKILL else logging.INFO
             log.log(level, "%s %s", child.name, text)
             self.children.remove(child)
             return
-        if code == EXIT_CONFIG and not child.ready_at:
+        reason = f"{child.role} handler cannot be loaded: {child.last_error or 'see above'}"
+        if plan.action in (Exit.FATAL, Exit.ROLLBACK):
+            log.error("%s %s", child.name, text)
+        if plan.action is Exit.FATAL:
             self.children.remove(child)
-            self.handler_failed(child)
+            if self.exit_code != EXIT_CONFIG:
+                log.critical("%s; exiting", reason)
+            self.exit_code = EXIT_CONFIG
+            if not self.stopping:
+                self.begin_stop()
+            return
+        if plan.action is Exit.ROLLBACK:
+            self.children.remove(child)
+            self.reject_reload(reason)
             return
         if child.kill_reason:
             log.error("%s %s (%s)", child.name, text, child.kill_reason)
@@ -423,44 +514,19 @@ class Master:
             log.info("%s %s", child.name, text)
         else:
             log.error("%s %s", child.name, text)
-        if code == EXIT_OK and child.ready_at and not child.kill_reason:
-            child.failures = 0
-            delay = 0.0
-        elif failed_start(child, now):
-            child.failures += 1
-            delay = backoff_delay(
-                child.failures,
-                self.config.supervisor.restart_delay,
-                self.config.supervisor.restart_delay_max,
-            )
-        else:
-            child.failures = 0
-            delay = 0.0
+        child.failures = plan.failures
         child.state = State.BACKOFF  # RUNNING/STARTING -> BACKOFF
         child.pid = 0
-        child.restart_at = now + delay
-        if delay:
+        child.restart_at = now + plan.delay
+        if plan.delay:
             log.warning(
                 "%s failed to start %d time(s) in a row; restarting in %.1fs",
                 child.name,
                 child.failures,
-                delay,
+                plan.delay,
             )
         self.manage_children()
-
-    def handler_failed(self, child: Child) -> None:
-        """A child could not load its handler: fatal at start, a failed reload later."""
-        reason = f"{child.role} handler cannot be loaded (see the error above)"
-        if not self.ready_sent:
-            log.critical("%s: exiting", reason)
-            self.exit_code = EXIT_CONFIG
-            if not self.stopping:
-                self.stopping = True
-                self.stop_deadline = self.clock() + self.config.supervisor.graceful_timeout
-                for other in list(self.children):
-                    self.retire(other)
-            return
-        self.reject_reload(reason)
+        self.maybe_ready()
 
     def queue_recovery(self, child: Child, busy_since: float, position: int, how: str) -> None:
         current = position if busy_since and position >= 0 else None
@@ -470,21 +536,23 @@ class Master:
             error = f"worker {how} while running this item"
         if child.state is State.STOPPING and not child.kill_reason:
             current = None  # a stop, not the item's fault
-        self.recoveries.append(Recovery(child.identity, current, error))
+        self.recoveries.append(
+            Recovery(child.identity, current, error, child.config or self.config)
+        )
         self.retry_recoveries()
 
     def retry_recoveries(self) -> None:
         remaining: list[Recovery] = []
         for rec in self.recoveries:
             try:
-                count = self.queue.recover(
+                count = self.queue_for(rec.config).recover(
                     rec.identity,
                     current=rec.current,
                     error=rec.error,
-                    retries=self.config.consumers.retries,
-                    retry_delay=self.config.consumers.retry_delay,
+                    retries=rec.config.consumers.retries,
+                    retry_delay=rec.config.consumers.retry_delay,
                 )
-            except TRANSIENT_ERRORS as exc:
+            except REDIS_ERRORS as exc:
                 rec.attempts += 1
                 if rec.attempts == 1:
                     log.warning("cannot requeue items of %s yet: %s", rec.identity, exc)
@@ -495,13 +563,18 @@ class Master:
         self.recoveries = remaining
 
     def enforce_liveness(self, now: float) -> None:
-        limit = heartbeat_timeout(self.config.supervisor.lease)
         for child in self.children:
-            if child.board is None or not child.pid:
+            if child.board is None or not child.pid or child.config is None:
                 continue
             heartbeat, busy_since, *_ = child.board.read()
-            timeout = self.config.consumers.timeout if child.role == "consumer" else None
-            reason = overdue(child, heartbeat, busy_since, now, timeout, limit)
+            reason = overdue(
+                child,
+                heartbeat,
+                busy_since,
+                now,
+                child.config.consumers.timeout if child.role == "consumer" else None,
+                heartbeat_timeout(child.config.supervisor.lease),
+            )
             if reason:
                 log.error("killing %s: %s", child.name, reason)
                 child.kill_reason = reason
@@ -509,58 +582,52 @@ class Master:
 
     def kill_overdue_stoppers(self, now: float) -> None:
         for child in self.children:
-            if (
-                child.state is State.STOPPING
-                and now >= child.stop_deadline
-                and not child.kill_reason
-            ):
+            if child.state is State.STOPPING and now >= child.stop_deadline:
                 log.warning(
                     "%s did not stop within %gs: killing it",
                     child.name,
                     self.config.supervisor.graceful_timeout,
                 )
-                child.kill_reason = ""
                 _kill(child.pid, signal.SIGKILL)
                 child.stop_deadline = float("inf")
 
     def kill_all(self, why: str) -> None:
-        for child in self.children:
-            if child.pid:
-                _kill(child.pid, signal.SIGKILL)
-            if child.state is not State.BACKOFF:
-                child.state = State.STOPPING
-        self.children = [c for c in self.children if c.pid]
+        log.warning("%s: killing every child now", why)
+        for child in list(self.children):
+            if child.state is State.BACKOFF:
+                self.children.remove(child)
+                continue
+            _kill(child.pid, signal.SIGKILL)
+            child.state = State.STOPPING  # -> STOPPING, already killed
+            child.stop_deadline = float("inf")
 
     # -- Redis housekeeping --------------------------------------------------------------
 
     def renew_leases(self) -> None:
         """Keep leases only for children that are alive and not hung."""
         now = self.clock()
-        limit = heartbeat_timeout(self.config.supervisor.lease)
-        live = []
+        live: dict[tuple[RedisConfig, str], tuple[Config, list[str]]] = {}
         for child in self.children:
-            if (
-                child.role != "consumer"
-                or not child.pid
-                or child.board is None
-                or child.kill_reason
-            ):
+            cfg = child.config
+            if child.role != "consumer" or child.board is None or cfg is None:
                 continue
             heartbeat, busy_since, *_ = child.board.read()
-            fresh = now - heartbeat < limit or (
-                busy_since and now - busy_since < self.config.consumers.timeout + TIMEOUT_GRACE
-            )
-            if fresh:
-                live.append(child.identity)
-        try:
-            self.queue.renew_leases(live, self.config.supervisor.lease)
-        except TRANSIENT_ERRORS as exc:
-            log.debug("lease renewal failed: %s", exc)
+            limit = heartbeat_timeout(cfg.supervisor.lease)
+            if keeps_lease(child, heartbeat, busy_since, now, cfg.consumers.timeout, limit):
+                live.setdefault((cfg.redis, cfg.queue), (cfg, []))[1].append(child.identity)
+        for cfg, identities in live.values():
+            try:
+                self.queue_for(cfg).renew_leases(identities, cfg.supervisor.lease)
+            except REDIS_ERRORS as exc:
+                log.debug("lease renewal failed: %s", exc)
 
-    def reap_expired_leases(self) -> None:
+    def reap_leftovers(self) -> None:
+        """Requeue what dead consumers hold: this host's at once, other hosts' once their
+        lease is gone."""
+        self.recover_own_host()
         try:
             reaped = self.queue.reap_expired()
-        except TRANSIENT_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             log.debug("lease reaper skipped: %s", exc)
             return
         for identity, count in reaped.items():
@@ -570,33 +637,35 @@ class Master:
         """After a crash of a previous master on this host, its consumers are gone but their
         leases may still run: requeue their items now instead of waiting."""
         host = hostinfo.hostname()
+        known = {c.identity for c in self.children} | {r.identity for r in self.recoveries}
         try:
             registered = self.queue.registered()
-        except TRANSIENT_ERRORS as exc:
-            log.warning("cannot look for leftovers of earlier runs yet: %s", exc)
+        except REDIS_ERRORS as exc:
+            log.debug("cannot look for leftovers of earlier runs yet: %s", exc)
             return
         for identity, info in registered.items():
-            if info.get("host") != host:
+            if info.get("host") != host or identity in known:
                 continue
             pid, start = info.get("pid"), info.get("proc_start")
             if isinstance(pid, int) and hostinfo.process_alive(
                 pid, start if isinstance(start, int) else None
             ):
                 continue
-            self.recoveries.append(Recovery(identity, None, ""))
+            self.recoveries.append(Recovery(identity, None, "", self.config))
         self.retry_recoveries()
 
     def check_redis(self) -> None:
         """Warn about settings that can lose items; tolerate a server that is not up yet."""
         try:
             info = self.queue.client.info("server")
-            policy = self.queue.client.config_get("maxmemory-policy").get("maxmemory-policy")
-        except TRANSIENT_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             log.warning("redis not reachable yet (%s); children will keep trying", exc)
             return
-        except Exception as exc:  # CONFIG may be disabled on managed servers
+        try:
+            policy = self.queue.client.config_get("maxmemory-policy").get("maxmemory-policy")
+        except REDIS_ERRORS as exc:  # CONFIG may be disabled on managed servers
             log.debug("cannot read redis settings: %s", exc)
-            return
+            policy = None
         version = tuple(int(p) for p in str(info.get("redis_version", "0")).split(".")[:2])
         if version < (6, 2):
             log.error(
@@ -610,35 +679,21 @@ class Master:
     # -- systemd ------------------------------------------------------------------------
 
     def maybe_ready(self) -> None:
-        """READY=1 once the wanted children all run; after a reload, once the roll is over."""
+        """READY=1 once the wanted children all run; after a reload, once the roll is over
+        (or stuck in backoff while the older children serve)."""
         if self.stopping:
             return
         wanted = self.wanted()
-        settled = all(
-            sum(
-                1
-                for c in self.children
-                if c.role == role
-                and c.generation == self.generation[role]
-                and c.state in (State.RUNNING, State.BACKOFF)
-            )
-            >= count
-            and not any(
-                c.role == role and c.generation != self.generation[role] for c in self.children
-            )
-            for role, count in wanted.items()
-        )
         if not self.ready_sent:
-            initial = all(
-                sum(1 for c in self.children if c.role == role and c.state is State.RUNNING)
-                >= count
-                for role, count in wanted.items()
-            )
-            if initial:
+            if all_running(self.children, wanted):
                 self.ready_sent = True
                 log.info("ready: %s", self.status_text())
                 self.notifier.ready(self.status_text())
-        elif self.reload_pending and settled:
+            return
+        settled = roll_settled(self.children, wanted, self.generation)
+        if settled:
+            self.previous = None
+        if self.reload_pending and (settled or roll_stuck(self.children, self.generation)):
             self.reload_pending = False
             log.info("reload complete: %s", self.status_text())
             self.notifier.ready(self.status_text())
@@ -650,22 +705,32 @@ class Master:
                 _, _, _, done, failed, _ = child.board.read()
                 total += done + failed
         self.rates.update(total, self.clock())
-        try:
-            self.backlog = self.queue.backlog()
-        except TRANSIENT_ERRORS:
-            self.backlog = None
+        self.read_backlog()
         self.notifier.status(self.status_text())
 
+    def read_backlog(self) -> None:
+        try:
+            self.backlog = self.queue.backlog()
+        except REDIS_ERRORS:
+            self.backlog = None
+
     def status_text(self) -> str:
+        """One line: children by role and state, backlog, rate, producer paused, last error."""
+        now = self.clock()
         parts = []
         for role in self.generation:
-            states: dict[str, int] = {}
-            for child in self.children:
-                if child.role == role:
-                    states[child.state.value] = states.get(child.state.value, 0) + 1
-            if states or role == "consumer":
-                detail = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none"
-                parts.append(f"{role}s: {detail}")
+            mine = [c for c in self.children if c.role == role]
+            if not mine and role != "consumer":
+                continue
+            counts = [(s, sum(1 for c in mine if c.state is s)) for s in State]
+            detail = ", ".join(f"{n} {s.value}" for s, n in counts if n) or "none"
+            waits = [c.restart_at - now for c in mine if c.state is State.BACKOFF]
+            if waits:
+                detail += f" (next restart in {max(0.0, min(waits)):.1f}s)"
+            if role == "producer" and mine:
+                paused = any(c.board and c.board.read()[5] & FLAG_PAUSED for c in mine)
+                detail += ", paused" if paused else ", pushing"
+            parts.append(f"{role}s: {detail}")
         parts.append(f"backlog {self.backlog if self.backlog is not None else '?'}")
         parts.append(f"{self.rates.per_second:.0f} items/s")
         if self.reload_error:
@@ -723,11 +788,16 @@ ROLE_MAIN: dict[str, Callable[[Config, str, Scoreboard, Callable[[str], None]], 
 }
 
 
-def child_main(config: Config, child: Child, events_w: int, token: str, master_pid: int) -> int:
+def child_main(
+    config: Config, child: Child, events_w: int, token: str, master_pid: int, log_target: str
+) -> int:
     """Everything a child does after fork; returns its exit code."""
     die_with_parent(master_pid)
     logs.setup(
-        config.logging.level, config.logging.format, f"{child.role} {child.index} pid {os.getpid()}"
+        config.logging.level,
+        config.logging.format,
+        f"{child.role} {child.index} pid {os.getpid()}",
+        target=log_target,
     )
     child_log = logging.getLogger(f"goodsd.{child.role}")
 
@@ -741,6 +811,8 @@ def child_main(config: Config, child: Child, events_w: int, token: str, master_p
         )
     except HandlerLoadError as exc:
         child_log.error("%s", exc)
+        with contextlib.suppress(OSError):
+            send_event("error " + " ".join(str(exc).split()))
         return EXIT_CONFIG
     except Exception:
         child_log.exception("%s crashed", child.role)

@@ -25,6 +25,14 @@ class Notifier:
         if self._notifier is not None:
             self._notifier.notify("\n".join(lines))
 
+    def forget(self) -> None:
+        """In a forked child: close the inherited socket without a word, so that only the
+        master ever speaks for the service."""
+        sock = self._notifier.socket if self._notifier is not None else None
+        if sock is not None:
+            sock.close()
+        self._notifier = None
+
     def ready(self, status: str) -> None:
         self.send("READY=1", status_line(status))
 
@@ -43,8 +51,10 @@ class Notifier:
 
 
 def status_line(text: str) -> str:
-    """STATUS= must be one line."""
-    return "STATUS=" + " ".join(text.split())
+    """STATUS= must be one line, and ASCII: the notify library drops a whole message it cannot
+    encode, which would lose the READY=1 riding with it."""
+    line = " ".join(text.split())
+    return "STATUS=" + line.encode("ascii", "backslashreplace").decode("ascii")
 
 
 def watchdog_interval(environ: MutableMapping[str, str], pid: int) -> float | None:

@@ -1,0 +1,58 @@
+"""Graceful stop: current items finish, unstarted ones go back to the pop end, stragglers are
+killed after graceful_timeout and their items requeued; the exit code is 0."""
+
+from __future__ import annotations
+
+import signal
+
+from support import wait_for
+
+
+def test_sigterm_with_slow_items_in_flight_loses_nothing(r, make_config, start_daemon, notify):
+    # Given two consumers taking 0.3 s per item, each holding a batch of five
+    config = make_config(consumers={"handler": "sample_handlers:slow_record", "batch": 5})
+    daemon = start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    items = [f"good{i}" for i in range(40)]
+    r.lpush("q", *items)
+    wait_for(lambda: r.llen("test:handled") >= 3, 10, "some items handled")
+    # When goodsd is told to stop mid-batch
+    daemon.send(signal.SIGTERM)
+    # Then it says STOPPING and exits 0 without killing anyone
+    notify.wait("STOPPING", "1")
+    assert daemon.wait_exit(15) == 0
+    assert "killing" not in daemon.log()
+    # And every item was handled once or is back in the list, nothing in flight
+    handled = [b.decode() for b in r.lrange("test:handled", 0, -1)]
+    waiting = [b.decode() for b in r.lrange("q", 0, -1)]
+    assert sorted(handled + waiting) == sorted(items)
+    assert r.keys("goodsd:{q}:inflight:*") == []
+    # And claimed but unstarted items went back to the pop end: they pop before the items
+    # never claimed, which follow in their pushed order
+    pop_order = [int(s[4:]) for s in reversed(waiting)]
+    assert pop_order, "the stop came late enough for items to wait"
+    fresh = next(i for i in range(len(pop_order)) if pop_order[i:] == [*range(pop_order[i], 40)])
+    assert all(n < pop_order[fresh] for n in pop_order[:fresh]), pop_order
+
+
+def test_stragglers_are_killed_after_graceful_timeout_and_requeued(
+    r, make_config, start_daemon, notify
+):
+    # Given a consumer stuck in an item and a 1 s graceful timeout
+    config = make_config(
+        consumers={"processes": 1, "handler": "sample_handlers:hang"},
+        supervisor={"graceful_timeout": "1s"},
+    )
+    daemon = start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    r.lpush("q", "slowpoke")
+    wait_for(lambda: r.llen("test:started") == 1, 10, "the item started")
+    # When goodsd is told to stop
+    daemon.send(signal.SIGTERM)
+    # Then after the graceful timeout the child is killed, and goodsd still exits 0
+    assert daemon.wait_exit(10) == 0
+    assert "did not stop within 1s: killing it" in daemon.log()
+    # And the item is back at the pop end, no attempt counted (the stop was not its fault)
+    assert r.lrange("q", 0, -1) == [b"slowpoke"]
+    assert r.hlen("goodsd:{q}:attempts") == 0 and r.llen("goodsd:{q}:dead") == 0
+    assert r.keys("goodsd:{q}:inflight:*") == []
