@@ -339,6 +339,11 @@ EOF
         case $u in /*) [ -e "$u" ] || [ -L "$u" ] || continue ;; esac
         ln -sfn /dev/null "/etc/systemd/system/${u##*/}"
     done
+    # A booted host has / shared, but systemd skips that step when $container is set. Without
+    # it, the mounts systemd makes for a service (/run/credentials/UNIT for LoadCredential=)
+    # never reach PID 1's view, and the service finds its credentials directory empty. The
+    # peer groups are new ones of this namespace: nothing propagates to or from the host.
+    mount --make-rshared /
     exec env -i container=goodsd-sandbox TERM=dumb /lib/systemd/systemd --system --unit=sandbox.target
 }
 

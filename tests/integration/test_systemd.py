@@ -1,0 +1,437 @@
+"""End to end under a real systemd: the units in packaging/ exactly as shipped, driven with
+systemctl and read back with journalctl, in a throw-away systemd that tests/systemd/sandbox.sh
+boots in namespaces (so it runs on CI machines whose PID 1 is not systemd).
+
+goodsd is installed the way docs/install.md says: a venv built with /usr/bin/python3 (the unit
+hides /root and /home, so a pyenv interpreter would not start), the sysusers entry, the units,
+the config root:goodsd 0640. Needs root; elsewhere, or without the sandbox's prerequisites or
+network for pip, the tests skip and say why. Select or deselect them with ``-m systemd``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from support import wait_for
+
+pytestmark = pytest.mark.systemd
+
+ROOT = Path(__file__).resolve().parents[2]
+SANDBOX_SH = ROOT / "tests" / "systemd" / "sandbox.sh"
+PACKAGING = ROOT / "packaging"
+# The interpreter the venv is built with: the system's, never one under /root or /home.
+HOST_PYTHON = "/usr/bin/python3"
+# Inside the sandbox: where the unit's ExecStart= looks for goodsd.
+GOODSD = "/opt/goodsd/bin/goodsd"
+REDIS_SOCKET = "/run/redis/redis-server.sock"
+# `systemctl start` blocks until READY=1 or TimeoutStartSec= (90 s); fail well before that.
+START_TIMEOUT = 30.0
+# pip output that means "no network", as opposed to a broken package.
+NETWORK_ERRORS = (
+    "No matching distribution found",
+    "Could not find a version that satisfies",
+    "Failed to establish a new connection",
+    "Temporary failure in name resolution",
+    "Network is unreachable",
+    "Max retries exceeded",
+)
+# Appended to the sandbox's redis.conf: no final snapshot (the image's /var/lib/redis may be
+# unwritable, and Redis then refuses to stop), and the unix socket for the group redis.
+REDIS_CONF = f'save ""\nunixsocket {REDIS_SOCKET}\nunixsocketperm 770\n'
+# The drop-in docs/install.md gives for a password-protected Redis on the local unix socket.
+INSTANCE_DROPIN = """[Service]
+LoadCredential=redis-password:/etc/goodsd/redis-password
+SupplementaryGroups=redis
+"""
+
+
+def missing_prerequisite() -> str | None:
+    """Why these tests cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "needs root: the systemd sandbox creates namespaces, mounts and a cgroup"
+    if not os.access(HOST_PYTHON, os.X_OK):
+        return f"{HOST_PYTHON} is missing: the service's venv must use the system's Python"
+    probe = subprocess.run(
+        [HOST_PYTHON, "-c", "import sys, venv; sys.exit(sys.version_info < (3, 11))"],
+        capture_output=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        return f"{HOST_PYTHON} is older than 3.11 or has no venv module"
+    for tool in ("unshare", "nsenter", "setpriv", "setsid", "flock", "redis-cli"):
+        if shutil.which(tool) is None:
+            return f"sandbox prerequisite missing: {tool}"
+    for path in ("/lib/systemd/systemd", "/lib/systemd/system/redis-server.service", "/opt"):
+        if not os.path.exists(path):
+            return f"sandbox prerequisite missing: {path}"
+    if "overlay" not in Path("/proc/filesystems").read_text():
+        subprocess.run(["modprobe", "overlay"], capture_output=True, check=False)
+        if "overlay" not in Path("/proc/filesystems").read_text():
+            return "sandbox prerequisite missing: overlayfs"
+    if not any(_is_cgroup2(p) for p in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified")):
+        return "sandbox prerequisite missing: cgroup2 at /sys/fs/cgroup(/unified)"
+    if os.stat("/").st_dev != os.stat("/usr").st_dev:
+        return "sandbox prerequisite missing: /usr is a separate mount"
+    return None
+
+
+def _is_cgroup2(path: str) -> bool:
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 2 and fields[1] == path and fields[2] == "cgroup2":
+            return True
+    return False
+
+
+def build_venv(work: Path) -> Path:
+    """/opt/goodsd-test-XXXX: goodsd from this checkout's files, in a venv of the system's
+    Python. Built from a copy, so the checkout gets no build/ or egg-info."""
+    source = work / "source"
+    shutil.copytree(
+        ROOT / "goodsd", source / "goodsd", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    venv = Path(tempfile.mkdtemp(prefix="goodsd-test-", dir="/opt"))
+    try:
+        venv.chmod(0o755)  # the service user must reach it
+        subprocess.run(
+            [HOST_PYTHON, "-m", "venv", "--without-pip", str(venv)],
+            check=True,
+            capture_output=True,
+            umask=0o022,
+        )
+        pip_install = ("install", "--quiet", "--no-input", str(source))
+        pip = subprocess.run(
+            [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), *pip_install],
+            capture_output=True,
+            text=True,
+            umask=0o022,
+            timeout=600,
+            check=False,
+        )
+        if pip.returncode != 0:
+            output = pip.stdout + pip.stderr
+            if any(marker in output for marker in NETWORK_ERRORS):
+                pytest.skip(f"cannot build the venv, no network for pip?\n{output[-1500:]}")
+            pytest.fail(f"building the venv failed:\n{output[-3000:]}")
+    except BaseException:
+        shutil.rmtree(venv, ignore_errors=True)
+        raise
+    return venv
+
+
+class Sandbox:
+    """A booted sandbox and the few things the tests do in it."""
+
+    def __init__(self, directory: Path, journal_copy: Path) -> None:
+        self.directory = directory
+        self.journal_copy = journal_copy
+
+    def up(self, venv: Path) -> None:
+        boot = subprocess.run(
+            [str(SANDBOX_SH), "up", str(self.directory)],
+            env={**os.environ, "SANDBOX_BIND": f"{venv}:{venv}:ro"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if boot.returncode != 0:
+            pytest.fail(f"sandbox.sh up failed:\n{boot.stdout}{boot.stderr}")
+
+    def down(self) -> None:
+        """Power off and check that nothing is left; keeps the journal in journal_copy."""
+        result = subprocess.run(
+            [str(SANDBOX_SH), "down", str(self.directory)],
+            env={**os.environ, "SANDBOX_SAVE_JOURNAL": str(self.journal_copy)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0 and not self.directory.exists(), (
+            f"sandbox.sh down left something behind:\n{result.stdout}{result.stderr}"
+        )
+
+    def run(
+        self, *argv: str, stdin: str | None = None, check: bool = True, timeout: float = 30.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command inside; with ``check``, a failure shows its output and the journal."""
+        try:
+            result = self._exec(argv, stdin, timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"{' '.join(argv)!r} did not return within {timeout:g}s\n{self.tail()}"
+            ) from None
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(argv)!r} exited {result.returncode}:\n"
+                f"{result.stdout}{result.stderr}\n{self.tail()}"
+            )
+        return result
+
+    def _exec(
+        self, argv: tuple[str, ...], stdin: str | None, timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(SANDBOX_SH), "exec", str(self.directory), *argv],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def copy(self, source: Path, path: str) -> None:
+        subprocess.run(
+            [str(SANDBOX_SH), "cp", str(self.directory), str(source), path],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+
+    def write(self, path: str, text: str, group: str = "goodsd", mode: str = "0640") -> None:
+        """Write a file inside (parents created), owned by root:``group`` with ``mode``."""
+        self.run(
+            "sh",
+            "-c",
+            'mkdir -p "$(dirname "$1")" && cat > "$1" && chgrp "$2" "$1" && chmod "$3" "$1"',
+            "sh",
+            path,
+            group,
+            mode,
+            stdin=text,
+        )
+
+    def show(self, unit: str) -> dict[str, str]:
+        text = self.run(
+            "systemctl",
+            "show",
+            unit,
+            "-p",
+            "ActiveState,SubState,Result,MainPID,StatusText",
+        ).stdout
+        return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+    def journal(self, unit: str, *options: str) -> str:
+        return self.run("journalctl", "--no-pager", "-u", unit, *options).stdout
+
+    def children(self, pid: int) -> set[int]:
+        """Live (not zombie) child processes of ``pid``."""
+        script = (
+            "for p in $(cat /proc/$1/task/$1/children 2> /dev/null); do "
+            '[ "$(sed "s/.*) //" /proc/$p/stat 2> /dev/null | cut -d" " -f1)" = Z ] || echo $p; '
+            "done"
+        )
+        text = self.run("sh", "-c", script, "sh", str(pid)).stdout
+        return {int(p) for p in text.split()}
+
+    def alive(self, pid: int) -> bool:
+        return self.run("test", "-d", f"/proc/{pid}", check=False).returncode == 0
+
+    def redis(self, *argv: str, password: str = "", check: bool = True) -> str:
+        env = [f"REDISCLI_AUTH={password}"] if password else []
+        return self.run("env", *env, "redis-cli", *argv, check=check).stdout.strip()
+
+    def tail(self, lines: int = 40) -> str:
+        """The end of the sandbox's journal, for failure messages."""
+        argv = ("journalctl", "-b", "--no-pager", "-o", "short-monotonic", "-n", str(lines))
+        try:
+            text = self._exec(argv, None, 15).stdout
+        except subprocess.TimeoutExpired:
+            text = "(journalctl timed out)\n"
+        return (
+            f"--- last {lines} journal lines (all of it: {self.journal_copy}, after teardown)"
+            f" ---\n{text}"
+        )
+
+    def wait(self, predicate: Callable[[], object], timeout: float, what: str) -> None:
+        try:
+            wait_for(predicate, timeout, what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.tail()}") from None
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    """A booted sandbox with goodsd installed as docs/install.md says, and redis-server.service
+    running; removed with everything it created at the end of the module."""
+    reason = missing_prerequisite()
+    if reason:
+        pytest.skip(reason)
+    work = tmp_path_factory.mktemp("systemd")
+    venv = build_venv(work)
+    box = Sandbox(Path(tempfile.mkdtemp(prefix="goodsd-sbx.", dir="/var/tmp")), work / "journal")
+    try:
+        box.up(venv)
+        box.run("ln", "-s", str(venv), "/opt/goodsd")
+        box.copy(PACKAGING / "goodsd.sysusers", "/usr/lib/sysusers.d/goodsd.conf")
+        box.run("systemd-sysusers")
+        for unit in ("goodsd.service", "goodsd@.service"):
+            box.copy(PACKAGING / unit, "/etc/systemd/system/")
+        box.run("systemctl", "daemon-reload")
+        box.run("sh", "-c", 'cat >> "$1"', "sh", "/etc/redis/redis.conf", stdin=REDIS_CONF)
+        box.run("systemctl", "start", "redis-server")
+        yield box
+    finally:
+        try:
+            box.down()
+        finally:
+            shutil.rmtree(venv, ignore_errors=True)
+
+
+def config_yaml(processes: int, queue: str = "goods2", **extra: object) -> str:
+    return yaml.safe_dump(
+        {
+            "redis": {"url": "redis://127.0.0.1:6379/0"},
+            "queue": queue,
+            "consumers": {"processes": processes, "handler": "goodsd.handlers:log"},
+            "supervisor": {"graceful_timeout": "5s"},
+            **extra,
+        },
+        sort_keys=False,
+    )
+
+
+def test_goodsd_service_start_reload_stop_and_journal(sandbox: Sandbox) -> None:
+    box = sandbox
+    unit = "goodsd.service"
+    # Given /etc/goodsd.yaml (root:goodsd 0640) asking for two consumers
+    box.write("/etc/goodsd.yaml", config_yaml(2))
+
+    # When the service is started
+    box.run("systemctl", "start", unit, timeout=START_TIMEOUT)
+    # Then start returned after READY=1, which came once both children were up: the unit is
+    # active, the master has exactly two children, both already registered in Redis, and the
+    # journal has both children's "ready" before the master's "ready:"
+    state = box.show(unit)
+    assert state["ActiveState"] == "active", f"{state}\n{box.tail()}"
+    master = int(state["MainPID"])
+    first_children = box.children(master)
+    assert len(first_children) == 2, f"children {first_children} right after start"
+    assert box.redis("hlen", "goodsd:{goods2}:consumers") == "2"
+    lines = box.journal(unit, "-o", "cat").splitlines()
+    ready = [i for i, line in enumerate(lines) if re.search(r"\bready: ", line)]
+    child_ready = [i for i, line in enumerate(lines) if re.search(r"consumer \d+ .*\bready$", line)]
+    assert len(ready) == 1 and len(child_ready) == 2 and max(child_ready) < ready[0], lines
+    seen = {master, *first_children}
+
+    # When items are pushed with plain LPUSH, then they are handled
+    box.redis("lpush", "goods2", *(f"good{i}" for i in range(20)))
+    box.wait(
+        lambda: box.redis("hget", "goodsd:{goods2}:stats", "done") == "20", 10, "20 items done"
+    )
+
+    # When the YAML is edited (2 -> 4 -> 1), checked as the docs say, and reloaded
+    for processes in (4, 1):
+        box.write("/etc/goodsd.yaml", config_yaml(processes))
+        box.run(GOODSD, "check")
+        box.run("systemctl", "reload", unit)
+
+        # Then the same master runs exactly that many children and says so in STATUS=
+        def resized(n: int = processes) -> bool:
+            now = box.show(unit)
+            kids = box.children(master)
+            seen.update(kids)
+            return (
+                now["ActiveState"] == "active"
+                and now["MainPID"] == str(master)
+                and re.search(rf"consumers?:.*\b{n} running\b", now["StatusText"]) is not None
+                and len(kids) == n
+            )
+
+        box.wait(resized, 15, f"{processes} consumers after reload")
+    kept_children = box.children(master)
+
+    # When the YAML gets an unknown key: check refuses it, and so does a reload
+    box.write("/etc/goodsd.yaml", config_yaml(3, bogus=1))
+    check = box.run(GOODSD, "check", check=False)
+    assert check.returncode == 78 and "bogus" in check.stderr, check
+    box.run("systemctl", "reload", unit)
+    # Then the service stays active with its old children, and STATUS= shows the error
+    box.wait(lambda: "bogus" in box.show(unit)["StatusText"], 10, "the reload error in STATUS=")
+    state = box.show(unit)
+    assert state["ActiveState"] == "active" and state["MainPID"] == str(master), state
+    assert box.children(master) == kept_children
+    # And the journal has it at error level, and everything else at its own priority
+    assert "bogus" in box.journal(unit, "-p", "err", "-o", "cat")
+    entries = [json.loads(line) for line in box.journal(unit, "-o", "json").splitlines()]
+    ours = [
+        e
+        for e in entries
+        if e.get("SYSLOG_IDENTIFIER") == "goodsd" and isinstance(e.get("MESSAGE"), str)
+    ]
+    priorities = {e["PRIORITY"] for e in ours}
+    assert "6" in priorities, priorities
+    assert [e["PRIORITY"] for e in ours if "bogus" in e["MESSAGE"]] == ["3"]
+    assert not [e["MESSAGE"] for e in ours if e["MESSAGE"].startswith("<")]
+
+    # When the service is stopped, with PID 1 logging at debug level: only then does it log
+    # a clean exit's status (and the unit's ExecMain* are gone once it is unloaded)
+    box.run("systemd-analyze", "log-level", "debug")
+    box.run("systemctl", "stop", unit, timeout=START_TIMEOUT)
+    box.run("systemd-analyze", "log-level", "info")
+    # Then the master exited with status 0 (not killed) and no process of it is left
+    state = box.show(unit)
+    assert (state["ActiveState"], state["Result"]) == ("inactive", "success"), (
+        f"{state}\n{box.tail()}"
+    )
+    exits = [
+        (e["EXIT_CODE"], e["EXIT_STATUS"])
+        for e in map(json.loads, box.journal(unit, "-o", "json").splitlines())
+        if "EXIT_CODE" in e and "Main process exited" in str(e.get("MESSAGE"))
+    ]
+    assert exits == [("exited", "0")], f"{exits}\n{box.tail()}"
+    assert [pid for pid in sorted(seen) if box.alive(pid)] == []
+    assert box.redis("hlen", "goodsd:{goods2}:consumers") == "0"
+
+
+def test_instance_with_credential_over_unix_socket(sandbox: Sandbox) -> None:
+    box = sandbox
+    unit = "goodsd@demo.service"
+    password = secrets.token_hex(12)
+    # Given a Redis that wants a password, reached on its unix socket (0770, group redis),
+    # the password in a root-only file handed over by LoadCredential=, and /etc/goodsd/demo.yaml
+    box.redis("config", "set", "requirepass", password)
+    try:
+        box.write("/etc/goodsd/redis-password", password + "\n", group="root", mode="0600")
+        box.write(f"/etc/systemd/system/{unit}.d/redis.conf", INSTANCE_DROPIN, "root", "0644")
+        box.write(
+            "/etc/goodsd/demo.yaml",
+            config_yaml(2, queue="demo").replace(
+                "redis://127.0.0.1:6379/0", f"unix://{REDIS_SOCKET}"
+            ),
+        )
+        box.run("systemctl", "daemon-reload")
+
+        # When the instance is enabled and started
+        box.run("systemctl", "enable", "--now", unit, timeout=START_TIMEOUT)
+
+        # Then it is active with its two consumers, and handles items
+        state = box.show(unit)
+        assert state["ActiveState"] == "active", f"{state}\n{box.tail()}"
+        assert len(box.children(int(state["MainPID"]))) == 2
+        assert box.run("systemctl", "is-enabled", unit).stdout.strip() == "enabled"
+        box.redis("lpush", "demo", "a", "b", "c", password=password)
+        box.wait(
+            lambda: box.redis("hget", "goodsd:{demo}:stats", "done", password=password) == "3",
+            10,
+            "3 items done by goodsd@demo",
+        )
+        box.run("systemctl", "stop", unit, timeout=START_TIMEOUT)
+        state = box.show(unit)
+        assert (state["ActiveState"], state["Result"]) == ("inactive", "success"), state
+    finally:
+        box.redis("config", "set", "requirepass", "", password=password, check=False)
