@@ -9,7 +9,7 @@ import signal
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from goodsd.scoreboard import Scoreboard
+from goodsd.scoreboard import FLAG_FINISHED, Scoreboard
 
 # Exit codes of a child (and of the master, where they mean the same).
 EXIT_OK = 0  # clean stop, or a planned recycle (max_items): restart without backoff
@@ -32,6 +32,12 @@ class State(enum.Enum):
     RUNNING = "running"  # reported ready
     BACKOFF = "backoff"  # no process: waiting for restart_at after failed starts
     STOPPING = "stopping"  # SIGTERM sent: finishing its current item
+    FINISHED = "finished"  # a producer whose source is exhausted: no process, not restarted
+
+
+# States without a process; and states that count as "done starting" for the role's slot.
+IDLE = frozenset({State.BACKOFF, State.FINISHED})
+SETTLED = frozenset({State.RUNNING, State.FINISHED})
 
 
 @dataclass
@@ -78,6 +84,12 @@ def backoff_delay(failures: int, base: float, cap: float) -> float:
     return min(cap, base * 2 ** min(failures - 1, 32))
 
 
+def finished(child: Child, code: int | None, flags: int) -> bool:
+    """A producer that exited 0 after marking its source exhausted: its work is done, so it
+    is not restarted (any other exit of any child is)."""
+    return child.role == "producer" and code == EXIT_OK and bool(flags & FLAG_FINISHED)
+
+
 def failed_start(child: Child, now: float) -> bool:
     return not child.ready_at or now - child.started_at < STABLE_AFTER
 
@@ -88,7 +100,8 @@ def reconcile(
     """Make "running" match "wanted" for each role.
 
     Children of an older generation stay until enough current ones run (new up before old go);
-    surplus current children retire: those in backoff first, then oldest first.
+    surplus current children retire: those without a process first, then oldest first. A
+    finished producer fills its slot: it is wanted, done, and must not be started again.
     """
     spawn: list[tuple[str, int]] = []
     retire: list[Child] = []
@@ -100,14 +113,14 @@ def reconcile(
         used = {c.index for c in mine}
         free = (i for i in range(len(mine) + want + 1) if i not in used)
         spawn.extend((role, next(free)) for _ in range(want - len(current)))
-        surplus = sorted(current, key=lambda c: (c.state is not State.BACKOFF, c.seq))
+        surplus = sorted(current, key=lambda c: (c.state not in IDLE, c.seq))
         retire.extend(surplus[: max(0, len(current) - want)])
         # Outdated children not serving go at once; serving ones as current ones become ready.
         serving_outdated = sorted(
             (c for c in outdated if c.state is State.RUNNING), key=lambda c: c.seq
         )
         retire.extend(c for c in outdated if c.state is not State.RUNNING)
-        ready_current = sum(1 for c in current if c.state is State.RUNNING)
+        ready_current = sum(1 for c in current if c.state in SETTLED)
         excess = len(serving_outdated) + min(ready_current, want) - want
         retire.extend(serving_outdated[: max(0, excess)])
     return Plan(tuple(spawn), tuple(retire))
@@ -122,7 +135,7 @@ def overdue(
     heartbeat_timeout: float,
 ) -> str:
     """Why ``child`` must be killed now, or "" when it is fine."""
-    if child.state is State.BACKOFF or child.kill_reason:
+    if child.state in IDLE or child.kill_reason:
         return ""
     if busy_since and timeout is not None and now - busy_since > timeout + TIMEOUT_GRACE:
         return f"item running for {now - busy_since:.1f}s, past timeout {timeout:g}s"
