@@ -23,16 +23,20 @@ from dataclasses import dataclass, field
 from goodsd import config as config_mod
 from goodsd import consumer as consumer_mod
 from goodsd import hostinfo, logs
+from goodsd import producer as producer_mod
 from goodsd.children import (
     EXIT_CONFIG,
     EXIT_FAILURE,
     EXIT_OK,
+    IDLE,
+    SETTLED,
     TIMEOUT_GRACE,
     Child,
     State,
     backoff_delay,
     describe_exit,
     failed_start,
+    finished,
     heartbeat_timeout,
     overdue,
     reconcile,
@@ -42,7 +46,7 @@ from goodsd.notify import Notifier
 from goodsd.queue import Queue
 from goodsd.redisconn import TRANSIENT_ERRORS, connect
 from goodsd.runner import HandlerLoadError
-from goodsd.scoreboard import Scoreboard
+from goodsd.scoreboard import FLAG_PAUSED, FLAG_STANDBY, Scoreboard
 
 log = logging.getLogger("goodsd.master")
 
@@ -260,6 +264,7 @@ class Master:
             if role_settings(old, role) != role_settings(new, role):
                 self.generation[role] += 1
                 log.info("%s settings changed: rolling %s children", role, role)
+        self.keep_finished(old, new)
         self.previous = old
         self.config = new
         self.extra_consumers = 0
@@ -280,12 +285,25 @@ class Master:
             for role in self.generation:
                 if role_settings(self.previous, role) != role_settings(self.config, role):
                     self.generation[role] -= 1
+            self.keep_finished(self.config, self.previous)
             self.config = self.previous
             self.previous = None
         self.manage_children()
         if self.reload_pending:
             self.reload_pending = False
             self.notifier.ready(self.status_text())
+
+    def keep_finished(self, old: Config, new: Config) -> None:
+        """Producers whose source is exhausted stay finished across a reload that keeps their
+        source (e.g. new watermarks), so a finite source is not run again; a new source runs."""
+        same = (old.queue, old.producer.source, old.producer.command) == (
+            new.queue,
+            new.producer.source,
+            new.producer.command,
+        )
+        for child in self.children:
+            if same and child.role == "producer" and child.state is State.FINISHED:
+                child.generation = self.generation["producer"]
 
     # -- children -----------------------------------------------------------------------
 
@@ -309,7 +327,7 @@ class Master:
                 self.spawn(child)  # BACKOFF -> STARTING
 
     def retire(self, child: Child) -> None:
-        if child.state is State.BACKOFF:
+        if child.state in IDLE:
             self.children.remove(child)
             return
         if child.state is State.STOPPING:
@@ -395,10 +413,11 @@ class Master:
     def child_exited(self, child: Child, status: int) -> None:
         now = self.clock()
         text, code, sig = describe_exit(status)
-        _, busy_since, position, done, failed, _ = (
+        _, busy_since, position, done, failed, flags = (
             child.board.read() if child.board else (0, 0, -1, 0, 0, 0)
         )
-        self.rates.retired_total += done + failed
+        if child.role == "consumer":
+            self.rates.retired_total += done + failed
         self.close_events(child)
         if child.board:
             child.board.close()
@@ -406,6 +425,18 @@ class Master:
         was = child.state
         if child.role == "consumer":
             self.queue_recovery(child, busy_since, position, text)
+        if finished(child, code, flags):
+            log.info(
+                "%s %d finished: pushed %d items (pid %d)", child.role, child.index, done, child.pid
+            )
+            if was is State.STOPPING:
+                self.children.remove(child)
+                return
+            child.state = State.FINISHED  # RUNNING -> FINISHED
+            child.pid = 0
+            self.manage_children()
+            self.maybe_ready()
+            return
         if was is State.STOPPING:
             level = logging.WARNING if sig == signal.SIGKILL else logging.INFO
             log.log(level, "%s %s", child.name, text)
@@ -620,7 +651,7 @@ class Master:
                 for c in self.children
                 if c.role == role
                 and c.generation == self.generation[role]
-                and c.state in (State.RUNNING, State.BACKOFF)
+                and c.state in (State.RUNNING, State.BACKOFF, State.FINISHED)
             )
             >= count
             and not any(
@@ -630,8 +661,7 @@ class Master:
         )
         if not self.ready_sent:
             initial = all(
-                sum(1 for c in self.children if c.role == role and c.state is State.RUNNING)
-                >= count
+                sum(1 for c in self.children if c.role == role and c.state in SETTLED) >= count
                 for role, count in wanted.items()
             )
             if initial:
@@ -646,7 +676,7 @@ class Master:
     def refresh_status(self) -> None:
         total = self.rates.retired_total
         for child in self.children:
-            if child.board is not None:
+            if child.board is not None and child.role == "consumer":
                 _, _, _, done, failed, _ = child.board.read()
                 total += done + failed
         self.rates.update(total, self.clock())
@@ -668,6 +698,13 @@ class Master:
                 parts.append(f"{role}s: {detail}")
         parts.append(f"backlog {self.backlog if self.backlog is not None else '?'}")
         parts.append(f"{self.rates.per_second:.0f} items/s")
+        producer_flags = [
+            c.board.read()[5] for c in self.children if c.role == "producer" and c.board
+        ]
+        if any(flags & FLAG_PAUSED for flags in producer_flags):
+            parts.append("producer paused")
+        elif producer_flags and all(flags & FLAG_STANDBY for flags in producer_flags):
+            parts.append("producer standby")
         if self.reload_error:
             parts.append(f"last reload failed: {self.reload_error}")
         return "; ".join(parts)
@@ -717,9 +754,17 @@ def consumer_main(
     return consumer_mod.run(worker)
 
 
+def producer_main(
+    config: Config, identity: str, board: Scoreboard, send_event: Callable[[str], None]
+) -> int:
+    worker = producer_mod.Producer(config, identity, board, lambda: send_event("ready"))
+    return producer_mod.run(worker)
+
+
 # role -> the function a child of that role runs after fork; returns its exit code
 ROLE_MAIN: dict[str, Callable[[Config, str, Scoreboard, Callable[[str], None]], int]] = {
     "consumer": consumer_main,
+    "producer": producer_main,
 }
 
 
