@@ -39,3 +39,8 @@ def hang(item: object) -> None:
 def crash(item: object) -> None:
     """Kill the whole worker process on the spot."""
     os._exit(3)
+
+
+def dawdle(item: object) -> None:
+    """Take 2 ms per item: consumers slower than any producer."""
+    time.sleep(0.002)
