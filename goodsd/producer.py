@@ -305,8 +305,7 @@ class Producer:
             lambda q: q.push_batch(self.producer_id, batch_id, batch, high, self.token)
         )
         if result.status == NOT_HOLDER:
-            self.holding = False
-            self.deactivate("lost the singleton producer lock")
+            self.lock_lost(self.clock())
             return None
         if result.status == PUSHED:
             self.pushed += len(batch)
@@ -334,10 +333,7 @@ class Producer:
         if self.holding:
             if now >= self.renew_at:
                 if not self._until_done(lambda q: q.extend_lock(self.token, ttl)):
-                    self.holding = False
-                    log.error("lost the singleton producer lock: stopped pushing")
-                    self.deactivate("lost the singleton producer lock")
-                    return False
+                    return self.lock_lost(now)
                 self.renew_at = now + ttl / 3
             return True
         left_ms = self._until_done(lambda q: q.acquire_lock(self.token, ttl))
@@ -351,6 +347,21 @@ class Producer:
         self.report(now)
         wait = min(STANDBY_WAIT, max(0.01, left_ms / 1000))
         self._until_done(lambda q: q.wait_lock_free(wait))
+        return False
+
+    def lock_lost(self, now: float) -> bool:
+        """The lock is no longer this producer's. If nobody else took it (it expired while
+        Redis was away, or Redis restarted empty), take it back and go on with the same
+        source; else stop the source. True when it holds the lock again."""
+        ttl = self.config.supervisor.lease
+        if self._until_done(lambda q: q.acquire_lock(self.token, ttl)) == 0:
+            self.renew_at = now + ttl / 3
+            log.warning("the singleton producer lock had expired; took it again")
+            return True
+        self.holding = False
+        log.error("another producer holds the singleton lock now: stopped pushing")
+        self.deactivate("lost the singleton producer lock")
+        self.report(now)
         return False
 
     # -- reporting ----------------------------------------------------------------------

@@ -221,7 +221,8 @@ return {1, len}
 """
 
 # SET NX PX with a random token; holding it already (a retry after a lost reply) extends it.
-# Returns 0 when the caller holds the lock now, else the holder's milliseconds left.
+# Returns 0 when the caller holds the lock now, else the holder's milliseconds left (a full
+# TTL for a lock someone set without expiry, so standbys never poll it in a tight loop).
 # KEYS: lock   ARGV: token, ttl_ms
 _LOCK_ACQUIRE = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
@@ -229,7 +230,9 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 0
 end
-return math.max(1, redis.call('PTTL', KEYS[1]))
+local left = redis.call('PTTL', KEYS[1])
+if left <= 0 then return tonumber(ARGV[2]) end
+return left
 """
 
 # Compare-and-extend: 1 when the caller still held the lock and now holds it ttl_ms longer.
