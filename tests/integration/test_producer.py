@@ -57,9 +57,10 @@ def test_two_producers_never_overshoot_and_resume_at_low_watermark(
     daemon.wait_log(r"resumed at \d+", count=2)
     resumed = [int(n) for n in re.findall(r"resumed at (\d+)", daemon.log())]
     assert all(n <= low for n in resumed), resumed
-    # And not once per check: a few cycles a second, but one pause line per producer
-    assert len(re.findall(r"paused at", daemon.log())) == 2
+    # And not once per check, nor once per cycle: many cycles, one pause line per producer
+    # (two on a machine slow enough to pass the 10 s quiet period)
     assert int(r.hget("goodsd:{q}:stats", "pushed")) > 3 * high
+    assert len(re.findall(r"paused at", daemon.log())) <= 4
     # And the master's STATUS= says so
     wait_for(lambda: any("producer paused" in s for s in status_lines(notify)), 10, "STATUS paused")
     assert {p["state"] for p in producers(r).values()} <= {"active", "paused"}
