@@ -249,6 +249,7 @@ class Producer:
                     len(self.batch),
                     " past the high watermark" if self.pressure.paused else "",
                 )
+            while self.batch and self.feed is not None:  # None: another producer has the lock
                 self.push(NO_LIMIT)
         if self.holding:
             self._until_done(lambda q: q.release_lock(self.token))
@@ -341,7 +342,12 @@ class Producer:
             self.holding = True
             self.renew_at = now + ttl / 3
             log.info("took the singleton producer lock: active")
-            self.activate()
+            try:
+                self.activate()
+            except BaseException:
+                self._until_done(lambda q: q.release_lock(self.token))  # let a standby try
+                self.holding = False
+                raise
             self.report(now)
             return True
         self.report(now)
