@@ -109,6 +109,20 @@ def test_command_source_lines_become_items(r, make_config, start_daemon, notify)
     assert daemon.stop() == 0
 
 
+def test_quiet_source_is_not_taken_for_hung(r, make_config, start_daemon, notify):
+    # Given a command that prints nothing for longer than the master's hang limit (10 s)
+    config = make_config(
+        consumers={"processes": 1, "handler": "sample_handlers:record", "batch": 10},
+        producer={"processes": 1, "command": ["sh", "-c", "sleep 11; echo late"]},
+    )
+    daemon = start_daemon(config, notify=notify)
+    # Then the producer keeps heartbeating meanwhile, and its late line still gets through
+    daemon.wait_log(r"producer 0 finished: pushed 1 items", timeout=25)
+    wait_for(lambda: handled(r) == ["late"], 5, "the late line handled")
+    assert "killing producer" not in daemon.log()
+    assert daemon.stop() == 0
+
+
 def test_failing_command_is_restarted_with_backoff(r, make_config, start_daemon, notify):
     # Given a command that prints one line and exits 3
     config = make_config(
