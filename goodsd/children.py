@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from goodsd.config import Config
-from goodsd.scoreboard import Scoreboard
+from goodsd.scoreboard import FLAG_FINISHED, Scoreboard
 
 # Exit codes of a child (and of the master, where they mean the same).
 EXIT_OK = 0  # clean stop, or a planned recycle (max_items): restart without backoff
@@ -35,6 +35,12 @@ class State(enum.Enum):
     RUNNING = "running"  # reported ready
     BACKOFF = "backoff"  # no process: waiting for restart_at after failed starts
     STOPPING = "stopping"  # SIGTERM sent: finishing its current item
+    FINISHED = "finished"  # a producer whose source is exhausted: no process, not restarted
+
+
+# States without a process; and states that count as "done starting" for the role's slot.
+IDLE = frozenset({State.BACKOFF, State.FINISHED})
+SETTLED = frozenset({State.RUNNING, State.FINISHED})
 
 
 @dataclass(eq=False)  # a record is itself: two slots never compare equal by value
@@ -83,6 +89,12 @@ def backoff_delay(failures: int, base: float, cap: float) -> float:
     return min(cap, base * 2 ** min(failures - 1, 32))
 
 
+def finished(child: Child, code: int | None, flags: int) -> bool:
+    """A producer that exited 0 after marking its source exhausted: its work is done, so it
+    is not restarted (any other exit of any child is)."""
+    return child.role == "producer" and code == EXIT_OK and bool(flags & FLAG_FINISHED)
+
+
 def failed_start(child: Child, now: float) -> bool:
     return not child.ready_at or now - child.started_at < STABLE_AFTER
 
@@ -93,7 +105,8 @@ def reconcile(
     """Make "running" match "wanted" for each role.
 
     Children of an older generation stay until enough current ones run (new up before old go);
-    surplus current children retire: those in backoff first, then oldest first.
+    surplus current children retire: those without a process first, then oldest first. A
+    finished producer fills its slot: it is wanted, done, and must not be started again.
     """
     spawn: list[tuple[str, int]] = []
     retire: list[Child] = []
@@ -107,14 +120,14 @@ def reconcile(
         used = {c.index for c in children if c.role == role}
         free = (i for i in range(len(used) + want + 1) if i not in used)
         spawn.extend((role, next(free)) for _ in range(want - len(current)))
-        surplus = sorted(current, key=lambda c: (c.state is not State.BACKOFF, c.seq))
+        surplus = sorted(current, key=lambda c: (c.state not in IDLE, c.seq))
         retire.extend(surplus[: max(0, len(current) - want)])
         # Outdated children not serving go at once; serving ones as current ones become ready.
         serving_outdated = sorted(
             (c for c in outdated if c.state is State.RUNNING), key=lambda c: c.seq
         )
         retire.extend(c for c in outdated if c.state is not State.RUNNING)
-        ready_current = sum(1 for c in current if c.state is State.RUNNING)
+        ready_current = sum(1 for c in current if c.state in SETTLED)
         excess = len(serving_outdated) + min(ready_current, want) - want
         retire.extend(serving_outdated[: max(0, excess)])
     return Plan(tuple(spawn), tuple(retire))
@@ -126,6 +139,7 @@ class Exit(enum.Enum):
     GONE = "gone"  # it was stopping: forget it
     FATAL = "fatal"  # its handler cannot load before READY: the whole service exits 78
     ROLLBACK = "rollback"  # the handler of a reloaded config cannot load: back to the old one
+    FINISH = "finish"  # a producer whose source is exhausted: keep its slot, never restart it
     RESTART = "restart"  # start it again after ``delay`` (BACKOFF)
 
 
@@ -145,6 +159,7 @@ def plan_exit(
     can_roll_back: bool,
     base: float,
     cap: float,
+    flags: int = 0,
 ) -> ExitPlan:
     """Decide the fate of ``child`` whose process just exited with ``code`` (None: signal).
 
@@ -154,6 +169,8 @@ def plan_exit(
     """
     if child.state is State.STOPPING:
         return ExitPlan(Exit.GONE)
+    if finished(child, code, flags):
+        return ExitPlan(Exit.FINISH)
     if code == EXIT_CONFIG and not child.ready_at:
         if not ready_sent:
             return ExitPlan(Exit.FATAL)
@@ -168,10 +185,11 @@ def plan_exit(
 
 
 def all_running(children: Iterable[Child], wanted: dict[str, int]) -> bool:
-    """The initial READY: every wanted child has connected and loaded its handler."""
+    """The initial READY: every wanted child has connected and loaded its handler (a producer
+    that has already finished its source counts)."""
     children = list(children)
     return all(
-        sum(1 for c in children if c.role == role and c.state is State.RUNNING) >= count
+        sum(1 for c in children if c.role == role and c.state in SETTLED) >= count
         for role, count in wanted.items()
     )
 
@@ -185,7 +203,7 @@ def roll_settled(
     if any(c.generation != generation[c.role] or c.state is State.STOPPING for c in children):
         return False
     return all(
-        sum(1 for c in children if c.role == role and c.state is State.RUNNING) == count
+        sum(1 for c in children if c.role == role and c.state in SETTLED) == count
         for role, count in wanted.items()
     )
 
@@ -214,7 +232,7 @@ def overdue(
     heartbeat_timeout: float,
 ) -> str:
     """Why ``child`` must be killed now, or "" when it is fine."""
-    if child.state is State.BACKOFF or child.kill_reason:
+    if child.state in IDLE or child.kill_reason:
         return ""
     if busy_since and timeout is not None and now - busy_since > timeout + TIMEOUT_GRACE:
         return f"item running for {now - busy_since:.1f}s, past timeout {timeout:g}s"

@@ -26,10 +26,12 @@ import redis
 from goodsd import config as config_mod
 from goodsd import consumer as consumer_mod
 from goodsd import hostinfo, logs
+from goodsd import producer as producer_mod
 from goodsd.children import (
     EXIT_CONFIG,
     EXIT_FAILURE,
     EXIT_OK,
+    IDLE,
     Child,
     Exit,
     State,
@@ -49,7 +51,7 @@ from goodsd.notify import Notifier
 from goodsd.queue import Queue
 from goodsd.redisconn import connect, password
 from goodsd.runner import HandlerLoadError
-from goodsd.scoreboard import FLAG_PAUSED, Scoreboard
+from goodsd.scoreboard import FLAG_PAUSED, FLAG_STANDBY, Scoreboard
 
 log = logging.getLogger("goodsd.master")
 
@@ -310,6 +312,7 @@ class Master:
                 self.generation_seq += 1
                 self.generation[role] = self.generation_seq
                 log.info("%s settings changed: rolling %s children", role, role)
+        self.keep_finished(old, new)
         self.config = new
         self.extra_consumers = 0
         self.reload_error = ""
@@ -317,6 +320,18 @@ class Master:
         self.reload_pending = self.ready_sent
         self.manage_children()
         self.maybe_ready()
+
+    def keep_finished(self, old: Config, new: Config) -> None:
+        """Producers whose source is exhausted stay finished across a change that keeps their
+        source (e.g. new watermarks), so a finite source is not run again; a new source runs."""
+        same = (old.queue, old.producer.source, old.producer.command) == (
+            new.queue,
+            new.producer.source,
+            new.producer.command,
+        )
+        for child in self.children:
+            if same and child.role == "producer" and child.state is State.FINISHED:
+                child.generation = self.generation["producer"]
 
     def can_roll_back(self, child: Child) -> bool:
         """Whether ``child`` runs settings a reload brought in, which undoing it would drop."""
@@ -331,8 +346,9 @@ class Master:
         previous config, whose children are still serving."""
         assert self.previous is not None
         log.error("reload failed, going back to the previous config: %s", reason)
-        self.config = self.previous
+        rejected, self.config = self.config, self.previous
         self.generation = dict(self.previous_generation)
+        self.keep_finished(rejected, self.config)
         self.previous = None
         self.reload_error = reason
         logs.setup(
@@ -365,7 +381,7 @@ class Master:
                 self.spawn(child)  # BACKOFF -> STARTING
 
     def retire(self, child: Child) -> None:
-        if child.state is State.BACKOFF:
+        if child.state in IDLE:
             self.children.remove(child)
             return
         if child.state is State.STOPPING:
@@ -467,10 +483,11 @@ class Master:
             while self.drain_events(child):  # its last words may still be in the pipe
                 pass
             self.close_events(child)
-        _, busy_since, position, done, failed, _ = (
+        _, busy_since, position, done, failed, flags = (
             child.board.read() if child.board else (0.0, 0.0, -1, 0, 0, 0)
         )
-        self.rates.retired_total += done + failed
+        if child.role == "consumer":  # a producer's counter is its pushes, not items handled
+            self.rates.retired_total += done + failed
         if child.board:
             child.board.close()
             child.board = None
@@ -485,7 +502,18 @@ class Master:
             can_roll_back=self.can_roll_back(child),
             base=supervisor.restart_delay,
             cap=supervisor.restart_delay_max,
+            flags=flags,
         )
+        if child.role == "producer" and code == EXIT_OK and plan.action in (Exit.FINISH, Exit.GONE):
+            log.info(
+                "%s %d finished: pushed %d items (pid %d)", child.role, child.index, done, child.pid
+            )
+        if plan.action is Exit.FINISH:
+            child.state = State.FINISHED  # RUNNING -> FINISHED
+            child.pid = 0
+            self.manage_children()
+            self.maybe_ready()
+            return
         if plan.action is Exit.GONE:
             level = logging.WARNING if sig == signal.SIGKILL else logging.INFO
             log.log(level, "%s %s", child.name, text)
@@ -594,7 +622,7 @@ class Master:
     def kill_all(self, why: str) -> None:
         log.warning("%s: killing every child now", why)
         for child in list(self.children):
-            if child.state is State.BACKOFF:
+            if child.state in IDLE:
                 self.children.remove(child)
                 continue
             _kill(child.pid, signal.SIGKILL)
@@ -701,7 +729,7 @@ class Master:
     def refresh_status(self) -> None:
         total = self.rates.retired_total
         for child in self.children:
-            if child.board is not None:
+            if child.board is not None and child.role == "consumer":
                 _, _, _, done, failed, _ = child.board.read()
                 total += done + failed
         self.rates.update(total, self.clock())
@@ -727,10 +755,15 @@ class Master:
             waits = [c.restart_at - now for c in mine if c.state is State.BACKOFF]
             if waits:
                 detail += f" (next restart in {max(0.0, min(waits)):.1f}s)"
-            if role == "producer" and mine:
-                paused = any(c.board and c.board.read()[5] & FLAG_PAUSED for c in mine)
-                detail += ", paused" if paused else ", pushing"
             parts.append(f"{role}s: {detail}")
+            flags = [c.board.read()[5] for c in mine if c.board]
+            if role == "producer" and flags:
+                if any(f & FLAG_PAUSED for f in flags):
+                    parts.append("producer paused")
+                elif all(f & FLAG_STANDBY for f in flags):
+                    parts.append("producer standby (another instance holds the lock)")
+                else:
+                    parts.append("producer pushing")
         parts.append(f"backlog {self.backlog if self.backlog is not None else '?'}")
         parts.append(f"{self.rates.per_second:.0f} items/s")
         if self.reload_error:
@@ -782,9 +815,17 @@ def consumer_main(
     return consumer_mod.run(worker)
 
 
+def producer_main(
+    config: Config, identity: str, board: Scoreboard, send_event: Callable[[str], None]
+) -> int:
+    worker = producer_mod.Producer(config, identity, board, lambda: send_event("ready"))
+    return producer_mod.run(worker)
+
+
 # role -> the function a child of that role runs after fork; returns its exit code
 ROLE_MAIN: dict[str, Callable[[Config, str, Scoreboard, Callable[[str], None]], int]] = {
     "consumer": consumer_main,
+    "producer": producer_main,
 }
 
 

@@ -14,6 +14,9 @@ Keys (all of a queue's keys share the hash tag ``{<queue>}``, so they sit in one
 | ``goodsd:{<queue>}:dead``            | list   | JSON {item, error, attempts, at, consumer}   |
 | ``goodsd:{<queue>}:stats``           | hash   | fleet counters (see ``STAT_FIELDS``)         |
 | ``goodsd:{<queue>}:producer:lock``   | string | the singleton producer's lock (random token) |
+| ``goodsd:{<queue>}:producer:wake``   | list   | wakes a standby producer when the lock frees |
+| ``goodsd:{<queue>}:producers``       | hash   | producer id -> JSON {host, pid, state...}    |
+| ``goodsd:{<queue>}:pushed:<id>``     | string | id of a producer's last pushed batch         |
 
 A failed item goes back to Redis *tagged*: ``TAG_MARK + <16 hex> + ":" + <item>``. The tag makes
 each delivery distinct, so equal items never merge in the retry set or the attempts hash.
@@ -53,6 +56,9 @@ def _keys(queue: str) -> dict[str, str]:
         "inflight_prefix": prefix + "inflight:",
         "lease_prefix": prefix + "lease:",
         "settled_prefix": prefix + "settled:",
+        "producers": prefix + "producers",
+        "producer_wake": prefix + "producer:wake",
+        "pushed_prefix": prefix + "pushed:",
     }
 
 
@@ -198,6 +204,73 @@ return moved + failed
 """
 )
 
+# One producer batch, pushed only while the ready list is below the high watermark. The length
+# check and the push are one step, so however many producers race on however many hosts, the
+# list ends at most one batch above the mark. Idempotent per batch id: a retry after a lost
+# reply finds the id recorded and pushes nothing. With a token, only the holder of the
+# singleton lock may push. Returns {status, length after}: 1 pushed (now or by an earlier try),
+# 0 refused (the list is full), -1 not the lock holder.
+# KEYS: ready, stats, pushed marker, lock   ARGV: high, batch_id, marker_ttl_ms, token, items...
+_PUSH = """
+local len = redis.call('LLEN', KEYS[1])
+if redis.call('GET', KEYS[3]) == ARGV[2] then return {1, len} end
+if ARGV[4] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[4] then return {-1, len} end
+if len >= tonumber(ARGV[1]) then return {0, len} end
+for first = 5, #ARGV, 1000 do
+  len = redis.call('LPUSH', KEYS[1], unpack(ARGV, first, math.min(first + 999, #ARGV)))
+end
+redis.call('HINCRBY', KEYS[2], 'pushed', #ARGV - 4)
+redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])
+return {1, len}
+"""
+
+# SET NX PX with a random token; holding it already (a retry after a lost reply) extends it.
+# Returns 0 when the caller holds the lock now, else the holder's milliseconds left (a full
+# TTL for a lock someone set without expiry, so standbys never poll it in a tight loop).
+# KEYS: lock   ARGV: token, ttl_ms
+_LOCK_ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 0
+end
+local left = redis.call('PTTL', KEYS[1])
+if left <= 0 then return tonumber(ARGV[2]) end
+return left
+"""
+
+# Compare-and-extend: 1 when the caller still held the lock and now holds it ttl_ms longer.
+# KEYS: lock   ARGV: token, ttl_ms
+_LOCK_EXTEND = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# Compare-and-delete, then leave one wake-up in the wake list, so a standby blocked on it takes
+# over at once instead of at its next poll. KEYS: lock, wake   ARGV: token, wake_ttl_ms
+_LOCK_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('RPUSH', KEYS[2], '1')
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+# How long a producer's last batch id is kept for its retries; how long an unclaimed wake-up
+# waits for a standby.
+PUSHED_MARKER_TTL_MS = 3_600_000
+WAKE_TTL_MS = 10_000
+# Results of the push script.
+PUSHED, FULL, NOT_HOLDER = 1, 0, -1
+
+
+class PushResult(NamedTuple):
+    """What the push script did: ``status`` is PUSHED, FULL or NOT_HOLDER; ``length`` is the
+    ready list's length after it."""
+
+    status: int
+    length: int
+
 
 class Delivery(NamedTuple):
     """One claimed item: ``claimed`` is the exact value in the in-flight list, ``payload`` the
@@ -272,6 +345,10 @@ class Queue:
         self._claim = client.register_script(_CLAIM)
         self._settle = client.register_script(_SETTLE)
         self._recover = client.register_script(_RECOVER)
+        self._push = client.register_script(_PUSH)
+        self._lock_acquire = client.register_script(_LOCK_ACQUIRE)
+        self._lock_extend = client.register_script(_LOCK_EXTEND)
+        self._lock_release = client.register_script(_LOCK_RELEASE)
 
     # -- per-consumer keys ---------------------------------------------------------------
 
@@ -486,6 +563,62 @@ class Queue:
         pipe.hincrby(self.keys["stats"], "pushed", len(items))
         pipe.execute()
 
+    def push_batch(
+        self, producer: str, batch_id: str, items: list[bytes], high: int, token: str = ""
+    ) -> PushResult:
+        """LPUSH ``items`` (oldest first, so FIFO) if the ready list is below ``high``; see
+        ``_PUSH``. Retrying with the same ``batch_id`` never pushes twice."""
+        keys = [
+            self.keys["ready"],
+            self.keys["stats"],
+            self.keys["pushed_prefix"] + producer,
+            self.keys["producer_lock"],
+        ]
+        status, length = self._push(
+            keys=keys, args=[high, batch_id, PUSHED_MARKER_TTL_MS, token, *items]
+        )
+        return PushResult(int(status), int(length))
+
+    def acquire_lock(self, token: str, ttl: float) -> int:
+        """Try to take the singleton producer lock: 0 when taken, else the holder's ms left."""
+        return int(self._lock_acquire(keys=[self.keys["producer_lock"]], args=[token, ms(ttl)]))
+
+    def extend_lock(self, token: str, ttl: float) -> bool:
+        """Renew the lock for ``ttl``; False means another token holds it, or none does."""
+        return bool(self._lock_extend(keys=[self.keys["producer_lock"]], args=[token, ms(ttl)]))
+
+    def release_lock(self, token: str) -> bool:
+        """Free the lock if ``token`` still holds it, and wake one standby."""
+        keys = [self.keys["producer_lock"], self.keys["producer_wake"]]
+        return bool(self._lock_release(keys=keys, args=[token, WAKE_TTL_MS]))
+
+    def wait_lock_free(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds for a release; True when woken by one."""
+        return self.client.blpop([self.keys["producer_wake"]], timeout=timeout) is not None
+
+    def report_producer(self, producer: str, record: dict[str, object]) -> None:
+        """Publish a producer's state for status views (fields: see goodsd/producer.py)."""
+        self.client.hset(self.keys["producers"], producer, json.dumps(record))
+
+    def forget_producers(self, producers: list[str]) -> None:
+        """Drop producers from the registry, with their last-batch markers."""
+        if not producers:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hdel(self.keys["producers"], *producers)
+        pipe.delete(*(self.keys["pushed_prefix"] + p for p in producers))
+        pipe.execute()
+
+    def producers(self) -> dict[str, dict[str, object]]:
+        """Producer id -> its last reported record."""
+        out: dict[str, dict[str, object]] = {}
+        for key, value in self.client.hgetall(self.keys["producers"]).items():
+            try:
+                out[key.decode()] = json.loads(value)
+            except ValueError:
+                out[key.decode()] = {}
+        return out
+
     def stats(self) -> dict[str, int]:
         raw = self.client.hgetall(self.keys["stats"])
         out = dict.fromkeys(STAT_FIELDS, 0)
@@ -500,3 +633,8 @@ class Queue:
         return [
             parse_dead_record(raw) for raw in self.client.lrange(self.keys["dead"], 0, limit - 1)
         ]
+
+
+def ms(seconds: float) -> int:
+    """Seconds as the whole milliseconds Redis wants, never 0 (PX 0 is an error)."""
+    return max(1, int(seconds * 1000))

@@ -14,10 +14,12 @@ import time
 # heartbeat: monotonic time of the child's last loop step
 # busy_since: monotonic time the current item started, 0.0 when idle
 # position: index in the claimed batch (0 = oldest) of the current item, -1 when idle
-# done / failed: items handled so far by this child
-# flags: FLAG_* bits (the producer's paused state)
+# done / failed: items handled so far by this child (a producer: done = items it pushed)
+# flags: FLAG_* bits (a producer's state)
 _LAYOUT = struct.Struct("=ddqQQQ")
-FLAG_PAUSED = 1
+FLAG_PAUSED = 1  # producer: the queue is at its high watermark, waiting to drain
+FLAG_STANDBY = 2  # producer: waiting for the singleton lock
+FLAG_FINISHED = 4  # producer: its source is exhausted; exit 0 means done, not restart
 
 
 class Scoreboard:

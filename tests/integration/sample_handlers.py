@@ -70,3 +70,8 @@ def setup_fails_when_flagged() -> None:
     test:fail-setup exists: a crash loop a test can turn on and off."""
     if _client().exists("test:fail-setup"):
         raise RuntimeError("setup failed on purpose (test:fail-setup is set)")
+
+
+def dawdle(item: object) -> None:
+    """Take 2 ms per item: consumers slower than any producer."""
+    time.sleep(0.002)
