@@ -8,7 +8,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from goodsd import __version__, logs
+from goodsd import __version__, logs, metrics
 from goodsd import config as config_mod
 from goodsd.children import EXIT_CONFIG, EXIT_FAILURE
 from goodsd.config import Config, ConfigError
@@ -42,6 +42,7 @@ for spec in sys.argv[2:]:
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate the config and import the handler, like `nginx -t`."""
     cfg = load_config(args)
+    metrics.require_client(cfg)
     specs = [s for s in (cfg.consumers.handler, cfg.consumers.setup, cfg.producer.source) if s]
     probe = subprocess.run(
         [sys.executable, "-c", _IMPORT_PROBE, "\0".join(cfg.pythonpath), *specs],
