@@ -84,18 +84,21 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """Show the queue, its workers and rates (once, or --watch)."""
     from goodsd.ops import status
 
     return status.main(load_config(args), as_json=args.json, watch=args.watch)
 
 
 def cmd_dead_list(args: argparse.Namespace) -> int:
+    """List dead items, newest first."""
     from goodsd.ops import dead
 
     return dead.list_main(load_config(args), limit=args.limit, as_json=args.json)
 
 
 def cmd_dead_requeue(args: argparse.Namespace) -> int:
+    """Give dead items another run, attempts reset."""
     from goodsd.ops import dead
 
     if bool(args.all) == bool(args.items):
@@ -104,12 +107,14 @@ def cmd_dead_requeue(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_purge(args: argparse.Namespace) -> int:
+    """Delete the dead list, after confirmation."""
     from goodsd.ops import dead
 
     return dead.purge_main(load_config(args), yes=args.yes)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """A private Redis, a master and a live view, until Ctrl-C."""
     from goodsd.ops import demo
 
     return demo.main(consumers=args.consumers, producers=args.producers)
