@@ -8,12 +8,13 @@ import fcntl
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from goodsd import __version__, logs
+from goodsd import __version__, logs, metrics
 from goodsd import config as config_mod
 from goodsd.children import EXIT_CONFIG, EXIT_FAILURE
 from goodsd.config import Config, ConfigError
+from goodsd.ops.common import OpsError, display_url
 
 
 def load_config(args: argparse.Namespace) -> Config:
@@ -152,6 +153,7 @@ def import_problem(cfg: Config) -> str | None:
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate the config and import the handler, like `nginx -t`."""
     cfg = load_config(args)
+    metrics.require_client(cfg)
     problem = import_problem(cfg)
     if problem:
         print(f"{cfg.path}: {problem}", file=sys.stderr)
@@ -159,7 +161,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     c, p = cfg.consumers, cfg.producer
     work = c.handler if c.handler else "command " + " ".join(c.command or ())
     print(f"{cfg.path}: syntax and values ok")
-    print(f"  queue {cfg.queue!r} on {_redact(cfg.redis.url)}")
+    print(f"  queue {cfg.queue!r} on {display_url(cfg.redis.url)}")
     print(f"  consumers: {c.processes} x {work} (batch {c.batch}, decode {c.decode})")
     if p.processes:
         feed = p.source if p.source else "command " + " ".join(p.command or ())
@@ -169,12 +171,129 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _redact(url: str) -> str:
-    """A URL for display, without its password."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.split("@", 1)[1]
-    return scheme + sep + rest
+def cmd_push(args: argparse.Namespace) -> int:
+    """Push items from the arguments, or one per line from stdin."""
+    from goodsd.ops import push
+
+    return push.main(load_config(args), args.items, wait_below=args.wait_below)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show the queue, its workers and rates (once, or --watch)."""
+    from goodsd.ops import status
+
+    return status.main(load_config(args), as_json=args.json, watch=args.watch)
+
+
+def cmd_dead_list(args: argparse.Namespace) -> int:
+    """List dead items, newest first."""
+    from goodsd.ops import dead
+
+    return dead.list_main(load_config(args), limit=args.limit, as_json=args.json)
+
+
+def cmd_dead_requeue(args: argparse.Namespace) -> int:
+    """Give dead items another run, attempts reset."""
+    from goodsd.ops import dead
+
+    if bool(args.all) == bool(args.items):
+        args.parser.error("give either --all or one or more items")
+    return dead.requeue_main(load_config(args), items=args.items, everything=args.all)
+
+
+def cmd_dead_purge(args: argparse.Namespace) -> int:
+    """Delete the dead list, after confirmation."""
+    from goodsd.ops import dead
+
+    return dead.purge_main(load_config(args), yes=args.yes)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """A private Redis, a master and a live view, until Ctrl-C."""
+    from goodsd.ops import demo
+
+    return demo.main(consumers=args.consumers, producers=args.producers)
+
+
+def _count(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be between 0.1 and 3600 seconds, got {text}")
+    return value
+
+
+def add_ops_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """push, status, dead, demo: the operator's commands."""
+    push = sub.add_parser(
+        "push", parents=[common], help="push items (arguments, or one per line from stdin)"
+    )
+    push.add_argument("items", nargs="*", metavar="ITEM", help="items; none: read stdin lines")
+    push.add_argument(
+        "--wait-below",
+        type=_count(1),
+        metavar="N",
+        help="keep the backlog at N or less, waiting for consumers as needed",
+    )
+    push.set_defaults(func=cmd_push)
+
+    status = sub.add_parser("status", parents=[common], help="the queue and its workers")
+    status.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    status.add_argument(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        type=_seconds,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default 2) until Ctrl-C",
+    )
+    status.set_defaults(func=cmd_status)
+
+    dead = sub.add_parser("dead", help="items that used up their attempts")
+    dead_sub = dead.add_subparsers(dest="dead_command", required=True, metavar="ACTION")
+    listing = dead_sub.add_parser("list", parents=[common], help="newest dead items first")
+    listing.add_argument("--limit", type=_count(1), default=20, metavar="N", help="default 20")
+    listing.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    listing.set_defaults(func=cmd_dead_list)
+    requeue = dead_sub.add_parser(
+        "requeue", parents=[common], help="back to the ready list, attempts reset"
+    )
+    requeue.add_argument("items", nargs="*", metavar="ITEM", help="dead items to requeue")
+    requeue.add_argument("--all", action="store_true", help="every dead item")
+    requeue.set_defaults(func=cmd_dead_requeue, parser=requeue)
+    purge = dead_sub.add_parser("purge", parents=[common], help="delete all dead items")
+    purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    purge.set_defaults(func=cmd_dead_purge)
+
+    demo = sub.add_parser(
+        "demo", help="watch goodsd work: private redis, producer, consumers, live view"
+    )
+    demo.add_argument("--consumers", type=_count(1), default=4, metavar="N", help="default 4")
+    demo.add_argument(
+        "--producers",
+        type=_count(0),
+        default=1,
+        metavar="N",
+        help="default 1; 0: the demo pushes items itself, as any program may",
+    )
+    demo.set_defaults(func=cmd_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check", parents=[common], help="validate config, import handler")
     check.set_defaults(func=cmd_check)
+    add_ops_commands(sub, common)
     return parser
 
 
@@ -218,5 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prefix = "<3>" if logs.under_journal(os.environ) else ""
         print(f"{prefix}goodsd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except OpsError as exc:
+        print(f"goodsd: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE

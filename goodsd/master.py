@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 import redis
 
+from goodsd import __version__, hostinfo, logs, metrics
 from goodsd import config as config_mod
 from goodsd import consumer as consumer_mod
-from goodsd import hostinfo, logs
 from goodsd import producer as producer_mod
 from goodsd.children import (
     EXIT_CONFIG,
@@ -48,7 +48,7 @@ from goodsd.children import (
 )
 from goodsd.config import Config, ConfigError, RedisConfig
 from goodsd.notify import Notifier
-from goodsd.queue import Queue
+from goodsd.queue import Overview, Queue
 from goodsd.redisconn import connect, password
 from goodsd.runner import HandlerLoadError
 from goodsd.scoreboard import FLAG_PAUSED, FLAG_STANDBY, Scoreboard
@@ -79,6 +79,8 @@ MASTER_SOCKET_TIMEOUT = 2.0
 # Any trouble with Redis, as seen by the master: log it, carry on, try again later.
 REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OSError)
 PR_SET_PDEATHSIG = 1
+# A master's registry entry not refreshed for this long is deleted by any other master.
+MASTER_FORGET = 3600.0
 
 
 def role_settings(config: Config, role: str) -> tuple[object, ...]:
@@ -146,8 +148,12 @@ class Master:
     recoveries: list[Recovery] = field(default_factory=list)
     rates: Rates = field(default_factory=Rates)
     backlog: int | None = None
+    restarts: int = 0  # children restarted after they exited, for metrics
 
     def __post_init__(self) -> None:
+        self.exporter: metrics.Exporter | None = None
+        self.master_id = ""  # its entry in the masters registry: host-pid
+        self.started_wall = 0.0
         # The config and generations to go back to while a reload's roll is not settled.
         self.previous: Config | None = None
         self.previous_generation: dict[str, int] = {}
@@ -178,6 +184,9 @@ class Master:
         except OSError as exc:
             log.critical("cannot read the redis password: %s", exc)
             return EXIT_CONFIG
+        self.exporter = metrics.reconfigure(None, self.config)  # ConfigError: exit 78
+        self.master_id = f"{hostinfo.hostname()}-{os.getpid()}"
+        self.started_wall = time.time()
         self.install_signals()
         self.check_redis()
         self.recover_own_host()
@@ -280,6 +289,7 @@ class Master:
         try:
             new = config_mod.load(path)
             password(new.redis, os.environ)
+            self.exporter = metrics.reconfigure(self.exporter, new)
         except (ConfigError, OSError) as exc:
             self.reload_error = str(exc)
             log.error("reload rejected, keeping the running config: %s", exc)
@@ -430,6 +440,8 @@ class Master:
             signal.signal(signum, signal.SIG_IGN if signum in CHILD_IGNORED else signal.SIG_DFL)
         self.notifier.forget()
         self.selector.close()
+        if self.exporter is not None:
+            self.exporter.close_in_child()
         for fd in (self.wake_r, self.wake_w, *(c.events for c in self.children)):
             if fd >= 0:
                 with contextlib.suppress(OSError):
@@ -545,6 +557,7 @@ class Master:
         child.failures = plan.failures
         child.state = State.BACKOFF  # RUNNING/STARTING -> BACKOFF
         child.pid = 0
+        self.restarts += 1
         child.restart_at = now + plan.delay
         if plan.delay:
             log.warning(
@@ -735,6 +748,49 @@ class Master:
         self.rates.update(total, self.clock())
         self.read_backlog()
         self.notifier.status(self.status_text())
+        self.publish_status()
+
+    def publish_status(self) -> None:
+        """Tell operators about this master: its registry entry (for `goodsd status`) and,
+        with metrics on, a fresh snapshot for the exporter."""
+        running = {
+            role: sum(1 for c in self.children if c.role == role and c.state is State.RUNNING)
+            for role in self.generation
+        }
+        info = {
+            "host": hostinfo.hostname(),
+            "pid": os.getpid(),
+            "started": round(self.started_wall, 3),
+            "seen": round(time.time(), 3),
+            "version": __version__,
+            "consumers": running["consumer"],
+            "producers": running["producer"],
+        }
+        overview = None
+        try:
+            self.queue.beat_master(self.master_id, info, MASTER_FORGET)
+            if self.exporter is not None:
+                overview = self.queue.overview()
+        except REDIS_ERRORS as exc:
+            log.debug("status not published to redis: %s", exc)
+        if self.exporter is not None:
+            self.exporter.publish(self.metrics_snapshot(overview))
+
+    def metrics_snapshot(self, overview: Overview | None) -> metrics.Snapshot:
+        counts = {(role, state.value): 0 for role in self.generation for state in State}
+        paused = False
+        for child in self.children:
+            counts[(child.role, child.state.value)] += 1
+            if child.role == "producer" and child.board is not None:
+                paused = paused or bool(child.board.read()[5] & FLAG_PAUSED)
+        return metrics.Snapshot(
+            queue=self.config.queue,
+            overview=overview,
+            children=tuple((role, state, n) for (role, state), n in counts.items()),
+            restarts=self.restarts,
+            producer_paused=paused,
+            reload_ok=not self.reload_error,
+        )
 
     def read_backlog(self) -> None:
         try:
@@ -772,6 +828,12 @@ class Master:
 
     def close(self) -> None:
         self.retry_recoveries()
+        try:
+            self.queue.forget_master(self.master_id)
+        except REDIS_ERRORS as exc:
+            log.debug("registry entry left behind: %s", exc)
+        if self.exporter is not None:
+            self.exporter.stop()
         self.notifier.status("stopped")
         signal.set_wakeup_fd(-1)
         self.selector.close()

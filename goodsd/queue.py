@@ -9,13 +9,14 @@ Keys (all of a queue's keys share the hash tag ``{<queue>}``, so they sit in one
 | ``goodsd:{<queue>}:lease:<id>``      | string | consumer's lease (PX); gone = items reapable |
 | ``goodsd:{<queue>}:settled:<id>``    | string | id of its last settle, so a retry is a no-op |
 | ``goodsd:{<queue>}:consumers``       | hash   | consumer id -> JSON {host, pid, started...}  |
+| ``goodsd:{<queue>}:masters``         | hash   | master id (host-pid) -> JSON {host, seen...} |
+| ``goodsd:{<queue>}:producers``       | hash   | producer id -> JSON {state, lock, pushed...} |
 | ``goodsd:{<queue>}:attempts``        | hash   | delivery tag -> failed attempts so far       |
 | ``goodsd:{<queue>}:retry``           | zset   | tagged items awaiting retry, by due time ms  |
 | ``goodsd:{<queue>}:dead``            | list   | JSON {item, error, attempts, at, consumer}   |
 | ``goodsd:{<queue>}:stats``           | hash   | fleet counters (see ``STAT_FIELDS``)         |
 | ``goodsd:{<queue>}:producer:lock``   | string | the singleton producer's lock (random token) |
 | ``goodsd:{<queue>}:producer:wake``   | list   | wakes a standby producer when the lock frees |
-| ``goodsd:{<queue>}:producers``       | hash   | producer id -> JSON {host, pid, state...}    |
 | ``goodsd:{<queue>}:pushed:<id>``     | string | id of a producer's last pushed batch         |
 
 A failed item goes back to Redis *tagged*: ``TAG_MARK + <16 hex> + ":" + <item>``. The tag makes
@@ -31,6 +32,7 @@ import base64
 import json
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -48,6 +50,8 @@ def _keys(queue: str) -> dict[str, str]:
     return {
         "ready": queue,
         "consumers": prefix + "consumers",
+        "masters": prefix + "masters",
+        "producers": prefix + "producers",
         "attempts": prefix + "attempts",
         "retry": prefix + "retry",
         "dead": prefix + "dead",
@@ -56,7 +60,6 @@ def _keys(queue: str) -> dict[str, str]:
         "inflight_prefix": prefix + "inflight:",
         "lease_prefix": prefix + "lease:",
         "settled_prefix": prefix + "settled:",
-        "producers": prefix + "producers",
         "producer_wake": prefix + "producer:wake",
         "pushed_prefix": prefix + "pushed:",
     }
@@ -272,6 +275,21 @@ class PushResult(NamedTuple):
     length: int
 
 
+# Moves dead records back to the pop end as their raw item (untagged, so attempts start over).
+# Each record is removed by value first, so two operators can never requeue the same one twice.
+# KEYS: dead, ready   ARGV: record, item, record, item, ...
+_REQUEUE_DEAD = """
+local moved = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('LREM', KEYS[1], -1, ARGV[i]) == 1 then
+    redis.call('RPUSH', KEYS[2], ARGV[i + 1])
+    moved = moved + 1
+  end
+end
+return moved
+"""
+
+
 class Delivery(NamedTuple):
     """One claimed item: ``claimed`` is the exact value in the in-flight list, ``payload`` the
     user's item inside it, ``tag`` the delivery tag when the item failed before (else None).
@@ -333,6 +351,42 @@ def parse_dead_record(raw: bytes) -> dict[str, object]:
     return record
 
 
+def dead_payload(raw: bytes) -> bytes:
+    """The user's item inside a dead record, byte for byte; an entry some other program pushed
+    (not one of our JSON records) is taken as the item itself."""
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return raw
+    if isinstance(record, dict) and isinstance(record.get("item_b64"), str):
+        return base64.b64decode(record["item_b64"])
+    if isinstance(record, dict) and isinstance(record.get("item"), str):
+        return record["item"].encode("utf-8")
+    return raw
+
+
+@dataclass(frozen=True)
+class Overview:
+    """A queue's counts at one moment, for status and metrics."""
+
+    backlog: int  # items in the ready list
+    in_flight: int  # items claimed by consumers, not yet settled
+    retry_waiting: int  # failed items waiting for their retry
+    dead: int  # records in the dead list
+    stats: dict[str, int]  # the fleet counters, STAT_FIELDS and any others found
+
+
+@dataclass(frozen=True)
+class ConsumerLoad:
+    """What one registered consumer holds right now."""
+
+    id: str  # consumer id: host-pid-token
+    host: str  # where it runs
+    pid: int  # its process id on that host
+    in_flight: int  # items claimed, not yet settled
+    lease_left: float | None  # seconds; None once the lease is gone (items await requeue)
+
+
 class Queue:
     """One queue's Redis state, as seen by one process with its own connection."""
 
@@ -342,6 +396,7 @@ class Queue:
         self.keys = _keys(name)
         # consumer id -> its registration record, put back by every claim if it went missing
         self._registrations: dict[str, str] = {}
+        self._requeue_dead = client.register_script(_REQUEUE_DEAD)
         self._claim = client.register_script(_CLAIM)
         self._settle = client.register_script(_SETTLE)
         self._recover = client.register_script(_RECOVER)
@@ -609,22 +664,8 @@ class Queue:
         pipe.delete(*(self.keys["pushed_prefix"] + p for p in producers))
         pipe.execute()
 
-    def producers(self) -> dict[str, dict[str, object]]:
-        """Producer id -> its last reported record."""
-        out: dict[str, dict[str, object]] = {}
-        for key, value in self.client.hgetall(self.keys["producers"]).items():
-            try:
-                out[key.decode()] = json.loads(value)
-            except ValueError:
-                out[key.decode()] = {}
-        return out
-
     def stats(self) -> dict[str, int]:
-        raw = self.client.hgetall(self.keys["stats"])
-        out = dict.fromkeys(STAT_FIELDS, 0)
-        for key, value in raw.items():
-            out[key.decode()] = int(value)
-        return out
+        return _counters(self.client.hgetall(self.keys["stats"]))
 
     def backlog(self) -> int:
         return int(self.client.llen(self.keys["ready"]))
@@ -634,7 +675,132 @@ class Queue:
             parse_dead_record(raw) for raw in self.client.lrange(self.keys["dead"], 0, limit - 1)
         ]
 
+    # -- operator views and actions -------------------------------------------------------
+
+    def overview(self) -> Overview:
+        """Every count at once, in two round trips (the second sums the in-flight lists)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.llen(self.keys["ready"])
+        pipe.zcard(self.keys["retry"])
+        pipe.llen(self.keys["dead"])
+        pipe.hgetall(self.keys["stats"])
+        pipe.hkeys(self.keys["consumers"])
+        backlog, retry, dead, stats, consumers = pipe.execute()
+        held = 0
+        if consumers:
+            pipe = self.client.pipeline(transaction=False)
+            for consumer in consumers:
+                pipe.llen(self.inflight_key(consumer.decode()))
+            held = sum(pipe.execute())
+        return Overview(int(backlog), held, int(retry), int(dead), _counters(stats))
+
+    def consumer_loads(self) -> list[ConsumerLoad]:
+        """Each registered consumer with the items it holds and its lease time left."""
+        registered = sorted(self.registered().items())
+        pipe = self.client.pipeline(transaction=False)
+        for consumer, _ in registered:
+            pipe.llen(self.inflight_key(consumer))
+            pipe.pttl(self.lease_key(consumer))
+        replies = pipe.execute()
+        loads = []
+        for i, (consumer, info) in enumerate(registered):
+            held, pttl = replies[2 * i], replies[2 * i + 1]
+            pid = info.get("pid")
+            loads.append(
+                ConsumerLoad(
+                    id=consumer,
+                    host=str(info.get("host", "?")),
+                    pid=pid if isinstance(pid, int) else 0,
+                    in_flight=int(held),
+                    lease_left=pttl / 1000 if pttl >= 0 else None,
+                )
+            )
+        return loads
+
+    def beat_master(self, master: str, info: dict[str, object], forget_after: float) -> None:
+        """Write a master's registry entry, and drop entries not refreshed for ``forget_after``
+        seconds: masters that died without cleaning up after themselves."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.keys["masters"], master, json.dumps(info))
+        pipe.hgetall(self.keys["masters"])
+        _, raw = pipe.execute()
+        oldest = time.time() - forget_after
+        stale = [
+            name
+            for name, record in _json_records(raw).items()
+            if not isinstance(record.get("seen"), int | float) or record["seen"] < oldest
+        ]
+        if stale:
+            self.client.hdel(self.keys["masters"], *stale)
+
+    def forget_master(self, master: str) -> None:
+        self.client.hdel(self.keys["masters"], master)
+
+    def masters(self) -> dict[str, dict[str, object]]:
+        """Master id -> its registry entry, live or not (judge by ``seen``)."""
+        return _json_records(self.client.hgetall(self.keys["masters"]))
+
+    def producers(self) -> dict[str, dict[str, object]]:
+        """Producer id -> its registry entry, as the producers write it."""
+        return _json_records(self.client.hgetall(self.keys["producers"]))
+
+    def dead_count(self) -> int:
+        return int(self.client.llen(self.keys["dead"]))
+
+    def dead_oldest(self, count: int) -> list[bytes]:
+        """The ``count`` oldest raw dead records, newest of them first (list order). New records
+        arrive at the other end, so this end stays put while consumers work."""
+        return list(self.client.lrange(self.keys["dead"], -count, -1))
+
+    def dead_scan(self, page: int = 1000) -> Iterator[bytes]:
+        """Every raw dead record, oldest first, a page per round trip."""
+        seen = 0
+        while True:
+            chunk = self.client.lrange(self.keys["dead"], -(seen + page), -(seen + 1))
+            yield from reversed(chunk)
+            seen += len(chunk)
+            if len(chunk) < page:
+                return
+
+    def requeue_dead(self, records: list[bytes]) -> int:
+        """Put these dead records' items back at the pop end (they run next), attempts reset.
+        Returns how many were still there to move; the last one given runs first."""
+        if not records:
+            return 0
+        args: list[bytes] = []
+        for record in records:
+            args += [record, dead_payload(record)]
+        return int(self._requeue_dead(keys=[self.keys["dead"], self.keys["ready"]], args=args))
+
+    def purge_dead(self) -> int:
+        """Delete the dead list; returns how many records it held."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.llen(self.keys["dead"])
+        pipe.delete(self.keys["dead"])
+        count, _ = pipe.execute()
+        return int(count)
+
 
 def ms(seconds: float) -> int:
     """Seconds as the whole milliseconds Redis wants, never 0 (PX 0 is an error)."""
     return max(1, int(seconds * 1000))
+
+
+def _counters(raw: dict[bytes, bytes]) -> dict[str, int]:
+    out = dict.fromkeys(STAT_FIELDS, 0)
+    for key, value in raw.items():
+        out[key.decode()] = int(value)
+    return out
+
+
+def _json_records(raw: dict[bytes, bytes]) -> dict[str, dict[str, object]]:
+    """A hash of JSON objects; an entry that is not one is skipped, not fatal."""
+    out: dict[str, dict[str, object]] = {}
+    for key, value in raw.items():
+        try:
+            record = json.loads(value)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            out[key.decode("utf-8", "replace")] = record
+    return out

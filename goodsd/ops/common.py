@@ -1,0 +1,123 @@
+"""What every operator command shares: one error type for the CLI edge, the Redis connection,
+and the few text-layout helpers the human views use."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sys
+from collections.abc import Iterator, Sequence
+from typing import TextIO
+
+import redis
+
+from goodsd.config import Config
+from goodsd.queue import Queue
+from goodsd.redisconn import connect
+
+
+class OpsError(Exception):
+    """A command cannot do its job; the CLI prints ``goodsd: <message>`` and exits 1."""
+
+
+def open_queue(cfg: Config, name: str) -> Queue:
+    """A connection of its own, named so `CLIENT LIST` shows who is there."""
+    try:
+        client = connect(cfg.redis, f"goodsd-{name}")
+    except OSError as exc:  # the password file
+        raise OpsError(f"cannot read redis.password_file: {exc.strerror or exc}") from None
+    return Queue(client, cfg.queue)
+
+
+@contextlib.contextmanager
+def redis_errors(cfg: Config) -> Iterator[None]:
+    """Turn redis-py's exceptions into one line that names the server."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise OpsError(f"cannot reach redis at {display_url(cfg.redis.url)}: {exc}") from None
+    except redis.RedisError as exc:
+        raise OpsError(f"redis at {display_url(cfg.redis.url)}: {exc}") from None
+
+
+def display_url(url: str) -> str:
+    """A URL for display, without its password."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest
+
+
+# -- text layout ---------------------------------------------------------------------------
+
+
+def span(seconds: float) -> str:
+    """A short human duration: 0.4s, 12s, 3m05s, 2h10m, 4d03h."""
+    if seconds < 10:
+        return f"{max(seconds, 0.0):.1f}s"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], indent: str = "  "
+) -> list[str]:
+    """Aligned columns: numbers to the right, text to the left; the last column is not padded
+    so long errors do not drag trailing spaces."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    numeric = [
+        all(isinstance(row[i], int | float) for row in rows) and bool(rows)
+        for i in range(len(headers))
+    ]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(headers))]
+    out = []
+    for line in cells:
+        parts = []
+        for i, cell in enumerate(line):
+            last = i == len(line) - 1
+            if numeric[i]:
+                parts.append(cell.rjust(widths[i]))
+            else:
+                parts.append(cell if last else cell.ljust(widths[i]))
+        out.append((indent + "  ".join(parts)).rstrip())
+    return out
+
+
+def clip(line: str, width: int) -> str:
+    return line if len(line) <= width else line[: max(width - 3, 0)] + "..."
+
+
+class Screen:
+    """Shows successive frames: redrawn in place on a terminal, one after another otherwise
+    (so a log file or a pipe gets every frame, readable)."""
+
+    def __init__(self, stream: TextIO = sys.stdout) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+
+    def width(self) -> int:
+        return shutil.get_terminal_size((100, 40)).columns if self.tty else 10_000
+
+    def show(self, text: str) -> None:
+        if self.tty:
+            lines = [clip(line, self.width()) for line in text.splitlines()]
+            # home, draw, clear what an earlier, longer frame left below
+            self.stream.write("\x1b[H" + "\x1b[K\n".join(lines) + "\x1b[K\n\x1b[J")
+        else:
+            self.stream.write(text.rstrip("\n") + "\n\n")
+        self.stream.flush()
+
+    def start(self) -> None:
+        if self.tty:
+            self.stream.write("\x1b[2J\x1b[?25l")  # clear once, hide the cursor
+
+    def end(self) -> None:
+        if self.tty:
+            self.stream.write("\x1b[?25h")  # cursor back
+            self.stream.flush()

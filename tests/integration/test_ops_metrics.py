@@ -1,0 +1,173 @@
+"""metrics.listen: the master serves Prometheus text, scraped here over real HTTP and checked
+against Redis; bind failures and a missing extra are config errors at start and at reload."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from support import wait_for
+
+from goodsd.queue import Failure, Queue
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port something else already listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def scrape(port: int) -> dict[str, float]:
+    """``name{label="v",...}`` -> value, for every sample."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out
+
+
+def redis_figures(r) -> dict[str, float]:
+    """What the queue gauges and counters must say, read straight from Redis."""
+    held = sum(r.llen(k) for k in r.keys("goodsd:{q}:inflight:*"))
+    stats = {k.decode(): int(v) for k, v in r.hgetall("goodsd:{q}:stats").items()}
+    return {
+        'goodsd_queue_backlog{queue="q"}': r.llen("q"),
+        'goodsd_queue_in_flight{queue="q"}': held,
+        'goodsd_queue_retry_waiting{queue="q"}': r.zcard("goodsd:{q}:retry"),
+        'goodsd_queue_dead{queue="q"}': r.llen("goodsd:{q}:dead"),
+        **{f'goodsd_queue_items_{k}_total{{queue="q"}}': v for k, v in stats.items()},
+    }
+
+
+def test_metrics_match_redis(r, make_config, start_daemon, notify):
+    # Given a queue with items ready, one waiting for a retry and two dead (written through
+    # the real scripts by a consumer on another host), and a master with one consumer that
+    # takes one item and hangs on it
+    queue = Queue(r, "q")
+    r.lpush("q", *[f"good{i}" for i in range(3)])
+    queue.register("elsewhere-1-aa", {"host": "elsewhere", "pid": 1}, 60)
+    claimed = queue.claim("elsewhere-1-aa", 3, 60, 0)
+    failures = [Failure(claimed[0], "boom"), Failure(claimed[1], "bad", final=True)]
+    failures.append(Failure(claimed[2], "bad", final=True))
+    queue.settle("elsewhere-1-aa", failures, 0, settle_id="s1", retries=3, retry_delay=600)
+    r.lpush("q", *[f"item{i}" for i in range(30)])
+    port = free_port()
+    config = make_config(
+        consumers={"processes": 1, "handler": "sample_handlers:hang", "batch": 1},
+        metrics={"listen": f"127.0.0.1:{port}"},
+    )
+    start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    wait_for(lambda: r.llen("test:started") == 1, 10, "the consumer to take an item")
+
+    # When Prometheus scrapes
+    def agrees() -> dict[str, float] | None:
+        got = scrape(port)
+        want = redis_figures(r)
+        return got if all(got.get(k) == v for k, v in want.items()) else None
+
+    got = wait_for(agrees, 10, "metrics to agree with redis")
+    # Then the queue figures are those in Redis, and the master's own are right too
+    assert got['goodsd_queue_backlog{queue="q"}'] == 29
+    assert got['goodsd_queue_in_flight{queue="q"}'] == 1
+    assert got['goodsd_queue_retry_waiting{queue="q"}'] == 1
+    assert got['goodsd_queue_dead{queue="q"}'] == 2
+    assert got['goodsd_redis_up{queue="q"}'] == 1
+    assert got['goodsd_children{role="consumer",state="running"}'] == 1
+    assert got['goodsd_children{role="consumer",state="backoff"}'] == 0
+    assert got["goodsd_child_restarts_total"] == 0
+    assert got["goodsd_producer_paused"] == 0
+    assert got["goodsd_last_reload_success"] == 1
+
+
+def test_only_metrics_is_served(r, make_config, start_daemon, notify):
+    port = free_port()
+    start_daemon(make_config(metrics={"listen": f"127.0.0.1:{port}"}), notify=notify)
+    notify.wait("READY", "1")
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
+    assert exc.value.code == 404
+
+
+def test_a_port_in_use_stops_the_start(r, make_config, start_daemon, taken_port):
+    # Given metrics.listen on a port something else holds
+    config = make_config(metrics={"listen": f"127.0.0.1:{taken_port}"})
+    # When goodsd starts, then it exits 78 with one line naming the key
+    daemon = start_daemon(config)
+    assert daemon.wait_exit() == 78
+    out = daemon.log()
+    assert f"metrics.listen: cannot listen on 127.0.0.1:{taken_port}" in out
+    assert "Traceback" not in out
+
+
+def test_a_missing_extra_is_a_config_error(r, make_config, start_daemon, tmp_path):
+    # Given a Python where prometheus_client cannot be imported
+    blocker = tmp_path / "block" / "prometheus_client"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('not installed')\n")
+    config = make_config(metrics={"listen": f"127.0.0.1:{free_port()}"})
+    env = {"PYTHONPATH": str(blocker.parent)}
+    # When goodsd starts, or checks the config, then both say how to get it, exit 78
+    daemon = start_daemon(config, env=env)
+    assert daemon.wait_exit() == 78
+    assert "metrics.listen: needs `pip install goodsd[metrics]`" in daemon.log()
+    check = subprocess.run(
+        [sys.executable, "-m", "goodsd", "check", "-c", str(config)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 78
+    assert "pip install goodsd[metrics]" in check.stderr
+
+
+def test_reload_to_a_taken_port_is_rejected_and_a_free_one_moves(
+    r, make_config, start_daemon, notify, taken_port, tmp_path
+):
+    # Given a master serving metrics
+    old_port, new_port = free_port(), free_port()
+    config = make_config(metrics={"listen": f"127.0.0.1:{old_port}"})
+    daemon = start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    assert scrape(old_port)["goodsd_last_reload_success"] == 1
+    # When the config moves metrics to a port in use and goodsd reloads
+    make_config(metrics={"listen": f"127.0.0.1:{taken_port}"})
+    mark = len(notify.poll())
+    daemon.send(signal.SIGHUP)
+    # Then the reload is rejected: READY again, the reason in STATUS, the old port still served
+    _, fields = notify.wait("READY", "1", after=mark)
+    assert f"cannot listen on 127.0.0.1:{taken_port}" in fields["STATUS"]
+    wait_for(
+        lambda: scrape(old_port)["goodsd_last_reload_success"] == 0, 10, "reload failure metric"
+    )
+    # When it is moved to a free port instead
+    make_config(metrics={"listen": f"127.0.0.1:{new_port}"})
+    mark = len(notify.poll())
+    daemon.send(signal.SIGHUP)
+    notify.wait("READY", "1", after=mark)
+    # Then the new port serves (the children forked earlier do not hold the old one open)
+    wait_for(lambda: scrape(new_port).get("goodsd_last_reload_success") == 1, 10, "the new port")
+    with pytest.raises(urllib.error.URLError):
+        scrape(old_port)
+    assert daemon.stop() == 0

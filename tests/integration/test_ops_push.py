@@ -1,0 +1,94 @@
+"""goodsd push: arguments or stdin lines into the ready list, in order, counted; --wait-below
+holds back; a dead server or a bad config is one line, not a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from ops_cli import assert_one_line_error, goodsd
+from support import wait_for
+
+
+def test_push_arguments_in_fifo_order(r, make_config):
+    # Given a config and no daemon
+    config = make_config()
+    # When items are pushed as arguments
+    result = goodsd(config, "push", "good1", "good2", "good3")
+    # Then they are in the ready list, popped in the order given, and counted
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "pushed 3 item(s) to 'q'\n"
+    assert [r.rpop("q") for _ in range(3)] == [b"good1", b"good2", b"good3"]
+    assert r.hget("goodsd:{q}:stats", "pushed") == b"3"
+
+
+def test_push_a_large_file_from_stdin(r, make_config, tmp_path):
+    # Given a file of more lines than one batch, with CRLF endings, blank lines, no final newline
+    lines = [f"good{i}" for i in range(25_000)]
+    data = "\r\n".join(lines[:100]) + "\r\n\n" + "\n".join(lines[100:])
+    path = tmp_path / "items.txt"
+    path.write_bytes(data.encode())
+    # When it is pushed through stdin
+    with open(path, "rb") as stdin:
+        result = subprocess.run(
+            [sys.executable, "-m", "goodsd", "push", "-c", str(make_config())],
+            stdin=stdin,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    # Then every line is one item, in order, and the blank line is reported
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "pushed 25000 item(s) to 'q' (skipped 1 empty)\n"
+    assert r.lrange("q", 0, -1)[::-1] == [line.encode() for line in lines]
+
+
+def test_push_keeps_bytes_that_are_not_utf8(r, make_config):
+    result = goodsd(make_config(), "push", stdin=b"caf\xe9\n")
+    assert result.returncode == 0, result.stderr
+    assert r.lrange("q", 0, -1) == [b"caf\xe9"]
+
+
+def test_wait_below_holds_the_backlog_down(r, make_config):
+    # Given no consumers and a push of 50 items that may keep at most 20 waiting
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "goodsd", "push", "-c", str(make_config()), "--wait-below", "20"]
+        + [f"good{i}" for i in range(50)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Then it stops at 20 and waits
+        wait_for(lambda: r.llen("q") == 20, 10, "the backlog to reach 20")
+        assert proc.poll() is None
+        # When a consumer drains the list, the push goes on, never above 20, and ends
+        taken = []
+        while proc.poll() is None or r.llen("q"):
+            assert r.llen("q") <= 20
+            item = r.rpop("q")
+            if item is not None:
+                taken.append(item.decode())
+        assert proc.wait(10) == 0
+        assert taken == [f"good{i}" for i in range(50)]
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_unreachable_redis_is_one_line(make_config, tmp_path):
+    config = make_config(redis={"url": f"unix://{tmp_path}/no-such.sock"})
+    result = goodsd(config, "push", "good1")
+    assert_one_line_error(result, 1, "cannot reach redis at unix://", "no-such.sock")
+
+
+def test_bad_config_is_one_line_and_exit_78(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("queue: q\nconsumer: {}\n")
+    result = goodsd(config, "push", "good1")
+    assert_one_line_error(result, 78, "bad.yaml:2: consumer: unknown key")
+
+
+def test_missing_config_file_is_one_line(tmp_path):
+    result = goodsd(tmp_path / "absent.yaml", "status")
+    assert_one_line_error(result, 78, "absent.yaml", "cannot read")
