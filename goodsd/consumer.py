@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from goodsd import hostinfo, runner
-from goodsd.children import backoff_delay
 from goodsd.config import Config
 from goodsd.queue import Delivery, Failure, Queue
-from goodsd.redisconn import TRANSIENT_ERRORS, connect
+from goodsd.redisconn import GaveUp, connect, until_done
 from goodsd.scoreboard import Scoreboard
 
 log = logging.getLogger("goodsd.consumer")
@@ -31,9 +30,6 @@ CLAIM_BLOCK = 1.0
 # Slow items are acked once the oldest unsettled outcome is this old, so a crash later in the
 # batch does not redo them; fast items are acked once per batch.
 FLUSH_AFTER = 0.2
-# Backoff between attempts while Redis is away.
-REDIS_BACKOFF_BASE = 0.1
-REDIS_BACKOFF_MAX = 5.0
 
 
 @dataclass
@@ -209,28 +205,16 @@ class Consumer:
     def _until_done(
         self, step: Callable[[Queue], T], retry: Callable[[Queue], T] | None = None
     ) -> T:
-        """Run a Redis step, retrying with capped exponential backoff while Redis is away
-        (with ``retry`` instead of ``step`` after a failure, when given). Keeps heartbeating
-        so the master knows this wait is not a hang."""
-        assert self.queue is not None
-        failures = 0
-        while True:
-            try:
-                return (retry if failures and retry else step)(self.queue)
-            except TRANSIENT_ERRORS as exc:
-                failures += 1
-                delay = backoff_delay(failures, REDIS_BACKOFF_BASE, REDIS_BACKOFF_MAX)
-                if failures == 1 or delay >= REDIS_BACKOFF_MAX:
-                    log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
-                self._pause(delay)
-                if failures > 1 and failures % 20 == 0:
-                    log.warning("redis still unavailable after %d attempts", failures)
-
-    def _pause(self, seconds: float) -> None:
-        deadline = self.clock() + seconds
-        while (left := deadline - self.clock()) > 0:
-            self.beat(self.clock())
-            time.sleep(min(left, 0.25))
+        """Run a Redis step through the shared retry loop; a stop asked for during an outage
+        ends the wait (GaveUp): the master gives back what this consumer holds."""
+        queue = self.queue
+        assert queue is not None
+        return until_done(
+            lambda: step(queue),
+            retry=(lambda: retry(queue)) if retry else None,
+            beat=lambda: self.beat(self.clock()),
+            stop_requested=lambda: not self.running,
+        )
 
 
 def _show(delivery: Delivery, limit: int = 80) -> str:
@@ -255,8 +239,11 @@ def install_signals(consumer: Consumer) -> None:
 def run(consumer: Consumer) -> int:
     """The child's whole life; returns its exit code."""
     install_signals(consumer)
-    consumer.initialize()
-    while consumer.running:
-        consumer.loop()
-    consumer.shutdown()
+    try:
+        consumer.initialize()
+        while consumer.running:
+            consumer.loop()
+        consumer.shutdown()
+    except GaveUp as exc:
+        log.warning("%s: exiting; the master gives back the items held", exc)
     return 0

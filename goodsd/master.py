@@ -49,7 +49,7 @@ from goodsd.children import (
 from goodsd.config import Config, ConfigError, RedisConfig
 from goodsd.notify import Notifier
 from goodsd.queue import Overview, Queue
-from goodsd.redisconn import connect, password
+from goodsd.redisconn import AccessDenied, connect, password
 from goodsd.runner import HandlerLoadError
 from goodsd.scoreboard import FLAG_PAUSED, FLAG_STANDBY, Scoreboard
 
@@ -531,7 +531,7 @@ class Master:
             log.log(level, "%s %s", child.name, text)
             self.children.remove(child)
             return
-        reason = f"{child.role} handler cannot be loaded: {child.last_error or 'see above'}"
+        reason = f"{child.role} {child.last_error or 'cannot start (see above)'}"
         if plan.action in (Exit.FATAL, Exit.ROLLBACK):
             log.error("%s %s", child.name, text)
         if plan.action is Exit.FATAL:
@@ -666,8 +666,9 @@ class Master:
         """Requeue what dead consumers hold: this host's at once, other hosts' once their
         lease is gone."""
         self.recover_own_host()
+        own = {c.identity for c in self.children if c.pid}  # alive: this master answers for them
         try:
-            reaped = self.queue.reap_expired()
+            reaped = self.queue.reap_expired(skip=own)
         except REDIS_ERRORS as exc:
             log.debug("lease reaper skipped: %s", exc)
             return
@@ -912,10 +913,11 @@ def child_main(
         return ROLE_MAIN[child.role](
             config, consumer_identity(os.getpid(), token), child.board, send_event
         )
-    except HandlerLoadError as exc:
+    except (HandlerLoadError, AccessDenied) as exc:
         child_log.error("%s", exc)
+        what = "handler cannot be loaded" if isinstance(exc, HandlerLoadError) else "cannot start"
         with contextlib.suppress(OSError):
-            send_event("error " + " ".join(str(exc).split()))
+            send_event(f"error {what}: " + " ".join(str(exc).split()))
         return EXIT_CONFIG
     except Exception:
         child_log.exception("%s crashed", child.role)

@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from goodsd import hostinfo, sources
-from goodsd.children import backoff_delay
 from goodsd.config import Config
 from goodsd.queue import NOT_HOLDER, PUSHED, Queue
-from goodsd.redisconn import TRANSIENT_ERRORS, connect
+from goodsd.redisconn import TRANSIENT_ERRORS, connect, until_done
 from goodsd.scoreboard import FLAG_FINISHED, FLAG_PAUSED, FLAG_STANDBY, Scoreboard
 from goodsd.sources import Feed, SourceError
 
@@ -55,9 +54,6 @@ REPORT_EVERY = 1.0
 NO_LIMIT = 2**62
 # What the master sees of each state in the scoreboard.
 STATE_FLAGS = {"paused": FLAG_PAUSED, "standby": FLAG_STANDBY, "finished": FLAG_FINISHED}
-# Backoff between attempts while Redis is away.
-REDIS_BACKOFF_BASE = 0.1
-REDIS_BACKOFF_MAX = 5.0
 
 
 @dataclass
@@ -416,22 +412,12 @@ class Producer:
     # -- helpers ------------------------------------------------------------------------
 
     def _until_done(self, step: Callable[[Queue], T]) -> T:
-        """Run a Redis step, retrying with capped exponential backoff while Redis is away.
-        Keeps heartbeating so the master knows this wait is not a hang."""
-        assert self.queue is not None
-        failures = 0
-        while True:
-            try:
-                return step(self.queue)
-            except TRANSIENT_ERRORS as exc:
-                failures += 1
-                delay = backoff_delay(failures, REDIS_BACKOFF_BASE, REDIS_BACKOFF_MAX)
-                if failures == 1 or delay >= REDIS_BACKOFF_MAX:
-                    log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
-                deadline = self.clock() + delay
-                while (left := deadline - self.clock()) > 0:
-                    self.beat(self.clock())
-                    time.sleep(min(left, 0.25))
+        """Run a Redis step through the shared retry loop. Unlike a consumer, a producer keeps
+        trying through a stop: the batch it holds exists nowhere else, so it waits for Redis
+        until the master's graceful_timeout runs out."""
+        queue = self.queue
+        assert queue is not None
+        return until_done(lambda: step(queue), beat=lambda: self.beat(self.clock()))
 
 
 def install_signals(producer: Producer) -> None:

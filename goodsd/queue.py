@@ -32,7 +32,7 @@ import base64
 import json
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -597,11 +597,15 @@ class Queue:
         ]
         return int(self._recover(keys=keys, args=args))
 
-    def reap_expired(self) -> dict[str, int]:
+    def reap_expired(self, skip: Collection[str] = ()) -> dict[str, int]:
         """Requeue the in-flight items of every registered consumer whose lease is gone
-        (a dead host). Safe to run from every master at once: the check is in the script."""
+        (a dead host), except ``skip``: a master's own live children, whose leases may have
+        lapsed only because Redis was away. Safe to run from every master at once: the
+        check is in the script."""
         reaped: dict[str, int] = {}
         for consumer in self.registered():
+            if consumer in skip:
+                continue
             count = self.recover(consumer, only_if_expired=True)
             if count >= 0:
                 reaped[consumer] = count

@@ -1,13 +1,21 @@
-"""Builds Redis clients from config, after fork, so no socket is ever shared between processes."""
+"""Redis clients built from config after fork (no socket is ever shared between processes),
+and the one retry loop every child uses while Redis is away."""
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import redis
 
+from goodsd.children import backoff_delay
 from goodsd.config import RedisConfig
+
+log = logging.getLogger("goodsd.redis")
+T = TypeVar("T")
 
 # Name of the systemd credential (LoadCredential=redis-password:...) read when present.
 CREDENTIAL_NAME = "redis-password"
@@ -50,3 +58,59 @@ def connect(cfg: RedisConfig, name: str, *, socket_timeout: float = 10.0) -> red
     if secret is not None:
         kwargs["password"] = secret
     return redis.Redis.from_url(cfg.url, **kwargs)
+
+
+# redis-py makes AuthenticationError a ConnectionError, but no retry can fix a refused password
+# or a missing ACL permission: these stop the process with EX_CONFIG instead.
+FATAL_ERRORS: tuple[type[Exception], ...] = (
+    redis.exceptions.AuthenticationError,
+    redis.exceptions.NoPermissionError,
+)
+# Backoff between attempts while Redis is away.
+BACKOFF_BASE = 0.1
+BACKOFF_MAX = 5.0
+# Longest sleep between heartbeats while backing off.
+BEAT_EVERY = 0.25
+
+
+class AccessDenied(Exception):
+    """Redis refused goodsd's credentials or permissions: fix the config, not the network."""
+
+
+class GaveUp(Exception):
+    """A stop was asked for while Redis was away; what the process holds stays in Redis, and
+    its master gives it back once Redis returns."""
+
+
+def until_done(
+    step: Callable[[], T],
+    *,
+    beat: Callable[[], None],
+    retry: Callable[[], T] | None = None,
+    stop_requested: Callable[[], bool] = lambda: False,
+) -> T:
+    """Run one Redis step, retrying with capped exponential backoff while Redis is away
+    (``retry`` instead of ``step`` after a failure, when given). ``beat`` keeps the child's
+    heartbeat fresh, so the master knows this wait is not a hang. Raises GaveUp once
+    ``stop_requested()`` turns true during an outage, AccessDenied on a refused login."""
+    failures = 0
+    while True:
+        try:
+            result = (retry if failures and retry else step)()
+        except FATAL_ERRORS as exc:
+            raise AccessDenied(f"redis refused access: {exc}") from exc
+        except TRANSIENT_ERRORS as exc:
+            failures += 1
+            delay = backoff_delay(failures, BACKOFF_BASE, BACKOFF_MAX)
+            if failures == 1 or delay >= BACKOFF_MAX:
+                log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
+            deadline = time.monotonic() + delay
+            while (left := deadline - time.monotonic()) > 0:
+                if stop_requested():
+                    raise GaveUp("stop requested while redis is unavailable") from exc
+                beat()
+                time.sleep(min(left, BEAT_EVERY))
+            continue
+        if failures:
+            log.info("redis reachable again after %d failed attempt(s)", failures)
+        return result
