@@ -77,7 +77,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # lease ran out, e.g. in a long Redis outage, must stay visible to recovery); counts every item
 # now in flight as claimed (in-flight is empty before every claim, so its length is exactly this
 # claim, including an item BLMOVE took just before).
-# Bulk LRANGE/LTRIM/LPUSH instead of one LMOVE per item: same effect, a fraction of the cost.
+# One RPOP with a count and one LPUSH instead of an LMOVE per item: same effect, far cheaper.
 # KEYS: ready, inflight, lease, retry, stats, consumers
 # ARGV: n, lease_ms, consumer_id, retry_move_limit, registration ('' = none)
 _CLAIM = (
@@ -91,14 +91,9 @@ end
 local n = tonumber(ARGV[1])
 local claimed = {}
 if n > 0 then
-  local newest_first = redis.call('LRANGE', KEYS[1], -n, -1)
-  local count = #newest_first
-  if count > 0 then
-    redis.call('LTRIM', KEYS[1], 0, -(count + 1))
-    for i = 1, count do claimed[i] = newest_first[count - i + 1] end
-    for first = 1, count, 1000 do
-      redis.call('LPUSH', KEYS[2], unpack(claimed, first, math.min(first + 999, count)))
-    end
+  claimed = redis.call('RPOP', KEYS[1], n) or {}
+  for first = 1, #claimed, 1000 do
+    redis.call('LPUSH', KEYS[2], unpack(claimed, first, math.min(first + 999, #claimed)))
   end
 end
 redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[2])

@@ -111,8 +111,23 @@ def build(cfg: ConsumersConfig, pythonpath: tuple[str, ...]) -> Callable[[bytes]
     if not cfg.handler:
         raise HandlerLoadError("no handler or command configured")
     handler = load_callable(cfg.handler)
+    if cfg.decode == "utf-8":
+        return utf8_call(handler)
 
     def call_item(raw: bytes) -> None:
         handler(decode(raw))
+
+    return call_item
+
+
+def utf8_call(handler: Callable[[str], object]) -> Callable[[bytes], None]:
+    """The common case with one call less per item: decoding inlined."""
+
+    def call_item(raw: bytes) -> None:
+        try:
+            item = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MalformedItem(f"not UTF-8: {exc}") from exc
+        handler(item)
 
     return call_item

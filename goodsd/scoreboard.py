@@ -17,6 +17,8 @@ import time
 # done / failed: items handled so far by this child (a producer: done = items it pushed)
 # flags: FLAG_* bits (a producer's state)
 _LAYOUT = struct.Struct("=ddqQQQ")
+# The first three fields alone: what changes with every item.
+_BUSY = struct.Struct("=ddq")
 FLAG_PAUSED = 1  # producer: the queue is at its high watermark, waiting to drain
 FLAG_STANDBY = 2  # producer: waiting for the singleton lock
 FLAG_FINISHED = 4  # producer: its source is exhausted; exit 0 means done, not restart
@@ -40,6 +42,10 @@ class Scoreboard:
         flags: int = 0,
     ) -> None:
         _LAYOUT.pack_into(self._map, 0, heartbeat, busy_since, position, done, failed, flags)
+
+    def busy(self, now: float, position: int) -> None:
+        """An item starts now: heartbeat, busy_since and position in one small write."""
+        _BUSY.pack_into(self._map, 0, now, now, position)
 
     def read(self) -> tuple[float, float, int, int, int, int]:
         """(heartbeat, busy_since, position, done, failed, flags)."""
