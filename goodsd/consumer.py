@@ -141,7 +141,6 @@ class Consumer:
             pending.results.append(result)
             if result is None and delivery.tag:
                 pending.done_tags.append(delivery.tag)
-        self.beat(clock())
         self.settle(pending, claim_next=self.wants_more())
 
     def wants_more(self) -> int:
@@ -173,7 +172,11 @@ class Consumer:
     def settle(self, pending: Pending, release: int = 0, claim_next: int = 0) -> None:
         """Write outcomes (and maybe claim the next batch) in one round trip. After a lost
         reply the settle is repeated harmlessly (same settle id) and what the claim took is
-        read back from the in-flight list, so no claimed item is ever unknown to us."""
+        read back from the in-flight list, so no claimed item is ever unknown to us.
+
+        Idle first: once settled, the busy position no longer names the right item, and a
+        death during the settle must not count an attempt against an item not yet started."""
+        self.beat(self.clock())
         settle_id = secrets.token_hex(8)
 
         def attempt(q: Queue, claim: int) -> list[Delivery]:

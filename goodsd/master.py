@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
-import errno
 import logging
 import os
 import secrets
@@ -20,6 +19,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import redis
 
@@ -36,6 +36,7 @@ from goodsd.children import (
     Exit,
     State,
     all_running,
+    backoff_delay,
     describe_exit,
     heartbeat_timeout,
     keeps_lease,
@@ -54,6 +55,7 @@ from goodsd.runner import HandlerLoadError
 from goodsd.scoreboard import FLAG_PAUSED, FLAG_STANDBY, Scoreboard
 
 log = logging.getLogger("goodsd.master")
+T = TypeVar("T")
 
 HANDLED_SIGNALS = (
     signal.SIGTERM,
@@ -78,6 +80,8 @@ LEFTOVER_RECHECK = 1.0
 MASTER_SOCKET_TIMEOUT = 2.0
 # Any trouble with Redis, as seen by the master: log it, carry on, try again later.
 REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OSError)
+# After a failed Redis call the master skips its other Redis housekeeping this long.
+REDIS_PAUSE = 1.0
 PR_SET_PDEATHSIG = 1
 # A master's registry entry not refreshed for this long is deleted by any other master.
 MASTER_FORGET = 3600.0
@@ -162,6 +166,7 @@ class Master:
         self.selector = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe()
         self.timers: dict[str, float] = {}
+        self.redis_quiet_until = 0.0  # monotonic time until which Redis housekeeping waits
 
     @property
     def queue(self) -> Queue:
@@ -406,11 +411,21 @@ class Master:
         child.seq = self.spawn_seq
         child.generation = self.generation[child.role]
         child.config = self.config
-        child.board = Scoreboard()
-        events_r, events_w = os.pipe()
         token = secrets.token_hex(3)
         master_pid = os.getpid()
-        pid = os.fork()
+        try:
+            child.board = Scoreboard()
+            events_r, events_w = os.pipe()
+        except OSError as exc:
+            self.spawn_failed(child, exc)
+            return
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            os.close(events_r)
+            os.close(events_w)
+            self.spawn_failed(child, exc)
+            return
         if pid == 0:
             code = EXIT_FAILURE
             try:
@@ -431,6 +446,22 @@ class Master:
         child.events = events_r
         self.selector.register(events_r, selectors.EVENT_READ, child)
         log.info("started %s", child.name)
+
+    def spawn_failed(self, child: Child, exc: OSError) -> None:
+        """No process could be made (a task limit, memory): back off like a failed start
+        instead of letting the error take the master down."""
+        if child.board is not None:
+            child.board.close()
+            child.board = None
+        supervisor = self.config.supervisor
+        child.failures += 1
+        delay = backoff_delay(
+            child.failures, supervisor.restart_delay, supervisor.restart_delay_max
+        )
+        child.state = State.BACKOFF  # (new)/BACKOFF -> BACKOFF
+        child.pid = 0
+        child.restart_at = self.clock() + delay
+        log.error("cannot start %s: %s; trying again in %.1fs", child.name, exc, delay)
 
     def forget_in_child(self) -> None:
         """In a fresh child: drop the master's signal plumbing, file descriptors and its line
@@ -585,6 +616,9 @@ class Master:
     def retry_recoveries(self) -> None:
         remaining: list[Recovery] = []
         for rec in self.recoveries:
+            if self.clock() < self.redis_quiet_until:
+                remaining.append(rec)
+                continue
             try:
                 count = self.queue_for(rec.config).recover(
                     rec.identity,
@@ -594,6 +628,7 @@ class Master:
                     retry_delay=rec.config.consumers.retry_delay,
                 )
             except REDIS_ERRORS as exc:
+                self.redis_quiet_until = self.clock() + REDIS_PAUSE
                 rec.attempts += 1
                 if rec.attempts == 1:
                     log.warning("cannot requeue items of %s yet: %s", rec.identity, exc)
@@ -657,21 +692,17 @@ class Master:
             if keeps_lease(child, heartbeat, busy_since, now, cfg.consumers.timeout, limit):
                 live.setdefault((cfg.redis, cfg.queue), (cfg, []))[1].append(child.identity)
         for cfg, identities in live.values():
-            try:
-                self.queue_for(cfg).renew_leases(identities, cfg.supervisor.lease)
-            except REDIS_ERRORS as exc:
-                log.debug("lease renewal failed: %s", exc)
+            queue, lease = self.queue_for(cfg), cfg.supervisor.lease
+            self.redis_do(
+                "lease renewal", lambda q=queue, i=identities, t=lease: q.renew_leases(i, t)
+            )
 
     def reap_leftovers(self) -> None:
         """Requeue what dead consumers hold: this host's at once, other hosts' once their
         lease is gone."""
         self.recover_own_host()
         own = {c.identity for c in self.children if c.pid}  # alive: this master answers for them
-        try:
-            reaped = self.queue.reap_expired(skip=own)
-        except REDIS_ERRORS as exc:
-            log.debug("lease reaper skipped: %s", exc)
-            return
+        reaped = self.redis_do("lease reaper", lambda: self.queue.reap_expired(skip=own)) or {}
         for identity, count in reaped.items():
             log.warning("lease of %s expired: requeued %d item(s)", identity, count)
 
@@ -680,11 +711,7 @@ class Master:
         leases may still run: requeue their items now instead of waiting."""
         host = hostinfo.hostname()
         known = {c.identity for c in self.children} | {r.identity for r in self.recoveries}
-        try:
-            registered = self.queue.registered()
-        except REDIS_ERRORS as exc:
-            log.debug("cannot look for leftovers of earlier runs yet: %s", exc)
-            return
+        registered = self.redis_do("search for leftovers", self.queue.registered) or {}
         for identity, info in registered.items():
             if info.get("host") != host or identity in known:
                 continue
@@ -767,13 +794,10 @@ class Master:
             "consumers": running["consumer"],
             "producers": running["producer"],
         }
-        overview = None
-        try:
-            self.queue.beat_master(self.master_id, info, MASTER_FORGET)
-            if self.exporter is not None:
-                overview = self.queue.overview()
-        except REDIS_ERRORS as exc:
-            log.debug("status not published to redis: %s", exc)
+        self.redis_do(
+            "masters registry", lambda: self.queue.beat_master(self.master_id, info, MASTER_FORGET)
+        )
+        overview = self.redis_do("metrics overview", self.queue.overview) if self.exporter else None
         if self.exporter is not None:
             self.exporter.publish(self.metrics_snapshot(overview))
 
@@ -794,10 +818,21 @@ class Master:
         )
 
     def read_backlog(self) -> None:
+        self.backlog = self.redis_do("backlog", self.queue.backlog)
+
+    def redis_do(self, what: str, action: Callable[[], T]) -> T | None:
+        """One Redis call of the master's housekeeping; None when it failed or was skipped.
+        After a failure the next calls are skipped for REDIS_PAUSE: against a silent server
+        each would wait out its timeout, and the loop (signals, watchdog) must not stall."""
+        now = self.clock()
+        if now < self.redis_quiet_until:
+            return None
         try:
-            self.backlog = self.queue.backlog()
-        except REDIS_ERRORS:
-            self.backlog = None
+            return action()
+        except REDIS_ERRORS as exc:
+            self.redis_quiet_until = now + REDIS_PAUSE
+            log.debug("%s skipped: %s", what, exc)
+            return None
 
     def status_text(self) -> str:
         """One line: children by role and state, backlog, rate, producer paused, last error."""
@@ -828,11 +863,11 @@ class Master:
         return "; ".join(parts)
 
     def close(self) -> None:
+        self.redis_quiet_until = 0.0  # a last try at everything
         self.retry_recoveries()
-        try:
-            self.queue.forget_master(self.master_id)
-        except REDIS_ERRORS as exc:
-            log.debug("registry entry left behind: %s", exc)
+        self.redis_do(
+            "leaving the masters registry", lambda: self.queue.forget_master(self.master_id)
+        )
         if self.exporter is not None:
             self.exporter.stop()
         self.notifier.status("stopped")
@@ -853,9 +888,8 @@ def _kill(pid: int, signum: int) -> None:
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
-    except OSError as exc:
-        if exc.errno != errno.ESRCH:
-            raise
+    except PermissionError as exc:  # not ours any more: log, never take the master down
+        log.error("cannot signal pid %d: %s", pid, exc)
 
 
 def consumer_identity(pid: int, token: str) -> str:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import secrets
 import time
 from collections.abc import Collection, Iterator
@@ -37,6 +38,10 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import redis
+from redis.client import Pipeline
+from redis.commands.core import Script
+
+log = logging.getLogger("goodsd.queue")
 
 TAG_MARK = b"\x1egoodsd:"
 TAG_LEN = 16
@@ -124,6 +129,7 @@ for a = 6, 5 + n_tags do redis.call('HDEL', KEYS[2], ARGV[a]) end
 local done = select(2, string.gsub(outcomes, 'd', ''))
 if done > 0 then redis.call('HINCRBY', KEYS[5], 'done', done) end
 if done == n then
+  if redis.call('LLEN', KEYS[1]) < n then return -1 end
   redis.call('LTRIM', KEYS[1], 0, -(n + 1))
   return n
 end
@@ -285,6 +291,11 @@ return moved
 """
 
 
+class ScriptsReloaded(redis.ConnectionError):
+    """Redis lost its script cache mid-pipeline; retry the step the way a dropped connection
+    is retried."""
+
+
 class Delivery(NamedTuple):
     """One claimed item: ``claimed`` is the exact value in the in-flight list, ``payload`` the
     user's item inside it, ``tag`` the delivery tag when the item failed before (else None).
@@ -399,6 +410,8 @@ class Queue:
         self._lock_acquire = client.register_script(_LOCK_ACQUIRE)
         self._lock_extend = client.register_script(_LOCK_EXTEND)
         self._lock_release = client.register_script(_LOCK_RELEASE)
+        # the scripts sent inside pipelines, by hash only: they must be loaded beforehand
+        self._pipelined = (self._claim, self._settle)
 
     # -- per-consumer keys ---------------------------------------------------------------
 
@@ -418,7 +431,9 @@ class Queue:
         self._registrations[consumer] = json.dumps(info)
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(self.keys["consumers"], consumer, self._registrations[consumer])
-        pipe.set(self.lease_key(consumer), consumer, px=int(lease * 1000))
+        pipe.set(self.lease_key(consumer), consumer, px=ms(lease))
+        for script in self._pipelined:  # pipelines send them by hash only
+            pipe.script_load(script.script)
         pipe.execute()
 
     def deregister(self, consumer: str) -> None:
@@ -473,8 +488,8 @@ class Queue:
             pipe = self.client.pipeline(transaction=False)
             pipe.blmove(keys[0], keys[1], block, "RIGHT", "LEFT")
             args[0] = batch - 1
-            self._claim(keys=keys, args=args, client=pipe)
-            first, more = pipe.execute()
+            self._in_pipeline(pipe, self._claim, keys, args)
+            first, more = self._execute(pipe)
             items = ([first] if first is not None else []) + list(more)
         return [unwrap(item) for item in items]
 
@@ -529,14 +544,41 @@ class Queue:
         if not outcomes:
             return self.claim(consumer, claim_next, lease, 0) if claim_next else []
         if not claim_next:
-            self._settle(keys=keys, args=args)
+            self._warn_if_lease_lost(consumer, self._settle(keys=keys, args=args))
             return []
         pipe = self.client.pipeline(transaction=False)
-        self._settle(keys=keys, args=args, client=pipe)
-        claim_keys, claim_args = self._claim_args(consumer, claim_next, lease)
-        self._claim(keys=claim_keys, args=claim_args, client=pipe)
-        _, items = pipe.execute()
+        self._in_pipeline(pipe, self._settle, keys, args)
+        self._in_pipeline(pipe, self._claim, *self._claim_args(consumer, claim_next, lease))
+        status, items = self._execute(pipe)
+        self._warn_if_lease_lost(consumer, status)
         return [unwrap(item) for item in items]
+
+    @staticmethod
+    def _in_pipeline(pipe: Pipeline, script: Script, keys: list[str], args: list[object]) -> None:
+        """Queue a script by its hash alone. redis-py's own way (``script(client=pipe)``) asks
+        SCRIPT EXISTS before every pipeline: a second round trip on the hot path."""
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+    def _execute(self, pipe: Pipeline) -> list[object]:
+        """Run a pipeline of scripts. After a Redis restart its script cache is empty: load the
+        scripts and fail like a dropped connection, so that the caller's retry path (an
+        idempotent settle, a claim read back from the in-flight list) sorts out which of the
+        pipeline's commands ran."""
+        try:
+            return pipe.execute()
+        except redis.exceptions.NoScriptError as exc:
+            for script in self._pipelined:
+                self.client.script_load(script.script)
+            raise ScriptsReloaded("redis had forgotten goodsd's scripts; loaded again") from exc
+
+    @staticmethod
+    def _warn_if_lease_lost(consumer: str, status: object) -> None:
+        if status == -1:
+            log.warning(
+                "%s lost its lease while holding items (a long Redis outage?): they were "
+                "requeued and may run twice",
+                consumer,
+            )
 
     def held(self, consumer: str) -> list[Delivery]:
         """What the consumer holds in flight, oldest first: after a lost reply this is the

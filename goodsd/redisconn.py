@@ -10,6 +10,8 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from goodsd.children import backoff_delay
 from goodsd.config import RedisConfig
@@ -50,9 +52,12 @@ def connect(cfg: RedisConfig, name: str, *, socket_timeout: float = 10.0) -> red
     Blocking calls must wait less than ``socket_timeout``."""
     kwargs: dict[str, object] = {
         "socket_timeout": socket_timeout,
-        "socket_connect_timeout": 5.0,
+        "socket_connect_timeout": min(socket_timeout, 5.0),
         "client_name": name,
         "health_check_interval": 30,
+        # No hidden retries: a claim repeated by the client library would take items the
+        # caller never sees. goodsd retries itself, knowing which steps are idempotent.
+        "retry": Retry(NoBackoff(), 0),
     }
     secret = password(cfg, os.environ)
     if secret is not None:
