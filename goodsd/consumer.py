@@ -82,6 +82,7 @@ class Consumer:
             "host": hostinfo.hostname(),
             "pid": os.getpid(),
             "proc_start": hostinfo.process_start(os.getpid()),
+            "pidns": hostinfo.pid_namespace(),
             "master_pid": os.getppid(),
             "started": round(time.time(), 3),
         }
@@ -235,6 +236,8 @@ def install_signals(consumer: Consumer) -> None:
 
     def on_term(signum: int, frame: object) -> None:
         if not consumer.running:
+            if isinstance(consumer.run_item, runner.CommandHandler):
+                consumer.run_item.abort()  # its command must not outlive us
             os._exit(1)
         consumer.running = False
 

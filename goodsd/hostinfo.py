@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
 import socket
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def hostname() -> str:
@@ -26,3 +30,20 @@ def process_start(pid: int) -> int | None:
 
 def process_alive(pid: int, start: int | None) -> bool:
     return start is not None and process_start(pid) == start
+
+
+def set_parent_death_signal(signum: int) -> None:
+    """Have the kernel send ``signum`` to this process when its parent dies, however the parent
+    dies (even SIGKILL): no orphan goes on working unsupervised."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+
+
+def pid_namespace() -> str:
+    """This process's pid namespace and boot: pids can be judged alive or dead only by a
+    process that shares both."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            boot = handle.read().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""

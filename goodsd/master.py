@@ -9,7 +9,6 @@ module carries them out.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import logging
 import os
@@ -82,7 +81,6 @@ MASTER_SOCKET_TIMEOUT = 2.0
 REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OSError)
 # After a failed Redis call the master skips its other Redis housekeeping this long.
 REDIS_PAUSE = 1.0
-PR_SET_PDEATHSIG = 1
 # A master's registry entry not refreshed for this long is deleted by any other master.
 MASTER_FORGET = 3600.0
 
@@ -167,6 +165,7 @@ class Master:
         self.wake_r, self.wake_w = os.pipe()
         self.timers: dict[str, float] = {}
         self.redis_quiet_until = 0.0  # monotonic time until which Redis housekeeping waits
+        self.pidns = hostinfo.pid_namespace()
 
     @property
     def queue(self) -> Queue:
@@ -715,6 +714,8 @@ class Master:
         for identity, info in registered.items():
             if info.get("host") != host or identity in known:
                 continue
+            if info.get("pidns") != self.pidns:
+                continue  # pids of another namespace or boot cannot be judged: the lease decides
             pid, start = info.get("pid"), info.get("proc_start")
             if isinstance(pid, int) and hostinfo.process_alive(
                 pid, start if isinstance(start, int) else None
@@ -899,8 +900,7 @@ def consumer_identity(pid: int, token: str) -> str:
 def die_with_parent(master_pid: int) -> None:
     """SIGKILL this child when the master dies, however it dies; the master's successor (or
     any master, once the lease runs out) requeues what it held."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    hostinfo.set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != master_pid:
         os._exit(EXIT_FAILURE)
 

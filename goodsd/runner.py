@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 
 from goodsd.config import ConsumersConfig
+from goodsd.hostinfo import set_parent_death_signal
 
 # How much of a failing command's stderr is kept as the item's error.
 STDERR_TAIL = 2000
@@ -66,23 +67,44 @@ def decoder(mode: str) -> Callable[[bytes], object]:
     return {"utf-8": utf8, "json": as_json, "bytes": lambda raw: raw}[mode]
 
 
-def command_handler(argv: tuple[str, ...], timeout: float) -> Callable[[bytes], None]:
-    """Run ``argv`` once per item with the raw item on stdin: exit 0 is done; anything else is a
-    failure whose error is the tail of its stderr; past ``timeout`` it is killed."""
+class CommandHandler:
+    """Runs ``argv`` once per item with the raw item on stdin: exit 0 is done; anything else is
+    a failure whose error is the tail of its stderr; past ``timeout`` it is killed.
 
-    def run(raw: bytes) -> None:
-        # Its own process group, so that a timeout also kills whatever the command started:
-        # killing only its pid would leave e.g. a shell's children running on, unsupervised.
+    The command runs in its own process group, so a timeout also kills whatever it started
+    (killing only its pid would leave a shell's children running on, unsupervised), and it
+    dies with its consumer (parent-death signal), so a killed consumer leaves no command
+    working on an item that is being requeued.
+    """
+
+    def __init__(
+        self, argv: tuple[str, ...], timeout: float, check: Callable[[bytes], object] = bytes
+    ) -> None:
+        self.argv = argv
+        self.timeout = timeout
+        self.check = check  # raises MalformedItem for items the command must not get
+        self.running: subprocess.Popen[bytes] | None = None
+
+    def __call__(self, raw: bytes) -> None:
+        self.check(raw)
         with subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0
+            self.argv,
+            stdin=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            process_group=0,
+            preexec_fn=_die_with_consumer,  # consumers run no threads, so this is safe
         ) as proc:
+            self.running = proc
             try:
-                _, stderr = proc.communicate(raw, timeout=timeout)
+                _, stderr = proc.communicate(raw, timeout=self.timeout)
             except subprocess.TimeoutExpired as exc:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+                self.abort()
                 proc.wait()
-                raise RuntimeError(f"command timed out after {timeout:g}s and was killed") from exc
+                raise RuntimeError(
+                    f"command timed out after {self.timeout:g}s and was killed"
+                ) from exc
+            finally:
+                self.running = None
         if proc.returncode != 0:
             tail = stderr[-STDERR_TAIL:].decode("utf-8", "replace").strip()
             how = (
@@ -92,7 +114,15 @@ def command_handler(argv: tuple[str, ...], timeout: float) -> Callable[[bytes], 
             )
             raise RuntimeError(f"command failed ({how})" + (f": {tail}" if tail else ""))
 
-    return run
+    def abort(self) -> None:
+        """Kill the running command and everything it started (safe from a signal handler)."""
+        if self.running is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.running.pid, signal.SIGKILL)
+
+
+def _die_with_consumer() -> None:
+    set_parent_death_signal(signal.SIGKILL)
 
 
 def build(cfg: ConsumersConfig, pythonpath: tuple[str, ...]) -> Callable[[bytes], None]:
@@ -100,13 +130,7 @@ def build(cfg: ConsumersConfig, pythonpath: tuple[str, ...]) -> Callable[[bytes]
     build time, MalformedItem or the handler's own exception per item."""
     decode = decoder(cfg.decode)
     if cfg.command:
-        run_command = command_handler(cfg.command, cfg.timeout)
-
-        def run_item(raw: bytes) -> None:
-            decode(raw)
-            run_command(raw)
-
-        return run_item
+        return CommandHandler(cfg.command, cfg.timeout, check=decode)
     add_pythonpath(pythonpath)
     if not cfg.handler:
         raise HandlerLoadError("no handler or command configured")

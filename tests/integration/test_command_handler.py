@@ -4,6 +4,8 @@ consumers.timeout the command is killed and the consumer carries on."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 from support import wait_for
@@ -102,3 +104,27 @@ def test_command_past_the_timeout_is_killed_and_the_consumer_survives(
     assert "killing consumer" not in daemon.log()
     # And nothing the slow command started lives on: only the master and its consumer remain
     assert session_members(daemon.pid) == {daemon.pid, pid}
+
+
+def test_a_killed_consumer_leaves_no_command_running(
+    r, tmp_path, make_config, start_daemon, notify
+):
+    # Given one consumer whose command records its pid, then runs long
+    pidfile = tmp_path / "command.pid"
+    config = make_config(
+        consumers={
+            "processes": 1,
+            "command": ["sh", "-c", 'echo $$ > "$PIDFILE"; exec sleep 60'],
+            "handler": None,
+        }
+    )
+    daemon = start_daemon(config, notify=notify, env={"PIDFILE": str(pidfile)})
+    notify.wait("READY", "1")
+    (consumer,) = daemon.children()
+    r.lpush("q", "good1")
+    command = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 10, "pid"))
+    # When the consumer is killed outright (as the master kills a hung one)
+    os.kill(consumer, signal.SIGKILL)
+    # Then its command dies with it, instead of working on an item being requeued
+    wait_for(lambda: command not in session_members(daemon.pid), 5, "the command to die")
+    wait_for(lambda: r.llen("q") + r.zcard("goodsd:{q}:retry") == 1, 10, "the item given back")

@@ -17,10 +17,10 @@ import pytest
 from goodsd.config import ConsumersConfig
 from goodsd.runner import (
     STDERR_TAIL,
+    CommandHandler,
     HandlerLoadError,
     MalformedItem,
     build,
-    command_handler,
     decoder,
     load_callable,
 )
@@ -140,17 +140,17 @@ def test_build_with_a_command_rejects_malformed_items_before_running_it(tmp_path
 
 
 def test_command_exit_zero_is_done() -> None:
-    command_handler(("true",), 5.0)(b"good1")
+    CommandHandler(("true",), 5.0)(b"good1")
 
 
 def test_command_gets_the_item_on_stdin(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    command_handler(("sh", "-c", f"cat > {out}"), 5.0)(b"good\x001\n")
+    CommandHandler(("sh", "-c", f"cat > {out}"), 5.0)(b"good\x001\n")
     assert out.read_bytes() == b"good\x001\n"
 
 
 def test_command_failure_carries_exit_status_and_stderr() -> None:
-    run = command_handler(("sh", "-c", "echo 'bad item' >&2; exit 3"), 5.0)
+    run = CommandHandler(("sh", "-c", "echo 'bad item' >&2; exit 3"), 5.0)
     with pytest.raises(RuntimeError) as caught:
         run(b"good1")
     assert str(caught.value) == "command failed (exit status 3): bad item"
@@ -158,13 +158,13 @@ def test_command_failure_carries_exit_status_and_stderr() -> None:
 
 def test_command_failure_without_stderr_has_no_trailing_colon() -> None:
     with pytest.raises(RuntimeError) as caught:
-        command_handler(("false",), 5.0)(b"x")
+        CommandHandler(("false",), 5.0)(b"x")
     assert str(caught.value) == "command failed (exit status 1)"
 
 
 def test_command_killed_by_a_signal_says_so() -> None:
     with pytest.raises(RuntimeError) as caught:
-        command_handler(("sh", "-c", "kill -9 $$"), 5.0)(b"x")
+        CommandHandler(("sh", "-c", "kill -9 $$"), 5.0)(b"x")
     assert str(caught.value) == "command failed (killed by signal 9)"
 
 
@@ -172,7 +172,7 @@ def test_command_stderr_is_cut_to_its_tail() -> None:
     # Given a command that writes far more than STDERR_TAIL bytes before failing
     script = "i=0; while [ $i -lt 500 ]; do echo line$i >&2; i=$((i+1)); done; exit 2"
     with pytest.raises(RuntimeError) as caught:
-        command_handler(("sh", "-c", script), 5.0)(b"x")
+        CommandHandler(("sh", "-c", script), 5.0)(b"x")
     # Then the error keeps the end of it, bounded
     message = str(caught.value)
     assert message.endswith("line499")
@@ -183,7 +183,7 @@ def test_command_past_its_timeout_is_killed_with_everything_it_started(tmp_path:
     # Given a command that starts a background process and then waits forever
     pidfile = tmp_path / "bg.pid"
     script = 'sleep 60 & echo $! > "$1"; wait'
-    run = command_handler(("sh", "-c", script, "sh", str(pidfile)), 1.0)
+    run = CommandHandler(("sh", "-c", script, "sh", str(pidfile)), 1.0)
     # When it runs past its timeout
     started = time.monotonic()
     with pytest.raises(RuntimeError, match=r"^command timed out after 1s and was killed$"):
@@ -209,4 +209,4 @@ def _running(pid: int) -> bool:
 
 def test_a_missing_command_fails_the_item() -> None:
     with pytest.raises(OSError):
-        command_handler((os.devnull + "/no-such-command",), 5.0)(b"x")
+        CommandHandler((os.devnull + "/no-such-command",), 5.0)(b"x")
