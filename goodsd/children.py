@@ -253,13 +253,11 @@ def keeps_lease(
     timeout: float | None,
     heartbeat_timeout: float,
 ) -> bool:
-    """Whether the master renews ``child``'s lease: only while it serves and is not hung by
-    the same measures ``overdue`` kills by, so a hung child never holds its items for good."""
+    """Whether the master renews ``child``'s lease: only while it serves and ``overdue`` finds
+    nothing to kill it for, so a hung child never holds its items for good."""
     if child.state not in (State.RUNNING, State.STOPPING) or not child.pid or child.kill_reason:
         return False
-    if busy_since:
-        return timeout is None or now - busy_since <= timeout + TIMEOUT_GRACE
-    return now - heartbeat <= heartbeat_timeout
+    return not overdue(child, heartbeat, busy_since, now, timeout, heartbeat_timeout)
 
 
 def heartbeat_timeout(lease: float) -> float:

@@ -60,13 +60,16 @@ class Consumer:
         self.ready = ready
         self.clock = clock
         self.running = True
-        self.handled = 0
         self.done_count = 0
         self.failed_count = 0
         self.run_item: Callable[[bytes], None] | None = None
         self.queue: Queue | None = None
         # A batch claimed together with the previous batch's acks, to run next.
         self.next_batch: list[Delivery] = []
+
+    @property
+    def handled(self) -> int:
+        return self.done_count + self.failed_count
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -83,7 +86,6 @@ class Consumer:
             "pid": os.getpid(),
             "proc_start": hostinfo.process_start(os.getpid()),
             "pidns": hostinfo.pid_namespace(),
-            "master_pid": os.getppid(),
             "started": round(time.time(), 3),
         }
         self._until_done(lambda q: q.register(self.consumer_id, info, self.config.supervisor.lease))
@@ -96,9 +98,10 @@ class Consumer:
         self.beat(self.clock())
         batch, self.next_batch = self.next_batch, []
         if not batch:
+            want = self.wants_more()
             batch = self._until_done(
                 lambda q: q.claim(
-                    self.consumer_id, self.cfg.batch, self.config.supervisor.lease, CLAIM_BLOCK
+                    self.consumer_id, want, self.config.supervisor.lease, CLAIM_BLOCK
                 ),
                 retry=lambda q: q.held(self.consumer_id),
             )
@@ -155,7 +158,6 @@ class Consumer:
     def run_one(self, delivery: Delivery) -> Failure | None:
         """Run one item; its failure, or None when done."""
         assert self.run_item is not None
-        self.handled += 1
         try:
             self.run_item(delivery.payload)
         except runner.MalformedItem as exc:

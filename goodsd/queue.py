@@ -398,7 +398,6 @@ class Queue:
 
     def __init__(self, client: redis.Redis, name: str) -> None:
         self.client = client
-        self.name = name
         self.keys = _keys(name)
         # consumer id -> its registration record, put back by every claim if it went missing
         self._registrations: dict[str, str] = {}
@@ -450,7 +449,7 @@ class Queue:
             return
         pipe = self.client.pipeline(transaction=False)
         for consumer in consumers:
-            pipe.set(self.lease_key(consumer), consumer, px=int(lease * 1000))
+            pipe.set(self.lease_key(consumer), consumer, px=ms(lease))
         pipe.execute()
 
     def registered(self) -> dict[str, dict[str, object]]:
@@ -476,12 +475,14 @@ class Queue:
             self.keys["consumers"],
         ]
         registration = self._registrations.get(consumer, "")
-        return keys, [n, int(lease * 1000), consumer, RETRY_MOVE_LIMIT, registration]
+        return keys, [n, ms(lease), consumer, RETRY_MOVE_LIMIT, registration]
 
     def claim(self, consumer: str, batch: int, lease: float, block: float) -> list[Delivery]:
         """Claim up to ``batch`` items, oldest first. Non-blocking first (one round trip when
         the queue has items); on an empty queue, BLMOVE waits up to ``block`` seconds and the
         rest of the batch is claimed in the same pipeline, so a pick-up costs one round trip."""
+        if batch <= 0:
+            return []
         keys, args = self._claim_args(consumer, batch, lease)
         items = self._claim(keys=keys, args=args)
         if not items and block > 0:
