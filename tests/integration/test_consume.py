@@ -38,3 +38,24 @@ def test_sigterm_exits_cleanly(r, make_config, start_daemon, notify):
     notify.wait("STOPPING", "1")
     assert daemon.wait_exit() == 0
     wait_for(lambda: r.hlen("goodsd:{q}:consumers") == 0, 5, "consumers deregistered")
+
+
+def test_max_items_recycles_workers_without_losing_or_overshooting(
+    r, make_config, start_daemon, notify
+):
+    # Given one consumer that is replaced after every 5 items, claiming 10 at a time
+    config = make_config(
+        consumers={"processes": 1, "max_items": 5, "batch": 10, "handler": "sample_handlers:record"}
+    )
+    daemon = start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    # When 12 items arrive
+    r.lpush("q", *[f"good{i}" for i in range(12)])
+    # Then all are handled once, by three workers in turn, each stopping at its 5th item
+    wait_for(lambda: r.llen("test:handled") == 12, 20, "all items handled")
+    assert sorted(x.decode() for x in r.lrange("test:handled", 0, -1)) == sorted(
+        f"good{i}" for i in range(12)
+    )
+    daemon.wait_log(r"handled 5 items \(max_items\): exiting to be replaced", count=2)
+    assert "failed to start" not in daemon.log()
+    assert r.llen("q") == 0
