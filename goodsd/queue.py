@@ -85,29 +85,29 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # One RPOP with a count and one LPUSH instead of an LMOVE per item: same effect, far cheaper.
 # KEYS: ready, inflight, lease, retry, stats, consumers
 # ARGV: n, lease_ms, consumer_id, retry_move_limit, registration ('' = none)
-_CLAIM = (
-    _NOW_MS
-    + """
-local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
-for _, item in ipairs(due) do
-  redis.call('ZREM', KEYS[4], item)
-  redis.call('RPUSH', KEYS[1], item)
-end
-local n = tonumber(ARGV[1])
-local claimed = {}
-if n > 0 then
-  claimed = redis.call('RPOP', KEYS[1], n) or {}
-  for first = 1, #claimed, 1000 do
-    redis.call('LPUSH', KEYS[2], unpack(claimed, first, math.min(first + 999, #claimed)))
+_CLAIM_FN = """
+local function claim(K, A)
+  local due = redis.call('ZRANGEBYSCORE', K[4], '-inf', now, 'LIMIT', 0, tonumber(A[4]))
+  for _, item in ipairs(due) do
+    redis.call('ZREM', K[4], item)
+    redis.call('RPUSH', K[1], item)
   end
+  local n = tonumber(A[1])
+  local claimed = {}
+  if n > 0 then
+    claimed = redis.call('RPOP', K[1], n) or {}
+    for first = 1, #claimed, 1000 do
+      redis.call('LPUSH', K[2], unpack(claimed, first, math.min(first + 999, #claimed)))
+    end
+  end
+  redis.call('SET', K[3], A[3], 'PX', A[2])
+  if A[5] ~= '' then redis.call('HSETNX', K[6], A[3], A[5]) end
+  local held = redis.call('LLEN', K[2])
+  if held > 0 then redis.call('HINCRBY', K[5], 'claimed', held) end
+  return claimed
 end
-redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[2])
-if ARGV[5] ~= '' then redis.call('HSETNX', KEYS[6], ARGV[3], ARGV[5]) end
-local held = redis.call('LLEN', KEYS[2])
-if held > 0 then redis.call('HINCRBY', KEYS[5], 'claimed', held) end
-return claimed
 """
-)
+_CLAIM = _NOW_MS + _CLAIM_FN + "return claim(KEYS, ARGV)\n"
 
 # Records the outcome of the oldest n claimed items (the right end of the in-flight list, where
 # the consumer works from) in one round trip; ARGV[4] has one letter per item, oldest first:
@@ -117,55 +117,73 @@ return claimed
 # KEYS: inflight, attempts, retry, dead, stats, ready, settled
 # ARGV: settle_id, retries, retry_delay_ms, outcomes, n_done_tags, done_tags...,
 #       then per failure (in order): tag, tagged, record_head, final
-_SETTLE = (
-    _NOW_MS
-    + """
-if redis.call('GET', KEYS[7]) == ARGV[1] then return 0 end
-redis.call('SET', KEYS[7], ARGV[1], 'PX', 3600000)
-local outcomes = ARGV[4]
-local n = #outcomes
-local n_tags = tonumber(ARGV[5])
-for a = 6, 5 + n_tags do redis.call('HDEL', KEYS[2], ARGV[a]) end
-local done = select(2, string.gsub(outcomes, 'd', ''))
-if done > 0 then redis.call('HINCRBY', KEYS[5], 'done', done) end
-if done == n then
-  if redis.call('LLEN', KEYS[1]) < n then return -1 end
-  redis.call('LTRIM', KEYS[1], 0, -(n + 1))
-  return n
-end
-local items = redis.call('LRANGE', KEYS[1], -n, -1)
-if #items < n then return -1 end
-local retries, delay = tonumber(ARGV[2]), tonumber(ARGV[3])
-local release, a = {}, 6 + n_tags
-local failed, retried, dead = 0, 0, 0
-for k = 1, n do
-  local item, outcome = items[n - k + 1], string.sub(outcomes, k, k)
-  if outcome == 'd' then
-    -- counted above; its attempts entry, if any, is gone
-  elseif outcome == 'r' then
-    release[#release + 1] = item
-  else
-    local tag, tagged, head, final = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-    a = a + 4
-    failed = failed + 1
-    local attempts = redis.call('HINCRBY', KEYS[2], tag, 1)
-    if final == '1' or attempts > retries then
-      redis.call('HDEL', KEYS[2], tag)
-      redis.call('LPUSH', KEYS[4], head .. attempts .. '}')
-      dead = dead + 1
+_SETTLE_FN = """
+local function settle(K, A)
+  if redis.call('GET', K[7]) == A[1] then return 0 end
+  redis.call('SET', K[7], A[1], 'PX', 3600000)
+  local outcomes = A[4]
+  local n = #outcomes
+  local n_tags = tonumber(A[5])
+  for a = 6, 5 + n_tags do redis.call('HDEL', K[2], A[a]) end
+  local done = select(2, string.gsub(outcomes, 'd', ''))
+  if done > 0 then redis.call('HINCRBY', K[5], 'done', done) end
+  if done == n then
+    if redis.call('LLEN', K[1]) < n then return -1 end
+    redis.call('LTRIM', K[1], 0, -(n + 1))
+    return n
+  end
+  local items = redis.call('LRANGE', K[1], -n, -1)
+  if #items < n then return -1 end
+  local retries, delay = tonumber(A[2]), tonumber(A[3])
+  local release, a = {}, 6 + n_tags
+  local failed, retried, dead = 0, 0, 0
+  for k = 1, n do
+    local item, outcome = items[n - k + 1], string.sub(outcomes, k, k)
+    if outcome == 'd' then
+      -- counted above; its attempts entry, if any, is gone
+    elseif outcome == 'r' then
+      release[#release + 1] = item
     else
-      redis.call('ZADD', KEYS[3], now + delay, tagged)
-      retried = retried + 1
+      local tag, tagged, head, final = A[a], A[a + 1], A[a + 2], A[a + 3]
+      a = a + 4
+      failed = failed + 1
+      local attempts = redis.call('HINCRBY', K[2], tag, 1)
+      if final == '1' or attempts > retries then
+        redis.call('HDEL', K[2], tag)
+        redis.call('LPUSH', K[4], head .. attempts .. '}')
+        dead = dead + 1
+      else
+        redis.call('ZADD', K[3], now + delay, tagged)
+        retried = retried + 1
+      end
     end
   end
+  for j = #release, 1, -1 do redis.call('RPUSH', K[6], release[j]) end
+  redis.call('LTRIM', K[1], 0, -(n + 1))
+  if failed > 0 then redis.call('HINCRBY', K[5], 'failed', failed) end
+  if retried > 0 then redis.call('HINCRBY', K[5], 'retried', retried) end
+  if dead > 0 then redis.call('HINCRBY', K[5], 'dead', dead) end
+  if #release > 0 then redis.call('HINCRBY', K[5], 'requeued', #release) end
+  return n
 end
-for j = #release, 1, -1 do redis.call('RPUSH', KEYS[6], release[j]) end
-redis.call('LTRIM', KEYS[1], 0, -(n + 1))
-if failed > 0 then redis.call('HINCRBY', KEYS[5], 'failed', failed) end
-if retried > 0 then redis.call('HINCRBY', KEYS[5], 'retried', retried) end
-if dead > 0 then redis.call('HINCRBY', KEYS[5], 'dead', dead) end
-if #release > 0 then redis.call('HINCRBY', KEYS[5], 'requeued', #release) end
-return n
+"""
+_SETTLE = _NOW_MS + _SETTLE_FN + "return settle(KEYS, ARGV)\n"
+
+# A settle and the next claim in one script call: a busy consumer's whole round trip per batch.
+# KEYS: the settle's 7, then the claim's 6   ARGV: n_settle_args, settle args..., claim args...
+# Returns {settle result, claimed items}.
+_SETTLE_CLAIM = (
+    _NOW_MS
+    + _SETTLE_FN
+    + _CLAIM_FN
+    + """
+local split = tonumber(ARGV[1])
+local settle_args, claim_args = {}, {}
+for i = 2, split + 1 do settle_args[#settle_args + 1] = ARGV[i] end
+for i = split + 2, #ARGV do claim_args[#claim_args + 1] = ARGV[i] end
+local settle_keys = {KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]}
+local claim_keys = {KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13]}
+return {settle(settle_keys, settle_args), claim(claim_keys, claim_args)}
 """
 )
 
@@ -404,13 +422,14 @@ class Queue:
         self._requeue_dead = client.register_script(_REQUEUE_DEAD)
         self._claim = client.register_script(_CLAIM)
         self._settle = client.register_script(_SETTLE)
+        self._settle_claim = client.register_script(_SETTLE_CLAIM)
         self._recover = client.register_script(_RECOVER)
         self._push = client.register_script(_PUSH)
         self._lock_acquire = client.register_script(_LOCK_ACQUIRE)
         self._lock_extend = client.register_script(_LOCK_EXTEND)
         self._lock_release = client.register_script(_LOCK_RELEASE)
         # the scripts sent inside pipelines, by hash only: they must be loaded beforehand
-        self._pipelined = (self._claim, self._settle)
+        self._pipelined = (self._claim,)
 
     # -- per-consumer keys ---------------------------------------------------------------
 
@@ -547,10 +566,10 @@ class Queue:
         if not claim_next:
             self._warn_if_lease_lost(consumer, self._settle(keys=keys, args=args))
             return []
-        pipe = self.client.pipeline(transaction=False)
-        self._in_pipeline(pipe, self._settle, keys, args)
-        self._in_pipeline(pipe, self._claim, *self._claim_args(consumer, claim_next, lease))
-        status, items = self._execute(pipe)
+        claim_keys, claim_args = self._claim_args(consumer, claim_next, lease)
+        status, items = self._settle_claim(
+            keys=keys + claim_keys, args=[len(args), *args, *claim_args]
+        )
         self._warn_if_lease_lost(consumer, status)
         return [unwrap(item) for item in items]
 
