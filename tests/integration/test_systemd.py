@@ -2,10 +2,10 @@
 systemctl and read back with journalctl, in a throw-away systemd that tests/systemd/sandbox.sh
 boots in namespaces (so it runs on CI machines whose PID 1 is not systemd).
 
-goodsd is installed the way docs/install.md says: a venv built with /usr/bin/python3 (the unit
-hides /root and /home, so a pyenv interpreter would not start), the sysusers entry, the units,
-the config root:goodsd 0640. Needs root; elsewhere, or without the sandbox's prerequisites or
-network for pip, the tests skip and say why. Select or deselect them with ``-m systemd``.
+goodsd is installed the way the README's install section says: a venv built with
+/usr/bin/python3 (the unit hides /root and /home, so a pyenv interpreter would not start), the
+sysusers entry, the units, the config root:goodsd 0640. Needs root; elsewhere, or without the
+sandbox's prerequisites or network for pip, the tests skip and say why. Select or deselect them with ``-m systemd``.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ NETWORK_ERRORS = (
 # Appended to the sandbox's redis.conf: no final snapshot (the image's /var/lib/redis may be
 # unwritable, and Redis then refuses to stop), and the unix socket for the group redis.
 REDIS_CONF = f'save ""\nunixsocket {REDIS_SOCKET}\nunixsocketperm 770\n'
-# The drop-in docs/install.md gives for a password-protected Redis on the local unix socket.
+# The drop-in the README gives for a password-protected Redis on the local unix socket.
 INSTANCE_DROPIN = """[Service]
 LoadCredential=redis-password:/etc/goodsd/redis-password
 SupplementaryGroups=redis
@@ -266,8 +266,8 @@ class Sandbox:
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    """A booted sandbox with goodsd installed as docs/install.md says, and redis-server.service
-    running; removed with everything it created at the end of the module."""
+    """A booted sandbox with goodsd installed as the README's install section says, and
+    redis-server.service running; removed with everything it created at the end of the module."""
     reason = missing_prerequisite()
     if reason:
         pytest.skip(reason)
