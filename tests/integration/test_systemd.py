@@ -5,7 +5,8 @@ boots in namespaces (so it runs on CI machines whose PID 1 is not systemd).
 goodsd is installed the way the README's install section says: a venv built with
 /usr/bin/python3 (the unit hides /root and /home, so a pyenv interpreter would not start), the
 sysusers entry, the units, the config root:goodsd 0640. Needs root; elsewhere, or without the
-sandbox's prerequisites or network for pip, the tests skip and say why. Select or deselect them with ``-m systemd``.
+sandbox's prerequisites or network for pip, the tests skip and say why. Select or deselect
+them with ``-m systemd``.
 """
 
 from __future__ import annotations
