@@ -10,13 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from goodsd import hostinfo, runner
+from goodsd import hostinfo, runner, stopsignal
 from goodsd.config import Config
 from goodsd.queue import Delivery, Failure, Queue
 from goodsd.redisconn import GaveUp, connect, until_done
@@ -66,6 +65,11 @@ class Consumer:
         self.queue: Queue | None = None
         # A batch claimed together with the previous batch's acks, to run next.
         self.next_batch: list[Delivery] = []
+
+    def abort_command(self) -> None:
+        """Kill a running command handler: it must not outlive this consumer."""
+        if isinstance(self.run_item, runner.CommandHandler):
+            self.run_item.abort()
 
     @property
     def handled(self) -> int:
@@ -232,25 +236,9 @@ def _show(delivery: Delivery, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def install_signals(consumer: Consumer) -> None:
-    """First SIGTERM: finish the current item, give back the rest, exit. Second: exit now.
-    HUP/INT/TTIN/TTOU belong to the master (a terminal or systemd may send them to all)."""
-
-    def on_term(signum: int, frame: object) -> None:
-        if not consumer.running:
-            if isinstance(consumer.run_item, runner.CommandHandler):
-                consumer.run_item.abort()  # its command must not outlive us
-            os._exit(1)
-        consumer.running = False
-
-    signal.signal(signal.SIGTERM, on_term)
-    for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGTTIN, signal.SIGTTOU):
-        signal.signal(signum, signal.SIG_IGN)
-
-
 def run(consumer: Consumer) -> int:
     """The child's whole life; returns its exit code."""
-    install_signals(consumer)
+    stopsignal.install(consumer, on_second=consumer.abort_command)
     try:
         consumer.initialize()
         while consumer.running:
