@@ -9,6 +9,9 @@ from collections.abc import MutableMapping
 
 import sdnotify
 
+# Longest the master waits to hand one message to systemd.
+SEND_TIMEOUT = 0.25
+
 
 class Notifier:
     """Sends READY / RELOADING / STOPPING / STATUS / WATCHDOG messages to systemd."""
@@ -16,6 +19,11 @@ class Notifier:
     def __init__(self, environ: MutableMapping[str, str] = os.environ) -> None:
         self.enabled = bool(environ.get("NOTIFY_SOCKET"))
         self._notifier = sdnotify.SystemdNotifier() if self.enabled else None
+        if self._notifier is not None and self._notifier.socket is not None:
+            # A reader that falls behind fills the datagram queue (10 messages by default),
+            # and a blocking send would then freeze the master's loop: wait a little, then
+            # drop the message (sdnotify swallows the timeout).
+            self._notifier.socket.settimeout(SEND_TIMEOUT)
         environ.pop("NOTIFY_SOCKET", None)
         self.watchdog_interval = watchdog_interval(environ, os.getpid())
         environ.pop("WATCHDOG_USEC", None)

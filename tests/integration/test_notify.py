@@ -75,3 +75,17 @@ def test_no_watchdog_when_it_is_meant_for_another_pid(make_config, start_daemon,
     notify.wait("STATUS", after=ready + 1, timeout=6)
     # Then no WATCHDOG=1 was sent
     assert not any("WATCHDOG" in f for _, f in notify.poll())
+
+
+def test_a_reader_that_falls_behind_cannot_freeze_the_master(make_config, start_daemon, notify):
+    # Given a master whose notify socket nobody reads after READY
+    daemon = start_daemon(make_config(), notify=notify)
+    notify.wait("READY", "1")
+    # When more messages are due than the socket queues (10 by default): each reload sends
+    # RELOADING=1 and READY=1
+    for count in range(1, 9):
+        daemon.send(signal.SIGHUP)
+        daemon.wait_log(r"reload complete", count=count)
+    # Then the master still answers at once: it stops cleanly when asked
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait_exit(10) == 0
