@@ -14,14 +14,12 @@ import argparse
 import os
 import platform
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import redis
-import yaml
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -29,18 +27,20 @@ REPO_DIR = BENCH_DIR.parent
 if str(REPO_DIR) not in sys.path:
     sys.path.insert(0, str(REPO_DIR))
 
+from goodsd.config import dump as dump_config  # noqa: E402
 from goodsd.localredis import LocalRedis  # noqa: E402
+from goodsd.ops.demo import start_master  # noqa: E402
+from goodsd.queue import Queue  # noqa: E402
 
 QUEUE = "bench"
-STATS_KEY = f"goodsd:{{{QUEUE}}}:stats"
 HIGH = 2_000_000_000  # never reached: the bench measures pushing, not pausing
 WARMUP = 1.0  # seconds of pushing before the window opens
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
 
 
-def pushed(r: redis.Redis) -> int:
-    return int(r.hget(STATS_KEY, "pushed") or 0)
+def pushed(queue: Queue) -> int:
+    return queue.stats()["pushed"]
 
 
 def wait_until(predicate, timeout: float, what: str) -> None:
@@ -54,10 +54,11 @@ def wait_until(predicate, timeout: float, what: str) -> None:
 def measure_goodsd(server: LocalRedis, r: redis.Redis, batch: int, seconds: float) -> float:
     """Items/s one producer pushes with ``batch``, over ``seconds`` after the warm-up."""
     r.flushall()
+    queue = Queue(r, QUEUE)
     with tempfile.TemporaryDirectory(prefix="goodsd-bench-") as tmp:
         config = Path(tmp) / "goodsd.yaml"
         config.write_text(
-            yaml.safe_dump(
+            dump_config(
                 {
                     "redis": {"url": server.url},
                     "queue": QUEUE,
@@ -73,28 +74,20 @@ def measure_goodsd(server: LocalRedis, r: redis.Redis, batch: int, seconds: floa
                 }
             )
         )
-        env = {**os.environ, "PYTHONPATH": str(REPO_DIR)}
-        with open(Path(tmp) / "goodsd.log", "wb") as log:
-            daemon = subprocess.Popen(
-                [sys.executable, "-m", "goodsd", "run", "-c", str(config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-            try:
-                wait_until(lambda: pushed(r) > 0, START_TIMEOUT, "the first push")
-                time.sleep(WARMUP)
-                start_count, start = pushed(r), time.monotonic()
-                time.sleep(seconds)
-                end_count, end = pushed(r), time.monotonic()
-                daemon.send_signal(signal.SIGTERM)
-                if daemon.wait(STOP_TIMEOUT) != 0:
-                    raise RuntimeError(f"goodsd exited with {daemon.returncode}")
-            finally:
-                if daemon.poll() is None:
-                    os.killpg(daemon.pid, signal.SIGKILL)
-                    daemon.wait()
+        daemon = start_master(config, Path(tmp) / "goodsd.log", {"PYTHONPATH": str(REPO_DIR)})
+        try:
+            wait_until(lambda: pushed(queue) > 0, START_TIMEOUT, "the first push")
+            time.sleep(WARMUP)
+            start_count, start = pushed(queue), time.monotonic()
+            time.sleep(seconds)
+            end_count, end = pushed(queue), time.monotonic()
+            daemon.send_signal(signal.SIGTERM)
+            if daemon.wait(STOP_TIMEOUT) != 0:
+                raise RuntimeError(f"goodsd exited with {daemon.returncode}")
+        finally:
+            if daemon.poll() is None:
+                os.killpg(daemon.pid, signal.SIGKILL)
+                daemon.wait()
     return (end_count - start_count) / (end - start)
 
 

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import redis
-import yaml
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -37,14 +36,14 @@ REPO_DIR = BENCH_DIR.parent
 if str(REPO_DIR) not in sys.path:
     sys.path.insert(0, str(REPO_DIR))
 
+from goodsd.config import dump as dump_config  # noqa: E402
 from goodsd.localredis import LocalRedis  # noqa: E402
+from goodsd.ops.demo import start_master  # noqa: E402
+from goodsd.queue import Queue  # noqa: E402
 
-QUEUE = "bench"
+QUEUE = "bench"  # the classic design's list, and goodsd's queue name
 STAGING = "bench:staging"
 LATENCY_LIST = "bench:latency"
-# goodsd's keys for the queue, as fixed in DESIGN.md ("Redis data model").
-STATS_KEY = f"goodsd:{{{QUEUE}}}:stats"
-CONSUMERS_KEY = f"goodsd:{{{QUEUE}}}:consumers"
 
 PUSH_CHUNK = 1_000  # items per LPUSH while filling the staging list
 POLL = 0.005  # seconds between progress polls
@@ -217,19 +216,10 @@ class Goodsd:
     def __init__(self, workdir: Path, name: str, config: dict[str, Any], redis_url: str) -> None:
         self.config_path = workdir / f"{name}.yaml"
         self.log_path = workdir / f"{name}.log"
-        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_DIR), env.get("PYTHONPATH")]))
-        env["BENCH_REDIS_URL"] = redis_url
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "goodsd", "run", "-c", str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
+        self.config_path.write_text(dump_config(config))
+        pythonpath = os.pathsep.join(filter(None, [str(REPO_DIR), os.environ.get("PYTHONPATH")]))
+        env = {"PYTHONPATH": pythonpath, "BENCH_REDIS_URL": redis_url}
+        self.process = start_master(self.config_path, self.log_path, env)
 
     def check_alive(self) -> None:
         """Fail at once, with its log, if the daemon has exited."""
@@ -237,13 +227,13 @@ class Goodsd:
         if code is not None:
             raise BenchError(f"goodsd exited with status {code}\n{self.log_tail()}")
 
-    def wait_ready(self, r: redis.Redis, processes: int) -> float:
+    def wait_ready(self, queue: Queue, processes: int) -> float:
         """Wait until every consumer has registered; return the seconds that took."""
         started = time.perf_counter()
 
         def registered() -> bool:
             self.check_alive()
-            return r.hlen(CONSUMERS_KEY) >= processes
+            return len(queue.registered()) >= processes
 
         try:
             wait_for(registered, READY_TIMEOUT, f"{processes} goodsd consumers to register")
@@ -291,28 +281,29 @@ def run_goodsd(server: LocalRedis, workdir: Path, processes: int, batch: int, it
     r = server.client()
     r.flushall()
     fill_staging(r, items)
+    goodsd_queue = Queue(r, QUEUE)
     config = goodsd_config(server.url, processes, batch, "goodsd.handlers:noop")
     daemon = Goodsd(workdir, f"goodsd-p{processes}-b{batch}", config, server.url)
     problems: list[str] = []
     try:
-        ready_seconds = daemon.wait_ready(r, processes)
+        ready_seconds = daemon.wait_ready(goodsd_queue, processes)
         started = time.perf_counter()
-        r.rename(STAGING, QUEUE)
+        r.rename(STAGING, goodsd_queue.keys["ready"])
 
         def finished() -> bool:
             daemon.check_alive()
-            return int(r.hget(STATS_KEY, "done") or 0) >= items
+            return goodsd_queue.stats()["done"] >= items
 
         try:
             wait_for(finished, run_timeout(items), f"goodsd to finish {items:,} items")
         except WaitTimeout as exc:
-            done = int(r.hget(STATS_KEY, "done") or 0)
+            done = goodsd_queue.stats()["done"]
             raise BenchError(f"{exc} (done={done:,})\n{daemon.log_tail()}") from None
         elapsed = time.perf_counter() - started
     finally:
         problems += daemon.stop()
-    stats = {k.decode(): int(v) for k, v in r.hgetall(STATS_KEY).items()}
-    if stats.get("done") != items or r.llen(QUEUE) != 0:
+    stats = goodsd_queue.stats()
+    if stats["done"] != items or goodsd_queue.backlog() != 0:
         problems.append(f"expected done={items:,} and an empty queue; stats {stats}")
     if stats.get("failed") or stats.get("dead"):
         problems.append(f"no-op items failed: stats {stats}")
@@ -329,12 +320,13 @@ def measure_latency(
     r.flushall()
     config = goodsd_config(server.url, processes, batch, "latency_handler:stamp")
     daemon = Goodsd(workdir, f"latency-p{processes}-b{batch}", config, server.url)
+    goodsd_queue = Queue(r, QUEUE)
     delays: list[float] = []
     try:
-        daemon.wait_ready(r, processes)
+        daemon.wait_ready(goodsd_queue, processes)
         for n in range(LATENCY_WARMUP + samples):
             time.sleep(LATENCY_GAP)
-            r.lpush(QUEUE, repr(time.time()))
+            goodsd_queue.push([repr(time.time()).encode()])
             reply = r.blpop([LATENCY_LIST], timeout=5)
             if reply is None:
                 daemon.check_alive()

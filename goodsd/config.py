@@ -21,10 +21,6 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode
 from yaml.reader import ReaderError
 
-# sysexits.h EX_CONFIG: the unit's RestartPreventExitStatus=78 stops systemd from
-# restarting a daemon that can only fail again until someone fixes the file.
-EX_CONFIG = 78
-
 DEFAULT_PATH = "/etc/goodsd.yaml"
 
 
@@ -144,6 +140,12 @@ def parse(text: str, path: str = "<string>") -> Config:
         line = text.count("\n", 0, err.position) + 1
         reason = f"invalid YAML: character #x{err.character:04x}: {err.reason}"
         raise ConfigError(path, line, "", reason) from None
+
+
+def dump(data: Mapping[str, object]) -> str:
+    """A config mapping as YAML text that ``parse`` reads back, keys in the given order. For
+    programs that write a config (the demo, benchmarks), so only this module knows YAML."""
+    return yaml.safe_dump(dict(data), sort_keys=False)
 
 
 # --- durations and addresses ---------------------------------------------------------------
@@ -533,32 +535,38 @@ class _Builder:
         self.one_of("consumers", "handler", "command", config, consumers.processes > 0)
         self.one_of("producer", "source", "command", config, producer.processes > 0)
         if producer.low_watermark >= producer.high_watermark:
-            if "producer.low_watermark" in self.value_lines:
-                raise self.blame(
+            raise self.blame_written(
+                (
                     "producer.low_watermark",
                     f"must be below high_watermark ({producer.high_watermark}), "
                     f"got {producer.low_watermark}",
-                )
-            raise self.blame(
-                "producer.high_watermark",
-                f"must be above low_watermark ({producer.low_watermark}), "
-                f"got {producer.high_watermark}",
+                ),
+                (
+                    "producer.high_watermark",
+                    f"must be above low_watermark ({producer.low_watermark}), "
+                    f"got {producer.high_watermark}",
+                ),
             )
         supervisor = config.supervisor
         if supervisor.restart_delay_max < supervisor.restart_delay:
-            if "supervisor.restart_delay_max" in self.value_lines:
-                raise self.blame(
+            raise self.blame_written(
+                (
                     "supervisor.restart_delay_max",
                     f"must be at least restart_delay ({_seconds(supervisor.restart_delay)}), "
                     f"got {_seconds(supervisor.restart_delay_max)}",
-                )
-            raise self.blame(
-                "supervisor.restart_delay",
-                f"must not exceed restart_delay_max ({_seconds(supervisor.restart_delay_max)}), "
-                f"got {_seconds(supervisor.restart_delay)}",
+                ),
+                (
+                    "supervisor.restart_delay",
+                    "must not exceed restart_delay_max "
+                    f"({_seconds(supervisor.restart_delay_max)}), "
+                    f"got {_seconds(supervisor.restart_delay)}",
+                ),
             )
 
-    def blame(self, dotted: str, reason: str) -> ConfigError:
+    def blame_written(self, first: tuple[str, str], second: tuple[str, str]) -> ConfigError:
+        """Two keys disagree, each given as (dotted key, reason): blame ``first`` when the
+        file sets it, else ``second``, so the error points at a line the user wrote."""
+        dotted, reason = first if first[0] in self.value_lines else second
         return self.error(self.value_lines.get(dotted), dotted, reason)
 
     def one_of(self, section: str, first: str, second: str, config: Config, needed: bool) -> None:

@@ -6,8 +6,9 @@ then ``shutdown()``. Rules:
 
 - Backpressure is atomic: one script checks the ready list's length and pushes the batch only
   below ``high_watermark`` (goodsd.queue ``_PUSH``), so racing producers overshoot by at most
-  one batch together. At or above it the producer holds its batch and polls the length every
-  PAUSE_POLL until it is down to ``low_watermark``: no spinning, no recursion.
+  one batch together. At or above it the producer holds its batch and reads the length again
+  when, at the rate it has been draining, it should be down to ``low_watermark`` (never sooner
+  than POLL_MIN nor later than POLL_MAX) until it is: no spinning, no recursion.
 - A batch taken from the source is pushed by one script call, retried with the same batch id
   while Redis is away; the script records the id, so a retry after a lost reply is a no-op.
 - With ``singleton``, only the holder of the Redis lock pushes (the push script checks the
@@ -19,13 +20,12 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from goodsd import hostinfo, sources
+from goodsd import hostinfo, sources, stopsignal
 from goodsd.config import Config
 from goodsd.queue import NOT_HOLDER, PUSHED, Queue
 from goodsd.redisconn import TRANSIENT_ERRORS, connect, until_done
@@ -50,6 +50,9 @@ PAUSE_LOG_QUIET = 10.0
 STANDBY_WAIT = 1.0
 # How often the registry record (goodsd:{<queue>}:producers) is refreshed besides on changes.
 REPORT_EVERY = 1.0
+# How long stopping waits for the source's thread to hand over the item it holds; longer only
+# when the source itself is busy (a generator blocked between items).
+FEED_STOP_WAIT = 1.0
 # The high watermark of a push that must not be refused: the last batches of a stopping producer.
 NO_LIMIT = 2**62
 # What the master sees of each state in the scoreboard.
@@ -181,6 +184,7 @@ class Producer:
         self.renew_at = 0.0  # when to extend the lock next
         self.reported: tuple[str, bool] | None = None  # (state, holding) last published
         self.report_at = 0.0
+        self.identity: dict[str, object] = {}  # the registry record's fixed part
         self.queue: Queue | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -190,7 +194,15 @@ class Producer:
         earlier producers of this host left in the registry, open the source unless this is
         a singleton standby, then tell the master we are ready."""
         self.open_source = sources.load(self.cfg, self.config.pythonpath)
-        client = connect(self.config.redis, f"goodsd-producer-{os.getpid()}")
+        pid, master_pid = os.getpid(), os.getppid()
+        self.identity = {
+            "host": hostinfo.hostname(),
+            "pid": pid,
+            "proc_start": hostinfo.process_start(pid),
+            "master_pid": master_pid,
+            "master_start": hostinfo.process_start(master_pid),
+        }
+        client = connect(self.config.redis, f"goodsd-producer-{pid}")
         self.queue = Queue(client, self.config.queue)
         self._until_done(self.forget_stale)
         if not self.cfg.singleton:
@@ -230,12 +242,11 @@ class Producer:
             self.beat(now)
 
     def shutdown(self) -> None:
-        """Push what was taken from the source (even past the high watermark: stopping must
-        not lose it), stop the source, free the lock, leave the registry."""
+        """Stop the source, push everything taken from it (even past the high watermark:
+        stopping must not lose it), free the lock, leave the registry."""
         assert self.queue is not None
         if self.feed is not None:
-            self.feed.close()
-            rest = self.feed.take(0, 0)
+            rest = self.feed.stop(FEED_STOP_WAIT)
             if rest:
                 self.batch += rest  # a held batch was refused, never recorded: rename it
                 self.name_batch()
@@ -268,8 +279,7 @@ class Producer:
         """Stop the source and drop what it gave that is not pushed (another producer now
         pushes from its own source)."""
         if self.feed is not None:
-            dropped = len(self.batch) + len(self.feed.take(0, 0))
-            self.feed.close()
+            dropped = len(self.batch) + len(self.feed.stop(FEED_STOP_WAIT))
             self.feed = None
             if dropped:
                 log.warning("%s: %d item(s) taken from the source were not pushed", why, dropped)
@@ -387,11 +397,7 @@ class Producer:
             return
         assert self.queue is not None
         record = {
-            "host": hostinfo.hostname(),
-            "pid": os.getpid(),
-            "proc_start": hostinfo.process_start(os.getpid()),
-            "master_pid": os.getppid(),
-            "master_start": hostinfo.process_start(os.getppid()),
+            **self.identity,
             "state": current[0],
             "pushed": self.pushed,
             "lock": self.holding,
@@ -420,24 +426,10 @@ class Producer:
         return until_done(lambda: step(queue), beat=lambda: self.beat(self.clock()))
 
 
-def install_signals(producer: Producer) -> None:
-    """First SIGTERM: push the current batch, then exit. Second: exit now. HUP/INT/TTIN/TTOU
-    belong to the master (a terminal or systemd may send them to the whole group)."""
-
-    def on_term(signum: int, frame: object) -> None:
-        if not producer.running:
-            os._exit(1)
-        producer.running = False
-
-    signal.signal(signal.SIGTERM, on_term)
-    for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGTTIN, signal.SIGTTOU):
-        signal.signal(signum, signal.SIG_IGN)
-
-
 def run(producer: Producer) -> int:
     """The child's whole life; returns its exit code (0 also when the source is exhausted:
     the scoreboard's FLAG_FINISHED tells the master not to restart it)."""
-    install_signals(producer)
+    stopsignal.install(producer)
     producer.initialize()
     try:
         while producer.running:

@@ -134,9 +134,11 @@ class Feed:
 
     Why a thread: a source may block for minutes between items (a tail of a log). The
     producer's main thread must meanwhile keep heartbeating, notice SIGTERM, hold a batch while
-    the queue is full, and push a partial batch when the source is slow. The thread stops once
-    it holds one batch, so at most two batches (this one and the one being pushed) have been
-    taken from the source and are not yet in Redis.
+    the queue is full, and push a partial batch when the source is slow. The thread waits once
+    it holds one batch, with the next item already in hand, so at most two batches and one item
+    (the batch being pushed, the one held here, the item waiting for room) have been taken from
+    the source and are not yet in Redis. Closing keeps that item: after ``stop()``, ``take()``
+    hands over everything the source gave.
     """
 
     def __init__(self, source: Iterable[object], batch: int) -> None:
@@ -161,9 +163,9 @@ class Feed:
                 with cond:
                     while len(self.items) >= batch and not self.closed:
                         cond.wait()
+                    self.items.append(data)  # taken from the source: kept even when closed
                     if self.closed:
                         break
-                    self.items.append(data)
                     held = len(self.items)
                     if held == 1 or held >= batch:
                         cond.notify_all()
@@ -198,11 +200,20 @@ class Feed:
             return self.ended and not self.items
 
     def close(self) -> None:
-        """Stop listening: items the source yields from now on are dropped; a command source
-        is stopped now, a generator once its thread gets control back."""
+        """Stop listening: the thread keeps the item it holds, then stops; a command source is
+        stopped now, a generator once its thread gets control back."""
         with self.cond:
             self.closed = True
             self.cond.notify_all()
         stop = getattr(self.source, "stop", None)
         if stop is not None:
             stop()
+
+    def stop(self, wait: float) -> list[bytes]:
+        """Close, give the thread up to ``wait`` seconds to finish (it may be inside the
+        source, which nobody can interrupt), then take everything it kept."""
+        self.close()
+        self.thread.join(wait)
+        with self.cond:
+            taken, self.items = self.items, []
+            return taken

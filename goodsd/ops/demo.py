@@ -17,11 +17,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from signal import SIGHUP, SIGINT, SIGTERM
 from typing import TextIO
-
-import yaml
 
 from goodsd import config as config_mod
 from goodsd.localredis import LocalRedis, RedisServerMissing, find_redis_server
@@ -98,9 +97,15 @@ def log_tail(path: Path, lines: int) -> list[str]:
     return [_DATE.sub("", line) for line in text.splitlines()[-lines:]]
 
 
-def start_master(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
-    env["PYTHONUNBUFFERED"] = "1"
+def start_master(
+    config_path: Path, log_path: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``python -m goodsd run`` in its own session, output to ``log_path``, with this
+    environment plus ``env`` but without systemd's variables (this program is not the
+    service). Public because the benchmarks start their masters the same way."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
+    environ["PYTHONUNBUFFERED"] = "1"
+    environ.update(env or {})
     with open(log_path, "wb") as log:
         # Own session: the terminal's Ctrl-C reaches the demo only, which then stops the
         # master the way systemd would.
@@ -109,7 +114,7 @@ def start_master(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=environ,
             start_new_session=True,
         )
 
@@ -182,9 +187,7 @@ def main(*, consumers: int, producers: int, out: TextIO = sys.stdout) -> int:
     try:
         with LocalRedis(str(workdir)) as server:
             config_path = workdir / "goodsd.yaml"
-            config_path.write_text(
-                yaml.safe_dump(demo_config(server.url, consumers, producers), sort_keys=False)
-            )
+            config_path.write_text(config_mod.dump(demo_config(server.url, consumers, producers)))
             cfg = config_mod.load(str(config_path))
             log_path = workdir / "goodsd.log"
             master = start_master(config_path, log_path)

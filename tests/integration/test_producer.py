@@ -9,10 +9,22 @@ import signal
 import sys
 import time
 
-from support import wait_for
+from support import HERE, wait_for
+
+from goodsd.children import HEARTBEAT_MIN
 
 COUNTER = "goodsd.sources:counter"
 REGISTRY = "goodsd:{q}:producers"
+# An endless source that records in Redis how many items it has given so far.
+COUNTED_SOURCE = """
+import itertools, os, redis
+
+def counted():
+    client = redis.Redis.from_url(os.environ["TEST_REDIS_URL"])
+    for i in itertools.count():
+        client.set("test:yielded", i + 1)
+        yield f"item-{i}"
+"""
 
 
 def producers(r) -> dict[str, dict]:
@@ -93,6 +105,40 @@ def test_finite_source_is_pushed_completely_and_not_restarted(r, make_config, st
     assert daemon.stop() == 0
 
 
+def test_stop_pushes_every_item_taken_from_the_source(r, make_config, start_daemon, tmp_path):
+    # Given a producer paused at its high watermark with nobody consuming
+    (tmp_path / "counted_source.py").write_text(COUNTED_SOURCE)
+    batch, high = 10, 50
+    config = make_config(
+        pythonpath=[str(HERE), str(tmp_path)],
+        consumers={"processes": 0},
+        producer={
+            "processes": 1,
+            "source": "counted_source:counted",
+            "batch": batch,
+            "high_watermark": high,
+            "low_watermark": 20,
+        },
+    )
+    daemon = start_daemon(config)
+    daemon.wait_log(r"producer 0 pid \d+\] paused at 50")
+    # And, taken from the source but not in Redis: the refused batch, the next batch, and
+    # the item the source's thread holds while it waits for room
+    taken = high + 2 * batch + 1
+    wait_for(lambda: int(r.get("test:yielded") or 0) >= taken, 10, f"{taken} items taken")
+    # When it is stopped
+    assert daemon.stop() == 0
+    # Then every item the source gave is in the queue, once
+    assert int(r.get("test:yielded")) == taken
+    assert sorted(b.decode() for b in r.lrange("q", 0, -1)) == sorted(
+        f"item-{i}" for i in range(taken)
+    )
+    held = taken - high
+    assert f"pushing the {held} item(s) taken from the source past the high watermark" in (
+        daemon.log()
+    )
+
+
 def test_command_source_lines_become_items(r, make_config, start_daemon, notify):
     # Given a command printing 300 lines, with blank lines between them
     script = "for i in range(300): print(f'cmd-{i}'); print()"
@@ -109,15 +155,17 @@ def test_command_source_lines_become_items(r, make_config, start_daemon, notify)
     assert daemon.stop() == 0
 
 
-def test_quiet_source_is_not_taken_for_hung(r, make_config, start_daemon, notify):
-    # Given a command that prints nothing for longer than the master's hang limit (10 s)
+def test_quiet_source_is_not_taken_for_hung(r, make_config, start_daemon):
+    # Given a command that prints nothing for longer than the master's hang limit (the test
+    # config's 5 s lease keeps that limit at its minimum, HEARTBEAT_MIN)
+    quiet = HEARTBEAT_MIN + 1
     config = make_config(
         consumers={"processes": 1, "handler": "sample_handlers:record", "batch": 10},
-        producer={"processes": 1, "command": ["sh", "-c", "sleep 11; echo late"]},
+        producer={"processes": 1, "command": ["sh", "-c", f"sleep {quiet:g}; echo late"]},
     )
-    daemon = start_daemon(config, notify=notify)
+    daemon = start_daemon(config)
     # Then the producer keeps heartbeating meanwhile, and its late line still gets through
-    daemon.wait_log(r"producer 0 finished: pushed 1 items", timeout=25)
+    daemon.wait_log(r"producer 0 finished: pushed 1 items", timeout=quiet + 15)
     wait_for(lambda: handled(r) == ["late"], 5, "the late line handled")
     assert "killing producer" not in daemon.log()
     assert daemon.stop() == 0

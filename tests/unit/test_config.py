@@ -11,6 +11,7 @@ import textwrap
 import pytest
 
 from goodsd import config
+from goodsd.children import EXIT_CONFIG
 from goodsd.config import Config, ConfigError, parse, parse_duration, parse_listen
 
 # The smallest valid file: the default of 4 consumers needs something to run.
@@ -672,5 +673,20 @@ def test_resolve_path_order(cli: str | None, environ: dict[str, str], expected: 
     assert config.resolve_path(cli, environ) == expected
 
 
+def test_dump_writes_text_that_parses_back() -> None:
+    # Given a mapping with a value YAML would otherwise read as a boolean, and a list
+    data = {
+        "queue": "yes",
+        "consumers": {"processes": 3, "handler": "app.tasks:handle"},
+        "pythonpath": ["/srv/app"],
+    }
+    # When it is dumped
+    text = config.dump(data)
+    # Then the keys keep their order and parsing gives the same values back
+    assert text.index("queue") < text.index("consumers") < text.index("pythonpath")
+    cfg = parse(text, "dumped.yaml")
+    assert (cfg.queue, cfg.consumers.processes, cfg.pythonpath) == ("yes", 3, ("/srv/app",))
+
+
 def test_exit_code_for_bad_config_is_ex_config() -> None:
-    assert config.EX_CONFIG == 78
+    assert EXIT_CONFIG == 78

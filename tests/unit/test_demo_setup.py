@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from goodsd import config, handlers
 from goodsd.ops import demo
@@ -12,7 +11,7 @@ from goodsd.ops import demo
 @pytest.mark.parametrize("producers", [0, 1])
 def test_demo_config_is_valid(producers):
     data = demo.demo_config("unix:///tmp/x/redis.sock", 4, producers)
-    cfg = config.parse(yaml.safe_dump(data), "demo.yaml")
+    cfg = config.parse(config.dump(data), "demo.yaml")
     assert cfg.consumers.handler == "goodsd.handlers:demo"
     assert (cfg.consumers.retries, cfg.consumers.retry_delay) == (2, 2.0)
     assert cfg.producer.processes == producers

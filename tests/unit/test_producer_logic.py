@@ -173,6 +173,32 @@ def test_feed_keeps_the_error_after_the_items_before_it() -> None:
     assert isinstance(feed.error, ValueError)
 
 
+def test_feed_stop_hands_over_the_item_waiting_for_room() -> None:
+    # Given a feed whose batch is full while its thread holds one more item from the source
+    given: list[int] = []
+    holding, closed = threading.Event(), threading.Event()
+
+    def endless():
+        try:
+            for n in itertools.count():
+                given.append(n)
+                if n == 3:
+                    holding.set()
+                yield f"i{n}"
+        finally:
+            closed.set()
+
+    feed = Feed(endless(), batch=3)
+    feed.start()
+    assert holding.wait(5), "the source never got to its fourth item"
+    # When it is stopped
+    rest = feed.stop(wait=5.0)
+    # Then everything the source gave is handed over, and the source was closed
+    assert rest == [f"i{n}".encode() for n in given] == [b"i0", b"i1", b"i2", b"i3"]
+    assert not feed.thread.is_alive()
+    assert closed.is_set()
+
+
 def test_load_rejects_what_cannot_run(tmp_path) -> None:
     from goodsd.config import ProducerConfig
     from goodsd.runner import HandlerLoadError
