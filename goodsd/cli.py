@@ -159,10 +159,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{cfg.path}: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     c, p = cfg.consumers, cfg.producer
-    work = c.handler if c.handler else "command " + " ".join(c.command or ())
     print(f"{cfg.path}: syntax and values ok")
     print(f"  queue {cfg.queue!r} on {display_url(cfg.redis.url)}")
-    print(f"  consumers: {c.processes} x {work} (batch {c.batch}, decode {c.decode})")
+    if c.processes:
+        work = c.handler if c.handler else "command " + " ".join(c.command or ())
+        print(f"  consumers: {c.processes} x {work} (batch {c.batch}, decode {c.decode})")
+    else:
+        print("  consumers: none (consumers.processes is 0)")
     if p.processes:
         feed = p.source if p.source else "command " + " ".join(p.command or ())
         print(f"  producers: {p.processes} x {feed}")
