@@ -128,11 +128,12 @@ class Consumer:
 
     def run_batch(self, batch: list[Delivery]) -> None:
         """Run the items oldest first; ack slow ones as they go, fast ones once per batch.
-        This is the hot loop: attribute lookups are hoisted and the scoreboard write per
-        item is the three fields that change."""
+        This is the hot loop: attribute lookups are hoisted, a handler that returns costs no
+        further call, and the scoreboard write per item is the three fields that change."""
+        assert self.run_item is not None
         pending = Pending()
         settled = 0
-        clock, busy, run_one = self.clock, self.board.busy, self.run_one
+        clock, busy, run_item = self.clock, self.board.busy, self.run_item
         for position, delivery in enumerate(batch):
             if not self.running:
                 self.settle(pending, release=len(batch) - position)
@@ -145,9 +146,14 @@ class Consumer:
                 self.settle(pending)
                 pending = Pending(since=started)
             busy(started, position - settled)
-            result = run_one(delivery)
-            pending.results.append(result)
-            if result is None and delivery.tag:
+            try:
+                run_item(delivery.payload)
+            except Exception as exc:
+                pending.results.append(self.failure(delivery, exc))
+                continue
+            self.done_count += 1
+            pending.results.append(None)
+            if delivery.tag:
                 pending.done_tags.append(delivery.tag)
         self.settle(pending, claim_next=self.wants_more())
 
@@ -159,22 +165,15 @@ class Consumer:
             return max(0, min(self.cfg.batch, self.cfg.max_items - self.handled))
         return self.cfg.batch
 
-    def run_one(self, delivery: Delivery) -> Failure | None:
-        """Run one item; its failure, or None when done."""
-        assert self.run_item is not None
-        try:
-            self.run_item(delivery.payload)
-        except runner.MalformedItem as exc:
+    def failure(self, delivery: Delivery, exc: Exception) -> Failure:
+        """What a raising handler makes of its item: a retry, or dead at once if malformed."""
+        self.failed_count += 1
+        if isinstance(exc, runner.MalformedItem):
             log.warning("malformed item %s goes to the dead list: %s", _show(delivery), exc)
-            self.failed_count += 1
             return Failure(delivery, f"malformed: {exc}", final=True)
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            log.warning("handler failed on %s: %s", _show(delivery), error)
-            self.failed_count += 1
-            return Failure(delivery, error)
-        self.done_count += 1
-        return None
+        error = f"{type(exc).__name__}: {exc}"
+        log.warning("handler failed on %s: %s", _show(delivery), error)
+        return Failure(delivery, error)
 
     def settle(self, pending: Pending, release: int = 0, claim_next: int = 0) -> None:
         """Write outcomes (and maybe claim the next batch) in one round trip. After a lost
