@@ -90,6 +90,8 @@ class Consumer:
             "pid": os.getpid(),
             "proc_start": hostinfo.process_start(os.getpid()),
             "pidns": hostinfo.pid_namespace(),
+            "master_pid": os.getppid(),
+            "master_start": hostinfo.process_start(os.getppid()),
             "started": round(time.time(), 3),
         }
         self._until_done(lambda q: q.register(self.consumer_id, info, self.config.supervisor.lease))

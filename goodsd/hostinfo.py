@@ -15,11 +15,13 @@ def hostname() -> str:
 
 def process_start(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22), or
-    None when no such process runs. Together with the pid it names one process for good."""
+    None when no such process runs (or only its zombie). Together with the pid it names one
+    process for good. Other errors (no permission, no file descriptors) raise: they say
+    nothing about the process."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             stat = handle.read()
-    except OSError:
+    except (FileNotFoundError, ProcessLookupError):
         return None
     # The command name may hold spaces and parentheses: split after the last ')'.
     fields = stat[stat.rindex(b")") + 2 :].split()
@@ -29,7 +31,14 @@ def process_start(pid: int) -> int | None:
 
 
 def process_alive(pid: int, start: int | None) -> bool:
-    return start is not None and process_start(pid) == start
+    """True while that very process runs; also when it cannot be told (better to leave its
+    items to the lease than to requeue what a live process is working on)."""
+    if start is None:
+        return False
+    try:
+        return process_start(pid) == start
+    except OSError:
+        return True
 
 
 def set_parent_death_signal(signum: int) -> None:

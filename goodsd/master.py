@@ -692,9 +692,11 @@ class Master:
                 live.setdefault((cfg.redis, cfg.queue), (cfg, []))[1].append(child.identity)
         for cfg, identities in live.values():
             queue, lease = self.queue_for(cfg), cfg.supervisor.lease
-            self.redis_do(
+            renewed = self.redis_do(
                 "lease renewal", lambda q=queue, i=identities, t=lease: q.renew_leases(i, t)
             )
+            if renewed is None:  # failed or skipped: try again next tick, not a third lease on
+                self.timers["leases"] = now + TICK
 
     def reap_leftovers(self) -> None:
         """Requeue what dead consumers hold: this host's at once, other hosts' once their
@@ -716,11 +718,8 @@ class Master:
                 continue
             if info.get("pidns") != self.pidns:
                 continue  # pids of another namespace or boot cannot be judged: the lease decides
-            pid, start = info.get("pid"), info.get("proc_start")
-            if isinstance(pid, int) and hostinfo.process_alive(
-                pid, start if isinstance(start, int) else None
-            ):
-                continue
+            if _alive(info, "master_pid", "master_start") or _alive(info, "pid", "proc_start"):
+                continue  # its own master answers for it (and blames what it was running)
             self.recoveries.append(Recovery(identity, None, "", self.config))
         self.retry_recoveries()
 
@@ -876,6 +875,14 @@ class Master:
         self.selector.close()
         os.close(self.wake_r)
         os.close(self.wake_w)
+
+
+def _alive(info: dict[str, object], pid_key: str, start_key: str) -> bool:
+    """Whether the process a registration names (by pid and start time) still runs."""
+    pid, start = info.get(pid_key), info.get(start_key)
+    return isinstance(pid, int) and hostinfo.process_alive(
+        pid, start if isinstance(start, int) else None
+    )
 
 
 def _record_only(signum: int, frame: object) -> None:

@@ -462,14 +462,15 @@ class Queue:
         pipe.delete(self.lease_key(consumer), self.settled_key(consumer))
         pipe.execute()
 
-    def renew_leases(self, consumers: list[str], lease: float) -> None:
-        """Extend the leases of live consumers in one round trip."""
+    def renew_leases(self, consumers: list[str], lease: float) -> int:
+        """Extend the leases of live consumers in one round trip; returns how many."""
         if not consumers:
-            return
+            return 0
         pipe = self.client.pipeline(transaction=False)
         for consumer in consumers:
             pipe.set(self.lease_key(consumer), consumer, px=ms(lease))
         pipe.execute()
+        return len(consumers)
 
     def registered(self) -> dict[str, dict[str, object]]:
         """Consumer id -> its registration record."""
