@@ -11,13 +11,13 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from goodsd import hostinfo, runner, stopsignal
 from goodsd.config import Config
-from goodsd.queue import Delivery, Failure, Queue
+from goodsd.queue import Delivery, Failure, InFlightLost, Queue
 from goodsd.redisconn import GaveUp, connect, until_done
 from goodsd.scoreboard import Scoreboard
 
@@ -39,6 +39,7 @@ class Pending:
     results: list[Failure | None] = field(default_factory=list)
     done_tags: list[str] = field(default_factory=list)  # done items that had failed before
     since: float = 0.0
+    oldest: bytes = b""  # claimed value of the first result: Redis checks it is still there
 
 
 class Consumer:
@@ -122,7 +123,7 @@ class Consumer:
         if self.queue is None:
             return
         if self.next_batch:
-            self.settle(Pending(), release=len(self.next_batch))
+            self.settle(Pending(), release=self.next_batch)
             self.next_batch = []
         self._until_done(lambda q: q.deregister(self.consumer_id))
 
@@ -138,15 +139,16 @@ class Consumer:
         clock, busy, run_item = self.clock, self.board.busy, self.run_item
         for position, delivery in enumerate(batch):
             if not self.running:
-                self.settle(pending, release=len(batch) - position)
+                self.settle(pending, release=batch[position:])
                 return
             started = clock()
             if not pending.results:
-                pending.since = started
+                pending.since, pending.oldest = started, delivery.claimed
             elif started - pending.since > FLUSH_AFTER:
                 settled += len(pending.results)
-                self.settle(pending)
-                pending = Pending(since=started)
+                if not self.settle(pending):
+                    return  # what was left of the batch went back to the queue
+                pending = Pending(since=started, oldest=delivery.claimed)
             busy(started, position - settled)
             try:
                 run_item(delivery.payload)
@@ -177,21 +179,31 @@ class Consumer:
         log.warning("handler failed on %s: %s", _show(delivery), error)
         return Failure(delivery, error)
 
-    def settle(self, pending: Pending, release: int = 0, claim_next: int = 0) -> None:
-        """Write outcomes (and maybe claim the next batch) in one round trip. After a lost
-        reply the settle is repeated harmlessly (same settle id) and what the claim took is
-        read back from the in-flight list, so no claimed item is ever unknown to us.
+    def settle(
+        self, pending: Pending, release: Sequence[Delivery] = (), claim_next: int = 0
+    ) -> bool:
+        """Write outcomes, give back ``release`` (and maybe claim the next batch) in one round
+        trip. After a lost reply the settle is repeated harmlessly (same settle id) and what
+        the claim took is read back from the in-flight list, so no claimed item is ever
+        unknown to us.
+
+        When Redis's in-flight list no longer matches ours (a lapsed lease, or a failover that
+        lost recent writes), nothing is settled: everything held goes back to the queue (items
+        already done here may run again) and this returns False; the batch is abandoned.
 
         Idle first: once settled, the busy position no longer names the right item, and a
         death during the settle must not count an attempt against an item not yet started."""
         self.beat(self.clock())
         settle_id = secrets.token_hex(8)
 
+        oldest = pending.oldest if pending.results else release[0].claimed if release else b""
+
         def attempt(q: Queue, claim: int) -> list[Delivery]:
             return q.settle(
                 self.consumer_id,
                 pending.results,
-                release,
+                len(release),
+                oldest=oldest,
                 settle_id=settle_id,
                 retries=self.cfg.retries,
                 retry_delay=self.cfg.retry_delay,
@@ -204,7 +216,14 @@ class Consumer:
             attempt(q, 0)
             return q.held(self.consumer_id) if claim_next else []
 
-        self.next_batch = self._until_done(lambda q: attempt(q, claim_next), retry=resync)
+        try:
+            self.next_batch = self._until_done(lambda q: attempt(q, claim_next), retry=resync)
+        except InFlightLost as exc:
+            log.warning("%s: giving back everything held and starting afresh", exc)
+            self._until_done(lambda q: q.recover(self.consumer_id))
+            self.next_batch = []
+            return False
+        return True
 
     # -- helpers ------------------------------------------------------------------------
 

@@ -112,30 +112,31 @@ _CLAIM = _NOW_MS + _CLAIM_FN + "return claim(KEYS, ARGV)\n"
 # Records the outcome of the oldest n claimed items (the right end of the in-flight list, where
 # the consumer works from) in one round trip; ARGV[4] has one letter per item, oldest first:
 # d = done, f = failed, r = give back unstarted. Idempotent: a retry after a lost reply finds its
-# settle id already recorded and changes nothing. If the in-flight list holds fewer than n items,
-# the lease was lost and the reaper requeued them: only the done count is kept.
+# settle id already recorded and changes nothing. Returns -1, changing nothing, when the list no
+# longer matches the consumer's view (fewer than n items, or another oldest item): its lease
+# lapsed and a reaper took them, or Redis lost recent writes (a failover); the consumer then
+# gives back whatever it holds and starts afresh.
 # KEYS: inflight, attempts, retry, dead, stats, ready, settled
-# ARGV: settle_id, retries, retry_delay_ms, outcomes, n_done_tags, done_tags...,
-#       then per failure (in order): tag, tagged, record_head, final
+# ARGV: settle_id, retries, retry_delay_ms, outcomes, oldest claimed value, n_done_tags,
+#       done_tags..., then per failure (in order): tag, tagged, record_head, final
 _SETTLE_FN = """
 local function settle(K, A)
   if redis.call('GET', K[7]) == A[1] then return 0 end
-  redis.call('SET', K[7], A[1], 'PX', 3600000)
   local outcomes = A[4]
   local n = #outcomes
-  local n_tags = tonumber(A[5])
-  for a = 6, 5 + n_tags do redis.call('HDEL', K[2], A[a]) end
+  if redis.call('LLEN', K[1]) < n or redis.call('LINDEX', K[1], -1) ~= A[5] then return -1 end
+  redis.call('SET', K[7], A[1], 'PX', 3600000)
+  local n_tags = tonumber(A[6])
+  for a = 7, 6 + n_tags do redis.call('HDEL', K[2], A[a]) end
   local done = select(2, string.gsub(outcomes, 'd', ''))
   if done > 0 then redis.call('HINCRBY', K[5], 'done', done) end
   if done == n then
-    if redis.call('LLEN', K[1]) < n then return -1 end
     redis.call('LTRIM', K[1], 0, -(n + 1))
     return n
   end
   local items = redis.call('LRANGE', K[1], -n, -1)
-  if #items < n then return -1 end
   local retries, delay = tonumber(A[2]), tonumber(A[3])
-  local release, a = {}, 6 + n_tags
+  local release, a = {}, 7 + n_tags
   local failed, retried, dead = 0, 0, 0
   for k = 1, n do
     local item, outcome = items[n - k + 1], string.sub(outcomes, k, k)
@@ -307,6 +308,10 @@ for i = 1, #ARGV, 2 do
 end
 return moved
 """
+
+
+class InFlightLost(Exception):
+    """A consumer's in-flight list no longer matches what it claimed; nothing was settled."""
 
 
 class ScriptsReloaded(redis.ConnectionError):
@@ -522,6 +527,7 @@ class Queue:
         results: list[Failure | None],
         release: int,
         *,
+        oldest: bytes,
         settle_id: str,
         retries: int,
         retry_delay: float,
@@ -530,15 +536,17 @@ class Queue:
         done_tags: tuple[str, ...] = (),
     ) -> list[Delivery]:
         """Record the outcome of the oldest claimed items in one round trip: ``results`` in
-        claimed order (None = done), then ``release`` unstarted items back to the pop end.
-        Safe to repeat with the same ``settle_id``. ``done_tags``: tags of done items that
-        had failed before, whose attempts entries can go.
+        claimed order (None = done), then ``release`` unstarted items back to the pop end;
+        ``oldest`` is the claimed value of the first of them. Safe to repeat with the same
+        ``settle_id``. ``done_tags``: tags of done items that had failed before, whose attempts
+        entries can go. Raises InFlightLost, having changed nothing, when the in-flight list no
+        longer matches (see ``_SETTLE_FN``).
 
         With ``claim_next``, a non-blocking claim of that many items rides in the same round
         trip (a busy consumer then pays one round trip per batch); its items are returned.
         """
         outcomes = "".join("d" if r is None else "f" for r in results) + "r" * release
-        args: list[object] = [settle_id, retries, int(retry_delay * 1000), outcomes]
+        args: list[object] = [settle_id, retries, int(retry_delay * 1000), outcomes, oldest]
         args.append(len(done_tags))
         args.extend(done_tags)
         now = time.time()
@@ -565,13 +573,13 @@ class Queue:
         if not outcomes:
             return self.claim(consumer, claim_next, lease, 0) if claim_next else []
         if not claim_next:
-            self._warn_if_lease_lost(consumer, self._settle(keys=keys, args=args))
+            self._check_in_step(consumer, self._settle(keys=keys, args=args))
             return []
         claim_keys, claim_args = self._claim_args(consumer, claim_next, lease)
         status, items = self._settle_claim(
             keys=keys + claim_keys, args=[len(args), *args, *claim_args]
         )
-        self._warn_if_lease_lost(consumer, status)
+        self._check_in_step(consumer, status)
         return [unwrap(item) for item in items]
 
     @staticmethod
@@ -593,12 +601,11 @@ class Queue:
             raise ScriptsReloaded("redis had forgotten goodsd's scripts; loaded again") from exc
 
     @staticmethod
-    def _warn_if_lease_lost(consumer: str, status: object) -> None:
+    def _check_in_step(consumer: str, status: object) -> None:
         if status == -1:
-            log.warning(
-                "%s lost its lease while holding items (a long Redis outage?): they were "
-                "requeued and may run twice",
-                consumer,
+            raise InFlightLost(
+                f"the in-flight list of {consumer} no longer matches what it claimed (its lease "
+                "lapsed, or Redis lost recent writes)"
             )
 
     def held(self, consumer: str) -> list[Delivery]:

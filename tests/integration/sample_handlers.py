@@ -75,3 +75,14 @@ def setup_fails_when_flagged() -> None:
 def dawdle(item: object) -> None:
     """Take 2 ms per item: consumers slower than any producer."""
     time.sleep(0.002)
+
+
+def drift_on_marker(item: object) -> None:
+    """On the item "drift", make every in-flight list disagree with its consumer (an item it
+    never claimed appears at the oldest end), as a Redis failover that lost recent writes
+    would; record every item."""
+    if item == "drift":
+        client = _client()
+        for key in client.scan_iter("goodsd:{q}:inflight:*"):
+            client.rpush(key, "ghost")
+    record(item)

@@ -24,6 +24,7 @@ def make_dead(r, items: list[bytes], error: str = "ValueError: bad item") -> Non
             "elsewhere-1-aa",
             [Failure(d, error, final=True) for d in claimed],
             0,
+            oldest=claimed[0].claimed,
             settle_id=f"dead-{start}",
             retries=3,
             retry_delay=1,

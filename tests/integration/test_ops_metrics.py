@@ -69,7 +69,15 @@ def test_metrics_match_redis(r, make_config, start_daemon, notify):
     claimed = queue.claim("elsewhere-1-aa", 3, 60, 0)
     failures = [Failure(claimed[0], "boom"), Failure(claimed[1], "bad", final=True)]
     failures.append(Failure(claimed[2], "bad", final=True))
-    queue.settle("elsewhere-1-aa", failures, 0, settle_id="s1", retries=3, retry_delay=600)
+    queue.settle(
+        "elsewhere-1-aa",
+        failures,
+        0,
+        oldest=claimed[0].claimed,
+        settle_id="s1",
+        retries=3,
+        retry_delay=600,
+    )
     r.lpush("q", *[f"item{i}" for i in range(30)])
     port = free_port()
     config = make_config(

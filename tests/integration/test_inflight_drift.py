@@ -1,0 +1,59 @@
+"""A consumer whose in-flight list no longer matches what it claimed (its lease lapsed, or a
+Redis failover lost recent writes) starts afresh instead of settling the wrong items."""
+
+from __future__ import annotations
+
+import pytest
+from support import wait_for
+
+from goodsd.queue import Failure, InFlightLost, Queue
+
+
+def test_a_settle_that_no_longer_matches_changes_nothing(r):
+    # Given a consumer that claimed two items
+    queue = Queue(r, "q")
+    queue.register("c1", {"host": "h", "pid": 1}, 30)
+    r.lpush("q", "good1", "good2")
+    claimed = queue.claim("c1", 2, 30, 0)
+    # When Redis's in-flight list changes behind its back (an unknown item at the oldest end)
+    r.rpush("goodsd:{q}:inflight:c1", "ghost")
+    before = (r.lrange("goodsd:{q}:inflight:c1", 0, -1), r.hgetall("goodsd:{q}:stats"))
+    # Then settling them raises, and nothing was changed
+    with pytest.raises(InFlightLost):
+        queue.settle(
+            "c1",
+            [None, Failure(claimed[1], "boom")],
+            0,
+            oldest=claimed[0].claimed,
+            settle_id="s1",
+            retries=3,
+            retry_delay=1,
+        )
+    assert (r.lrange("goodsd:{q}:inflight:c1", 0, -1), r.hgetall("goodsd:{q}:stats")) == before
+    assert r.zcard("goodsd:{q}:retry") == 0
+
+
+def test_a_consumer_out_of_step_gives_back_everything_and_carries_on(
+    r, make_config, start_daemon, notify
+):
+    # Given one consumer whose in-flight list drifts while it runs a batch
+    config = make_config(
+        consumers={"processes": 1, "batch": 20, "handler": "sample_handlers:drift_on_marker"}
+    )
+    daemon = start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    items = [f"good{i}" for i in range(10)] + ["drift"] + [f"good{i}" for i in range(10, 20)]
+    # When the items arrive (oldest first) and the drift happens mid-batch
+    r.lpush("q", *items)
+    # Then it notices, gives everything held back, and every item (and the stranger) is
+    # handled, with nothing left in flight and nobody blamed
+    daemon.wait_log(r"no longer matches what it claimed")
+    wanted = set(items) | {"ghost"}
+    wait_for(
+        lambda: {x.decode() for x in r.lrange("test:handled", 0, -1)} >= wanted,
+        20,
+        "every item and the stranger handled",
+    )
+    wait_for(lambda: r.llen("q") == 0, 10, "an empty queue")
+    assert [k for k in r.scan_iter("goodsd:{q}:inflight:*") if r.llen(k)] == []
+    assert r.llen("goodsd:{q}:dead") == 0 and r.zcard("goodsd:{q}:retry") == 0
