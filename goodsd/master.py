@@ -51,7 +51,7 @@ from goodsd.notify import Notifier
 from goodsd.queue import Overview, Queue
 from goodsd.redisconn import AccessDenied, connect, password
 from goodsd.runner import HandlerLoadError
-from goodsd.scoreboard import FLAG_PAUSED, FLAG_STANDBY, Scoreboard
+from goodsd.scoreboard import FLAG_PAUSED, FLAG_STANDBY, NO_READING, Scoreboard
 
 log = logging.getLogger("goodsd.master")
 T = TypeVar("T")
@@ -526,7 +526,7 @@ class Master:
                 pass
             self.close_events(child)
         _, busy_since, position, done, failed, flags = (
-            child.board.read() if child.board else (0.0, 0.0, -1, 0, 0, 0)
+            child.board.read() if child.board else NO_READING
         )
         if child.role == "consumer":  # a producer's counter is its pushes, not items handled
             self.rates.retired_total += done + failed
@@ -771,8 +771,8 @@ class Master:
         total = self.rates.retired_total
         for child in self.children:
             if child.board is not None and child.role == "consumer":
-                _, _, _, done, failed, _ = child.board.read()
-                total += done + failed
+                reading = child.board.read()
+                total += reading.done + reading.failed
         self.rates.update(total, self.clock())
         self.read_backlog()
         self.notifier.status(self.status_text())
@@ -807,7 +807,7 @@ class Master:
         for child in self.children:
             counts[(child.role, child.state.value)] += 1
             if child.role == "producer" and child.board is not None:
-                paused = paused or bool(child.board.read()[5] & FLAG_PAUSED)
+                paused = paused or bool(child.board.read().flags & FLAG_PAUSED)
         return metrics.Snapshot(
             queue=self.config.queue,
             overview=overview,
@@ -848,7 +848,7 @@ class Master:
             if waits:
                 detail += f" (next restart in {max(0.0, min(waits)):.1f}s)"
             parts.append(f"{role}s: {detail}")
-            flags = [c.board.read()[5] for c in mine if c.board]
+            flags = [c.board.read().flags for c in mine if c.board]
             if role == "producer" and flags:
                 if any(f & FLAG_PAUSED for f in flags):
                     parts.append("producer paused")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import mmap
 import struct
 import time
+from typing import NamedTuple
 
 # heartbeat: monotonic time of the child's last loop step
 # busy_since: monotonic time the current item started, 0.0 when idle
@@ -22,6 +23,21 @@ _BUSY = struct.Struct("=ddq")
 FLAG_PAUSED = 1  # producer: the queue is at its high watermark, waiting to drain
 FLAG_STANDBY = 2  # producer: waiting for the singleton lock
 FLAG_FINISHED = 4  # producer: its source is exhausted; exit 0 means done, not restart
+
+
+class Reading(NamedTuple):
+    """One look at a child's record; the fields are those of ``Scoreboard.write``."""
+
+    heartbeat: float
+    busy_since: float
+    position: int
+    done: int
+    failed: int
+    flags: int
+
+
+# What the master assumes of a child whose record is already gone.
+NO_READING = Reading(0.0, 0.0, -1, 0, 0, 0)
 
 
 class Scoreboard:
@@ -47,9 +63,8 @@ class Scoreboard:
         """An item starts now: heartbeat, busy_since and position in one small write."""
         _BUSY.pack_into(self._map, 0, now, now, position)
 
-    def read(self) -> tuple[float, float, int, int, int, int]:
-        """(heartbeat, busy_since, position, done, failed, flags)."""
-        return _LAYOUT.unpack_from(self._map, 0)
+    def read(self) -> Reading:
+        return Reading(*_LAYOUT.unpack_from(self._map, 0))
 
     def close(self) -> None:
         self._map.close()
