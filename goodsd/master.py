@@ -33,6 +33,7 @@ from goodsd.children import (
     IDLE,
     Child,
     Exit,
+    ExitPlan,
     State,
     all_running,
     backoff_delay,
@@ -519,22 +520,21 @@ class Master:
                 self.child_exited(child, status)
 
     def child_exited(self, child: Child, status: int) -> None:
+        """Take in a child's last state, give back what it held, then carry out the plan
+        for its slot (``plan_exit``)."""
         now = self.clock()
         text, code, sig = describe_exit(status)
         if child.events >= 0:
             while self.drain_events(child):  # its last words may still be in the pipe
                 pass
             self.close_events(child)
-        _, busy_since, position, done, failed, flags = (
-            child.board.read() if child.board else NO_READING
-        )
-        if child.role == "consumer":  # a producer's counter is its pushes, not items handled
-            self.rates.retired_total += done + failed
+        reading = child.board.read() if child.board else NO_READING
         if child.board:
             child.board.close()
             child.board = None
-        if child.role == "consumer":
-            self.queue_recovery(child, busy_since, position, text)
+        if child.role == "consumer":  # a producer's counter is its pushes, not items handled
+            self.rates.retired_total += reading.done + reading.failed
+            self.queue_recovery(child, reading.busy_since, reading.position, text)
         supervisor = self.config.supervisor
         plan = plan_exit(
             child,
@@ -544,38 +544,59 @@ class Master:
             can_roll_back=self.can_roll_back(child),
             base=supervisor.restart_delay,
             cap=supervisor.restart_delay_max,
-            flags=flags,
+            flags=reading.flags,
         )
         if child.role == "producer" and code == EXIT_OK and plan.action in (Exit.FINISH, Exit.GONE):
             log.info(
-                "%s %d finished: pushed %d items (pid %d)", child.role, child.index, done, child.pid
+                "%s %d finished: pushed %d items (pid %d)",
+                child.role,
+                child.index,
+                reading.done,
+                child.pid,
             )
         if plan.action is Exit.FINISH:
-            child.state = State.FINISHED  # RUNNING -> FINISHED
-            child.pid = 0
-            self.manage_children()
-            self.maybe_ready()
-            return
-        if plan.action is Exit.GONE:
+            self.finish(child)
+        elif plan.action is Exit.GONE:
             level = logging.WARNING if sig == signal.SIGKILL else logging.INFO
             log.log(level, "%s %s", child.name, text)
             self.children.remove(child)
-            return
+        elif plan.action in (Exit.FATAL, Exit.ROLLBACK):
+            self.load_failed(child, plan, text)
+        else:
+            self.restart_later(child, plan, text, code, sig, now)
+
+    def finish(self, child: Child) -> None:
+        """A producer whose source is exhausted keeps its slot and is never started again."""
+        child.state = State.FINISHED  # RUNNING -> FINISHED
+        child.pid = 0
+        self.manage_children()
+        self.maybe_ready()
+
+    def load_failed(self, child: Child, plan: ExitPlan, text: str) -> None:
+        """A child could not load its handler or source: fatal before READY, and undoes the
+        reload that brought its settings after it."""
+        log.error("%s %s", child.name, text)
+        self.children.remove(child)
         reason = f"{child.role} {child.last_error or 'cannot start (see above)'}"
-        if plan.action in (Exit.FATAL, Exit.ROLLBACK):
-            log.error("%s %s", child.name, text)
-        if plan.action is Exit.FATAL:
-            self.children.remove(child)
-            if self.exit_code != EXIT_CONFIG:
-                log.critical("%s; exiting", reason)
-            self.exit_code = EXIT_CONFIG
-            if not self.stopping:
-                self.begin_stop()
-            return
         if plan.action is Exit.ROLLBACK:
-            self.children.remove(child)
             self.reject_reload(reason)
             return
+        if self.exit_code != EXIT_CONFIG:
+            log.critical("%s; exiting", reason)
+        self.exit_code = EXIT_CONFIG
+        if not self.stopping:
+            self.begin_stop()
+
+    def restart_later(
+        self,
+        child: Child,
+        plan: ExitPlan,
+        text: str,
+        code: int | None,
+        sig: int | None,
+        now: float,
+    ) -> None:
+        """Log the exit by its cause and put the slot in backoff until its restart."""
         if child.kill_reason:
             log.error("%s %s (%s)", child.name, text, child.kill_reason)
         elif sig == signal.SIGKILL:
