@@ -12,15 +12,21 @@ Keys (all of a queue's keys share the hash tag ``{<queue>}``, so they sit in one
 | ``goodsd:{<queue>}:masters``         | hash   | master id (host-pid) -> JSON {host, seen...} |
 | ``goodsd:{<queue>}:producers``       | hash   | producer id -> JSON {state, lock, pushed...} |
 | ``goodsd:{<queue>}:attempts``        | hash   | delivery tag -> failed attempts so far       |
-| ``goodsd:{<queue>}:retry``           | zset   | tagged items awaiting retry, by due time ms  |
+| ``goodsd:{<queue>}:retry``           | zset   | retry envelopes by due time ms (never ready) |
 | ``goodsd:{<queue>}:dead``            | list   | JSON {item, error, attempts, at, consumer}   |
 | ``goodsd:{<queue>}:stats``           | hash   | fleet counters (see ``STAT_FIELDS``)         |
 | ``goodsd:{<queue>}:producer:lock``   | string | the singleton producer's lock (random token) |
 | ``goodsd:{<queue>}:producer:wake``   | list   | wakes a standby producer when the lock frees |
 | ``goodsd:{<queue>}:pushed:<id>``     | string | id of a producer's last pushed batch         |
 
-A failed item goes back to Redis *tagged*: ``TAG_MARK + <16 hex> + ":" + <item>``. The tag makes
-each delivery distinct, so equal items never merge in the retry set or the attempts hash.
+A failed item waits in the retry set inside an *envelope*: ``TAG_MARK + <16 hex> + ":" + <item>``.
+The tag (64 random bits) makes each delivery distinct, so equal items never merge in the retry
+set or the attempts hash. Any bytes are a valid item, envelope-shaped ones included, so a value
+counts as a retry only when it has the envelope's exact shape *and* the attempts hash holds its
+tag (``_RETRY_TAG``). Retries never pass through the ready list: a claim moves due ones from the
+retry set straight into the claimer's in-flight list, and an unstarted one given back returns to
+the retry set, due at once. So the ready list holds only what was pushed, and no program that
+can read only the ready list ever sees a live tag it could copy.
 
 Every script receives its keys through ``KEYS``. The server's clock (``TIME``) times leases and
 retries, so hosts with skewed clocks agree.
@@ -45,9 +51,9 @@ log = logging.getLogger("goodsd.queue")
 
 TAG_MARK = b"\x1egoodsd:"
 TAG_LEN = 16
+# Length of an envelope's head: the mark, the tag and the ":" before the item.
+ENVELOPE_HEAD = len(TAG_MARK) + TAG_LEN + 1
 STAT_FIELDS = ("pushed", "claimed", "done", "failed", "retried", "dead", "requeued")
-# How many due retries one claim moves back to the ready list; the rest wait for the next claim.
-RETRY_MOVE_LIMIT = 100
 
 
 def _keys(queue: str) -> dict[str, str]:
@@ -76,38 +82,77 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# Moves up to ARGV[1] more items ready -> in-flight (oldest first, each to the left of what is
-# already held, as LMOVE RIGHT LEFT would), after bringing due retries back to the pop end;
-# stamps the lease and puts the registration back if a reaper removed it (a live consumer whose
+# The tag of a retry envelope, or nil for any other value. A value is a retry only when it has
+# the envelope's exact shape and the attempts hash (KEY) holds its tag: bytes someone pushed that
+# merely look like an envelope (a made-up or mangled tag) are an ordinary item.
+_RETRY_TAG = """
+local function retry_tag(attempts, value)
+  if string.byte(value, 1) ~= 30 or #value < 25 then return nil end
+  if string.sub(value, 1, 8) ~= '\\30goodsd:' then return nil end
+  if string.sub(value, 25, 25) ~= ':' then return nil end
+  local tag = string.sub(value, 9, 24)
+  if not string.find(tag, '^[0-9a-f]+$') then return nil end
+  if redis.call('HEXISTS', attempts, tag) == 1 then return tag end
+  return nil
+end
+
+-- An unstarted value back where it came from, to be taken next: a retry to the retry set (due
+-- now; claims take due retries first), anything else to the pop end of the ready list.
+local function give_back(ready, retry, attempts, value)
+  if retry_tag(attempts, value) then
+    redis.call('ZADD', retry, now, value)
+  else
+    redis.call('RPUSH', ready, value)
+  end
+end
+"""
+
+# Moves up to ARGV[1] more items into the in-flight list, each to the left of what is already
+# held (as LMOVE RIGHT LEFT would): first due retries, straight from the retry set (they run
+# before the backlog, and never pass through the ready list), then the oldest ready items.
+# Stamps the lease and puts the registration back if a reaper removed it (a live consumer whose
 # lease ran out, e.g. in a long Redis outage, must stay visible to recovery); counts every item
 # now in flight as claimed (in-flight is empty before every claim, so its length is exactly this
 # claim, including an item BLMOVE took just before).
 # One RPOP with a count and one LPUSH instead of an LMOVE per item: same effect, far cheaper.
-# KEYS: ready, inflight, lease, retry, stats, consumers
-# ARGV: n, lease_ms, consumer_id, retry_move_limit, registration ('' = none)
+# Returns {values in claimed order, positions (1-based) of the retry envelopes among them}.
+# KEYS: ready, inflight, lease, retry, stats, consumers, attempts
+# ARGV: n, lease_ms, consumer_id, registration ('' = none)
 _CLAIM_FN = """
 local function claim(K, A)
-  local due = redis.call('ZRANGEBYSCORE', K[4], '-inf', now, 'LIMIT', 0, tonumber(A[4]))
-  for _, item in ipairs(due) do
-    redis.call('ZREM', K[4], item)
-    redis.call('RPUSH', K[1], item)
-  end
   local n = tonumber(A[1])
-  local claimed = {}
+  local claimed, retries = {}, {}
   if n > 0 then
-    claimed = redis.call('RPOP', K[1], n) or {}
-    for first = 1, #claimed, 1000 do
-      redis.call('LPUSH', K[2], unpack(claimed, first, math.min(first + 999, #claimed)))
+    local due = redis.call('ZRANGEBYSCORE', K[4], '-inf', now, 'LIMIT', 0, n)
+    for _, value in ipairs(due) do
+      redis.call('ZREM', K[4], value)
+      -- a retry keeps its attempts entry; should Redis have lost it, the envelope still counts
+      redis.call('HSETNX', K[7], string.sub(value, 9, 24), 1)
+      redis.call('LPUSH', K[2], value)
+      claimed[#claimed + 1] = value
+      retries[#retries + 1] = #claimed
+    end
+    if n > #due then
+      local fresh = redis.call('RPOP', K[1], n - #due) or {}
+      for first = 1, #fresh, 1000 do
+        redis.call('LPUSH', K[2], unpack(fresh, first, math.min(first + 999, #fresh)))
+      end
+      for _, value in ipairs(fresh) do
+        claimed[#claimed + 1] = value
+        if string.byte(value, 1) == 30 and retry_tag(K[7], value) then
+          retries[#retries + 1] = #claimed
+        end
+      end
     end
   end
   redis.call('SET', K[3], A[3], 'PX', A[2])
-  if A[5] ~= '' then redis.call('HSETNX', K[6], A[3], A[5]) end
+  if A[4] ~= '' then redis.call('HSETNX', K[6], A[3], A[4]) end
   local held = redis.call('LLEN', K[2])
   if held > 0 then redis.call('HINCRBY', K[5], 'claimed', held) end
-  return claimed
+  return {claimed, retries}
 end
 """
-_CLAIM = _NOW_MS + _CLAIM_FN + "return claim(KEYS, ARGV)\n"
+_CLAIM = _NOW_MS + _RETRY_TAG + _CLAIM_FN + "return claim(KEYS, ARGV)\n"
 
 # Records the outcome of the oldest n claimed items (the right end of the in-flight list, where
 # the consumer works from) in one round trip; ARGV[4] has one letter per item, oldest first:
@@ -159,7 +204,7 @@ local function settle(K, A)
       end
     end
   end
-  for j = #release, 1, -1 do redis.call('RPUSH', K[6], release[j]) end
+  for j = #release, 1, -1 do give_back(K[6], K[3], K[2], release[j]) end
   redis.call('LTRIM', K[1], 0, -(n + 1))
   if failed > 0 then redis.call('HINCRBY', K[5], 'failed', failed) end
   if retried > 0 then redis.call('HINCRBY', K[5], 'retried', retried) end
@@ -168,13 +213,14 @@ local function settle(K, A)
   return n
 end
 """
-_SETTLE = _NOW_MS + _SETTLE_FN + "return settle(KEYS, ARGV)\n"
+_SETTLE = _NOW_MS + _RETRY_TAG + _SETTLE_FN + "return settle(KEYS, ARGV)\n"
 
 # A settle and the next claim in one script call: a busy consumer's whole round trip per batch.
-# KEYS: the settle's 7, then the claim's 6   ARGV: n_settle_args, settle args..., claim args...
-# Returns {settle result, claimed items}.
+# KEYS: the settle's 7, then the claim's 7   ARGV: n_settle_args, settle args..., claim args...
+# Returns {settle result, claim result}.
 _SETTLE_CLAIM = (
     _NOW_MS
+    + _RETRY_TAG
     + _SETTLE_FN
     + _CLAIM_FN
     + """
@@ -183,13 +229,14 @@ local settle_args, claim_args = {}, {}
 for i = 2, split + 1 do settle_args[#settle_args + 1] = ARGV[i] end
 for i = split + 2, #ARGV do claim_args[#claim_args + 1] = ARGV[i] end
 local settle_keys = {KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]}
-local claim_keys = {KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13]}
+local claim_keys = {KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14]}
 return {settle(settle_keys, settle_args), claim(claim_keys, claim_args)}
 """
 )
 
-# Gives a consumer's whole in-flight list back to the pop end, oldest nearest to it, and forgets
-# the consumer. With ARGV[1] = 1 only when its lease is gone (the reaper, racing other masters).
+# Gives a consumer's whole in-flight list back (``give_back``: retries to the retry set, due now,
+# the rest to the pop end of the ready list, oldest nearest to it) and forgets the consumer.
+# With ARGV[1] = 1 only when its lease is gone (the reaper, racing other masters).
 # When ARGV[2] names a claimed item, that one item (the one a dead child was running) is counted
 # as a failed attempt instead: retried later, or dead when its attempts are used up.
 # KEYS: inflight, lease, consumers, ready, stats, attempts, retry, dead, settled
@@ -197,6 +244,7 @@ return {settle(settle_keys, settle_args), claim(claim_keys, claim_args)}
 #       consumer_id
 _RECOVER = (
     _NOW_MS
+    + _RETRY_TAG
     + """
 if ARGV[1] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
 local current = ARGV[2]
@@ -216,7 +264,7 @@ for _, item in ipairs(items) do
       redis.call('HINCRBY', KEYS[5], 'retried', 1)
     end
   else
-    redis.call('RPUSH', KEYS[4], item)
+    give_back(KEYS[4], KEYS[7], KEYS[6], item)
     moved = moved + 1
   end
 end
@@ -224,6 +272,22 @@ redis.call('DEL', KEYS[1], KEYS[2], KEYS[9])
 redis.call('HDEL', KEYS[3], ARGV[8])
 if moved > 0 then redis.call('HINCRBY', KEYS[5], 'requeued', moved) end
 return moved + failed
+"""
+)
+
+# A consumer's in-flight list, oldest first, with the 1-based positions of its retry envelopes.
+# KEYS: inflight, attempts
+_HELD = (
+    _NOW_MS
+    + _RETRY_TAG
+    + """
+local values = redis.call('LRANGE', KEYS[1], 0, -1)
+local oldest_first, retries = {}, {}
+for i = #values, 1, -1 do
+  oldest_first[#oldest_first + 1] = values[i]
+  if retry_tag(KEYS[2], values[i]) then retries[#retries + 1] = #oldest_first end
+end
+return {oldest_first, retries}
 """
 )
 
@@ -338,21 +402,29 @@ class Failure:
     final: bool = False
 
 
-def unwrap(claimed: bytes) -> Delivery:
-    """Split a claimed value into tag and payload; untagged values are the raw user item."""
-    if claimed[:1] == b"\x1e" and claimed.startswith(TAG_MARK):
-        head = len(TAG_MARK)
-        sep = head + TAG_LEN
-        if len(claimed) > sep and claimed[sep : sep + 1] == b":":
-            return Delivery(claimed, claimed[sep + 1 :], claimed[head:sep].decode("ascii"))
-    return Delivery(claimed, claimed, None)
+def deliveries(values: list[bytes], retries: list[int]) -> list[Delivery]:
+    """Claimed values as deliveries: ``retries`` holds the 1-based positions of the values that
+    Redis found to be retry envelopes (``_RETRY_TAG``); every other value is the raw item, taken
+    as it is whatever bytes it holds."""
+    out = [Delivery(value, value, None) for value in values]
+    for position in retries:
+        out[position - 1] = from_envelope(values[position - 1])
+    return out
+
+
+def from_envelope(value: bytes) -> Delivery:
+    """A retry envelope (checked by Redis) as the delivery it carries: tag and exact item."""
+    tag = value[len(TAG_MARK) : len(TAG_MARK) + TAG_LEN].decode("ascii")
+    return Delivery(value, value[ENVELOPE_HEAD:], tag)
 
 
 def new_tag() -> str:
+    """A fresh delivery tag: 16 hex digits, 64 random bits."""
     return secrets.token_hex(TAG_LEN // 2)
 
 
 def tagged_value(tag: str, payload: bytes) -> bytes:
+    """The retry envelope of ``payload`` under ``tag``; ``from_envelope`` reverses it."""
     return TAG_MARK + tag.encode("ascii") + b":" + payload
 
 
@@ -429,6 +501,7 @@ class Queue:
         self._settle = client.register_script(_SETTLE)
         self._settle_claim = client.register_script(_SETTLE_CLAIM)
         self._recover = client.register_script(_RECOVER)
+        self._held = client.register_script(_HELD)
         self._push = client.register_script(_PUSH)
         self._lock_acquire = client.register_script(_LOCK_ACQUIRE)
         self._lock_extend = client.register_script(_LOCK_EXTEND)
@@ -498,9 +571,10 @@ class Queue:
             self.keys["retry"],
             self.keys["stats"],
             self.keys["consumers"],
+            self.keys["attempts"],
         ]
         registration = self._registrations.get(consumer, "")
-        return keys, [n, ms(lease), consumer, RETRY_MOVE_LIMIT, registration]
+        return keys, [n, ms(lease), consumer, registration]
 
     def claim(self, consumer: str, batch: int, lease: float, block: float) -> list[Delivery]:
         """Claim up to ``batch`` items, oldest first. Non-blocking first (one round trip when
@@ -509,15 +583,19 @@ class Queue:
         if batch <= 0:
             return []
         keys, args = self._claim_args(consumer, batch, lease)
-        items = self._claim(keys=keys, args=args)
-        if not items and block > 0:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.blmove(keys[0], keys[1], block, "RIGHT", "LEFT")
-            args[0] = batch - 1
-            self._in_pipeline(pipe, self._claim, keys, args)
-            first, more = self._execute(pipe)
-            items = ([first] if first is not None else []) + list(more)
-        return [unwrap(item) for item in items]
+        values, retries = self._claim(keys=keys, args=args)
+        if values or block <= 0:
+            return deliveries(values, retries)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.blmove(keys[0], keys[1], block, "RIGHT", "LEFT")
+        args[0] = batch - 1
+        self._in_pipeline(pipe, self._claim, keys, args)
+        first, (more, retries) = self._execute(pipe)
+        if first is None:
+            return deliveries(more, retries)
+        if first[:1] == TAG_MARK[:1]:  # rare: let Redis judge it, like every claimed value
+            return self.held(consumer)
+        return [Delivery(first, first, None), *deliveries(more, [p + 1 for p in retries])]
 
     # -- settling -----------------------------------------------------------------------
 
@@ -576,11 +654,11 @@ class Queue:
             self._check_in_step(consumer, self._settle(keys=keys, args=args))
             return []
         claim_keys, claim_args = self._claim_args(consumer, claim_next, lease)
-        status, items = self._settle_claim(
+        status, (values, retries) = self._settle_claim(
             keys=keys + claim_keys, args=[len(args), *args, *claim_args]
         )
         self._check_in_step(consumer, status)
-        return [unwrap(item) for item in items]
+        return deliveries(values, retries)
 
     @staticmethod
     def _in_pipeline(pipe: Pipeline, script: Script, keys: list[str], args: list[object]) -> None:
@@ -611,8 +689,8 @@ class Queue:
     def held(self, consumer: str) -> list[Delivery]:
         """What the consumer holds in flight, oldest first: after a lost reply this is the
         truth about what a claim took."""
-        items = self.client.lrange(self.inflight_key(consumer), 0, -1)
-        return [unwrap(item) for item in reversed(items)]
+        values, retries = self._held(keys=[self.inflight_key(consumer), self.keys["attempts"]])
+        return deliveries(values, retries)
 
     # -- recovery -----------------------------------------------------------------------
 
@@ -634,10 +712,11 @@ class Queue:
         items handled, or -1 when ``only_if_expired`` and the lease still lives.
         """
         inflight = self.inflight_key(consumer)
-        claimed = b""
+        delivery = None
         if current is not None:
-            claimed = self.client.lindex(inflight, -(current + 1)) or b""
-        delivery = unwrap(claimed) if claimed else None
+            held = self.held(consumer)
+            delivery = held[current] if current < len(held) else None
+        claimed = delivery.claimed if delivery else b""
         tag = (delivery.tag if delivery else None) or new_tag()
         keys = [
             inflight,

@@ -86,3 +86,14 @@ def drift_on_marker(item: object) -> None:
         for key in client.scan_iter("goodsd:{q}:inflight:*"):
             client.rpush(key, "ghost")
     record(item)
+
+
+def record_bytes(item: bytes) -> None:
+    """With ``decode: bytes``: remember the exact bytes of every item handled."""
+    _client().rpush("test:handled", item)
+
+
+def fail_bytes(item: bytes) -> None:
+    """With ``decode: bytes``: remember the exact bytes of every attempt, then fail."""
+    _client().rpush("test:attempts", item)
+    raise ValueError("fails every time")

@@ -11,10 +11,11 @@ from goodsd.queue import (
     TAG_LEN,
     TAG_MARK,
     dead_record_head,
+    deliveries,
+    from_envelope,
     new_tag,
     parse_dead_record,
     tagged_value,
-    unwrap,
 )
 
 PAYLOADS = [
@@ -38,37 +39,32 @@ def test_new_tags_are_hex_of_the_fixed_length_and_distinct() -> None:
 
 
 @pytest.mark.parametrize("payload", PAYLOADS)
-def test_tagged_value_unwraps_to_the_same_tag_and_payload(payload: bytes) -> None:
-    # Given a payload tagged for a retry
+def test_an_envelope_gives_back_the_same_tag_and_payload(payload: bytes) -> None:
+    # Given a payload in a retry envelope
     tag = new_tag()
     value = tagged_value(tag, payload)
-    # When it is claimed again and unwrapped
-    delivery = unwrap(value)
+    # When it is claimed again
+    delivery = from_envelope(value)
     # Then the tag and the exact payload come back, and the claimed value is kept as is
-    assert delivery.tag == tag
-    assert delivery.payload == payload
-    assert delivery.claimed == value
+    assert delivery == (value, payload, tag)
 
 
 @pytest.mark.parametrize("payload", PAYLOADS)
-def test_untagged_items_are_the_raw_user_item(payload: bytes) -> None:
-    delivery = unwrap(payload)
-    assert delivery == (payload, payload, None)
+def test_values_redis_did_not_mark_as_retries_are_the_raw_item(payload: bytes) -> None:
+    # Given claimed values, envelope-shaped or not, that Redis did not find to be retries
+    values = [payload, tagged_value(new_tag(), payload)]
+    # Then each is delivered whole, untouched, with no tag
+    assert deliveries(values, []) == [(v, v, None) for v in values]
 
 
-@pytest.mark.parametrize(
-    "value",
-    [
-        TAG_MARK + b"0123",  # too short for a tag
-        TAG_MARK + b"0123456789abcdef",  # a tag but no separator
-        TAG_MARK + b"0123456789abcdefXgood",  # wrong separator
-        b"\x1egoodsd-0123456789abcdef:good",  # almost the mark
-    ],
-)
-def test_values_that_only_resemble_a_tag_stay_untagged(value: bytes) -> None:
-    # Given a user item that starts like a tag but is not one
-    # Then it is delivered whole, untouched
-    assert unwrap(value) == (value, value, None)
+def test_only_the_positions_redis_marked_are_unwrapped() -> None:
+    tag = new_tag()
+    values = [b"good1", tagged_value(tag, b"good2"), b"good3"]
+    assert deliveries(values, [2]) == [
+        (b"good1", b"good1", None),
+        (values[1], b"good2", tag),
+        (b"good3", b"good3", None),
+    ]
 
 
 # --- dead records -----------------------------------------------------------------------------
