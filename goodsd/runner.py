@@ -50,21 +50,37 @@ def load_callable(spec: str) -> Callable[..., object]:
 
 
 def decoder(mode: str) -> Callable[[bytes], object]:
-    """bytes -> what the handler receives; raises MalformedItem with the reason."""
+    """bytes -> what the handler receives; raises MalformedItem with the reason.
 
-    def utf8(raw: bytes) -> object:
+    Whatever goes wrong while decoding is the item's fault, never the handler's: besides the
+    decoders' own ValueError, bytes can make them raise RecursionError (JSON nested deeper than
+    the interpreter's stack) or MemoryError. Each such item is malformed, so it goes to the dead
+    list at once instead of being retried as a handler failure."""
+    decode, what = _DECODERS[mode]
+
+    def checked(raw: bytes) -> object:
         try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise MalformedItem(f"not UTF-8: {exc}") from exc
+            return decode(raw)
+        except Exception as exc:
+            raise MalformedItem(f"{what}: {_reason(exc)}") from exc
 
-    def as_json(raw: bytes) -> object:
-        try:
-            return json.loads(raw)
-        except ValueError as exc:
-            raise MalformedItem(f"not JSON: {exc}") from exc
+    return checked
 
-    return {"utf-8": utf8, "json": as_json, "bytes": lambda raw: raw}[mode]
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, MemoryError):
+        return "too large to decode"
+    return str(exc)
+
+
+# mode -> (bytes -> value, what a failure says the item is not)
+_DECODERS: dict[str, tuple[Callable[[bytes], object], str]] = {
+    "utf-8": (lambda raw: raw.decode("utf-8"), "not UTF-8"),
+    "json": (json.loads, "not JSON"),
+    "bytes": (lambda raw: raw, "not bytes"),
+}
 
 
 class CommandHandler:

@@ -44,3 +44,22 @@ def test_malformed_json_goes_straight_to_dead(r, make_config, start_daemon, noti
     assert record["attempts"] == 1
     assert record["error"].startswith("malformed: not JSON")
     wait_for(lambda: r.llen("test:handled") == 1, 10, "the good item handled")
+
+
+def test_json_nested_too_deeply_is_malformed_not_a_handler_failure(
+    r, make_config, start_daemon, notify
+):
+    # Given consumers decoding JSON, with retries to spare
+    config = make_config(
+        consumers={"handler": "sample_handlers:record", "decode": "json", "retries": 3}
+    )
+    start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    # When items nested deeper than any decoder's stack arrive
+    r.lpush("q", "[" * 100_000, '{"a":' * 50_000)
+    # Then each is dead at its first attempt as malformed, and nothing is retried
+    wait_for(lambda: r.llen("goodsd:{q}:dead") == 2, 10, "two dead records")
+    records = [json.loads(x) for x in r.lrange("goodsd:{q}:dead", 0, -1)]
+    assert [rec["attempts"] for rec in records] == [1, 1]
+    assert all(rec["error"] == "malformed: not JSON: nested too deeply" for rec in records)
+    assert int(r.hget("goodsd:{q}:stats", "retried") or 0) == 0

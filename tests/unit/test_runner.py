@@ -6,6 +6,7 @@ only honest way to check exit statuses, stderr and timeouts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -35,6 +36,40 @@ def test_utf8_mode_gives_text() -> None:
 def test_utf8_mode_rejects_other_bytes_as_malformed() -> None:
     with pytest.raises(MalformedItem, match=r"^not UTF-8: "):
         decoder("utf-8")(b"\xff\xfe")
+
+
+HOSTILE_FOR_DECODERS = [
+    b"[" * 100_000,  # deeper than any recursion limit
+    b'{"a":' * 50_000,
+    b"[" * 100_000 + b"]" * 100_000,
+    b"1" * 100_000,  # longer than int() takes from a string
+    b"\xff\xfe[1]",
+    b"",
+    b"\x00",
+    "\ud800".encode("utf-8", "surrogatepass"),
+]
+
+
+@pytest.mark.parametrize("mode", ["utf-8", "bytes", "json"])
+@pytest.mark.parametrize("raw", HOSTILE_FOR_DECODERS, ids=lambda raw: repr(raw[:12]))
+def test_a_decoder_either_decodes_or_says_malformed(mode: str, raw: bytes) -> None:
+    # Given any bytes at all, whatever the decode mode
+    decode = decoder(mode)
+    # Then decoding gives a value or raises MalformedItem, never another exception (which
+    # would count as a handler failure and be retried)
+    with contextlib.suppress(MalformedItem):
+        decode(raw)
+
+
+@pytest.mark.parametrize("mode", ["utf-8", "json"])
+def test_a_built_handler_blames_the_item_not_the_handler_for_undecodable_bytes(
+    mode: str,
+) -> None:
+    # Given a handler behind the configured decoder
+    run_item = build(ConsumersConfig(handler="goodsd.handlers:noop", decode=mode), ())
+    # Then bytes the decoder cannot turn into a value are a malformed item
+    with pytest.raises(MalformedItem):
+        run_item(b"[" * 100_000 if mode == "json" else b"\xff")
 
 
 def test_bytes_mode_passes_anything_through() -> None:
