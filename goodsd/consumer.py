@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from goodsd import hostinfo, runner, stopsignal
 from goodsd.config import Config
+from goodsd.logs import show_item
 from goodsd.queue import Delivery, Failure, InFlightLost, Queue
 from goodsd.redisconn import GaveUp, connect, until_done
 from goodsd.scoreboard import Scoreboard
@@ -173,10 +174,12 @@ class Consumer:
         """What a raising handler makes of its item: a retry, or dead at once if malformed."""
         self.failed_count += 1
         if isinstance(exc, runner.MalformedItem):
-            log.warning("malformed item %s goes to the dead list: %s", _show(delivery), exc)
+            log.warning(
+                "malformed item %s goes to the dead list: %s", show_item(delivery.payload), exc
+            )
             return Failure(delivery, f"malformed: {exc}", final=True)
         error = f"{type(exc).__name__}: {exc}"
-        log.warning("handler failed on %s: %s", _show(delivery), error)
+        log.warning("handler failed on %s: %s", show_item(delivery.payload), error)
         return Failure(delivery, error)
 
     def settle(
@@ -249,11 +252,6 @@ class Consumer:
             beat=lambda: self.beat(self.clock()),
             stop_requested=lambda: not self.running,
         )
-
-
-def _show(delivery: Delivery, limit: int = 80) -> str:
-    text = repr(delivery.payload)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def run(consumer: Consumer) -> int:

@@ -1,6 +1,12 @@
 """Logging to stderr: plain text, JSON lines, and journald priority prefixes when stderr is
 the journal, so ``journalctl -p err`` works. Every line names the process that wrote it.
 
+Log text carries what goodsd does not trust (items, handlers' errors, a command's stderr), so
+the text format shows every control character escaped (``printable``): nothing logged can
+start a line of its own, pose as another process's line, or send a terminal escape sequence.
+A traceback keeps its own lines; an exception's message in it is escaped like any message.
+JSON lines escape by construction.
+
 A daemon detached without a log file (``goodsd run --detach``) logs to syslog instead, since its
 stderr is gone; the syslog daemon stamps time and priority itself."""
 
@@ -10,9 +16,12 @@ import json
 import logging
 import logging.handlers
 import os
+import re
 import sys
 import time
+import traceback
 from collections.abc import Mapping
+from types import TracebackType
 
 # Where logs go (``setup``'s target): stderr, or the local syslog socket.
 STDERR = "stderr"
@@ -27,6 +36,67 @@ _PRIORITY = {
     logging.INFO: 6,
     logging.DEBUG: 7,
 }
+
+
+# Control characters an ASCII line may hold; beyond ASCII, str.isprintable() decides.
+_ASCII_CONTROL = re.compile("[\x00-\x1f\x7f]")
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# How many characters of an item a log line shows.
+ITEM_SHOWN = 80
+
+
+def _escape(char: str) -> str:
+    if char in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """``text`` as one line that is safe to show: every character that ``str.isprintable``
+    refuses (C0 and C1 controls such as newline, carriage return, escape and the 8-bit CSI;
+    DEL; line and paragraph separators; bidirectional overrides, which reorder what a terminal
+    shows; lone surrogates) becomes a visible escape: ``\\n``, ``\\r``, ``\\t``, ``\\x1b``,
+    ``\\u2028``. Everything else is kept as it is."""
+    if text.isascii():
+        return _ASCII_CONTROL.sub(lambda match: _escape(match.group()), text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def show_item(item: bytes, limit: int = ITEM_SHOWN) -> str:
+    """An item's bytes as readable text for a log line: UTF-8 where it is, ``\\xff`` for bytes
+    that are not, control characters escaped, clipped to ``limit`` characters."""
+    text = printable(item.decode("utf-8", "backslashreplace"))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+
+
+def safe_traceback(exc_info: ExcInfo) -> str:
+    """A traceback whose lines are only its own: every line of the stack escaped on its own,
+    and every exception's own text (``Type: message`` and notes, for the whole chain) escaped
+    into one line, so a message cannot add lines to the log."""
+    formatted = traceback.TracebackException(*exc_info)
+    own_text = set()
+    pending, seen = [formatted], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        own_text.update(current.format_exception_only())
+        pending += [e for e in (current.__cause__, current.__context__) if e is not None]
+        pending += getattr(current, "exceptions", None) or []
+    lines: list[str] = []
+    for chunk in formatted.format():
+        if chunk in own_text:
+            lines.append(printable(chunk.removesuffix("\n")))
+        else:
+            lines += [printable(line) for line in chunk.removesuffix("\n").split("\n")]
+    return "\n".join(lines)
 
 
 def under_journal(environ: Mapping[str, str], stream: object = sys.stderr) -> bool:
@@ -55,9 +125,9 @@ class TextFormatter(logging.Formatter):
         self.stamp = stamp and not journal  # journald and syslog stamp their own time
 
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        if record.exc_info:
-            message += "\n" + self.formatException(record.exc_info)
+        message = printable(record.getMessage())
+        if record.exc_info and record.exc_info[0] is not None:
+            message += "\n" + safe_traceback(record.exc_info)  # type: ignore[arg-type]
         line = f"{record.levelname.lower()} [{self.proc}] {message}"
         if self.journal:
             # a prefix per line keeps the lines of a traceback at their level
@@ -86,7 +156,9 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        line = json.dumps(entry, ensure_ascii=False)
+        # Lone surrogates (undecodable bytes in a str) become \\uXXXX escapes: still valid JSON,
+        # and writable by any stream or the syslog handler.
+        line = json.dumps(entry, ensure_ascii=False).encode("utf-8", "backslashreplace").decode()
         return f"<{priority(record.levelno)}>{line}" if self.journal else line
 
 

@@ -12,6 +12,7 @@ from collections import Counter
 from typing import TextIO
 
 from goodsd.config import Config
+from goodsd.logs import printable
 from goodsd.ops.common import OpsError, open_queue, redis_errors, span, table
 from goodsd.queue import Queue, dead_payload
 
@@ -19,11 +20,6 @@ from goodsd.queue import Queue, dead_payload
 PAGE = 1000
 # Width of the ITEM column in the human list; --json has the whole item.
 ITEM_WIDTH = 40
-
-
-def printable(text: str) -> str:
-    """One line of text: control characters (a newline in an item) shown escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def item_text(record: dict[str, object]) -> str:

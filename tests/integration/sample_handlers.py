@@ -97,3 +97,8 @@ def fail_bytes(item: bytes) -> None:
     """With ``decode: bytes``: remember the exact bytes of every attempt, then fail."""
     _client().rpush("test:attempts", item)
     raise ValueError("fails every time")
+
+
+def fail_forging(item: object) -> None:
+    """Fail with an error whose message tries to forge a log line and clear the terminal."""
+    raise ValueError(f"bad\nerror [master] forged line\r\x1b[2J {item}")

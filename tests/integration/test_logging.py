@@ -90,3 +90,29 @@ def test_detached_without_a_log_file_goodsd_logs_to_syslog(tmp_path, monkeypatch
         server.close()
     # Then syslog gets the daemon facility at error priority, the pid, and no timestamp
     assert message.rstrip("\0") == f"<27>goodsd[{os.getpid()}]: error [master] cannot cope"
+
+
+def test_items_and_errors_cannot_forge_log_lines(r, make_config, start_daemon, notify):
+    # Given a handler whose error message carries newlines, a carriage return and a terminal
+    # escape sequence
+    config = make_config(
+        consumers={"processes": 1, "handler": "sample_handlers:fail_forging", "retries": 0}
+    )
+    daemon = start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    # When an item that also carries them fails
+    r.lpush("q", "line one\nwarning [master] forged item\x1b[31m")
+    daemon.wait_log(r"handler failed on")
+    assert daemon.stop() == 0
+    # Then every line of output is a whole log line of goodsd's own, and the item and the
+    # error are shown on the one warning line, readably escaped
+    output = daemon.log()
+    assert "\x1b" not in output and "\r" not in output
+    lines = [line for line in output.splitlines() if line]
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} \w+ \[", line) for line in lines)
+    [warning] = [line for line in lines if "handler failed on" in line]
+    assert warning.endswith(
+        "handler failed on line one\\nwarning [master] forged item\\x1b[31m: "
+        "ValueError: bad\\nerror [master] forged line\\r\\x1b[2J "
+        "line one\\nwarning [master] forged item\\x1b[31m"
+    )
