@@ -28,6 +28,9 @@ TIMEOUT_GRACE = 5.0
 HEARTBEAT_MIN = 15.0
 # A child that has not reported ready within this long is killed as a failed start.
 START_TIMEOUT = 120.0
+# A child of a reloaded config that fails to start this many times in a row undoes the reload:
+# its settings are what break it, and the previous config's children are still serving.
+ROLLBACK_AFTER = 3
 
 
 class State(enum.Enum):
@@ -138,7 +141,7 @@ class Exit(enum.Enum):
 
     GONE = "gone"  # it was stopping: forget it
     FATAL = "fatal"  # its handler cannot load before READY: the whole service exits 78
-    ROLLBACK = "rollback"  # the handler of a reloaded config cannot load: back to the old one
+    ROLLBACK = "rollback"  # a reloaded config's child cannot load or keeps crashing: go back
     FINISH = "finish"  # a producer whose source is exhausted: keep its slot, never restart it
     RESTART = "restart"  # start it again after ``delay`` (BACKOFF)
 
@@ -165,7 +168,9 @@ def plan_exit(
 
     A handler that cannot load is fatal before READY and undoes a reload after it; when there is
     nothing to undo (its module broke on disk under a running service) it is a failed start
-    like any other, so it backs off instead of looping.
+    like any other, so it backs off instead of looping. A child of a reloaded config that keeps
+    failing to start for any other reason (a crashing setup, a crash on its first items) undoes
+    the reload after ROLLBACK_AFTER failed starts in a row.
     """
     if child.state is State.STOPPING:
         return ExitPlan(Exit.GONE)
@@ -180,6 +185,8 @@ def plan_exit(
         return ExitPlan(Exit.RESTART)  # a planned recycle (max_items)
     if failed_start(child, now):
         failures = child.failures + 1
+        if can_roll_back and failures >= ROLLBACK_AFTER:
+            return ExitPlan(Exit.ROLLBACK, failures)
         return ExitPlan(Exit.RESTART, failures, backoff_delay(failures, base, cap))
     return ExitPlan(Exit.RESTART)
 

@@ -50,7 +50,7 @@ from goodsd.children import (
 from goodsd.config import Config, ConfigError, RedisConfig
 from goodsd.notify import Notifier
 from goodsd.queue import Overview, Queue
-from goodsd.redisconn import AccessDenied, connect, password
+from goodsd.redisconn import AccessDenied, PasswordError, connect, password
 from goodsd.runner import HandlerLoadError
 from goodsd.scoreboard import FLAG_PAUSED, FLAG_STANDBY, NO_READING, Scoreboard
 
@@ -186,8 +186,8 @@ class Master:
     def run(self) -> int:
         try:
             password(self.config.redis, os.environ)
-        except OSError as exc:
-            log.critical("cannot read the redis password: %s", exc)
+        except PasswordError as exc:
+            log.critical("%s", exc)
             return EXIT_CONFIG
         self.exporter = metrics.reconfigure(None, self.config)  # ConfigError: exit 78
         self.master_id = f"{hostinfo.hostname()}-{os.getpid()}"
@@ -285,6 +285,9 @@ class Master:
         self.reap()
 
     def handle_hup(self) -> None:
+        """Reload. Nothing in it may take the master down: any failure while reading,
+        validating or preparing the new config rejects it, and one while putting it in force
+        goes back to the config before; the old config keeps running either way."""
         if self.stopping:
             return
         if self.ready_sent:
@@ -292,16 +295,39 @@ class Master:
         path = self.config.path
         log.info("reloading %s", path)
         try:
-            new = config_mod.load(path)
-            password(new.redis, os.environ)
-            self.exporter = metrics.reconfigure(self.exporter, new)
-        except (ConfigError, OSError) as exc:
-            self.reload_error = str(exc)
-            log.error("reload rejected, keeping the running config: %s", exc)
-            if self.ready_sent:
-                self.notifier.ready(self.status_text())
+            new = self.prepare(path)
+        except Exception as exc:
+            self.refuse_reload(exc)
             return
-        self.apply_config(new)
+        before = self.config
+        try:
+            self.apply_config(new)
+        except Exception as exc:
+            log.exception("reload failed while applying the new config")
+            if self.config is not before:
+                self.reject_reload(f"cannot apply the new config: {_reason(exc)}")
+
+    def prepare(self, path: str) -> Config:
+        """The new config, read and validated, with everything it needs that can fail early:
+        its password, its Redis client (built, not connected: the URL read as the client will
+        read it) and its metrics address. Raises whatever went wrong."""
+        new = config_mod.load(path)
+        password(new.redis, os.environ)
+        self.queue_for(new)
+        self.exporter = metrics.reconfigure(self.exporter, new)
+        return new
+
+    def refuse_reload(self, exc: Exception) -> None:
+        """A new config that cannot run: keep the old one, say why in the log and STATUS=."""
+        self.reload_error = _reason(exc)
+        expected = isinstance(exc, ConfigError | OSError | PasswordError)
+        log.error(
+            "reload rejected, keeping the running config: %s",
+            self.reload_error,
+            exc_info=None if expected else exc,
+        )
+        if self.ready_sent:
+            self.notifier.ready(self.status_text())
 
     def handle_ttin(self) -> None:
         self.extra_consumers += 1
@@ -573,11 +599,14 @@ class Master:
         self.maybe_ready()
 
     def load_failed(self, child: Child, plan: ExitPlan, text: str) -> None:
-        """A child could not load its handler or source: fatal before READY, and undoes the
-        reload that brought its settings after it."""
+        """A child could not load its handler or source (or, after a reload, kept failing to
+        start): fatal before READY, and undoes the reload that brought its settings after it."""
         log.error("%s %s", child.name, text)
         self.children.remove(child)
-        reason = f"{child.role} {child.last_error or 'cannot start (see above)'}"
+        if plan.failures:
+            reason = f"{child.role} failed to start {plan.failures} times in a row ({text})"
+        else:
+            reason = f"{child.role} {child.last_error or 'cannot start (see above)'}"
         if plan.action is Exit.ROLLBACK:
             self.reject_reload(reason)
             return
@@ -896,6 +925,14 @@ class Master:
         self.selector.close()
         os.close(self.wake_r)
         os.close(self.wake_w)
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as one line for the log and STATUS=: a config error as it reads, anything
+    else with its type."""
+    if isinstance(exc, ConfigError | PasswordError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _alive(info: dict[str, object], pid_key: str, start_key: str) -> bool:

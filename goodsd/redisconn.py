@@ -32,19 +32,44 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+# Environment variables that hold or lead to the Redis password: a command that goodsd starts
+# (a command handler, a producer command) does not inherit them.
+SECRET_ENVIRONMENT = ("GOODSD_REDIS_PASSWORD", "CREDENTIALS_DIRECTORY")
+
+
+class PasswordError(Exception):
+    """The configured password file (or credential) cannot be read as text: a config error."""
+
+
 def password(cfg: RedisConfig, environ: Mapping[str, str]) -> str | None:
     """The password from, in order: ``redis.password_file``, the systemd credential,
-    ``$GOODSD_REDIS_PASSWORD``; None when none is set (or the URL carries one)."""
+    ``$GOODSD_REDIS_PASSWORD``; None when none is set (or the URL carries one). Raises
+    PasswordError when a file that should hold it cannot be read as UTF-8 text."""
     if cfg.password_file:
-        with open(cfg.password_file, encoding="utf-8") as handle:
-            return handle.read().strip()
+        return _read_secret(cfg.password_file, "redis.password_file")
     credentials = environ.get("CREDENTIALS_DIRECTORY")
     if credentials:
         path = os.path.join(credentials, CREDENTIAL_NAME)
         if os.path.exists(path):
-            with open(path, encoding="utf-8") as handle:
-                return handle.read().strip()
+            return _read_secret(path, f"the credential {CREDENTIAL_NAME}")
     return environ.get("GOODSD_REDIS_PASSWORD") or None
+
+
+def _read_secret(path: str, what: str) -> str:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise PasswordError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise PasswordError(f"{what} {path} is not UTF-8 text") from None
+
+
+def without_secrets(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment for a command goodsd starts: ``environ`` less SECRET_ENVIRONMENT."""
+    return {key: value for key, value in environ.items() if key not in SECRET_ENVIRONMENT}
 
 
 def connect(cfg: RedisConfig, name: str, *, socket_timeout: float = 10.0) -> redis.Redis:

@@ -13,7 +13,7 @@ import redis
 
 from goodsd.config import Config
 from goodsd.queue import Queue
-from goodsd.redisconn import connect
+from goodsd.redisconn import PasswordError, connect
 
 
 class OpsError(Exception):
@@ -24,8 +24,8 @@ def open_queue(cfg: Config, name: str) -> Queue:
     """A connection of its own, named so `CLIENT LIST` shows who is there."""
     try:
         client = connect(cfg.redis, f"goodsd-{name}")
-    except OSError as exc:  # the password file
-        raise OpsError(f"cannot read redis.password_file: {exc.strerror or exc}") from None
+    except PasswordError as exc:
+        raise OpsError(str(exc)) from None
     return Queue(client, cfg.queue)
 
 

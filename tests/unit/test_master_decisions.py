@@ -12,6 +12,7 @@ from goodsd.children import (
     EXIT_FAILURE,
     EXIT_OK,
     HEARTBEAT_MIN,
+    ROLLBACK_AFTER,
     STABLE_AFTER,
     TIMEOUT_GRACE,
     Child,
@@ -53,6 +54,22 @@ def decide(child: Child, code: int | None, now: float, **kw: object) -> ExitPlan
 
 
 # --- what an exit leads to --------------------------------------------------------------------
+
+
+def test_a_reloaded_child_that_keeps_crashing_undoes_the_reload() -> None:
+    # Given a child of a reloaded config that has already failed to start twice
+    child = consumer(1, State.STARTING, started_at=0.0, failures=ROLLBACK_AFTER - 1)
+    # When it crashes again before it is ready
+    plan = decide(child, EXIT_FAILURE, 0.5, can_roll_back=True)
+    # Then the reload is undone instead of backing off once more
+    assert plan.action is Exit.ROLLBACK and plan.failures == ROLLBACK_AFTER
+    # While with nothing to undo, it only backs off
+    assert decide(child, EXIT_FAILURE, 0.5).action is Exit.RESTART
+
+
+def test_one_crash_of_a_reloaded_child_is_only_a_failed_start() -> None:
+    child = consumer(1, State.STARTING, started_at=0.0)
+    assert decide(child, EXIT_FAILURE, 0.5, can_roll_back=True).action is Exit.RESTART
 
 
 def test_a_stopping_child_that_exits_is_simply_gone() -> None:
