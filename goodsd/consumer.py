@@ -15,11 +15,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import redis
+
 from goodsd import hostinfo, runner, stopsignal
 from goodsd.config import Config
 from goodsd.logs import show_item
 from goodsd.queue import Delivery, Failure, InFlightLost, Queue
-from goodsd.redisconn import GaveUp, connect, until_done
+from goodsd.redisconn import GaveUp, until_done
 from goodsd.scoreboard import Scoreboard
 
 log = logging.getLogger("goodsd.consumer")
@@ -52,9 +54,11 @@ class Consumer:
         consumer_id: str,
         board: Scoreboard,
         ready: Callable[[], None],
+        client: redis.Redis,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
+        self.client = client  # this process's own connection, made after the fork
         self.cfg = config.consumers
         self.consumer_id = consumer_id
         self.board = board
@@ -85,8 +89,7 @@ class Consumer:
         self.run_item = runner.build(self.cfg, self.config.pythonpath)
         if self.cfg.setup:
             runner.load_callable(self.cfg.setup)()
-        client = connect(self.config.redis, f"goodsd-consumer-{os.getpid()}")
-        self.queue = Queue(client, self.config.queue)
+        self.queue = Queue(self.client, self.config.queue)
         info = {
             "host": hostinfo.hostname(),
             "pid": os.getpid(),

@@ -971,21 +971,31 @@ def die_with_parent(master_pid: int) -> None:
 
 
 def consumer_main(
-    config: Config, identity: str, board: Scoreboard, send_event: Callable[[str], None]
+    config: Config,
+    identity: str,
+    board: Scoreboard,
+    send_event: Callable[[str], None],
+    client: redis.Redis,
 ) -> int:
-    worker = consumer_mod.Consumer(config, identity, board, lambda: send_event("ready"))
+    worker = consumer_mod.Consumer(config, identity, board, lambda: send_event("ready"), client)
     return consumer_mod.run(worker)
 
 
 def producer_main(
-    config: Config, identity: str, board: Scoreboard, send_event: Callable[[str], None]
+    config: Config,
+    identity: str,
+    board: Scoreboard,
+    send_event: Callable[[str], None],
+    client: redis.Redis,
 ) -> int:
-    worker = producer_mod.Producer(config, identity, board, lambda: send_event("ready"))
+    worker = producer_mod.Producer(config, identity, board, lambda: send_event("ready"), client)
     return producer_mod.run(worker)
 
 
 # role -> the function a child of that role runs after fork; returns its exit code
-ROLE_MAIN: dict[str, Callable[[Config, str, Scoreboard, Callable[[str], None]], int]] = {
+ROLE_MAIN: dict[
+    str, Callable[[Config, str, Scoreboard, Callable[[str], None], redis.Redis], int]
+] = {
     "consumer": consumer_main,
     "producer": producer_main,
 }
@@ -1009,10 +1019,14 @@ def child_main(
 
     assert child.board is not None
     try:
+        # The client first: it reads the password; then the password leaves the environment,
+        # before any user code runs, so nothing a handler starts inherits it.
+        client = connect(config.redis, f"goodsd-{child.role}-{os.getpid()}")
+        os.environ.pop("GOODSD_REDIS_PASSWORD", None)
         return ROLE_MAIN[child.role](
-            config, consumer_identity(os.getpid(), token), child.board, send_event
+            config, consumer_identity(os.getpid(), token), child.board, send_event, client
         )
-    except (HandlerLoadError, AccessDenied) as exc:
+    except (HandlerLoadError, AccessDenied, PasswordError) as exc:
         child_log.error("%s", exc)
         what = "handler cannot be loaded" if isinstance(exc, HandlerLoadError) else "cannot start"
         with contextlib.suppress(OSError):

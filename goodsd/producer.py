@@ -25,10 +25,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import redis
+
 from goodsd import hostinfo, sources, stopsignal
 from goodsd.config import Config
 from goodsd.queue import NOT_HOLDER, PUSHED, Queue
-from goodsd.redisconn import TRANSIENT_ERRORS, connect, until_done
+from goodsd.redisconn import TRANSIENT_ERRORS, until_done
 from goodsd.scoreboard import FLAG_FINISHED, FLAG_PAUSED, FLAG_STANDBY, Scoreboard
 from goodsd.sources import Feed, SourceError
 
@@ -161,9 +163,11 @@ class Producer:
         producer_id: str,
         board: Scoreboard,
         ready: Callable[[], None],
+        client: redis.Redis,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
+        self.client = client  # this process's own connection, made after the fork
         self.cfg = config.producer
         self.producer_id = producer_id
         self.board = board
@@ -202,8 +206,7 @@ class Producer:
             "master_pid": master_pid,
             "master_start": hostinfo.process_start(master_pid),
         }
-        client = connect(self.config.redis, f"goodsd-producer-{pid}")
-        self.queue = Queue(client, self.config.queue)
+        self.queue = Queue(self.client, self.config.queue)
         self._until_done(self.forget_stale)
         if not self.cfg.singleton:
             self.activate()

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from goodsd.config import ConsumersConfig
 from goodsd.hostinfo import set_parent_death_signal
+from goodsd.redisconn import without_secrets
 
 # How much of a failing command's stderr is kept as the item's error.
 STDERR_TAIL = 2000
@@ -109,6 +110,7 @@ class CommandHandler:
             stderr=subprocess.PIPE,
             process_group=0,
             preexec_fn=_die_with_consumer,  # consumers run no threads, so this is safe
+            env=without_secrets(os.environ),
         ) as proc:
             self.running = proc
             try:

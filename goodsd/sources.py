@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import itertools
+import os
 import shutil
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from goodsd import runner
 from goodsd.config import ProducerConfig
+from goodsd.redisconn import without_secrets
 from goodsd.runner import HandlerLoadError
 
 # How long a command source gets to exit after SIGTERM before SIGKILL.
@@ -52,6 +54,7 @@ class CommandSource:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 preexec_fn=_die_with_producer,
+                env=without_secrets(os.environ),
             )
         except OSError as exc:
             raise HandlerLoadError(f"cannot run producer command {argv[0]!r}: {exc}") from exc

@@ -102,3 +102,12 @@ def fail_bytes(item: bytes) -> None:
 def fail_forging(item: object) -> None:
     """Fail with an error whose message tries to forge a log line and clear the terminal."""
     raise ValueError(f"bad\nerror [master] forged line\r\x1b[2J {item}")
+
+
+def run_env(item: object) -> None:
+    """Start `env`, writing its output to the file $TEST_OUT: what a handler's own child
+    processes inherit."""
+    import subprocess
+
+    with open(os.environ["TEST_OUT"], "wb") as out:
+        subprocess.run(["env"], stdout=out, check=True)
