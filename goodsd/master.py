@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import redis
 
-from goodsd import __version__, hostinfo, logs, metrics
+from goodsd import __version__, hostinfo, logs, metrics, output
 from goodsd import config as config_mod
 from goodsd import consumer as consumer_mod
 from goodsd import producer as producer_mod
@@ -459,7 +459,10 @@ class Master:
                 self.forget_in_child()
                 code = child_main(self.config, child, events_w, token, master_pid, self.log_target)
             finally:
-                os._exit(code)
+                try:
+                    output.flush_everything()
+                finally:
+                    os._exit(code)
         os.close(events_w)
         os.set_blocking(events_r, False)
         child.pid = pid
@@ -1012,6 +1015,7 @@ def child_main(
         f"{child.role} {child.index} pid {os.getpid()}",
         target=log_target,
     )
+    output.capture_stdout()
     child_log = logging.getLogger(f"goodsd.{child.role}")
 
     def send_event(event: str) -> None:

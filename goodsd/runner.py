@@ -9,17 +9,22 @@ import contextlib
 import importlib
 import json
 import os
+import selectors
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
 from goodsd.config import ConsumersConfig
 from goodsd.hostinfo import set_parent_death_signal
+from goodsd.output import LineRelay, log_line
 from goodsd.redisconn import without_secrets
 
 # How much of a failing command's stderr is kept as the item's error.
 STDERR_TAIL = 2000
+# Bytes moved per read or write on a command's pipes.
+PIPE_CHUNK = 65536
 
 
 class HandlerLoadError(Exception):
@@ -86,20 +91,28 @@ _DECODERS: dict[str, tuple[Callable[[bytes], object], str]] = {
 
 class CommandHandler:
     """Runs ``argv`` once per item with the raw item on stdin: exit 0 is done; anything else is
-    a failure whose error is the tail of its stderr; past ``timeout`` it is killed.
+    a failure whose error is the tail of its stderr; past ``timeout`` it is killed. Its stdout
+    goes to ``output`` line by line (by default, into the log).
 
-    The command runs in its own process group, so a timeout also kills whatever it started
-    (killing only its pid would leave a shell's children running on, unsupervised), and it
-    dies with its consumer (parent-death signal), so a killed consumer leaves no command
-    working on an item that is being requeued.
+    The command's exit status decides, the moment it exits: background processes it leaves
+    behind may keep its stdout or stderr open, and goodsd neither waits for them nor kills
+    them (they are the command's business). The command runs in its own process group, so a
+    timeout kills whatever it started too (killing only its pid would leave a shell's children
+    running on, unsupervised), and it dies with its consumer (parent-death signal), so a killed
+    consumer leaves no command working on an item that is being requeued.
     """
 
     def __init__(
-        self, argv: tuple[str, ...], timeout: float, check: Callable[[bytes], object] = bytes
+        self,
+        argv: tuple[str, ...],
+        timeout: float,
+        check: Callable[[bytes], object] = bytes,
+        output: Callable[[str], None] = log_line,
     ) -> None:
         self.argv = argv
         self.timeout = timeout
         self.check = check  # raises MalformedItem for items the command must not get
+        self.output = output
         self.running: subprocess.Popen[bytes] | None = None
 
     def __call__(self, raw: bytes) -> None:
@@ -107,6 +120,7 @@ class CommandHandler:
         with subprocess.Popen(
             self.argv,
             stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             process_group=0,
             preexec_fn=_die_with_consumer,  # consumers run no threads, so this is safe
@@ -114,29 +128,114 @@ class CommandHandler:
         ) as proc:
             self.running = proc
             try:
-                _, stderr = proc.communicate(raw, timeout=self.timeout)
-            except subprocess.TimeoutExpired as exc:
-                self.abort()
-                proc.wait()
-                raise RuntimeError(
-                    f"command timed out after {self.timeout:g}s and was killed"
-                ) from exc
+                code, stderr = self._converse(proc, raw)
             finally:
                 self.running = None
-        if proc.returncode != 0:
-            tail = stderr[-STDERR_TAIL:].decode("utf-8", "replace").strip()
-            how = (
-                f"killed by signal {-proc.returncode}"
-                if proc.returncode < 0
-                else f"exit status {proc.returncode}"
-            )
+        if code != 0:
+            tail = stderr.decode("utf-8", "replace").strip()
+            how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
             raise RuntimeError(f"command failed ({how})" + (f": {tail}" if tail else ""))
+
+    def _converse(self, proc: subprocess.Popen[bytes], raw: bytes) -> tuple[int, bytes]:
+        """Feed ``raw`` to stdin, pass stdout on, keep stderr's tail, until the command exits
+        (its pidfd turns readable) or the timeout kills it. Returns (exit status, stderr tail).
+        """
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        relay = LineRelay(self.output)
+        conversation = _Conversation(proc, raw, relay)
+        deadline = time.monotonic() + self.timeout
+        try:
+            while not conversation.exited:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.abort()
+                    proc.wait()
+                    raise RuntimeError(f"command timed out after {self.timeout:g}s and was killed")
+                conversation.step(left)
+            conversation.drain()  # what it wrote before exiting; EOF may never come
+        finally:
+            conversation.close()
+            relay.flush()
+        return proc.wait(), conversation.stderr_tail
 
     def abort(self) -> None:
         """Kill the running command and everything it started (safe from a signal handler)."""
         if self.running is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.running.pid, signal.SIGKILL)
+
+
+class _Conversation:
+    """One command's pipes and its pidfd in one selector."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], raw: bytes, relay: LineRelay) -> None:
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        self.relay = relay
+        self.stderr_tail = b""
+        self.exited = False
+        self.pidfd = os.pidfd_open(proc.pid)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.pidfd, selectors.EVENT_READ, "exit")
+        self.stdin = proc.stdin
+        self.readers = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr"}
+        for fd, name in self.readers.items():
+            os.set_blocking(fd, False)
+            self.selector.register(fd, selectors.EVENT_READ, name)
+        self.unsent = memoryview(raw)
+        if raw:
+            os.set_blocking(self.stdin.fileno(), False)
+            self.selector.register(self.stdin.fileno(), selectors.EVENT_WRITE, "stdin")
+        else:
+            self.stdin.close()
+
+    def step(self, timeout: float) -> None:
+        for key, _ in self.selector.select(timeout):
+            if key.data == "exit":
+                self.exited = True
+            elif key.data == "stdin":
+                self.send()
+            else:
+                self.receive(key.fd, key.data)
+
+    def send(self) -> None:
+        try:
+            sent = os.write(self.stdin.fileno(), self.unsent[:PIPE_CHUNK])
+        except BlockingIOError:
+            return
+        except BrokenPipeError:  # the command does not read (all of) its item: its business
+            sent = len(self.unsent)
+        self.unsent = self.unsent[sent:]
+        if not self.unsent:
+            self.selector.unregister(self.stdin.fileno())
+            with contextlib.suppress(BrokenPipeError):
+                self.stdin.close()
+
+    def receive(self, fd: int, name: str) -> bool:
+        """Read what the pipe holds now; False once it is closed or empty."""
+        try:
+            chunk = os.read(fd, PIPE_CHUNK)
+        except BlockingIOError:
+            return False
+        if not chunk:
+            self.selector.unregister(fd)
+            del self.readers[fd]
+            return False
+        if name == "stdout":
+            self.relay.feed(chunk)
+        else:
+            self.stderr_tail = (self.stderr_tail + chunk)[-STDERR_TAIL:]
+        return True
+
+    def drain(self) -> None:
+        for fd, name in list(self.readers.items()):
+            while self.receive(fd, name):
+                pass
+
+    def close(self) -> None:
+        self.selector.close()
+        os.close(self.pidfd)
+        with contextlib.suppress(BrokenPipeError):
+            self.stdin.close()
 
 
 def _die_with_consumer() -> None:

@@ -9,6 +9,8 @@ import signal
 from collections.abc import Callable
 from typing import Protocol
 
+from goodsd import output
+
 
 class Stoppable(Protocol):
     running: bool  # the child's loop goes on while this is true
@@ -20,6 +22,7 @@ def install(worker: Stoppable, on_second: Callable[[], None] = lambda: None) -> 
     def on_term(signum: int, frame: object) -> None:
         if not worker.running:
             on_second()
+            output.flush_everything()
             os._exit(1)
         worker.running = False
 

@@ -111,3 +111,8 @@ def run_env(item: object) -> None:
 
     with open(os.environ["TEST_OUT"], "wb") as out:
         subprocess.run(["env"], stdout=out, check=True)
+
+
+def print_item(item: object) -> None:
+    """Print the item, as handlers do, with no flush."""
+    print("handled", item)

@@ -245,3 +245,46 @@ def _running(pid: int) -> bool:
 def test_a_missing_command_fails_the_item() -> None:
     with pytest.raises(OSError):
         CommandHandler((os.devnull + "/no-such-command",), 5.0)(b"x")
+
+
+def test_a_command_is_done_when_it_exits_whatever_it_left_running() -> None:
+    # Given a command that exits 0 at once, leaving a background process that holds its
+    # stdout and stderr open
+    run = CommandHandler(("sh", "-c", "cat >/dev/null; sleep 30 &"), 10.0)
+    # When it runs
+    started = time.monotonic()
+    run(b"good1")
+    # Then its exit status decides at once: goodsd does not wait for the background process
+    assert time.monotonic() - started < 5
+
+
+def test_a_failing_command_is_judged_at_its_exit_with_the_stderr_it_wrote() -> None:
+    run = CommandHandler(("sh", "-c", "echo bad >&2; sleep 30 & exit 3"), 10.0)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"^command failed \(exit status 3\): bad$"):
+        run(b"x")
+    assert time.monotonic() - started < 5
+
+
+def test_a_large_item_reaches_the_command_whole(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    item = bytes(range(256)) * 40_000  # 10 MB, far more than a pipe holds
+    CommandHandler(("sh", "-c", f"cat > {out}"), 20.0)(item)
+    assert out.read_bytes() == item
+
+
+def test_a_command_that_ignores_its_stdin_is_judged_by_its_exit_status() -> None:
+    CommandHandler(("true",), 5.0)(b"x" * 5_000_000)
+    with pytest.raises(RuntimeError, match=r"exit status 4"):
+        CommandHandler(("sh", "-c", "exit 4"), 5.0)(b"x" * 5_000_000)
+
+
+def test_a_command_s_stdout_is_passed_on_line_by_line() -> None:
+    # Given a command writing lines, one of them split across writes and one unfinished
+    lines: list[str] = []
+    script = "cat; printf 'two '; sleep 0.1; printf 'halves\\nno newline'"
+    run = CommandHandler(("sh", "-c", script), 5.0, output=lines.append)
+    # When it runs
+    run(b"first line\n")
+    # Then each line is passed on whole, the last one at the command's exit
+    assert lines == ["first line", "two halves", "no newline"]

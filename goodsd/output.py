@@ -1,0 +1,121 @@
+"""Handlers' output into the log, line by line.
+
+What a Python handler prints and what a command handler writes to its stdout reach the log as
+one info line per line of output, from the logger ``goodsd.output``, so they carry the
+worker's name and journal priority like every log line, control characters escaped, and are
+kept whatever ``logging.level`` says. Without this, a handler's ``print`` under systemd (a
+pipe, block-buffered) would sit in a buffer until the worker exits, and be lost when it dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import sys
+import threading
+from collections.abc import Callable
+
+LOGGER = "goodsd.output"
+# A line longer than this is passed on in pieces of this many bytes, so memory stays bounded.
+MAX_LINE = 65536
+# Longest a flush waits for a writer in progress (seconds).
+FLUSH_WAIT = 0.1
+
+
+class LineRelay:
+    """Bytes written in pieces -> ``emit(line)`` once per line (without its line ending),
+    decoded as UTF-8 with ``\\xff`` escapes for other bytes. Thread-safe."""
+
+    def __init__(self, emit: Callable[[str], None]) -> None:
+        self._emit = emit
+        self._pending = b""  # the start of an unfinished line, at most MAX_LINE bytes
+        self._lock = threading.Lock()
+
+    def feed(self, data: bytes) -> None:
+        with self._lock:
+            *lines, rest = (self._pending + data).split(b"\n")
+            for line in lines:
+                self._pass_on(line)
+            while len(rest) > MAX_LINE:
+                self._pass_on(rest[:MAX_LINE])
+                rest = rest[MAX_LINE:]
+            self._pending = rest
+
+    def flush(self) -> None:
+        """Pass on an unfinished last line, if any. From a signal handler that interrupted a
+        ``feed`` on the same thread the lock is never freed: give up after a moment."""
+        if not self._lock.acquire(timeout=FLUSH_WAIT):
+            return
+        try:
+            if self._pending:
+                self._pass_on(self._pending)
+                self._pending = b""
+        finally:
+            self._lock.release()
+
+    def _pass_on(self, line: bytes) -> None:
+        self._emit(line.removesuffix(b"\r").decode("utf-8", "backslashreplace"))
+
+
+def log_line(line: str) -> None:
+    """A line of a handler's output as a log line of this worker."""
+    logging.getLogger(LOGGER).info("%s", line)
+
+
+class _BinaryStdout(io.RawIOBase):
+    """``sys.stdout.buffer`` of a worker: bytes go to the same relay."""
+
+    def __init__(self, relay: LineRelay) -> None:
+        super().__init__()
+        self._relay = relay
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: object) -> int:
+        chunk = bytes(data)  # type: ignore[call-overload]
+        self._relay.feed(chunk)
+        return len(chunk)
+
+    def flush(self) -> None:
+        self._relay.flush()
+
+
+class LoggedStdout(io.TextIOBase):
+    """A worker's ``sys.stdout``: each line printed becomes a log line (see module doc)."""
+
+    def __init__(self, relay: LineRelay) -> None:
+        super().__init__()
+        self._relay = relay
+        self.buffer = _BinaryStdout(relay)
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._relay.feed(text.encode("utf-8", "backslashreplace"))
+        return len(text)
+
+    def flush(self) -> None:
+        self._relay.flush()
+
+
+def capture_stdout() -> None:
+    """In a worker: what Python code prints goes to the log, line by line, at any level."""
+    logging.getLogger(LOGGER).setLevel(logging.INFO)
+    sys.stdout = LoggedStdout(LineRelay(log_line))
+
+
+def flush_everything() -> None:
+    """Before a worker's ``os._exit``: nothing printed or logged may be left in a buffer."""
+    flushable: list[object] = [sys.stdout, sys.stderr, *logging.getLogger().handlers]
+    for target in flushable:
+        # a closed or broken stream, or one interrupted mid-write by the signal that ends the
+        # process: nothing more can be saved, and the exit must go on
+        with contextlib.suppress(OSError, ValueError, RuntimeError):
+            target.flush()  # type: ignore[attr-defined]
