@@ -72,11 +72,6 @@ class Consumer:
         # A batch claimed together with the previous batch's acks, to run next.
         self.next_batch: list[Delivery] = []
 
-    def abort_command(self) -> None:
-        """Kill a running command handler: it must not outlive this consumer."""
-        if isinstance(self.run_item, runner.CommandHandler):
-            self.run_item.abort()
-
     @property
     def handled(self) -> int:
         return self.done_count + self.failed_count
@@ -259,7 +254,7 @@ class Consumer:
 
 def run(consumer: Consumer) -> int:
     """The child's whole life; returns its exit code."""
-    stopsignal.install(consumer, on_second=consumer.abort_command)
+    stopsignal.install(consumer)
     try:
         consumer.initialize()
         while consumer.running:

@@ -116,3 +116,10 @@ def run_env(item: object) -> None:
 def print_item(item: object) -> None:
     """Print the item, as handlers do, with no flush."""
     print("handled", item)
+
+
+def timed_record(item: object) -> None:
+    """Record that the item started, take $TEST_ITEM_SECONDS (default 1 s), record it done."""
+    _client().rpush("test:started", str(item))
+    time.sleep(float(os.environ.get("TEST_ITEM_SECONDS", "1")))
+    record(item)

@@ -3,8 +3,10 @@ killed after graceful_timeout and their items requeued; the exit code is 0."""
 
 from __future__ import annotations
 
+import os
 import signal
 
+import pytest
 from support import wait_for
 
 
@@ -56,3 +58,49 @@ def test_stragglers_are_killed_after_graceful_timeout_and_requeued(
     assert r.lrange("q", 0, -1) == [b"slowpoke"]
     assert r.hlen("goodsd:{q}:attempts") == 0 and r.llen("goodsd:{q}:dead") == 0
     assert r.keys("goodsd:{q}:inflight:*") == []
+
+
+def group_term(daemon) -> None:
+    """What `systemctl kill`, supervisord's stopasgroup and many init scripts do."""
+    os.killpg(daemon.pid, signal.SIGTERM)
+
+
+def child_then_master_term(daemon) -> None:
+    for child in daemon.children():
+        os.kill(child, signal.SIGTERM)
+    daemon.send(signal.SIGTERM)
+
+
+@pytest.mark.parametrize("stop", [group_term, child_then_master_term])
+def test_a_stop_is_a_stop_however_it_is_signalled(stop, r, make_config, start_daemon, notify):
+    # Given consumers in the middle of a slow item
+    config = make_config(consumers={"handler": "sample_handlers:timed_record", "batch": 1})
+    daemon = start_daemon(config, notify=notify, env={"TEST_ITEM_SECONDS": "1"})
+    notify.wait("READY", "1")
+    r.lpush("q", "good1", "good2")
+    wait_for(lambda: r.llen("test:started") == 2, 10, "both items started")
+    # When the stop reaches the children as well as the master, once each
+    stop(daemon)
+    # Then the running items are finished, not cut, and goodsd exits 0
+    assert daemon.wait_exit(15) == 0
+    assert sorted(r.lrange("test:handled", 0, -1)) == [b"good1", b"good2"]
+    assert "killing" not in daemon.log()
+
+
+def test_a_second_term_to_the_master_cuts_items_and_loses_none(
+    r, make_config, start_daemon, notify
+):
+    # Given a consumer in the middle of a long item
+    config = make_config(consumers={"processes": 1, "handler": "sample_handlers:timed_record"})
+    daemon = start_daemon(config, notify=notify, env={"TEST_ITEM_SECONDS": "30"})
+    notify.wait("READY", "1")
+    r.lpush("q", "good1")
+    wait_for(lambda: r.llen("test:started") == 1, 10, "the item started")
+    # When the master is told to stop twice
+    daemon.send(signal.SIGTERM)
+    notify.wait("STOPPING", "1")
+    daemon.send(signal.SIGTERM)
+    # Then it stops at once, and the cut item is back in the queue, not blamed
+    assert daemon.wait_exit(10) == 0
+    assert r.lrange("q", 0, -1) == [b"good1"]
+    assert r.hlen("goodsd:{q}:attempts") == 0
