@@ -19,6 +19,7 @@ import redis
 
 from goodsd import hostinfo, runner, stopsignal
 from goodsd.config import Config
+from goodsd.forkguard import ForkGuard
 from goodsd.logs import show_item
 from goodsd.queue import Delivery, Failure, InFlightLost, Queue
 from goodsd.redisconn import GaveUp, until_done
@@ -59,6 +60,7 @@ class Consumer:
     ) -> None:
         self.config = config
         self.client = client  # this process's own connection, made after the fork
+        self.guard = ForkGuard()  # ends a copy of this process that a handler forked
         self.cfg = config.consumers
         self.consumer_id = consumer_id
         self.board = board
@@ -81,9 +83,12 @@ class Consumer:
     def initialize(self) -> None:
         """Load the handler (HandlerLoadError propagates: the child exits 78), run setup,
         connect and register, then tell the master we are ready."""
+        self.guard.install()
         self.run_item = runner.build(self.cfg, self.config.pythonpath)
         if self.cfg.setup:
             runner.load_callable(self.cfg.setup)()
+            if self.guard.cloned:
+                self.guard.leave()
         self.queue = Queue(self.client, self.config.queue)
         info = {
             "host": hostinfo.hostname(),
@@ -135,7 +140,7 @@ class Consumer:
         assert self.run_item is not None
         pending = Pending()
         settled = 0
-        clock, busy, run_item = self.clock, self.board.busy, self.run_item
+        clock, busy, run_item, guard = self.clock, self.board.busy, self.run_item, self.guard
         for position, delivery in enumerate(batch):
             if not self.running:
                 self.settle(pending, release=batch[position:])
@@ -152,8 +157,12 @@ class Consumer:
             try:
                 run_item(delivery.payload)
             except Exception as exc:
+                if guard.cloned:
+                    guard.leave()
                 pending.results.append(self.failure(delivery, exc))
                 continue
+            if guard.cloned:
+                guard.leave()
             self.done_count += 1
             pending.results.append(None)
             if delivery.tag:

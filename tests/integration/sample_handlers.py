@@ -123,3 +123,9 @@ def timed_record(item: object) -> None:
     _client().rpush("test:started", str(item))
     time.sleep(float(os.environ.get("TEST_ITEM_SECONDS", "1")))
     record(item)
+
+
+def fork_and_return(item: object) -> None:
+    """The common mistake: fork, and let the child return as well. The parent records."""
+    if os.fork() != 0:
+        record(item)
