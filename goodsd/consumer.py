@@ -33,6 +33,9 @@ CLAIM_BLOCK = 1.0
 # Slow items are acked once the oldest unsettled outcome is this old, so a crash later in the
 # batch does not redo them; fast items are acked once per batch.
 FLUSH_AFTER = 0.2
+# A consumer stopped during an outage gives up this long before the master's graceful timeout
+# would kill it, so it exits cleanly.
+STOP_MARGIN = 1.0
 
 
 @dataclass
@@ -226,8 +229,15 @@ class Consumer:
             attempt(q, 0)
             return q.held(self.consumer_id) if claim_next else []
 
+        # Finished items would run again if this settle never reached Redis: on a stop during
+        # an outage, keep trying for most of the graceful timeout (the master kills at its end).
+        patience = max(0.0, self.config.supervisor.graceful_timeout - STOP_MARGIN)
         try:
-            self.next_batch = self._until_done(lambda q: attempt(q, claim_next), retry=resync)
+            self.next_batch = self._until_done(
+                lambda q: attempt(q, claim_next),
+                retry=resync,
+                patience=patience if pending.results else 0.0,
+            )
         except InFlightLost as exc:
             log.warning("%s: giving back everything held and starting afresh", exc)
             self._until_done(lambda q: q.recover(self.consumer_id))
@@ -247,10 +257,14 @@ class Consumer:
         )
 
     def _until_done(
-        self, step: Callable[[Queue], T], retry: Callable[[Queue], T] | None = None
+        self,
+        step: Callable[[Queue], T],
+        retry: Callable[[Queue], T] | None = None,
+        patience: float = 0.0,
     ) -> T:
         """Run a Redis step through the shared retry loop; a stop asked for during an outage
-        ends the wait (GaveUp): the master gives back what this consumer holds."""
+        ends the wait (GaveUp) after one more try and ``patience`` seconds: the master gives
+        back what this consumer holds."""
         queue = self.queue
         assert queue is not None
         return until_done(
@@ -258,6 +272,7 @@ class Consumer:
             retry=(lambda: retry(queue)) if retry else None,
             beat=lambda: self.beat(self.clock()),
             stop_requested=lambda: not self.running,
+            patience=patience,
         )
 
 

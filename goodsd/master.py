@@ -65,6 +65,9 @@ HANDLED_SIGNALS = (
     signal.SIGTTIN,
     signal.SIGTTOU,
 )
+# Signals whose repeats within one wake-up need handling once: a reap takes every exited child,
+# a reload reads the file as it is now.
+ONCE_PER_WAKEUP = frozenset({signal.SIGCHLD, signal.SIGHUP})
 # Signals a child leaves to the master: systemd or a terminal may send them to the whole group.
 CHILD_IGNORED = (signal.SIGHUP, signal.SIGINT, signal.SIGTTIN, signal.SIGTTOU)
 # Longest the loop sleeps without an event: the resolution of liveness checks.
@@ -167,6 +170,8 @@ class Master:
         self.timers: dict[str, float] = {}
         self.redis_quiet_until = 0.0  # monotonic time until which Redis housekeeping waits
         self.pidns = hostinfo.pid_namespace()
+        # True until a search for this host's dead consumers has reached Redis.
+        self.leftovers_unknown = True
 
     @property
     def queue(self) -> Queue:
@@ -196,7 +201,6 @@ class Master:
         self.check_redis()
         self.recover_own_host()
         self.read_backlog()
-        self.timers["reaper"] = self.clock() + LEFTOVER_RECHECK
         log.info(
             "goodsd master %d starting: queue %r, %d consumer(s)",
             os.getpid(),
@@ -230,7 +234,11 @@ class Master:
             data = os.read(self.wake_r, 512)
         except BlockingIOError:
             return
-        for signum in dict.fromkeys(data):  # each signal once per wake-up, in arrival order
+        handled: set[int] = set()
+        for signum in data:  # every signal counts (five TTINs are five more consumers)...
+            if signum in ONCE_PER_WAKEUP and signum in handled:
+                continue  # ...but one reap, or one re-read of the file, covers a burst
+            handled.add(signum)
             name = signal.Signals(signum).name
             getattr(self, "handle_" + name[3:].lower())()
 
@@ -243,6 +251,8 @@ class Master:
         self.every("leases", self.config.supervisor.lease / 3, self.renew_leases)
         self.every("reaper", self.config.supervisor.lease / 2, self.reap_leftovers)
         self.every("recover", RECOVER_EVERY, self.retry_recoveries)
+        if self.leftovers_unknown:  # Redis was away at the last look: look again soon
+            self.every("leftovers", RECOVER_EVERY, self.recover_own_host)
         self.every("status", STATUS_EVERY, self.refresh_status)
         if self.notifier.watchdog_interval:
             self.every("watchdog", self.notifier.watchdog_interval, self.notifier.watchdog)
@@ -765,7 +775,13 @@ class Master:
         leases may still run: requeue their items now instead of waiting."""
         host = hostinfo.hostname()
         known = {c.identity for c in self.children} | {r.identity for r in self.recoveries}
-        registered = self.redis_do("search for leftovers", self.queue.registered) or {}
+        registered = self.redis_do("search for leftovers", self.queue.registered)
+        if registered is None:
+            self.leftovers_unknown = True
+            registered = {}
+        elif self.leftovers_unknown:  # the first look that reached Redis: look again shortly,
+            self.leftovers_unknown = False  # for children that were still dying at this one
+            self.timers["reaper"] = self.clock() + LEFTOVER_RECHECK
         for identity, info in registered.items():
             if info.get("host") != host or identity in known:
                 continue

@@ -118,12 +118,18 @@ def until_done(
     beat: Callable[[], None],
     retry: Callable[[], T] | None = None,
     stop_requested: Callable[[], bool] = lambda: False,
+    patience: float = 0.0,
 ) -> T:
     """Run one Redis step, retrying with capped exponential backoff while Redis is away
     (``retry`` instead of ``step`` after a failure, when given). ``beat`` keeps the child's
-    heartbeat fresh, so the master knows this wait is not a hang. Raises GaveUp once
-    ``stop_requested()`` turns true during an outage, AccessDenied on a refused login."""
+    heartbeat fresh, so the master knows this wait is not a hang.
+
+    Once ``stop_requested()`` turns true during an outage, the step is tried again at once and
+    then for up to ``patience`` more seconds (a step whose work would otherwise be redone, such
+    as recording finished items, is worth the wait); then GaveUp is raised. Raises
+    AccessDenied on a refused login."""
     failures = 0
+    give_up_at: float | None = None  # monotonic time, once a stop was asked for
     while True:
         try:
             result = (retry if failures and retry else step)()
@@ -137,10 +143,28 @@ def until_done(
             deadline = time.monotonic() + delay
             while (left := deadline - time.monotonic()) > 0:
                 if stop_requested():
-                    raise GaveUp("stop requested while redis is unavailable") from exc
+                    now = time.monotonic()
+                    if give_up_at is None:
+                        give_up_at = now + patience
+                        _say_stop_waits(patience)
+                        break  # one more try at once: Redis may be back already
+                    if now >= give_up_at:
+                        raise GaveUp("stop requested while redis is unavailable") from exc
+                    left = min(left, give_up_at - now)
                 beat()
                 time.sleep(min(left, BEAT_EVERY))
             continue
         if failures:
             log.info("redis reachable again after %d failed attempt(s)", failures)
         return result
+
+
+def _say_stop_waits(patience: float) -> None:
+    if patience > 0:
+        log.warning(
+            "stop requested while redis is unavailable: trying for up to %.0fs more to record "
+            "what is done",
+            patience,
+        )
+    else:
+        log.warning("stop requested while redis is unavailable: one more try")
