@@ -7,7 +7,7 @@ import enum
 import os
 import signal
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from goodsd.config import Config
 from goodsd.scoreboard import FLAG_FINISHED, Scoreboard
@@ -67,6 +67,8 @@ class Child:
     events: int = -1  # read end of its event pipe, -1 when closed
     config: Config | None = None  # the snapshot its current process was started with
     last_error: str = ""  # what its process reported before failing (handler load error)
+    code: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # files it loaded
+    unread: bytes = b""  # the start of an event line from it not yet whole
 
     @property
     def name(self) -> str:

@@ -89,7 +89,7 @@ class Consumer:
         self.guard.install()
         self.run_item = runner.build(self.cfg, self.config.pythonpath)
         if self.cfg.setup:
-            runner.load_callable(self.cfg.setup)()
+            runner.run_setup(self.cfg.setup)
             if self.guard.cloned:
                 self.guard.leave()
         self.queue = Queue(self.client, self.config.queue)

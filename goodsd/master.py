@@ -15,6 +15,7 @@ import os
 import secrets
 import selectors
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import TypeVar
 
 import redis
 
-from goodsd import __version__, hostinfo, logs, metrics, output
+from goodsd import __version__, codestamp, hostinfo, logs, metrics, output
 from goodsd import config as config_mod
 from goodsd import consumer as consumer_mod
 from goodsd import producer as producer_mod
@@ -51,7 +52,7 @@ from goodsd.config import Config, ConfigError, RedisConfig
 from goodsd.notify import Notifier
 from goodsd.queue import Overview, Queue
 from goodsd.redisconn import AccessDenied, PasswordError, connect, password
-from goodsd.runner import HandlerLoadError
+from goodsd.runner import HandlerLoadError, SetupFailed
 from goodsd.scoreboard import FLAG_PAUSED, FLAG_STANDBY, NO_READING, Scoreboard
 
 log = logging.getLogger("goodsd.master")
@@ -359,10 +360,16 @@ class Master:
             self.previous = old
             self.previous_generation = dict(self.generation)
         for role in self.generation:
+            changed_code = self.changed_code(role)
             if role_settings(old, role) != role_settings(new, role):
-                self.generation_seq += 1
-                self.generation[role] = self.generation_seq
                 log.info("%s settings changed: rolling %s children", role, role)
+            elif changed_code:
+                shown = ", ".join(changed_code[:3]) + (", ..." if len(changed_code) > 3 else "")
+                log.info("%s code changed on disk (%s): rolling %s children", role, shown, role)
+            else:
+                continue
+            self.generation_seq += 1
+            self.generation[role] = self.generation_seq
         self.keep_finished(old, new)
         self.config = new
         self.extra_consumers = 0
@@ -371,6 +378,20 @@ class Master:
         self.reload_pending = self.ready_sent
         self.manage_children()
         self.maybe_ready()
+
+    def changed_code(self, role: str) -> list[str]:
+        """Files of code that the role's current children loaded and that changed on disk
+        since (see goodsd.codestamp); they all load the same code, so one manifest is checked
+        once."""
+        seen: set[str] = set()
+        changed: list[str] = []
+        for child in self.children:
+            if child.role != role or child.generation != self.generation[role]:
+                continue
+            todo = {p: s for p, s in child.code.items() if p not in seen}
+            seen.update(todo)
+            changed += codestamp.changed(todo)
+        return changed
 
     def keep_finished(self, old: Config, new: Config) -> None:
         """Producers whose source is exhausted stay finished across a change that keeps their
@@ -482,6 +503,7 @@ class Master:
         child.ready_at = 0.0
         child.kill_reason = ""
         child.last_error = ""
+        child.code, child.unread = {}, b""
         child.events = events_r
         self.selector.register(events_r, selectors.EVENT_READ, child)
         log.info("started %s", child.name)
@@ -530,12 +552,15 @@ class Master:
             data = os.read(child.events, 65536)
         except BlockingIOError:
             return None
-        for line in data.decode("utf-8", "replace").splitlines():
-            kind, _, detail = line.partition(" ")
+        *lines, child.unread = (child.unread + data).split(b"\n")
+        for line in lines:
+            kind, _, detail = line.decode("utf-8", "replace").partition(" ")
             if kind == "ready" and child.state is State.STARTING:
                 child.state = State.RUNNING  # STARTING -> RUNNING
                 child.ready_at = self.clock()
                 log.info("%s ready", child.name)
+            elif kind == "code":
+                child.code = codestamp.decode(detail)
             elif kind == "error":
                 child.last_error = detail
         return data
@@ -993,10 +1018,10 @@ def consumer_main(
     config: Config,
     identity: str,
     board: Scoreboard,
-    send_event: Callable[[str], None],
+    ready: Callable[[], None],
     client: redis.Redis,
 ) -> int:
-    worker = consumer_mod.Consumer(config, identity, board, lambda: send_event("ready"), client)
+    worker = consumer_mod.Consumer(config, identity, board, ready, client)
     return consumer_mod.run(worker)
 
 
@@ -1004,17 +1029,15 @@ def producer_main(
     config: Config,
     identity: str,
     board: Scoreboard,
-    send_event: Callable[[str], None],
+    ready: Callable[[], None],
     client: redis.Redis,
 ) -> int:
-    worker = producer_mod.Producer(config, identity, board, lambda: send_event("ready"), client)
+    worker = producer_mod.Producer(config, identity, board, ready, client)
     return producer_mod.run(worker)
 
 
 # role -> the function a child of that role runs after fork; returns its exit code
-ROLE_MAIN: dict[
-    str, Callable[[Config, str, Scoreboard, Callable[[str], None], redis.Redis], int]
-] = {
+ROLE_MAIN: dict[str, Callable[[Config, str, Scoreboard, Callable[[], None], redis.Redis], int]] = {
     "consumer": consumer_main,
     "producer": producer_main,
 }
@@ -1033,9 +1056,14 @@ def child_main(
     )
     output.capture_stdout()
     child_log = logging.getLogger(f"goodsd.{child.role}")
+    before = set(sys.modules)  # what the master had loaded: everything else is this child's
 
     def send_event(event: str) -> None:
         os.write(events_w, event.encode() + b"\n")
+
+    def ready() -> None:
+        send_event("code " + codestamp.encode(codestamp.loaded_since(before)))
+        send_event("ready")
 
     assert child.board is not None
     try:
@@ -1044,7 +1072,7 @@ def child_main(
         client = connect(config.redis, f"goodsd-{child.role}-{os.getpid()}")
         os.environ.pop("GOODSD_REDIS_PASSWORD", None)
         return ROLE_MAIN[child.role](
-            config, consumer_identity(os.getpid(), token), child.board, send_event, client
+            config, consumer_identity(os.getpid(), token), child.board, ready, client
         )
     except (HandlerLoadError, AccessDenied, PasswordError) as exc:
         child_log.error("%s", exc)
@@ -1052,6 +1080,8 @@ def child_main(
         with contextlib.suppress(OSError):
             send_event(f"error {what}: " + " ".join(str(exc).split()))
         return EXIT_CONFIG
+    except SetupFailed:
+        return EXIT_FAILURE  # logged already, with the user's traceback
     except Exception:
         child_log.exception("%s crashed", child.role)
         return EXIT_FAILURE

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import logging
 import os
 import selectors
 import signal
@@ -21,6 +22,9 @@ from goodsd.hostinfo import set_parent_death_signal
 from goodsd.output import LineRelay, log_line
 from goodsd.redisconn import without_secrets
 
+log = logging.getLogger("goodsd.setup")
+# Files of goodsd itself, left out of a setup failure's traceback.
+_OWN_CODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "")
 # How much of a failing command's stderr is kept as the item's error.
 STDERR_TAIL = 2000
 # Bytes moved per read or write on a command's pipes.
@@ -29,6 +33,11 @@ PIPE_CHUNK = 65536
 
 class HandlerLoadError(Exception):
     """The handler, setup or source named in the config cannot be imported."""
+
+
+class SetupFailed(Exception):
+    """``consumers.setup`` raised; already logged with the user's traceback. The worker exits
+    1 and is restarted with backoff (setup errors may pass: a database that is down)."""
 
 
 class MalformedItem(Exception):
@@ -53,6 +62,21 @@ def load_callable(spec: str) -> Callable[..., object]:
     if not callable(target):
         raise HandlerLoadError(f"{spec!r} is not callable")
     return target
+
+
+def run_setup(spec: str) -> None:
+    """Call the setup function ``spec`` names. If it raises, log it as a setup failure whose
+    traceback shows the user's code only (goodsd's own frames left out), and raise
+    SetupFailed; HandlerLoadError when it cannot be loaded."""
+    setup = load_callable(spec)
+    try:
+        setup()
+    except Exception as exc:
+        trace = exc.__traceback__
+        while trace is not None and trace.tb_frame.f_code.co_filename.startswith(_OWN_CODE):
+            trace = trace.tb_next
+        log.error("setup %s failed", spec, exc_info=(type(exc), exc, trace))
+        raise SetupFailed(spec) from None
 
 
 def decoder(mode: str) -> Callable[[bytes], object]:

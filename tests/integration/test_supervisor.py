@@ -137,3 +137,22 @@ def test_master_sigkill_leaves_no_orphans_and_successor_requeues_at_once(
     assert len(re.findall(r"requeued 1 in-flight item\(s\)", successor.log())) == 2
     # And the crash cost the items no attempt
     assert r.hlen("goodsd:{q}:attempts") == 0 and r.llen("goodsd:{q}:dead") == 0
+
+
+def test_a_failing_setup_is_logged_as_such_with_the_user_s_traceback(
+    r, make_config, start_daemon, notify
+):
+    # Given a consumer whose setup raises
+    r.set("test:fail-setup", 1)
+    config = make_config(
+        consumers={"processes": 1, "setup": "sample_handlers:setup_fails_when_flagged"},
+        supervisor={"restart_delay": "100ms", "restart_delay_max": "300ms"},
+    )
+    daemon = start_daemon(config, notify=notify)
+    # Then the log says the setup failed, with a traceback of the user's code only
+    daemon.wait_log(r"restarting in")
+    log = daemon.log()
+    assert "setup sample_handlers:setup_fails_when_flagged failed" in log
+    assert "sample_handlers.py" in log and "RuntimeError: setup failed on purpose" in log
+    assert "goodsd/consumer.py" not in log and "goodsd/runner.py" not in log
+    assert "crashed" not in log
