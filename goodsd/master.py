@@ -235,11 +235,7 @@ class Master:
             data = os.read(self.wake_r, 512)
         except BlockingIOError:
             return
-        handled: set[int] = set()
-        for signum in data:  # every signal counts (five TTINs are five more consumers)...
-            if signum in ONCE_PER_WAKEUP and signum in handled:
-                continue  # ...but one reap, or one re-read of the file, covers a burst
-            handled.add(signum)
+        for signum in signals_to_handle(data):
             name = signal.Signals(signum).name
             getattr(self, "handle_" + name[3:].lower())()
 
@@ -969,6 +965,20 @@ class Master:
         self.selector.close()
         os.close(self.wake_r)
         os.close(self.wake_w)
+
+
+def signals_to_handle(data: bytes) -> list[int]:
+    """The signals read from the wake-up pipe (one byte each, in arrival order) to handle:
+    every one counts (five TTINs are five more consumers), but one reap, or one re-read of the
+    file, covers a burst of CHLD or HUP."""
+    seen: set[int] = set()
+    out: list[int] = []
+    for signum in data:
+        if signum in ONCE_PER_WAKEUP and signum in seen:
+            continue
+        seen.add(signum)
+        out.append(signum)
+    return out
 
 
 def _reason(exc: BaseException) -> str:

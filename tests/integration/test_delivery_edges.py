@@ -103,6 +103,11 @@ def test_every_ttin_in_a_burst_counts(r, make_config, start_daemon, notify):
     for _ in range(5):
         daemon.send(signal.SIGTTIN)
         time.sleep(0.001)  # the burst's spacing, not a wait for anything
-    # Then seven consumers run
-    daemon.wait_log(r"SIGTTIN: one consumer more \(7 wanted\)")
-    wait_for(lambda: len(daemon.children()) == 7, 10, "seven consumers")
+    # Then each one the master received adds a consumer (the kernel merges a signal that
+    # arrives while the same one is still pending, so a busy machine may deliver fewer)
+    daemon.wait_log(r"SIGTTIN: one consumer more")
+    wait_for(
+        lambda: len(daemon.children()) == 2 + daemon.log().count("SIGTTIN: one consumer more"),
+        10,
+        "one more consumer per SIGTTIN received",
+    )

@@ -1,15 +1,17 @@
-"""A master that cannot make a process backs off instead of dying (no Redis, no child)."""
+"""The master without Redis or children: a failed fork backs off instead of killing it, and
+the signals it reads are counted."""
 
 from __future__ import annotations
 
 import errno
 import os
+import signal
 
 import pytest
 
 from goodsd.children import State
 from goodsd.config import parse
-from goodsd.master import Master
+from goodsd.master import Master, signals_to_handle
 from goodsd.notify import Notifier
 
 
@@ -39,3 +41,9 @@ def test_a_failed_fork_backs_off_instead_of_crashing(monkeypatch: pytest.MonkeyP
         (State.BACKOFF, 106.0, 2),
     ]
     assert all(c.board is None and c.events == -1 and c.pid == 0 for c in master.children)
+
+
+def test_every_signal_read_counts_but_a_burst_of_chld_or_hup_is_handled_once() -> None:
+    ttin, chld, hup, term = signal.SIGTTIN, signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM
+    data = bytes([ttin, chld, ttin, hup, chld, ttin, hup, term, term])
+    assert signals_to_handle(data) == [ttin, chld, ttin, hup, ttin, term, term]
