@@ -4,6 +4,7 @@ no client, however many or slow, can starve the master (fds, CPU, forks)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import resource
@@ -21,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support import Daemon, wait_for
 
-from goodsd.metrics import DEADLINE, MAX_CONNECTIONS
+from goodsd.metrics import DEADLINE, FD_RESERVE, MAX_CONNECTIONS
 from goodsd.queue import Failure, Queue
 
 # What stalled clients send before they stop: nothing, or part of a request
@@ -59,6 +60,14 @@ def scrape(port: int, timeout: float = 5) -> dict[str, float]:
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
             out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
     return out
+
+
+def answered(port: int) -> bool:
+    """Whether a scrape gets an answer within 2 s."""
+    try:
+        return bool(scrape(port, timeout=2))
+    except OSError:
+        return False
 
 
 def redis_figures(r) -> dict[str, float]:
@@ -220,7 +229,8 @@ def stall(port: int, count: int) -> list[socket.socket]:
     clients = []
     for i in range(count):
         client = socket.create_connection(("127.0.0.1", port), timeout=5)
-        client.sendall(STALLS[i % len(STALLS)])
+        with contextlib.suppress(ConnectionError):  # dropped at once: dropped() will tell
+            client.sendall(STALLS[i % len(STALLS)])
         client.setblocking(False)
         clients.append(client)
     return clients
@@ -269,9 +279,9 @@ def test_stalled_clients_neither_block_a_scrape_nor_pile_up(r, make_config, star
 def test_a_flood_at_a_low_fd_limit_leaves_the_master_room_to_fork(
     r, make_config, start_daemon, notify
 ):
-    # Given a master that may open only 10 files more than it has open now
+    # Given a master that may open only a few files more than the server leaves it
     daemon, port = serving_master(make_config, start_daemon, notify)
-    set_fd_limit(daemon.pid, max(open_fds(daemon.pid)) + 10)
+    set_fd_limit(daemon.pid, max(open_fds(daemon.pid)) + FD_RESERVE + 4)
     clients: list[socket.socket] = []
 
     def flooded_until_ready() -> bool:
@@ -291,7 +301,7 @@ def test_a_flood_at_a_low_fd_limit_leaves_the_master_room_to_fork(
     # When the clients are gone, then a scrape is answered
     for client in clients:
         client.close()
-    wait_for(lambda: scrape(port, timeout=2), 5, "a scrape after the flood")
+    wait_for(lambda: answered(port), 5, "a scrape after the flood")
 
 
 def test_a_full_fd_table_makes_the_server_wait_not_spin(r, make_config, start_daemon, notify):
@@ -311,4 +321,4 @@ def test_a_full_fd_table_makes_the_server_wait_not_spin(r, make_config, start_da
     for client in clients:
         client.close()
     set_fd_limit(daemon.pid, old_limit)
-    wait_for(lambda: scrape(port, timeout=2), 5, "a scrape once descriptors are free again")
+    wait_for(lambda: answered(port), 5, "a scrape once descriptors are free again")
