@@ -27,6 +27,7 @@ import re
 import resource
 import selectors
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -191,7 +192,7 @@ class Exporter:
 
         snapshot = self.snapshot
         if self.rendered is None or self.rendered[0] is not snapshot:
-            self.rendered = (snapshot, generate_latest(self.registry))  # type: ignore[arg-type]
+            self.rendered = (snapshot, generate_latest(self.registry))
         return self.rendered[1]
 
     def _serve(self, path: str, listen: str) -> None:
@@ -248,14 +249,18 @@ def _free_fds() -> int:
     """How many more descriptors this process may open: its soft RLIMIT_NOFILE less those
     open. 0 when not even /proc/self/fd can be opened; FD_RESERVE when /proc is missing."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return sys.maxsize
     try:
         open_now = len(os.listdir("/proc/self/fd")) - 1  # less the one that lists them
     except OSError as exc:
         return 0 if exc.errno in OUT_OF_FDS else FD_RESERVE
-    return (soft if soft != resource.RLIM_INFINITY else 1 << 20) - open_now
+    return soft - open_now
 
 
-def _reply(status: HTTPStatus, body: bytes, content_type: str = "text/plain") -> bytes:
+def _reply(
+    status: HTTPStatus, body: bytes, content_type: str = "text/plain; charset=utf-8"
+) -> bytes:
     """A whole HTTP/1.1 answer after which the server closes the connection."""
     head = (
         f"HTTP/1.1 {status.value} {status.phrase}\r\n"
