@@ -1,4 +1,5 @@
-"""goodsd push: arguments or stdin lines into the ready list, in order, counted; --wait-below
+"""goodsd push: arguments or stdin lines into the ready list, in order, counted; a long line
+byte for byte; an item over the largest is refused by number, the rest pushed; --wait-below
 holds back; a dead server or a bad config is one line, not a traceback."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ import io
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 from ops_cli import assert_one_line_error, goodsd
 from support import wait_for
@@ -111,7 +113,9 @@ def test_a_multi_megabyte_line_is_pushed_byte_for_byte(r, make_config):
     assert r.lrange("q", 0, -1) == [b"good1", line]
 
 
-def push_in_process(config, items: list[str], stdin: bytes, limit: int) -> tuple[int, str, str]:
+def push_in_process(
+    config: Path, items: list[str], stdin: bytes, limit: int
+) -> tuple[int, str, str]:
     """Run push.main with a limit of ``limit`` bytes: (exit status, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
     status = push.main(
