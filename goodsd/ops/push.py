@@ -10,6 +10,7 @@ less, the way a producer would.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import sys
@@ -82,15 +83,16 @@ def split_lines(
 class LongLine:
     """The line being read, which may span any number of blocks.
 
-    Its pieces are kept in a list and joined once, at its end, so a line costs time linear in
-    its length, not a copy per block. Once its item is sure to be over ``limit``, the pieces
-    are let go and each further one is dropped as it comes; only the length is kept, to name
-    it in the refusal.
+    Its bytes go into one growing buffer (``io.BytesIO``: it grows in place and its value is
+    that buffer, not a copy), so a line costs time linear in its length and about one copy of
+    it in memory, not a copy per block. Once its item is sure to be over ``limit``, the buffer
+    is let go and further bytes are dropped as they come; only the length is kept, to name the
+    line in the refusal.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.pieces: list[bytes] = []  # the line so far; emptied once it is over the limit
+        self.buffer = io.BytesIO()  # the line so far; emptied once it is over the limit
         self.size = 0  # its length so far in bytes, a \r at its end included
         self.last = b""  # its last byte so far: a \r may be the start of its line ending
         self.dropping = False  # over the limit: its bytes are no longer kept
@@ -102,10 +104,11 @@ class LongLine:
         self.last = piece[-1:]
         if self.dropping:
             return
-        self.pieces.append(piece)
         if self.item_size() > self.limit:
             self.dropping = True
-            self.pieces = []
+            self.buffer = io.BytesIO()
+        else:
+            self.buffer.write(piece)
 
     def item_size(self) -> int:
         """The length of the item if the line ended here: without a \\r at its end."""
@@ -113,19 +116,16 @@ class LongLine:
 
     def end(self, tally: Tally, refuse: Refuse | None) -> list[bytes]:
         """The line is whole: its item, in a list of one, or none when it is empty or over the
-        limit. The \\r of a line ending comes off the last piece, not off the joined line,
-        so the line is copied once."""
+        limit."""
         tally.lines += 1
         if self.dropping:
             _refuse(tally, refuse, tally.lines, self.item_size())
             return []
-        if self.last == b"\r":
-            self.pieces[-1] = self.pieces[-1][:-1]
-        item = b"".join(self.pieces)
-        if not item:
+        if not self.item_size():
             tally.skipped += 1
             return []
-        return [item]
+        self.buffer.truncate(self.item_size())  # the \r of a line ending, if any
+        return [self.buffer.getvalue()]
 
 
 def items_of(

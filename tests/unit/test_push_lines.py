@@ -106,8 +106,8 @@ def best_time(blocks: list[bytes]) -> float:
 
 def test_a_long_line_takes_time_linear_in_its_length():
     # Given one line of 40 MiB and one of 160 MiB, read in blocks of the usual size (both over
-    # the 32 MiB above which glibc always maps fresh memory: a smaller line gets warm memory
-    # back from the previous round and looks faster per byte than it is)
+    # 32 MiB, above which glibc's malloc always maps memory and grows it in place; below it,
+    # memory reused from the round before makes one size look faster per byte than another)
     block = b"x" * push.READ_SIZE
 
     def line(mib: int) -> list[bytes]:
@@ -120,20 +120,38 @@ def test_a_long_line_takes_time_linear_in_its_length():
     assert long < 8 * short, f"40 MiB: {short:.3f}s, 160 MiB: {long:.3f}s"
 
 
-def test_a_line_over_the_limit_is_dropped_as_it_is_read():
-    # Given a 64 MiB line, over a 4 MiB limit, in fresh 1 MiB blocks, then a short line
-    def blocks() -> Iterator[bytes]:
-        for _ in range(64):
-            yield bytes(MiB)
-        yield b"\ngood1\n"
+def fresh_blocks(mib: int) -> Iterator[bytes]:
+    """A line of ``mib`` MiB in blocks of 1 MiB, each a new object as a read gives, then a
+    newline and a short line."""
+    for _ in range(mib):
+        yield bytes(MiB)
+    yield b"\ngood1\n"
 
-    # When it is split
+
+def split_traced(blocks: Iterator[bytes], limit: int) -> tuple[list[bytes], push.Tally, list, int]:
+    """``split``, and the most memory Python held at once meanwhile, in bytes."""
     tracemalloc.start()
     try:
-        items, tally, refused = split(blocks(), 4 * MiB)
+        items, tally, refused = split(blocks, limit)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+    return items, tally, refused, peak
+
+
+def test_a_long_line_is_held_about_once():
+    # Given a 64 MiB line in fresh 1 MiB blocks, then a short line
+    # When it is split
+    items, _, _, peak = split_traced(fresh_blocks(64), push.MAX_ITEM_BYTES)
+    # Then both are items, and the long one was not held twice on its way
+    assert [len(item) for item in items] == [64 * MiB, 5]
+    assert peak < 1.25 * 64 * MiB + 2 * MiB, f"peak {peak / MiB:.1f} MiB"
+
+
+def test_a_line_over_the_limit_is_dropped_as_it_is_read():
+    # Given a 64 MiB line, over a 4 MiB limit, in fresh 1 MiB blocks, then a short line
+    # When it is split
+    items, tally, refused, peak = split_traced(fresh_blocks(64), 4 * MiB)
     # Then it is refused, the next line is kept, and no more than the limit was held at once
     assert (items, refused, tally.refused) == ([b"good1"], [(1, 64 * MiB)], 1)
     assert peak < 8 * MiB, f"peak {peak / MiB:.1f} MiB"
