@@ -1,8 +1,8 @@
 """`goodsd push`: items from the arguments, or one per line from stdin, into the ready list.
 
 Lines are read in large blocks and pushed in pipelined batches (one round trip per batch), so
-a file of a million lines goes in within seconds, and one line of hundreds of megabytes in
-about a second. Empty lines carry no item and are skipped (and counted). A line longer than
+a file of a million lines goes in within seconds, and so does one line of hundreds of
+megabytes. Empty lines carry no item and are skipped (and counted). A line longer than
 the largest item (``MAX_ITEM_BYTES``) is refused: dropped as it is read, named on stderr, and
 the push goes on and ends with exit status 1. ``--wait-below N`` keeps the backlog at N or
 less, the way a producer would.
@@ -83,11 +83,11 @@ def split_lines(
 class LongLine:
     """The line being read, which may span any number of blocks.
 
-    Its bytes go into one growing buffer (``io.BytesIO``: it grows in place and its value is
-    that buffer, not a copy), so a line costs time linear in its length and about one copy of
-    it in memory, not a copy per block. Once its item is sure to be over ``limit``, the buffer
-    is let go and further bytes are dropped as they come; only the length is kept, to name the
-    line in the refusal.
+    Its bytes go into one growing buffer (``io.BytesIO``: in CPython it grows in place and its
+    value is that buffer, not a copy), so a line costs time linear in its length and about one
+    copy of it in memory, not a copy per block. Once its item is sure to be over ``limit``, the
+    buffer is let go and further bytes are dropped as they come; only the length is kept, to
+    name the line in the refusal.
     """
 
     def __init__(self, limit: int) -> None:
