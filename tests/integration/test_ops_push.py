@@ -1,13 +1,20 @@
-"""goodsd push: arguments or stdin lines into the ready list, in order, counted; --wait-below
+"""goodsd push: arguments or stdin lines into the ready list, in order, counted; a long line
+byte for byte; an item over the largest is refused by number, the rest pushed; --wait-below
 holds back; a dead server or a bad config is one line, not a traceback."""
 
 from __future__ import annotations
 
+import io
+import random
 import subprocess
 import sys
+from pathlib import Path
 
 from ops_cli import assert_one_line_error, goodsd
 from support import wait_for
+
+from goodsd.config import load as load_config
+from goodsd.ops import push
 
 
 def test_push_arguments_in_fifo_order(r, make_config):
@@ -92,3 +99,53 @@ def test_bad_config_is_one_line_and_exit_78(tmp_path):
 def test_missing_config_file_is_one_line(tmp_path):
     result = goodsd(tmp_path / "absent.yaml", "status")
     assert_one_line_error(result, 78, "absent.yaml", "cannot read")
+
+
+def test_a_multi_megabyte_line_is_pushed_byte_for_byte(r, make_config):
+    # Given a line of 5 MB of arbitrary bytes (a \r inside, none at its end), then a short one
+    rng = random.Random(8)
+    line = rng.randbytes(5_000_000).replace(b"\n", b"n") + b"."
+    # When both go through `goodsd push` on stdin, with a CRLF ending after the long one
+    result = goodsd(make_config(), "push", stdin=line + b"\r\ngood1\n")
+    # Then the long line is one item, byte for byte, followed by the short one
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "pushed 2 item(s) to 'q'\n"
+    assert r.lrange("q", 0, -1) == [b"good1", line]
+
+
+def push_in_process(
+    config: Path, items: list[str], stdin: bytes, limit: int
+) -> tuple[int, str, str]:
+    """Run push.main with a limit of ``limit`` bytes: (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    status = push.main(
+        load_config(str(config)),
+        items,
+        wait_below=None,
+        stdin=io.BytesIO(stdin),
+        out=out,
+        err=err,
+        max_item=limit,
+    )
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_a_line_over_the_largest_item_is_refused_and_the_rest_pushed(r, make_config):
+    # Given lines under a limit of 10 bytes, one of 11 bytes among them, and one of exactly
+    # 10 bytes before its \r\n
+    lines = [b"good1", b"x" * 11, b"good2", b"y" * 10 + b"\r", b"good3"]
+    # When they are pushed
+    status, out, err = push_in_process(make_config(), [], b"\n".join(lines) + b"\n", limit=10)
+    # Then all but the long one are in the ready list, in order; stderr names it; exit 1
+    assert r.lrange("q", 0, -1)[::-1] == [b"good1", b"good2", b"y" * 10, b"good3"]
+    assert err == "goodsd: line 2 not pushed: 11 bytes, over the largest item (10 bytes)\n"
+    assert out == "pushed 4 item(s) to 'q' (refused 1 over 10 bytes)\n"
+    assert status == 1
+
+
+def test_an_argument_over_the_largest_item_is_refused_and_the_rest_pushed(r, make_config):
+    status, out, err = push_in_process(make_config(), ["good1", "x" * 11, "good2"], b"", 10)
+    assert r.lrange("q", 0, -1)[::-1] == [b"good1", b"good2"]
+    assert err == "goodsd: argument 2 not pushed: 11 bytes, over the largest item (10 bytes)\n"
+    assert out == "pushed 2 item(s) to 'q' (refused 1 over 10 bytes)\n"
+    assert status == 1
