@@ -21,7 +21,7 @@ from goodsd import hostinfo, runner, stopsignal
 from goodsd.config import Config
 from goodsd.forkguard import ForkGuard
 from goodsd.logs import show_item
-from goodsd.queue import Delivery, Failure, InFlightLost, Queue
+from goodsd.queue import MAX_ERROR, Delivery, Failure, InFlightLost, Queue, clip
 from goodsd.redisconn import GaveUp, until_done
 from goodsd.scoreboard import Scoreboard
 
@@ -188,7 +188,7 @@ class Consumer:
                 "malformed item %s goes to the dead list: %s", show_item(delivery.payload), exc
             )
             return Failure(delivery, f"malformed: {exc}", final=True)
-        error = f"{type(exc).__name__}: {exc}"
+        error = clip(f"{type(exc).__name__}: {exc}", MAX_ERROR)
         log.warning("handler failed on %s: %s", show_item(delivery.payload), error)
         return Failure(delivery, error)
 

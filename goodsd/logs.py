@@ -68,8 +68,11 @@ def printable(text: str) -> str:
 def show_item(item: bytes, limit: int = ITEM_SHOWN) -> str:
     """An item's bytes as readable text for a log line: UTF-8 where it is, ``\\xff`` for bytes
     that are not, control characters escaped, clipped to ``limit`` characters."""
-    text = printable(item.decode("utf-8", "backslashreplace"))
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    head = item[: limit * 4]  # no character takes more than 4 bytes: enough, whatever the size
+    text = printable(head.decode("utf-8", "backslashreplace"))
+    if len(text) <= limit and len(head) == len(item):
+        return text
+    return text[: limit - 3] + "..."
 
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import resource
 import secrets
 import selectors
 import signal
@@ -195,6 +196,7 @@ class Master:
         except PasswordError as exc:
             log.critical("%s", exc)
             return EXIT_CONFIG
+        raise_fd_limit()
         self.exporter = metrics.reconfigure(None, self.config)  # ConfigError: exit 78
         self.master_id = f"{hostinfo.hostname()}-{os.getpid()}"
         self.started_wall = time.time()
@@ -965,6 +967,16 @@ class Master:
         self.selector.close()
         os.close(self.wake_r)
         os.close(self.wake_w)
+
+
+def raise_fd_limit() -> None:
+    """Lift the soft limit on open files to the hard one: the master holds an event pipe per
+    child (and metrics connections), and systemd's default soft limit of 1024 is too low for a
+    large pool. Its selector is epoll, so descriptors above 1024 are fine."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def signals_to_handle(data: bytes) -> list[int]:

@@ -53,6 +53,8 @@ TAG_MARK = b"\x1egoodsd:"
 TAG_LEN = 16
 # Length of an envelope's head: the mark, the tag and the ":" before the item.
 ENVELOPE_HEAD = len(TAG_MARK) + TAG_LEN + 1
+# Longest error text kept in a dead record (a handler's exception message may be any size).
+MAX_ERROR = 4000
 STAT_FIELDS = ("pushed", "claimed", "done", "failed", "retried", "dead", "requeued")
 
 
@@ -431,14 +433,22 @@ def tagged_value(tag: str, payload: bytes) -> bytes:
 def dead_record_head(payload: bytes, error: str, consumer: str, at: float) -> bytes:
     """The JSON of a dead record up to its attempts count, which only the script knows:
     the script appends ``<attempts>}``. Items that are not UTF-8 are kept as base64."""
-    record: dict[str, object] = {}
+    tail = {"error": clip(error, MAX_ERROR), "at": round(at, 3), "consumer": consumer}
     try:
-        record["item"] = payload.decode("utf-8")
+        text = json.dumps({"item": payload.decode("utf-8"), **tail}, ensure_ascii=False)
     except UnicodeDecodeError:
-        record["item_b64"] = base64.b64encode(payload).decode("ascii")
-    record.update(error=error, at=round(at, 3), consumer=consumer)
-    text = json.dumps(record, ensure_ascii=False)
+        text = ""
+    # JSON escapes a control character in six bytes: an item made of them would grow past what
+    # Redis takes in one argument. base64 grows it by a third, whatever it holds.
+    if not text or len(text) > len(payload) * 4 // 3 + 1024:
+        item_b64 = base64.b64encode(payload).decode("ascii")
+        text = json.dumps({"item_b64": item_b64, **tail}, ensure_ascii=False)
     return (text[:-1] + ', "attempts": ').encode("utf-8")
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, saying so."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def parse_dead_record(raw: bytes) -> dict[str, object]:

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from goodsd.queue import (
+    MAX_ERROR,
     TAG_LEN,
     TAG_MARK,
     dead_record_head,
@@ -134,3 +135,18 @@ def test_parse_dead_record_shows_foreign_entries_raw(raw: bytes) -> None:
         "attempts": 0,
         "at": 0,
     }
+
+
+def test_an_item_that_json_would_blow_up_is_kept_as_base64() -> None:
+    # Given an item of control characters (six bytes each once escaped as JSON)
+    payload = b"\x01" * 100_000
+    head = dead_record_head(payload, "boom", "c1", 1.0)
+    # Then the record keeps it as base64, a third larger at most, and it reads back whole
+    assert len(head) < len(payload) * 4 // 3 + 1024
+    record = complete(head, 1)
+    assert base64.b64decode(record["item_b64"]) == payload
+
+
+def test_a_huge_error_is_clipped_in_the_dead_record() -> None:
+    record = complete(dead_record_head(b"good1", "x" * 100_000, "c1", 1.0), 1)
+    assert len(record["error"]) == MAX_ERROR and record["error"].endswith("...")
