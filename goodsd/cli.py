@@ -212,8 +212,8 @@ def _probe_verdict(
 ) -> str | None:
     """What the probe's exit status and reports mean; ``said`` is its last line on stderr."""
     failed = [str(entry["failed"]) for entry in reports if "failed" in entry]
-    if failed:
-        return failed[0]  # "cannot load 'mod:attr': Type: message", from goodsd.runner
+    if failed:  # "cannot load 'mod:attr': Type: message", from goodsd.runner, on one line
+        return " ".join(failed[0].split())
     if status == 0 and any("done" in entry for entry in reports) and not timed_out:
         return None
     started = [str(entry["importing"]) for entry in reports if "importing" in entry]

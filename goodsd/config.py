@@ -505,10 +505,10 @@ def _choice(*options: str) -> _Parse:
     """One of a few words, case-insensitive, stored lower so comparisons stay simple."""
 
     def parse(value: object) -> str:
-        word = _string(value).lower()
-        if word not in options:
-            raise ValueError(f"must be one of {', '.join(options)}, got {_quoted(_string(value))}")
-        return word
+        text = _string(value)
+        if text.lower() not in options:
+            raise ValueError(f"must be one of {', '.join(options)}, got {_quoted(text)}")
+        return text.lower()
 
     return parse
 
@@ -794,7 +794,7 @@ class _Loader(yaml.SafeLoader):
     def __init__(self, text: str, path: str) -> None:
         super().__init__(text)
         self.path = path
-        self.open: list[_Open] = []  # collections being read, outermost first
+        self.unclosed: list[_Open] = []  # collections being read, outermost first
         self.shapes: dict[str, tuple[int, int]] = {}  # anchor -> (height, size) of its value
         self.values = 0  # values so far, aliases counted as what they stand for
         self.top_key = ""  # the top-level key being read, for messages
@@ -815,31 +815,31 @@ class _Loader(yaml.SafeLoader):
         elif isinstance(event, AliasEvent):
             self.alias(event)
         elif isinstance(event, CollectionStartEvent):
-            if len(self.open) + 1 > MAX_DEPTH:
+            if len(self.unclosed) + 1 > MAX_DEPTH:
                 raise self.refuse(event, f"nested deeper than {MAX_DEPTH} levels")
-            self.open.append(_Open(event.anchor, isinstance(event, MappingStartEvent)))
+            self.unclosed.append(_Open(event.anchor, isinstance(event, MappingStartEvent)))
         elif isinstance(event, CollectionEndEvent):
-            done = self.open.pop()
+            done = self.unclosed.pop()
             self.finished(done.anchor, done.height, done.size)
         return event
 
     def note_child(self, event: Event) -> None:
-        if not self.open:
+        if not self.unclosed:
             return
-        parent = self.open[-1]
-        if len(self.open) == 1 and parent.mapping and parent.children % 2 == 0:
+        parent = self.unclosed[-1]
+        if len(self.unclosed) == 1 and parent.mapping and parent.children % 2 == 0:
             self.top_key = event.value if isinstance(event, ScalarEvent) else ""
         parent.children += 1
 
     def alias(self, event: AliasEvent) -> None:
-        if any(collection.anchor == event.anchor for collection in self.open):
+        if any(collection.anchor == event.anchor for collection in self.unclosed):
             raise self.refuse(
                 event, f"alias *{event.anchor} refers to a collection that contains it"
             )
         if event.anchor not in self.shapes:
             return  # the composer reports the undefined alias
         height, size = self.shapes[event.anchor]
-        if len(self.open) + height > MAX_DEPTH:
+        if len(self.unclosed) + height > MAX_DEPTH:
             raise self.refuse(event, f"nested deeper than {MAX_DEPTH} levels")
         self.count(event, size)
         self.finished(None, height, size)
@@ -854,8 +854,8 @@ class _Loader(yaml.SafeLoader):
         """A value ended: record its shape under its anchor, and add it to its parent's."""
         if anchor is not None:
             self.shapes[anchor] = (height, size)
-        if self.open:
-            parent = self.open[-1]
+        if self.unclosed:
+            parent = self.unclosed[-1]
             parent.height = max(parent.height, height + 1)
             parent.size += size
 

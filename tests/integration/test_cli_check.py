@@ -87,6 +87,20 @@ def test_check_names_a_handler_that_cannot_be_imported(tmp_path: Path) -> None:
     assert result.stderr.startswith(f"{path}: ")
 
 
+def test_an_import_error_is_told_on_one_line(tmp_path: Path) -> None:
+    # Given a handler module that raises an exception whose message spans lines
+    (tmp_path / "multiline_mod.py").write_text("raise RuntimeError('first\\nsecond')\n")
+    path = tmp_path / "goodsd.yaml"
+    path.write_text(f"pythonpath: [{tmp_path}]\nconsumers:\n  handler: multiline_mod:handle\n")
+    # When it is checked
+    result = goodsd("check", "-c", str(path))
+    # Then the reason is one line
+    assert result.returncode == EX_CONFIG
+    assert result.stderr == (
+        f"{path}: cannot load 'multiline_mod:handle': RuntimeError: first second\n"
+    )
+
+
 def test_check_names_a_handler_whose_import_exits(tmp_path: Path) -> None:
     # Given a handler module that calls sys.exit() while being imported
     (tmp_path / "loud_import_mod.py").write_text("import sys\nsys.exit('import refused')\n")
