@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
+from typing import IO
 
 from goodsd import __version__, logs, metrics
 from goodsd import config as config_mod
@@ -121,14 +125,38 @@ class PidFile:
         self.fd = -1
 
 
-# Imports what the config names, in a throwaway interpreter, so that `check` never runs user
-# code in-process and sees the same sys.path a child would.
+# How long `check` (and `run --detach`, before it detaches) waits for the handler, setup and
+# source to import, by default. An import that takes longer is taken for one that hangs.
+IMPORT_TIMEOUT = 60.0
+
+# Imports what the config names in a throwaway interpreter, so that `check` never runs user code
+# in-process and sees the same sys.path a child would. Before any user code runs, it arranges to
+# die with its parent (and exits if the parent is already gone). It reports on its own copy of
+# stdout, one JSON object a line: each import it starts, a failure, and "done" only after every
+# import succeeded; what the imported modules print goes to stderr, so it cannot pass for a
+# report. An interpreter that exits without "done" (os._exit(0) in a module) did not import.
 _IMPORT_PROBE = """
-import sys
+import json, os, signal, sys
+from goodsd.hostinfo import set_parent_death_signal
+set_parent_death_signal(signal.SIGKILL)
+job = json.loads(sys.argv[1])
+if os.getppid() != job["parent"]:
+    sys.exit("goodsd check is gone")
+reports = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)
+def report(**entry):
+    reports.write(json.dumps(entry) + "\\n")
+    reports.flush()
 from goodsd import runner
-runner.add_pythonpath(tuple(sys.argv[1].split("\\0")) if sys.argv[1] else ())
-for spec in sys.argv[2:]:
-    runner.load_callable(spec)
+runner.add_pythonpath(tuple(job["pythonpath"]))
+for spec in job["specs"]:
+    report(importing=spec)
+    try:
+        runner.load_callable(spec)
+    except runner.HandlerLoadError as exc:
+        report(failed=str(exc))
+        sys.exit(1)
+report(done=True)
 """
 
 
@@ -136,25 +164,96 @@ def import_specs(cfg: Config) -> list[str]:
     return [s for s in (cfg.consumers.handler, cfg.consumers.setup, cfg.producer.source) if s]
 
 
-def import_problem(cfg: Config) -> str | None:
-    """Why what the config names cannot be imported, or None when it can."""
-    probe = subprocess.run(
-        [sys.executable, "-c", _IMPORT_PROBE, "\0".join(cfg.pythonpath), *import_specs(cfg)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if probe.returncode == 0:
+def import_problem(cfg: Config, timeout: float = IMPORT_TIMEOUT) -> str | None:
+    """Why what the config names cannot be imported (one line), or None when it can.
+
+    The probe gets ``timeout`` seconds; it and anything it started in its process group are
+    killed when it is over, when the wait is interrupted (Ctrl-C), and after it exited.
+    """
+    specs = import_specs(cfg)
+    if not specs:
         return None
-    lines = probe.stderr.strip().splitlines()
-    return lines[-1] if lines else "import failed"
+    job = json.dumps({"parent": os.getpid(), "pythonpath": cfg.pythonpath, "specs": specs})
+    with tempfile.TemporaryFile() as reports, tempfile.TemporaryFile() as errors:
+        # Files, not pipes: a process the module started may keep a pipe open for ever.
+        probe = subprocess.Popen(
+            [sys.executable, "-c", _IMPORT_PROBE, job],
+            stdin=subprocess.DEVNULL,
+            stdout=reports,
+            stderr=errors,
+            process_group=0,
+        )
+        timed_out = False
+        try:
+            probe.wait(timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(probe.pid, signal.SIGKILL)
+            probe.wait()
+        reports.seek(0)
+        entries = _probe_reports(reports.read())
+        return _probe_verdict(probe.returncode, entries, timed_out, timeout, _last_line(errors))
+
+
+def _probe_reports(data: bytes) -> list[dict[str, object]]:
+    entries = []
+    for line in data.decode(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict):
+                entries.append(entry)
+    return entries
+
+
+def _probe_verdict(
+    status: int, reports: list[dict[str, object]], timed_out: bool, timeout: float, said: str
+) -> str | None:
+    """What the probe's exit status and reports mean; ``said`` is its last line on stderr."""
+    failed = [str(entry["failed"]) for entry in reports if "failed" in entry]
+    if failed:  # "cannot load 'mod:attr': Type: message", from goodsd.runner, on one line
+        return " ".join(failed[0].split())
+    if status == 0 and any("done" in entry for entry in reports) and not timed_out:
+        return None
+    started = [str(entry["importing"]) for entry in reports if "importing" in entry]
+    what = f"cannot load {started[-1]!r}" if started else "the import probe failed"
+    if timed_out:
+        return f"{what}: did not finish importing within {timeout:g}s"
+    if status < 0:
+        return f"{what}: killed by {_signal_name(-status)} during import"
+    detail = f": {said}" if status > 0 and said else ""
+    return f"{what}: exited during import with status {status}{detail}"
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _last_line(errors: IO[bytes]) -> str:
+    """The last line the probe wrote on stderr (a traceback ends with its exception), or ''."""
+    errors.seek(0, os.SEEK_END)
+    errors.seek(max(0, errors.tell() - 4096))
+    lines = errors.read().decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def print_warnings(cfg: Config) -> None:
+    """The config's warnings on stderr, one line each (at warning priority under journald)."""
+    prefix = "<4>" if logs.under_journal(os.environ) else ""
+    for warning in cfg.warnings:
+        print(f"{prefix}goodsd: warning: {warning}", file=sys.stderr)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate the config and import the handler, like `nginx -t`."""
     cfg = load_config(args)
+    print_warnings(cfg)
     metrics.require_client(cfg)
-    problem = import_problem(cfg)
+    problem = import_problem(cfg, args.import_timeout)
     if problem:
         print(f"{cfg.path}: {problem}", file=sys.stderr)
         return EXIT_CONFIG
@@ -322,6 +421,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check", parents=[common], help="validate config, import handler")
+    check.add_argument(
+        "--import-timeout",
+        type=_seconds,
+        default=IMPORT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"give up on importing handler, setup and source after SECONDS "
+        f"(default {IMPORT_TIMEOUT:g})",
+    )
     check.set_defaults(func=cmd_check)
     add_ops_commands(sub, common)
     return parser

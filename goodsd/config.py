@@ -10,18 +10,46 @@ the line and the dotted key, so `goodsd check` points straight at the mistake.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import errno
+import ipaddress
 import math
+import os
 import re
+import shlex
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
+import redis
 import yaml
+from redis.connection import URL_QUERY_ARGUMENT_PARSERS
+from yaml.events import (
+    AliasEvent,
+    CollectionEndEvent,
+    CollectionStartEvent,
+    Event,
+    MappingStartEvent,
+    ScalarEvent,
+)
 from yaml.nodes import MappingNode, Node, ScalarNode
 from yaml.reader import ReaderError
+from yaml.tokens import ScalarToken
 
 DEFAULT_PATH = "/etc/goodsd.yaml"
+# The largest config file read. A full goodsd config is a few KiB; the limit keeps a wrong path
+# (a log, a dump) from stalling `check` or the master's loop on a reload for many seconds.
+MAX_FILE_BYTES = 1 << 20
+# The deepest nesting read, the top-level mapping being level 1; goodsd's own keys need 3.
+# PyYAML composes and constructs recursively, so depth is refused before it is composed.
+MAX_DEPTH = 32
+# The most values a file may hold, aliases counted as what they stand for. A goodsd config
+# holds about 50. PyYAML takes some 30 us a value, so this keeps a parse (which a reload runs in
+# the master's loop) well under a second, and it stops alias bombs: PyYAML copies merged keys
+# (`<<: [*a, *a]`), so a few lines of aliases could otherwise stand for billions of values.
+MAX_VALUES = 10_000
 
 
 class ConfigError(Exception):
@@ -104,6 +132,12 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     path: str = ""  # the file it was read from, for messages; not a YAML key
+    # Line of each key the file sets, by dotted key ("consumers.batch" -> 12), so checks made
+    # after parsing can blame a line. Not part of the config's value.
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    # Problems that do not stop goodsd (a secret other users can read), each a full sentence
+    # naming the file and the fix. Set by `load`; not part of the config's value.
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
 def resolve_path(cli_path: str | None, environ: Mapping[str, str]) -> str:
@@ -112,40 +146,154 @@ def resolve_path(cli_path: str | None, environ: Mapping[str, str]) -> str:
 
 
 def load(path: str) -> Config:
-    """Read and validate the file; an unreadable file is a config error, not a crash."""
+    """Read ``path``, validate it, and check the files it names, as `run` will use them.
+
+    Only a regular file of at most MAX_FILE_BYTES is read, and opening never blocks (a FIFO or a
+    device at the path is refused, not waited on). Raises ConfigError for anything `run` would
+    refuse; what does not stop goodsd (a password other users can read) is returned in
+    ``Config.warnings``.
+    """
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        data, mode = _read_config_file(path)
     except OSError as err:
         raise ConfigError(path, None, "", f"cannot read: {err.strerror or err}") from None
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ConfigError(path, None, "", f"not UTF-8 text (byte {err.start})") from None
-    return parse(text, path)
+    cfg = parse(text, path)
+    warnings = (*_password_file_warnings(cfg), *_url_password_warnings(cfg, mode))
+    return dataclasses.replace(cfg, warnings=warnings)
 
 
 def parse(text: str, path: str = "<string>") -> Config:
-    """Validate YAML text into a Config; every check lives here so `check` and `run` agree."""
+    """Validate YAML text into a Config; every check lives here so `check` and `run` agree.
+
+    Raises ConfigError, and nothing else, whatever the text.
+    """
     try:
-        loader = yaml.SafeLoader(text)
-        try:
-            return _Builder(path, loader).build(loader.get_single_node())
-        finally:
-            loader.dispose()
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        line = mark.line + 1 if mark else None
-        reason = ", ".join(part for part in (err.context, err.problem) if part)
-        raise ConfigError(path, line, "", f"invalid YAML: {reason}") from None
-    except ReaderError as err:
+        loader = _Loader(text, path)
+    except ReaderError as err:  # a character YAML does not allow, e.g. NUL
         line = text.count("\n", 0, err.position) + 1
         reason = f"invalid YAML: character #x{err.character:04x}: {err.reason}"
         raise ConfigError(path, line, "", reason) from None
+    try:
+        return _Builder(path, loader).build(loader.get_single_node())
+    except yaml.MarkedYAMLError as err:
+        raise _syntax_error(err, loader.last_plain, text, path) from None
+    except (RecursionError, MemoryError):
+        # The limits on depth and aliases keep PyYAML's recursion and copying small; this is
+        # the last line, so that a shape they miss still ends as one line and exit 78.
+        raise ConfigError(path, None, "", "too deeply nested or too large to read") from None
+    finally:
+        loader.dispose()
 
 
 def dump(data: Mapping[str, object]) -> str:
     """A config mapping as YAML text that ``parse`` reads back, keys in the given order. For
     programs that write a config (the demo, benchmarks), so only this module knows YAML."""
     return yaml.safe_dump(dict(data), sort_keys=False)
+
+
+# --- files -----------------------------------------------------------------------------------
+
+
+class _NotRegularFile(OSError):
+    """A path that is there but is no regular file: reading it could block or never end."""
+
+    def __init__(self, mode: int) -> None:
+        super().__init__(errno.EINVAL, f"{_file_kind(mode)}, not a regular file")
+
+
+def _file_kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a file")
+
+
+def _open_regular(path: str) -> tuple[int, os.stat_result]:
+    """A descriptor for reading ``path`` and its stat. O_NONBLOCK, so a FIFO without a writer
+    is refused instead of waited on; raises OSError (_NotRegularFile for anything but a
+    regular file)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _NotRegularFile(info.st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info
+
+
+def _read_limited(fd: int, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes from ``fd``: one byte more than allowed tells a file over
+    the limit, even one whose size lies (files in /proc say 0)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = os.read(fd, limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _read_config_file(path: str) -> tuple[bytes, int]:
+    """The bytes of the config file and its mode; raises OSError with the reason."""
+    too_big = OSError(errno.EFBIG, "larger than 1 MiB; is this the right file?")
+    fd, info = _open_regular(path)
+    try:
+        if info.st_size > MAX_FILE_BYTES:
+            raise too_big
+        data = _read_limited(fd, MAX_FILE_BYTES)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE_BYTES:
+        raise too_big
+    return data, info.st_mode
+
+
+def _restrict(path: str) -> str:
+    """The commands that give a secret file the modes the README asks for."""
+    quoted = shlex.quote(path)
+    return f"restrict it: chmod 0640 {quoted}; chown root:goodsd {quoted}"
+
+
+def _password_file_warnings(cfg: Config) -> tuple[str, ...]:
+    """Check now that ``redis.password_file`` can be read, as every goodsd process will at
+    its start; raises ConfigError at its line otherwise. Warns when other users can read it."""
+    name = cfg.redis.password_file
+    if not name:
+        return ()
+    try:
+        fd, info = _open_regular(name)
+        os.close(fd)
+    except OSError as err:
+        key = "redis.password_file"
+        reason = f"cannot read {name}: {err.strerror or err}"
+        raise ConfigError(cfg.path, cfg.lines.get(key), key, reason) from None
+    if info.st_mode & stat.S_IROTH:
+        return (
+            f"redis.password_file {name} can be read by every user on this host; {_restrict(name)}",
+        )
+    return ()
+
+
+def _url_password_warnings(cfg: Config, mode: int) -> tuple[str, ...]:
+    """Warn when a config file other users can read holds a password in its redis.url."""
+    if not (mode & stat.S_IROTH and url_has_password(cfg.redis.url)):
+        return ()
+    return (
+        f"{cfg.path} holds a Redis password in redis.url and can be read by every user on "
+        f"this host; {_restrict(cfg.path)}",
+    )
 
 
 # --- durations and addresses ---------------------------------------------------------------
@@ -167,7 +315,10 @@ def parse_duration(value: object) -> float:
     """Seconds from a number or a systemd-style span ("1min 30s"), as unit files write them."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError(f"expected a duration such as 30s, got {_describe(value)}")
-    seconds = _parse_span(value) if isinstance(value, str) else float(value)
+    try:
+        seconds = _parse_span(value) if isinstance(value, str) else float(value)
+    except OverflowError:  # an integer beyond every float
+        raise ValueError("must be a finite duration") from None
     if not math.isfinite(seconds):
         raise ValueError("must be a finite duration")
     if seconds < 0:
@@ -187,10 +338,10 @@ def _parse_span(text: str) -> float:
     while pos < len(text):
         part = _DURATION_PART.match(text, pos)
         if part is None:
-            raise ValueError(f"invalid duration {text!r} ({_DURATION_HINT})")
+            raise ValueError(f"invalid duration {_quoted(text)} ({_DURATION_HINT})")
         number, unit = part.groups()
         if unit not in _UNITS:
-            raise ValueError(f"unknown unit {unit!r} in {text!r} ({_DURATION_HINT})")
+            raise ValueError(f"unknown unit {_quoted(unit)} in {_quoted(text)} ({_DURATION_HINT})")
         total += float(number) * _UNITS[unit]
         pos = part.end()
     return total
@@ -205,10 +356,32 @@ def parse_listen(value: str) -> tuple[str, int]:
         if ":" in host:
             raise ValueError(f"put an IPv6 address in brackets, e.g. [::1]:9464, got {value!r}")
     if not sep or not host:
-        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:9464, got {value!r}")
-    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
-        raise ValueError(f"port must be between 1 and 65535, got {port!r}")
+        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:9464, got {_quoted(value)}")
+    if not (port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535):
+        raise ValueError(f"port must be between 1 and 65535, got {_quoted(port)}")
     return host, int(port)
+
+
+# Words in a URL query parameter's name that say its value is a secret (``password``,
+# ``ssl_password``, an ``api_token``...). A name that ends in "file" or "path" names where a
+# secret is kept (``ssl_keyfile``), which is shown: hiding it would only hide a path.
+_SECRET_WORDS = ("pass", "secret", "token", "key", "auth", "credential")
+
+
+def secret_parameter(name: str) -> bool:
+    """Whether a URL query parameter (its raw name, percent-encoded or not) holds a secret."""
+    word = unquote(name).lower()
+    return any(part in word for part in _SECRET_WORDS) and not word.endswith(("file", "path"))
+
+
+def url_has_password(url: str) -> bool:
+    """Whether a Redis URL carries a password: in its user-info part or a query parameter."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not a URL urllib can split; the config check refuses it
+        return False
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    return bool(parts.password) or any(secret_parameter(name) and v for name, v in query)
 
 
 # --- value parsers: each takes what YAML gave and returns the typed value or raises ValueError
@@ -223,11 +396,11 @@ def _describe(value: object) -> str:
     if isinstance(value, bool):
         return f"boolean {str(value).lower()}"
     if isinstance(value, int):
-        return f"integer {value}"
+        return _int_text(value) if _huge(value) else f"integer {value}"
     if isinstance(value, float):
         return f"number {value:g}"
     if isinstance(value, str):
-        return f"string {value!r}"
+        return f"string {_quoted(value)}"
     if isinstance(value, list):
         return "a list"
     if isinstance(value, dict):
@@ -235,14 +408,56 @@ def _describe(value: object) -> str:
     return type(value).__name__
 
 
+# Longest piece of a value quoted in a message, so an error stays one readable line.
+_QUOTE_MAX = 60
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _QUOTE_MAX else text[: _QUOTE_MAX - 3] + "..."
+
+
+def _quoted(text: str) -> str:
+    """``text`` as a Python literal (line breaks and control characters escaped), clipped."""
+    return _clip(repr(text))
+
+
+def _key_text(name: str) -> str:
+    """A key as written when it is plain, else quoted, so the message stays one line."""
+    return name if name.isprintable() and len(name) <= _QUOTE_MAX else _quoted(name)
+
+
+def _huge(value: int) -> bool:
+    # Python refuses to print integers of more than 4300 digits; nobody reads 30.
+    return value.bit_length() > 96
+
+
+def _int_text(value: int) -> str:
+    return f"a huge integer ({value.bit_length()} bits)" if _huge(value) else str(value)
+
+
 def _seconds(value: float) -> str:
     return f"{value:g}s"
+
+
+def _span(seconds: float) -> str:
+    """A limit the way the README writes it: 7d, 1h, 30s."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return _seconds(seconds)
+
+
+def _no_nul(text: str) -> str:
+    # NUL ends a C string: paths, argv and environment values cannot hold one.
+    if "\0" in text:
+        raise ValueError("must not contain a NUL character")
+    return text
 
 
 def _string(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {_describe(value)}")
-    return value
+    return _no_nul(value)
 
 
 def _nonempty_string(value: object) -> str:
@@ -258,20 +473,20 @@ def _boolean(value: object) -> bool:
     return value
 
 
-def _integer(low: int, high: int | None = None) -> _Parse:
+def _integer(low: int, high: int) -> _Parse:
     def parse(value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"expected an integer, got {_describe(value)}")
-        if value < low or (high is not None and value > high):
-            bounds = f"at least {low}" if high is None else f"between {low} and {high}"
-            raise ValueError(f"must be {bounds}, got {value}")
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, got {_int_text(value)}")
         return value
 
     return parse
 
 
-def _duration(low: float = 0.0, *, above: bool = False) -> _Parse:
-    """A duration >= low, or > low when `above` (a zero timeout would mean 'never wait')."""
+def _duration(low: float = 0.0, *, high: float, above: bool = False) -> _Parse:
+    """A duration from low (exclusive when ``above``: a zero timeout would mean 'never wait')
+    to high."""
 
     def parse(value: object) -> float:
         seconds = parse_duration(value)
@@ -279,6 +494,8 @@ def _duration(low: float = 0.0, *, above: bool = False) -> _Parse:
             raise ValueError(f"must be greater than {_seconds(low)}, got {_seconds(seconds)}")
         if seconds < low:
             raise ValueError(f"must be at least {_seconds(low)}, got {_seconds(seconds)}")
+        if seconds > high:
+            raise ValueError(f"must be at most {_span(high)}, got {_seconds(seconds)}")
         return seconds
 
     return parse
@@ -288,10 +505,10 @@ def _choice(*options: str) -> _Parse:
     """One of a few words, case-insensitive, stored lower so comparisons stay simple."""
 
     def parse(value: object) -> str:
-        word = _string(value).lower()
-        if word not in options:
-            raise ValueError(f"must be one of {', '.join(options)}, got {value!r}")
-        return word
+        text = _string(value)
+        if text.lower() not in options:
+            raise ValueError(f"must be one of {', '.join(options)}, got {_quoted(text)}")
+        return text.lower()
 
     return parse
 
@@ -307,6 +524,8 @@ def _strings(value: object) -> tuple[str, ...]:
     for number, item in enumerate(value, start=1):
         if not isinstance(item, str) or not item:
             raise ValueError(f"item {number}: expected a non-empty string, got {_describe(item)}")
+        if "\0" in item:
+            raise ValueError(f"item {number}: must not contain a NUL character")
     return tuple(value)
 
 
@@ -317,9 +536,11 @@ def _command(value: object) -> tuple[str, ...]:
             "must be a non-empty list of strings such as [/usr/local/bin/handle-good, --flag], "
             f"got {_describe(value)}"
         )
-    for arg in value:
+    for number, arg in enumerate(value, start=1):
         if not isinstance(arg, str):
             raise ValueError(f"every argument must be a string, got {_describe(arg)}")
+        if "\0" in arg:
+            raise ValueError(f"argument {number}: must not contain a NUL character")
     if not value[0]:
         raise ValueError("the program (first item) must not be empty")
     return tuple(value)
@@ -331,24 +552,90 @@ def _callable_ref(value: object) -> str:
     module, sep, attr = text.partition(":")
     dotted = (*module.split("."), *attr.split("."))
     if not sep or not all(name.isidentifier() for name in dotted):
-        raise ValueError(f"expected 'module.path:callable', got {text!r}")
+        raise ValueError(f"expected 'module.path:callable', got {_quoted(text)}")
     return text
 
 
 def _queue_name(value: object) -> str:
     name = _nonempty_string(value)
     if any(char.isspace() for char in name):
-        raise ValueError(f"must not contain whitespace, got {name!r}")
+        raise ValueError(f"must not contain whitespace, got {_quoted(name)}")
     if "{" in name or "}" in name:
         raise ValueError(
-            f"must not contain '{{' or '}}' (goodsd adds its own hash tag), got {name!r}"
+            f"must not contain '{{' or '}}' (goodsd adds its own hash tag), got {_quoted(name)}"
         )
     return name
 
 
+# Query parameters goodsd sets itself when it connects (goodsd.redisconn.connect), or whose
+# defaults it relies on (replies as raw bytes). redis-py lets the URL win over goodsd's own
+# values, so a URL could turn off its timeouts or its no-hidden-retries rule.
+_SET_BY_GOODSD = frozenset(
+    {
+        "socket_timeout",
+        "socket_connect_timeout",
+        "client_name",
+        "health_check_interval",
+        "retry",
+        "retry_on_timeout",
+        "retry_on_error",
+        "decode_responses",
+        "encoding",
+        "encoding_errors",
+    }
+)
+# Text settings redis-py takes from a URL as they are. Every other parameter that redis-py does
+# not convert itself (URL_QUERY_ARGUMENT_PARSERS) would reach the connection as a string where
+# it needs a flag, a number or an object ("false" is true), and fail only once it connects.
+_URL_TEXT_SETTINGS = frozenset(
+    {
+        "username",
+        "password",
+        "lib_name",
+        "lib_version",
+        "ssl_keyfile",
+        "ssl_certfile",
+        "ssl_cert_reqs",
+        "ssl_ca_certs",
+        "ssl_ca_data",
+        "ssl_ca_path",
+        "ssl_password",
+        "ssl_ciphers",
+    }
+)
+_HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST_NAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
+
+
 def _redis_url(value: object) -> str:
-    """Check the shape of the URL; the message never echoes it, since it may hold a password."""
+    """Check the URL the way redis-py will read it in goodsd.redisconn.connect: its shape, its
+    host, each query parameter, then redis-py's own parsing and connection class (which
+    connect to nothing). Messages never echo the URL, since it may hold a password."""
     url = _string(value)
+    if any(char.isspace() or not char.isprintable() for char in url):
+        raise ValueError(
+            "must not contain whitespace or control characters (percent-encode them, e.g. %20)"
+        )
+    if "#" in url:  # redis-py drops what follows, often the rest of a password
+        raise ValueError("must not contain '#' (percent-encode it as %23)")
+    parts = _url_shape(url)
+    for name, _ in parse_qsl(parts.query, keep_blank_values=True):
+        if name in _SET_BY_GOODSD:
+            raise ValueError(f"query parameter {name}: set by goodsd")
+        if name not in URL_QUERY_ARGUMENT_PARSERS and name not in _URL_TEXT_SETTINGS:
+            raise ValueError(
+                f"query parameter {_key_text(name)}: not a setting redis-py reads from a URL"
+            )
+    try:
+        pool = redis.ConnectionPool.from_url(url)
+        pool.connection_class(**pool.connection_kwargs)
+    except Exception as exc:  # whatever redis-py raises for a URL it cannot use
+        raise ValueError(_redis_py_reason(exc, parts)) from None
+    return url
+
+
+def _url_shape(url: str) -> SplitResult:
+    """Scheme, host, port and database of a Redis URL, checked; raises ValueError."""
     try:
         parts = urlsplit(url)
     except ValueError:  # e.g. an unclosed [ of an IPv6 host
@@ -358,17 +645,41 @@ def _redis_url(value: object) -> str:
     if parts.scheme == "unix":
         if parts.hostname or not parts.path.startswith("/"):
             raise ValueError("unix:// needs an absolute socket path, e.g. unix:///run/redis.sock")
-        return url
+        return parts
     try:
         parts.port  # noqa: B018 - urlsplit checks the port only when it is read
     except ValueError:
         raise ValueError("port must be a number between 0 and 65535") from None
     if not parts.hostname:
         raise ValueError("needs a host, e.g. redis://127.0.0.1:6379/0")
+    if not _host_or_address(unquote(parts.hostname)):
+        raise ValueError("the host must be a host name or an IP address")
     database = parts.path.lstrip("/")
     if database and not (database.isascii() and database.isdigit()):
         raise ValueError("the path must be a database number, e.g. redis://127.0.0.1:6379/0")
-    return url
+    return parts
+
+
+def _host_or_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return len(host) <= 253 and _HOST_NAME.fullmatch(host) is not None
+    return True
+
+
+def _redis_py_reason(exc: Exception, parts: SplitResult) -> str:
+    """Why redis-py refused the URL, without any secret it may hold."""
+    unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+    if isinstance(exc, TypeError) and unexpected:
+        return f"query parameter {unexpected[1]}: not taken by a {parts.scheme}:// connection"
+    message = str(exc)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    secrets = [parts.username, parts.password, *(v for n, v in query if secret_parameter(n))]
+    shown = [text for s in secrets if s for text in (s, unquote(s))]
+    if not message or len(message) > 200 or any(text in message for text in shown):
+        return f"redis-py cannot use it ({type(exc).__name__})"
+    return f"redis-py cannot use it: {message}"
 
 
 def _listen(value: object) -> str:
@@ -378,6 +689,27 @@ def _listen(value: object) -> str:
 
 
 # --- schema ---------------------------------------------------------------------------------
+
+# Upper bounds. Every duration and count has one, so a typo (an extra 0, a "d" for an "s")
+# fails `check` instead of an overflow in poll(), Redis or Lua at run time.
+HOUR = 3600.0
+DAY = 86400.0
+# A timeout or a delay is waited for with poll/select, whose limit is about 24.8 days (2**31
+# ms); a week already means "never" for a work item.
+ITEM_MAX = 7 * DAY
+# Starting, stopping and leases are about processes and hosts: a day is the most that still
+# lets a human notice a stuck pool the same day. Leases go to Redis as SET ... PX.
+SUPERVISE_MAX = DAY
+# A failed start is retried at least this often, so a fixed cause (Redis back, a file
+# restored) is picked up within the hour.
+RESTART_DELAY_MAX = HOUR
+# A million retries: even with no delay that is days of attempts; an item that needs more is
+# one for the dead list. Counts pass through Lua, exact up to 2**53.
+RETRIES_MAX = 1_000_000
+# Replacing a worker after a billion items is as good as never.
+MAX_ITEMS_MAX = 1_000_000_000
+# The most items a Redis list can hold.
+LIST_MAX = 2**32 - 1
 
 _TOP_KEYS: dict[str, _Parse] = {
     "queue": _queue_name,
@@ -397,10 +729,10 @@ _SECTIONS: dict[str, tuple[type, dict[str, _Parse]]] = {
             "command": _optional(_command),
             "setup": _optional(_callable_ref),
             "batch": _integer(1, 10000),
-            "timeout": _duration(above=True),
-            "retries": _integer(0),
-            "retry_delay": _duration(),
-            "max_items": _integer(0),
+            "timeout": _duration(above=True, high=ITEM_MAX),
+            "retries": _integer(0, RETRIES_MAX),
+            "retry_delay": _duration(high=ITEM_MAX),
+            "max_items": _integer(0, MAX_ITEMS_MAX),
             "decode": _choice("utf-8", "bytes", "json"),
         },
     ),
@@ -410,8 +742,8 @@ _SECTIONS: dict[str, tuple[type, dict[str, _Parse]]] = {
             "processes": _integer(0, 64),
             "source": _optional(_callable_ref),
             "command": _optional(_command),
-            "high_watermark": _integer(1),
-            "low_watermark": _integer(0),
+            "high_watermark": _integer(1, LIST_MAX),
+            "low_watermark": _integer(0, LIST_MAX - 1),
             "singleton": _boolean,
             "batch": _integer(1, 10000),
         },
@@ -419,10 +751,10 @@ _SECTIONS: dict[str, tuple[type, dict[str, _Parse]]] = {
     "supervisor": (
         SupervisorConfig,
         {
-            "graceful_timeout": _duration(above=True),
-            "restart_delay": _duration(above=True),
-            "restart_delay_max": _duration(above=True),
-            "lease": _duration(1.0),
+            "graceful_timeout": _duration(above=True, high=SUPERVISE_MAX),
+            "restart_delay": _duration(above=True, high=RESTART_DELAY_MAX),
+            "restart_delay_max": _duration(above=True, high=SUPERVISE_MAX),
+            "lease": _duration(1.0, high=SUPERVISE_MAX),
         },
     ),
     "logging": (
@@ -434,6 +766,152 @@ _SECTIONS: dict[str, tuple[type, dict[str, _Parse]]] = {
     ),
     "metrics": (MetricsConfig, {"listen": _optional(_listen)}),
 }
+
+# --- reading YAML ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Open:
+    """A collection whose end event has not come yet."""
+
+    anchor: str | None  # its &anchor, if any
+    mapping: bool  # a mapping (children alternate key, value) or a sequence
+    height: int = 1  # levels from it down to its deepest value so far, itself included
+    size: int = 1  # values in it so far, itself included, aliases counted as what they stand for
+    children: int = 0  # events directly inside it so far
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader that watches the events as the composer takes them, and refuses nesting
+    deeper than MAX_DEPTH and more than MAX_VALUES values before the composer, the constructor
+    or merge keys (all recursive, merges copying) get to them.
+
+    An alias counts as the value it stands for: `&a [[x]]` used three levels down is five levels
+    deep. It also remembers the last plain scalar scanned, for the syntax error of a key without
+    its ':'.
+    """
+
+    def __init__(self, text: str, path: str) -> None:
+        super().__init__(text)
+        self.path = path
+        self.unclosed: list[_Open] = []  # collections being read, outermost first
+        self.shapes: dict[str, tuple[int, int]] = {}  # anchor -> (height, size) of its value
+        self.values = 0  # values so far, aliases counted as what they stand for
+        self.top_key = ""  # the top-level key being read, for messages
+        self.last_plain: ScalarToken | None = None
+
+    def scan_plain(self) -> ScalarToken:
+        self.last_plain = super().scan_plain()
+        return self.last_plain
+
+    def get_event(self) -> Event:
+        event = super().get_event()
+        if isinstance(event, ScalarEvent | AliasEvent | CollectionStartEvent):
+            self.note_child(event)
+        if isinstance(event, ScalarEvent | CollectionStartEvent):
+            self.count(event, 1)
+        if isinstance(event, ScalarEvent):
+            self.finished(event.anchor, height=0, size=1)
+        elif isinstance(event, AliasEvent):
+            self.alias(event)
+        elif isinstance(event, CollectionStartEvent):
+            if len(self.unclosed) + 1 > MAX_DEPTH:
+                raise self.refuse(event, f"nested deeper than {MAX_DEPTH} levels")
+            self.unclosed.append(_Open(event.anchor, isinstance(event, MappingStartEvent)))
+        elif isinstance(event, CollectionEndEvent):
+            done = self.unclosed.pop()
+            self.finished(done.anchor, done.height, done.size)
+        return event
+
+    def note_child(self, event: Event) -> None:
+        if not self.unclosed:
+            return
+        parent = self.unclosed[-1]
+        if len(self.unclosed) == 1 and parent.mapping and parent.children % 2 == 0:
+            self.top_key = event.value if isinstance(event, ScalarEvent) else ""
+        parent.children += 1
+
+    def alias(self, event: AliasEvent) -> None:
+        if any(collection.anchor == event.anchor for collection in self.unclosed):
+            raise self.refuse(
+                event, f"alias *{event.anchor} refers to a collection that contains it"
+            )
+        if event.anchor not in self.shapes:
+            return  # the composer reports the undefined alias
+        height, size = self.shapes[event.anchor]
+        if len(self.unclosed) + height > MAX_DEPTH:
+            raise self.refuse(event, f"nested deeper than {MAX_DEPTH} levels")
+        self.count(event, size)
+        self.finished(None, height, size)
+
+    def count(self, event: Event, values: int) -> None:
+        self.values += values
+        if self.values > MAX_VALUES:
+            reason = f"more than {MAX_VALUES} values (aliases counted as what they stand for)"
+            raise self.refuse(event, reason)
+
+    def finished(self, anchor: str | None, height: int, size: int) -> None:
+        """A value ended: record its shape under its anchor, and add it to its parent's."""
+        if anchor is not None:
+            self.shapes[anchor] = (height, size)
+        if self.unclosed:
+            parent = self.unclosed[-1]
+            parent.height = max(parent.height, height + 1)
+            parent.size += size
+
+    def refuse(self, event: Event, reason: str) -> ConfigError:
+        return ConfigError(self.path, event.start_mark.line + 1, _key_text(self.top_key), reason)
+
+
+def _syntax_error(
+    err: yaml.MarkedYAMLError, last_plain: ScalarToken | None, text: str, path: str
+) -> ConfigError:
+    """A YAML error on the line to fix. PyYAML marks where it gave up (problem_mark); for a
+    token that never ended (a quote, a flow collection, a key without ':') that is lines
+    later, and the line to fix is where the token began (context_mark). Block-structure errors
+    are where PyYAML gave up. When the two lines differ, the reason names the other one too."""
+    problem, context = err.problem_mark, err.context_mark
+    key_line = _line_missing_colon(err, last_plain, text)
+    if key_line is not None and problem is not None:
+        reason = (
+            "invalid YAML: expected ':' after the key "
+            f"(noticed on line {problem.line + 1}: {err.problem})"
+        )
+        return ConfigError(path, key_line, "", reason)
+    began = context is not None and (err.context or "").startswith(
+        ("while scanning", "while parsing a flow")
+    )
+    mark = context if began else problem or context
+    line = mark.line + 1 if mark else None
+    described = err.context
+    if described and not began and context and context.line + 1 != line:
+        described += f" (on line {context.line + 1})"
+    reason = "invalid YAML: " + ", ".join(part for part in (described, err.problem) if part)
+    if began and problem and problem.line + 1 != line:
+        reason += f" (noticed on line {problem.line + 1})"
+    return ConfigError(path, line, "", reason)
+
+
+def _line_missing_colon(
+    err: yaml.MarkedYAMLError, last_plain: ScalarToken | None, text: str
+) -> int | None:
+    """The line of a key written without its ':' (`handler a:b`), which PyYAML reads as a plain
+    scalar running on into the next key, where it stops at that key's ':'. Only a scalar that
+    starts its line is taken for a key: one after `key: ` ran on because the next line is
+    indented too deep, and that line is the one to fix."""
+    problem = err.problem_mark
+    if (
+        err.problem != "mapping values are not allowed here"
+        or problem is None
+        or last_plain is None
+    ):
+        return None
+    start = last_plain.start_mark
+    if not (start.line < problem.line == last_plain.end_mark.line):
+        return None
+    line_start = text.rfind("\n", 0, start.index) + 1
+    return start.line + 1 if not text[line_start : start.index].strip() else None
+
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -462,8 +940,8 @@ class _Builder:
             elif name in _SECTIONS:
                 values[name] = self.section(name, key_node, value_node)
             else:
-                raise self.unknown(name, key_node, [*_TOP_KEYS, *_SECTIONS])
-        config = Config(**values, path=self.path)
+                raise self.unknown(_key_text(name), key_node, [*_TOP_KEYS, *_SECTIONS])
+        config = Config(**values, path=self.path, lines=dict(self.key_lines))
         self.check_relations(config)
         return config
 
@@ -481,14 +959,14 @@ class _Builder:
             name = self.key_name(key_node, where)
             if name in first_seen:
                 reason = f"duplicate key (first on line {first_seen[name]})"
-                dotted = f"{where}.{name}" if where else name
+                dotted = f"{where}.{_key_text(name)}" if where else _key_text(name)
                 raise self.error(_line(key_node), dotted, reason)
             first_seen[name] = _line(key_node)
         self.loader.flatten_mapping(node)  # expand `<<: *anchor`; explicit keys win
         return {self.key_name(key, where): (key, value) for key, value in node.value}
 
     def key_name(self, node: Node, where: str) -> str:
-        name = self.loader.construct_object(node) if isinstance(node, ScalarNode) else None
+        name = self.construct(node, where) if isinstance(node, ScalarNode) else None
         if not isinstance(name, str):
             raise self.error(_line(node), where, "keys must be strings")
         return name
@@ -505,7 +983,7 @@ class _Builder:
         self.key_lines[name] = _line(key_node)
         values: dict[str, object] = {}
         for key, (sub_key_node, value_node) in self.entries(node, name).items():
-            dotted = f"{name}.{key}"
+            dotted = f"{name}.{_key_text(key)}"
             if key not in schema:
                 raise self.unknown(dotted, sub_key_node, list(schema))
             values[key] = self.leaf(dotted, sub_key_node, value_node, schema[key])
@@ -526,8 +1004,10 @@ class _Builder:
             return self.loader.construct_object(node, deep=True)
         except yaml.MarkedYAMLError as err:
             raise self.error(_line(node), dotted, f"invalid YAML: {err.problem}") from None
-        except ValueError as err:  # e.g. `!!int abc`: safe_load fails on it too
-            raise self.error(_line(node), dotted, f"invalid YAML value: {err}") from None
+        except Exception as err:  # PyYAML's constructors pass on what the value raises:
+            # ValueError for `!!int abc`, KeyError for `!!bool maybe` (safe_load fails too)
+            reason = f"invalid YAML value: {type(err).__name__}: {_clip(str(err))}"
+            raise self.error(_line(node), dotted, reason) from None
 
     def check_relations(self, config: Config) -> None:
         """Rules that involve two keys; blame the key the user actually wrote."""

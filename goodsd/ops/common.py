@@ -8,10 +8,11 @@ import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from typing import TextIO
+from urllib.parse import urlsplit
 
 import redis
 
-from goodsd.config import Config
+from goodsd.config import Config, secret_parameter
 from goodsd.queue import Queue
 from goodsd.redisconn import PasswordError, connect
 
@@ -41,11 +42,27 @@ def redis_errors(cfg: Config) -> Iterator[None]:
 
 
 def display_url(url: str) -> str:
-    """A URL for display, without its password."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.split("@", 1)[1]
-    return scheme + sep + rest
+    """A Redis URL to show (status, check, errors), with every secret replaced by ``***``: the
+    whole user-info part (up to the last ``@`` of the host part, where urllib and redis-py end
+    it), the value of each query parameter that holds a secret (see
+    ``goodsd.config.secret_parameter``) and any fragment. Never raises: a URL urllib cannot
+    split shows as its scheme only."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url.partition("://")[0] + "://***"
+    _, at, host = parts.netloc.rpartition("@")
+    shown = f"{parts.scheme}://{'***@' if at else ''}{host}{parts.path}"
+    if parts.query:
+        shown += "?" + "&".join(_hide_secret(pair) for pair in parts.query.split("&"))
+    if parts.fragment:  # redis-py cuts it off, so it may be the rest of a password
+        shown += "#***"
+    return shown
+
+
+def _hide_secret(pair: str) -> str:
+    name, _, _ = pair.partition("=")
+    return f"{name}=***" if secret_parameter(name) else pair
 
 
 # -- text layout ---------------------------------------------------------------------------

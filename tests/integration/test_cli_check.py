@@ -8,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from support import HERE
+from support import HERE, wait_for
 
 from goodsd import __version__
+from goodsd.hostinfo import process_start
 
 EX_CONFIG = 78
 
@@ -86,6 +87,20 @@ def test_check_names_a_handler_that_cannot_be_imported(tmp_path: Path) -> None:
     assert result.stderr.startswith(f"{path}: ")
 
 
+def test_an_import_error_is_told_on_one_line(tmp_path: Path) -> None:
+    # Given a handler module that raises an exception whose message spans lines
+    (tmp_path / "multiline_mod.py").write_text("raise RuntimeError('first\\nsecond')\n")
+    path = tmp_path / "goodsd.yaml"
+    path.write_text(f"pythonpath: [{tmp_path}]\nconsumers:\n  handler: multiline_mod:handle\n")
+    # When it is checked
+    result = goodsd("check", "-c", str(path))
+    # Then the reason is one line
+    assert result.returncode == EX_CONFIG
+    assert result.stderr == (
+        f"{path}: cannot load 'multiline_mod:handle': RuntimeError: first second\n"
+    )
+
+
 def test_check_names_a_handler_whose_import_exits(tmp_path: Path) -> None:
     # Given a handler module that calls sys.exit() while being imported
     (tmp_path / "loud_import_mod.py").write_text("import sys\nsys.exit('import refused')\n")
@@ -154,3 +169,202 @@ def test_version() -> None:
     result = goodsd("--version")
     assert result.returncode == 0
     assert result.stdout == f"goodsd {__version__}\n"
+
+
+# --- imports that hang, exit or never finish ---------------------------------------------------
+
+
+def module_config(tmp_path: Path, module: str, source: str) -> Path:
+    """A config whose handler is ``module:handle``, a module with ``source`` as its body."""
+    (tmp_path / f"{module}.py").write_text(source)
+    path = tmp_path / "goodsd.yaml"
+    path.write_text(f"pythonpath: [{tmp_path}]\nconsumers:\n  handler: {module}:handle\n")
+    return path
+
+
+def blocking_module(tmp_path: Path) -> tuple[Path, Path]:
+    """A handler module that writes the pid of the interpreter importing it, then blocks."""
+    pid_file = tmp_path / "probe.pid"
+    source = (
+        "import os, threading\n"
+        f"with open({str(pid_file)!r}, 'w') as f:\n"
+        "    f.write(str(os.getpid()))\n"
+        "threading.Event().wait()\n"
+    )
+    return module_config(tmp_path, "blocking_import_mod", source), pid_file
+
+
+def gone(pid: int) -> bool:
+    return process_start(pid) is None
+
+
+def test_check_gives_up_on_an_import_that_blocks(tmp_path: Path) -> None:
+    # Given a handler module that blocks while it is imported
+    path, pid_file = blocking_module(tmp_path)
+    # When it is checked with a 2 s import limit
+    result = goodsd("check", "--import-timeout", "2", "-c", str(path))
+    # Then check exits 78 naming the module and the limit, and leaves no probe running
+    assert result.returncode == EX_CONFIG, result.stderr
+    assert result.stderr == (
+        f"{path}: cannot load 'blocking_import_mod:handle': did not finish importing within 2s\n"
+    )
+    probe = int(pid_file.read_text())
+    wait_for(lambda: gone(probe), 5, f"the import probe {probe} to be gone")
+
+
+def test_a_killed_check_takes_its_probe_with_it(tmp_path: Path) -> None:
+    # Given `check` waiting on a probe whose import blocks
+    path, pid_file = blocking_module(tmp_path)
+    check = subprocess.Popen(
+        [sys.executable, "-m", "goodsd", "check", "-c", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: pid_file.exists() and pid_file.read_text(), 10, "the probe's pid")
+        probe = int(pid_file.read_text())
+        # When check is killed outright (no chance to clean up)
+        check.kill()
+        check.wait(5)
+        # Then its probe dies too
+        wait_for(lambda: gone(probe), 5, f"the import probe {probe} to die with check")
+    finally:
+        check.kill()
+        check.wait()
+
+
+def test_check_refuses_a_module_that_exits_0_while_imported(tmp_path: Path) -> None:
+    # Given a handler module that ends its interpreter with status 0 while imported
+    path = module_config(tmp_path, "exit0_import_mod", "import os\nos._exit(0)\n")
+    # When it is checked
+    result = goodsd("check", "-c", str(path))
+    # Then the early exit is caught: a child would exit the same way, and be restarted forever
+    assert result.returncode == EX_CONFIG, result.stdout
+    assert result.stderr == (
+        f"{path}: cannot load 'exit0_import_mod:handle': exited during import with status 0\n"
+    )
+
+
+def test_check_names_a_module_that_kills_itself(tmp_path: Path) -> None:
+    path = module_config(
+        tmp_path, "segv_import_mod", "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n"
+    )
+    result = goodsd("check", "-c", str(path))
+    assert result.returncode == EX_CONFIG
+    assert result.stderr == (
+        f"{path}: cannot load 'segv_import_mod:handle': killed by SIGSEGV during import\n"
+    )
+
+
+def test_check_is_not_fooled_by_what_a_module_prints(tmp_path: Path) -> None:
+    # Given a module that prints, on stdout and stderr, then exits 0 during its import
+    source = (
+        "import os, sys\nprint('done')\nprint('{\"done\": true}', file=sys.stderr)\nos._exit(0)\n"
+    )
+    path = module_config(tmp_path, "chatty_import_mod", source)
+    # Then nothing it printed passes for a finished import
+    result = goodsd("check", "-c", str(path))
+    assert result.returncode == EX_CONFIG
+    assert "exited during import with status 0" in result.stderr
+
+
+def test_check_imports_with_several_pythonpath_entries(tmp_path: Path) -> None:
+    # Given a handler found in the second of two pythonpath directories
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "second_dir_mod.py").write_text("def handle(item):\n    pass\n")
+    path = tmp_path / "goodsd.yaml"
+    path.write_text(
+        f"pythonpath: [{tmp_path / 'nothing'}, {tmp_path / 'lib'}]\n"
+        "consumers:\n  handler: second_dir_mod:handle\n"
+    )
+    # Then check finds it, as a child would
+    result = goodsd("check", "-c", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "  imported second_dir_mod:handle" in result.stdout
+
+
+# --- files that are no config, and configs `run` would refuse -----------------------------------
+
+
+def test_check_refuses_a_device_at_once() -> None:
+    result = goodsd("check", "-c", "/dev/zero")
+    assert result.returncode == EX_CONFIG
+    assert (
+        result.stderr == "goodsd: /dev/zero: cannot read: a character device, not a regular file\n"
+    )
+
+
+def test_check_run_and_status_refuse_a_fifo_without_blocking(tmp_path: Path) -> None:
+    # Given a FIFO where the config should be, with no writer
+    fifo = tmp_path / "goodsd.yaml"
+    os.mkfifo(fifo)
+    for command in ("check", "run", "status"):
+        # When a command reads it
+        result = goodsd(command, "-c", str(fifo))
+        # Then it is refused at once, not waited on
+        assert result.returncode == EX_CONFIG, command
+        assert result.stderr == f"goodsd: {fifo}: cannot read: a FIFO, not a regular file\n"
+
+
+def test_check_run_and_status_refuse_deep_nesting_in_one_line(tmp_path: Path) -> None:
+    # Given the issue's example: `queue:` followed by 300 nested [ ... ]
+    path = tmp_path / "goodsd.yaml"
+    path.write_text("consumers:\n  handler: a:b\nqueue: " + "[" * 300 + "]" * 300 + "\n")
+    for command in ("check", "run", "status"):
+        # When a command reads it
+        result = goodsd(command, "-c", str(path))
+        # Then it exits 78 with one line, no traceback
+        assert result.returncode == EX_CONFIG, command
+        assert result.stderr == f"goodsd: {path}:3: queue: nested deeper than 32 levels\n"
+
+
+def test_check_refuses_a_missing_password_file(tmp_path: Path) -> None:
+    # Given the issue's example: a password file that is not there
+    path = tmp_path / "goodsd.yaml"
+    path.write_text(
+        "redis:\n"
+        "  url: unix:///run/goodsd-test/redis.sock\n"
+        "  password_file: /nonexistent\n"
+        "consumers:\n  handler: goodsd.handlers:log\n"
+    )
+    # When it is checked
+    result = goodsd("check", "-c", str(path))
+    # Then check refuses it as `run` would, at its line
+    assert result.returncode == EX_CONFIG
+    assert result.stderr == (
+        f"goodsd: {path}:3: redis.password_file: "
+        "cannot read /nonexistent: No such file or directory\n"
+    )
+
+
+def test_check_refuses_a_huge_lease(tmp_path: Path) -> None:
+    path = tmp_path / "goodsd.yaml"
+    path.write_text(
+        "consumers:\n  handler: goodsd.handlers:log\n"
+        "supervisor:\n  lease: 99999999999999999999999999d\n"
+    )
+    result = goodsd("check", "-c", str(path))
+    assert result.returncode == EX_CONFIG
+    assert result.stderr == (
+        f"goodsd: {path}:4: supervisor.lease: must be at most 1d, got 8.64e+30s\n"
+    )
+
+
+def test_check_warns_about_a_password_others_can_read(tmp_path: Path) -> None:
+    # Given a config every user can read, with a password in its URL
+    path = tmp_path / "goodsd.yaml"
+    path.write_text(
+        "redis:\n  url: 'redis://alice:p@ss@127.0.0.1:6379/0'\n"
+        "consumers:\n  handler: goodsd.handlers:log\n"
+    )
+    path.chmod(0o644)
+    # When it is checked
+    result = goodsd("check", "-c", str(path))
+    # Then it passes with a warning naming the fix, and shows the URL without its user info
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        f"goodsd: warning: {path} holds a Redis password in redis.url and can be read by every "
+        f"user on this host; restrict it: chmod 0640 {path}; chown root:goodsd {path}\n"
+    )
+    assert "  queue 'goods2' on redis://***@127.0.0.1:6379/0" in result.stdout.splitlines()
+    assert "p@ss" not in result.stdout + result.stderr

@@ -7,6 +7,7 @@ a message that loses its line number or key path is a regression.
 import dataclasses
 import pickle
 import textwrap
+import time
 
 import pytest
 
@@ -113,7 +114,7 @@ def test_schema_covers_every_dataclass_field() -> None:
     # Then every field can be set from YAML and no key is without a field
     for name, (cls, keys) in config._SECTIONS.items():
         assert set(keys) == {f.name for f in dataclasses.fields(cls)}, name
-    top = {f.name for f in dataclasses.fields(Config)} - {"path"}
+    top = {f.name for f in dataclasses.fields(Config)} - {"path", "lines", "warnings"}
     assert top == set(config._TOP_KEYS) | set(config._SECTIONS)
 
 
@@ -365,10 +366,63 @@ ERRORS = [
         MINIMAL + "producer:\n  batch: 0\n",
         "goodsd.yaml:4: producer.batch: must be between 1 and 10000, got 0",
     ),
-    (MINIMAL + "  retries: -1\n", "goodsd.yaml:3: consumers.retries: must be at least 0, got -1"),
+    (
+        MINIMAL + "  retries: -1\n",
+        "goodsd.yaml:3: consumers.retries: must be between 0 and 1000000, got -1",
+    ),
+    (
+        MINIMAL + "  retries: 1000001\n",
+        "goodsd.yaml:3: consumers.retries: must be between 0 and 1000000, got 1000001",
+    ),
     (
         MINIMAL + "  max_items: -5\n",
-        "goodsd.yaml:3: consumers.max_items: must be at least 0, got -5",
+        "goodsd.yaml:3: consumers.max_items: must be between 0 and 1000000000, got -5",
+    ),
+    (
+        MINIMAL + "  max_items: 99999999999999999999999999\n",
+        "goodsd.yaml:3: consumers.max_items: "
+        "must be between 0 and 1000000000, got 99999999999999999999999999",
+    ),
+    (
+        MINIMAL + "  max_items: 0x" + "f" * 2000 + "\n",
+        "goodsd.yaml:3: consumers.max_items: "
+        "must be between 0 and 1000000000, got a huge integer (8000 bits)",
+    ),
+    (
+        MINIMAL + "  timeout: 0x" + "f" * 2000 + "\n",
+        "goodsd.yaml:3: consumers.timeout: must be a finite duration",
+    ),
+    (
+        MINIMAL + "  timeout: 10000000000\n",
+        "goodsd.yaml:3: consumers.timeout: must be at most 7d, got 1e+10s",
+    ),
+    (
+        MINIMAL + "  timeout: 7d 1s\n",
+        "goodsd.yaml:3: consumers.timeout: must be at most 7d, got 604801s",
+    ),
+    (
+        MINIMAL + "  retry_delay: 8d\n",
+        "goodsd.yaml:3: consumers.retry_delay: must be at most 7d, got 691200s",
+    ),
+    (
+        MINIMAL + "supervisor:\n  lease: 99999999999999999999999999d\n",
+        "goodsd.yaml:4: supervisor.lease: must be at most 1d, got 8.64e+30s",
+    ),
+    (
+        MINIMAL + "supervisor:\n  graceful_timeout: 25h\n",
+        "goodsd.yaml:4: supervisor.graceful_timeout: must be at most 1d, got 90000s",
+    ),
+    (
+        MINIMAL + "supervisor:\n  restart_delay: 2h\n  restart_delay_max: 1d\n",
+        "goodsd.yaml:4: supervisor.restart_delay: must be at most 1h, got 7200s",
+    ),
+    (
+        MINIMAL + "supervisor:\n  restart_delay_max: 2d\n",
+        "goodsd.yaml:4: supervisor.restart_delay_max: must be at most 1d, got 172800s",
+    ),
+    (
+        MINIMAL + "producer:\n  high_watermark: 4294967296\n",
+        "goodsd.yaml:4: producer.high_watermark: must be between 1 and 4294967295, got 4294967296",
     ),
     (
         MINIMAL + "  timeout: 0\n",
@@ -408,11 +462,11 @@ ERRORS = [
     ),
     (
         MINIMAL + "producer:\n  high_watermark: 0\n",
-        "goodsd.yaml:4: producer.high_watermark: must be at least 1, got 0",
+        "goodsd.yaml:4: producer.high_watermark: must be between 1 and 4294967295, got 0",
     ),
     (
         MINIMAL + "producer:\n  low_watermark: -1\n",
-        "goodsd.yaml:4: producer.low_watermark: must be at least 0, got -1",
+        "goodsd.yaml:4: producer.low_watermark: must be between 0 and 4294967294, got -1",
     ),
     (
         MINIMAL + "producer:\n  high_watermark: 100\n  low_watermark: 100\n",
@@ -438,6 +492,22 @@ ERRORS = [
     ),
     # queue name
     (MINIMAL + "queue: ''\n", "goodsd.yaml:3: queue: must not be empty"),
+    (
+        MINIMAL + 'queue: "q\\0"\n',
+        "goodsd.yaml:3: queue: must not contain a NUL character",
+    ),
+    (
+        MINIMAL + 'pythonpath: ["/srv\\0app"]\n',
+        "goodsd.yaml:3: pythonpath: item 1: must not contain a NUL character",
+    ),
+    (
+        'consumers:\n  command: [/bin/x, "a\\0b"]\n',
+        "goodsd.yaml:2: consumers.command: argument 2: must not contain a NUL character",
+    ),
+    (
+        MINIMAL + 'redis:\n  password_file: "/etc/pw\\0"\n',
+        "goodsd.yaml:4: redis.password_file: must not contain a NUL character",
+    ),
     (
         MINIMAL + "queue: 'my queue'\n",
         "goodsd.yaml:3: queue: must not contain whitespace, got 'my queue'",
@@ -476,6 +546,55 @@ ERRORS = [
         "the path must be a database number, e.g. redis://127.0.0.1:6379/0",
     ),
     (MINIMAL + "redis:\n  url: 'redis://[::1'\n", "goodsd.yaml:4: redis.url: not a valid URL"),
+    (
+        MINIMAL + "redis:\n  url: unix:///run/redis.sock?socket_timeout=abc\n",
+        "goodsd.yaml:4: redis.url: query parameter socket_timeout: set by goodsd",
+    ),
+    (
+        MINIMAL + "redis:\n  url: 'redis:// 127.0.0.1'\n",
+        "goodsd.yaml:4: redis.url: "
+        "must not contain whitespace or control characters (percent-encode them, e.g. %20)",
+    ),
+    (
+        MINIMAL + 'redis:\n  url: "redis://h/0\\t"\n',
+        "goodsd.yaml:4: redis.url: "
+        "must not contain whitespace or control characters (percent-encode them, e.g. %20)",
+    ),
+    (
+        MINIMAL + "redis:\n  url: 'redis://:pa#ss@h/0'\n",
+        "goodsd.yaml:4: redis.url: must not contain '#' (percent-encode it as %23)",
+    ),
+    (
+        MINIMAL + "redis:\n  url: 'redis://h!x/0'\n",
+        "goodsd.yaml:4: redis.url: the host must be a host name or an IP address",
+    ),
+    (
+        MINIMAL + "redis:\n  url: 'redis://h/0?db=abc'\n",
+        "goodsd.yaml:4: redis.url: "
+        "redis-py cannot use it: Invalid value for 'db' in connection URL.",
+    ),
+    (
+        MINIMAL + "redis:\n  url: 'redis://h/0?colour=blue'\n",
+        "goodsd.yaml:4: redis.url: query parameter colour: not a setting redis-py reads from a URL",
+    ),
+    (
+        MINIMAL + "redis:\n  url: 'redis://h/0?ssl_certfile=/etc/c.pem'\n",
+        "goodsd.yaml:4: redis.url: query parameter ssl_certfile: not taken by a redis:// "
+        "connection",
+    ),
+    (
+        MINIMAL + "redis:\n  url: 'redis://h/0?ssl_validate_ocsp=false'\n",
+        "goodsd.yaml:4: redis.url: "
+        "query parameter ssl_validate_ocsp: not a setting redis-py reads from a URL",
+    ),
+    (
+        MINIMAL + "redis:\n  url: 'redis://h/0?client_name=x'\n",
+        "goodsd.yaml:4: redis.url: query parameter client_name: set by goodsd",
+    ),
+    (
+        MINIMAL + "redis:\n  url: 'redis://h/0?decode_responses=true'\n",
+        "goodsd.yaml:4: redis.url: query parameter decode_responses: set by goodsd",
+    ),
     (
         MINIMAL + "redis:\n  password_file: ''\n",
         "goodsd.yaml:4: redis.password_file: must not be empty",
@@ -542,13 +661,14 @@ ERRORS = [
     ),
     (
         "consumers:\n  handler: a:b\n  batch: [1\n",
-        "goodsd.yaml:4: invalid YAML: "
-        "while parsing a flow sequence, expected ',' or ']', but got '<stream end>'",
+        "goodsd.yaml:3: invalid YAML: "
+        "while parsing a flow sequence, expected ',' or ']', but got '<stream end>' "
+        "(noticed on line 4)",
     ),
     (
         "a: 1\n---\nb: 2\n",
         "goodsd.yaml:2: invalid YAML: "
-        "expected a single document in the stream, but found another document",
+        "expected a single document in the stream (on line 1), but found another document",
     ),
     (
         "queue: q\n\x07\n",
@@ -561,9 +681,17 @@ ERRORS = [
         "'tag:yaml.org,2002:python/name:os.system'",
     ),
     (
+        MINIMAL + "  batch: !!bool maybe\n",
+        "goodsd.yaml:3: consumers.batch: invalid YAML value: KeyError: 'maybe'",
+    ),
+    (
+        MINIMAL + "!!bool maybe: 1\n",
+        "goodsd.yaml:3: invalid YAML value: KeyError: 'maybe'",
+    ),
+    (
         MINIMAL + "  batch: !!int ten\n",
         "goodsd.yaml:3: consumers.batch: "
-        "invalid YAML value: invalid literal for int() with base 10: 'ten'",
+        "invalid YAML value: ValueError: invalid literal for int() with base 10: 'ten'",
     ),
 ]
 
@@ -576,6 +704,169 @@ def test_error_message(text: str, message: str) -> None:
     # Then the one-line message names file, line, key and reason
     assert str(err) == message
     assert "\n" not in str(err)
+
+
+# Typical typos, each with the line the user has to fix: where the token that went wrong
+# starts (a quote, a bracket, a key without ':'), not where PyYAML gave up on it.
+SYNTAX_TYPOS = [
+    # a key without its ':'
+    ("queue: q\nconsumers\n  handler: a:b\n  batch: 1\n", 2, "could not find expected ':'"),
+    ("consumers:\n  handler a:b\n  batch: 1\n", 2, "expected ':' after the key"),
+    ("consumers:\n  batch: 1\n  handler a:b\n", 3, "could not find expected ':'"),
+    ("consumers:\n  handler\n  batch: 1\nqueue: q\n", 2, "expected ':' after the key"),
+    # unclosed quotes and brackets
+    ('queue: "abc\nconsumers:\n  handler: a:b\n  batch: 1\n', 1, "quoted scalar"),
+    ("queue: 'abc\nconsumers:\n  handler: a:b\n  batch: 1\n", 1, "quoted scalar"),
+    ("consumers:\n  command: [a, b\n  batch: 1\nqueue: q\n", 2, "flow sequence"),
+    ("consumers: {handler: a:b, batch: 1\nqueue: q\nlogging:\n  level: info\n", 1, "mapping"),
+    ("consumers:\n  command: [a,\n    b,\n    c\n  batch: 1\nqueue: q\n", 2, "sequence"),
+    # bad indentation: the line that is out of place
+    ("consumers:\n  handler: a:b\n    batch: 1\nqueue: q\n", 3, "not allowed here"),
+    ("consumers:\n  handler: a:b\n batch: 1\nqueue: q\n", 3, "expected <block end>"),
+    ("consumers:\n  handler: a:b\n  - x\nqueue: q\n", 3, "expected <block end>"),
+    ("consumers:\n\thandler: a:b\nqueue: q\n", 2, "found character '\\t'"),
+    # stray characters
+    ("consumers:\n  command: [a, b]]\nqueue: q\n", 2, "but found ']'"),
+    ("consumers:\n  handler: 'a:b'c\n  batch: 1\n", 2, "expected <block end>"),
+    ('queue: q\nx: "a\\qb"\ny: 1\n', 2, "unknown escape character 'q'"),
+    ("queue: q\nx: a: b\ny: 1\n", 2, "not allowed here"),
+    ("queue: q\nconsumers: *base\n", 2, "found undefined alias 'base'"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "says"), SYNTAX_TYPOS)
+def test_yaml_syntax_error_names_the_line_to_fix(text: str, line: int, says: str) -> None:
+    # Given a file with a typical typo
+    # When it is parsed
+    err = error_of(text)
+    # Then the error names the line the typo is on, and what YAML found
+    assert err.line == line, str(err)
+    assert says in err.reason
+    assert str(err).startswith(f"goodsd.yaml:{line}: invalid YAML: ")
+
+
+def test_yaml_error_names_both_lines_when_they_differ() -> None:
+    # Given a key without ':' that YAML notices only on the next line
+    err = error_of("consumers:\n  handler a:b\n  batch: 1\n")
+    # Then both lines are named: the one to fix, and the one where it was noticed
+    assert str(err) == (
+        "goodsd.yaml:2: invalid YAML: expected ':' after the key "
+        "(noticed on line 3: mapping values are not allowed here)"
+    )
+    # And an unclosed quote is blamed where it opens
+    err = error_of('queue: "abc\nconsumers:\n  handler: a:b\n')
+    assert str(err) == (
+        "goodsd.yaml:1: invalid YAML: while scanning a quoted scalar, "
+        "found unexpected end of stream (noticed on line 4)"
+    )
+
+
+# --- nesting, aliases and other shapes that would exhaust PyYAML -------------------------------
+
+
+@pytest.mark.parametrize("opening", ["[", "{a: ", "- "])
+def test_deep_nesting_is_refused_before_it_is_composed(opening: str) -> None:
+    # Given a value nested 300 levels deep (the issue's example, and its block and mapping kin)
+    if opening == "- ":
+        deep = "".join(" " * (2 * level) + "-\n" for level in range(300))
+        text = MINIMAL + "pythonpath:\n" + deep
+    else:
+        closing = {"[": "]", "{a: ": "}"}[opening]
+        text = MINIMAL + "queue: " + opening * 300 + "x" + closing * 300 + "\n"
+    # When it is parsed
+    err = error_of(text)
+    # Then it is a config error under its top-level key, not a RecursionError
+    assert err.key in ("queue", "pythonpath")
+    assert err.reason == f"nested deeper than {config.MAX_DEPTH} levels"
+    assert err.line is not None and err.line >= 3
+
+
+def test_nesting_at_the_limit_is_not_refused_for_depth() -> None:
+    # Given a value nested exactly as deep as allowed (the root mapping is level 1)
+    levels = config.MAX_DEPTH - 1
+    err = error_of(MINIMAL + "queue: " + "[" * levels + "x" + "]" * levels + "\n")
+    # Then only its type is wrong
+    assert err.reason == "expected a string, got a list"
+
+
+def test_aliases_count_towards_the_depth() -> None:
+    # Given anchors that each nest the one before a little deeper
+    lines = ["pythonpath:", "  - &a0 [x]"]
+    lines += [f"  - &a{n} [[[*a{n - 1}]]]" for n in range(1, 20)]
+    # When it is parsed
+    err = error_of(MINIMAL + "\n".join(lines) + "\n")
+    # Then the depth the aliases stand for is refused
+    assert (err.key, err.reason) == ("pythonpath", f"nested deeper than {config.MAX_DEPTH} levels")
+
+
+def test_merge_key_chains_are_refused_not_recursed() -> None:
+    # Given a chain of merge keys, each merging the one before
+    lines = ["pythonpath:", "  - &m0 {k: 1}"]
+    lines += [f"  - &m{n} {{<<: *m{n - 1}}}" for n in range(1, 2000)]
+    # When it is parsed
+    err = error_of(MINIMAL + "\n".join(lines) + "\n")
+    # Then it is refused for its depth
+    assert err.reason == f"nested deeper than {config.MAX_DEPTH} levels"
+
+
+def test_alias_expansion_bombs_are_refused() -> None:
+    # Given the billion-laughs shape: each anchor is ten aliases of the one before
+    lines = ["pythonpath:", "  - &l0 [lol]"]
+    lines += [f"  - &l{n} [" + ", ".join([f"*l{n - 1}"] * 10) + "]" for n in range(1, 10)]
+    lines += ["consumers:", "  <<: [" + ", ".join(["*l9"] * 10) + "]"]
+    # When it is parsed
+    err = error_of("\n".join(lines) + "\n")
+    # Then it is refused as soon as the aliases stand for too much
+    assert err.reason == (
+        f"more than {config.MAX_VALUES} values (aliases counted as what they stand for)"
+    )
+    assert err.key == "pythonpath"
+
+
+def test_a_file_with_too_many_values_is_refused_quickly() -> None:
+    # Given a file well under the size limit but with a long list (PyYAML is slow per value)
+    text = MINIMAL + "pythonpath: [" + "a, " * 100_000 + "a]\n"
+    # When it is parsed
+    started = time.monotonic()
+    err = error_of(text)
+    # Then it is refused once the limit is crossed, without reading the rest
+    assert (err.line, err.key) == (3, "pythonpath")
+    assert err.reason.startswith(f"more than {config.MAX_VALUES} values")
+    assert time.monotonic() - started < 2
+
+
+def test_recursive_alias_is_refused() -> None:
+    err = error_of(MINIMAL + "pythonpath: &p [*p]\n")
+    assert (err.line, err.key) == (3, "pythonpath")
+    assert err.reason == "alias *p refers to a collection that contains it"
+
+
+def test_a_few_aliases_still_work() -> None:
+    # Given the everyday use of anchors: one value shared by two keys
+    text = "consumers:\n  handler: a:b\n  timeout: &t 10s\n  retry_delay: *t\n"
+    # Then it reads as safe_load would
+    cfg = parse(text)
+    assert (cfg.consumers.timeout, cfg.consumers.retry_delay) == (10.0, 10.0)
+
+
+def test_messages_stay_one_short_line() -> None:
+    # Given an unknown key with a line break and a value far too long to show
+    err = error_of(MINIMAL + '"a\\nb": 1\n')
+    assert str(err) == "goodsd.yaml:3: 'a\\nb': unknown key"
+    err = error_of(MINIMAL + "queue: [" + "x" * 5000 + "]\n")
+    assert str(err) == "goodsd.yaml:3: queue: expected a string, got a list"
+    err = error_of(MINIMAL + "  decode: " + "x" * 5000 + "\n")
+    assert len(str(err)) < 200
+
+
+def test_config_keeps_the_line_of_each_key() -> None:
+    # Given a file
+    cfg = parse("queue: q\nconsumers:\n  handler: a:b\n  batch: 3\n")
+    # Then the line of every key it sets is kept, for checks made after parsing
+    assert cfg.lines == {"queue": 1, "consumers": 2, "consumers.handler": 3, "consumers.batch": 4}
+    assert cfg.warnings == ()
+    # And neither takes part in comparing configs
+    assert cfg == parse("consumers:\n  batch: 3\n  handler: a:b\nqueue: q\n")
 
 
 def test_error_parts_are_attributes() -> None:
@@ -650,7 +941,7 @@ def test_missing_file_names_path_and_os_reason(tmp_path) -> None:
 
 
 def test_directory_and_binary_files_are_config_errors(tmp_path) -> None:
-    with pytest.raises(ConfigError, match="cannot read: Is a directory"):
+    with pytest.raises(ConfigError, match="cannot read: a directory, not a regular file"):
         config.load(str(tmp_path))
     binary = tmp_path / "bin.yaml"
     binary.write_bytes(b"queue: q\xff\n")
