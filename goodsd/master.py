@@ -191,6 +191,8 @@ class Master:
     # -- main loop ----------------------------------------------------------------------
 
     def run(self) -> int:
+        for warning in self.config.warnings:
+            log.warning("%s", warning)
         try:
             password(self.config.redis, os.environ)
         except PasswordError as exc:
@@ -321,6 +323,8 @@ class Master:
         its password, its Redis client (built, not connected: the URL read as the client will
         read it) and its metrics address. Raises whatever went wrong."""
         new = config_mod.load(path)
+        for warning in new.warnings:
+            log.warning("%s", warning)
         password(new.redis, os.environ)
         self.queue_for(new)
         self.exporter = metrics.reconfigure(self.exporter, new)

@@ -87,3 +87,19 @@ def test_a_python_handler_s_children_do_not_inherit_the_password(
     # Then what it started did not get the password from goodsd's environment
     wait_for(lambda: "PATH=" in (tmp_path / "env").read_text(), 10, "the environment written")
     assert PASSWORD not in (tmp_path / "env").read_text()
+
+
+def test_a_password_file_others_can_read_is_a_warning_at_start(
+    guarded, tmp_path, make_config, start_daemon, notify
+):
+    # Given a password file every user on the host can read
+    secret = tmp_path / "redis-password"
+    secret.write_text(PASSWORD + "\n")
+    secret.chmod(0o644)
+    config = make_config(redis={"password_file": str(secret)})
+    # When goodsd starts
+    daemon = start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    # Then it runs, and its log says what to fix, without the password
+    daemon.wait_log(r"warning \[master\] .*redis-password.* every user")
+    assert PASSWORD not in daemon.log()
