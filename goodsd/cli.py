@@ -5,14 +5,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import grp
 import json
 import os
+import pwd
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from typing import IO
+from urllib.parse import unquote, urlsplit
 
 from goodsd import __version__, logs, metrics
 from goodsd import config as config_mod
@@ -20,9 +24,15 @@ from goodsd.children import EXIT_CONFIG, EXIT_FAILURE
 from goodsd.config import Config, ConfigError
 from goodsd.ops.common import OpsError, display_url
 
+# Bad command-line arguments, as argparse exits on them.
+EXIT_USAGE = 2
+
 
 def load_config(args: argparse.Namespace) -> Config:
-    return config_mod.load(config_mod.resolve_path(args.config, os.environ))
+    """The config named by the command's ``-c``, else the one before the command
+    (``goodsd -c FILE status``), else $GOODSD_CONFIG, else the default path."""
+    given = getattr(args, "config", None) or args.global_config
+    return config_mod.load(config_mod.resolve_path(given, os.environ))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -250,10 +260,12 @@ def print_warnings(cfg: Config) -> None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate the config and import the handler, like `nginx -t`."""
+    if args.as_user:
+        return check_as_user(args)
     cfg = load_config(args)
     print_warnings(cfg)
     metrics.require_client(cfg)
-    problem = import_problem(cfg, args.import_timeout)
+    problem = socket_problem(cfg) or import_problem(cfg, args.import_timeout)
     if problem:
         print(f"{cfg.path}: {problem}", file=sys.stderr)
         return EXIT_CONFIG
@@ -271,6 +283,65 @@ def cmd_check(args: argparse.Namespace) -> int:
     for spec in import_specs(cfg):
         print(f"  imported {spec}")
     return 0
+
+
+def socket_problem(cfg: Config) -> str | None:
+    """For a unix:// URL: why this user may not open the socket, or None. Only a refusal
+    counts: a socket that is not there now (Redis stopped) is no config problem. Nothing is
+    sent to Redis."""
+    parts = urlsplit(cfg.redis.url)
+    if parts.scheme != "unix":
+        return None
+    path = unquote(parts.path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except PermissionError as exc:
+            return (
+                f"redis.url: cannot open the socket {path}: {exc.strerror}; the service user "
+                "must be in the socket's group (e.g. SupplementaryGroups=redis)"
+            )
+        except OSError:
+            return None
+    return None
+
+
+def check_as_user(args: argparse.Namespace) -> int:
+    """``check`` in a child process that runs as ``--as-user`` (with its groups and any
+    ``--group``), to find what only the service user trips over: a config, password file,
+    pythonpath directory or socket it may not read."""
+    try:
+        user = pwd.getpwnam(args.as_user)
+        extra = [grp.getgrnam(name).gr_gid for name in args.group]
+    except KeyError as exc:
+        print(f"goodsd: no such user or group: {exc.args[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    if os.geteuid() != 0 and os.geteuid() != user.pw_uid:
+        print("goodsd: check --as-user needs root", file=sys.stderr)
+        return EXIT_USAGE
+    # goodsd's own lazily imported modules are loaded now, as the caller: the check judges the
+    # service's files, not where this interpreter lives (the import probe judges that).
+    for url in ("redis://localhost/0", "unix:///run/redis.sock"):
+        config_mod.parse(f"redis: {{url: '{url}'}}\nconsumers: {{processes: 0}}\n")
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = EXIT_FAILURE
+        try:
+            os.setgroups([*os.getgrouplist(user.pw_name, user.pw_gid), *extra])
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
+            os.environ.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
+            args.as_user = None
+            code = run_command(args)
+            print(f"  (checked as user {user.pw_name})")
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -403,6 +474,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="goodsd", description="A supervised pool of worker processes for a Redis list."
     )
     parser.add_argument("--version", action="version", version=f"goodsd {__version__}")
+    parser.add_argument(
+        "-c",
+        "--config",
+        dest="global_config",
+        metavar="PATH",
+        help="config file, for any command (a -c after the command wins)",
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "-c",
@@ -421,6 +499,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check", parents=[common], help="validate config, import handler")
+    check.add_argument(
+        "--as-user",
+        metavar="USER",
+        help="check as this user (root only): what the service user may not read",
+    )
+    check.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        metavar="GROUP",
+        help="with --as-user: one more group, as SupplementaryGroups= gives (repeatable)",
+    )
     check.add_argument(
         "--import-timeout",
         type=_seconds,
@@ -441,6 +531,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--detach and --pidfile PATH go together")
     if args.command == "run" and args.logfile and not args.detach:
         parser.error("--logfile is for --detach (in the foreground, logs go to stderr)")
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the chosen command; its errors become one line on stderr and an exit code."""
     try:
         return int(args.func(args))
     except ConfigError as exc:
