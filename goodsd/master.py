@@ -254,6 +254,8 @@ class Master:
         self.every("recover", RECOVER_EVERY, self.retry_recoveries)
         if self.leftovers_unknown:  # Redis was away at the last look: look again soon
             self.every("leftovers", RECOVER_EVERY, self.recover_own_host)
+        else:
+            self.timers.pop("leftovers", None)  # a timer left behind would wake the loop at once
         self.every("status", STATUS_EVERY, self.refresh_status)
         if self.notifier.watchdog_interval:
             self.every("watchdog", self.notifier.watchdog_interval, self.notifier.watchdog)

@@ -4,6 +4,7 @@ while Redis is down, bursts of signals."""
 from __future__ import annotations
 
 import collections
+import os
 import re
 import signal
 import time
@@ -93,6 +94,20 @@ def test_a_master_started_during_an_outage_recovers_as_soon_as_redis_answers(
     wait_for(lambda: r.llen("test:handled") == 2, 10, "the stranded items handled")
     assert time.monotonic() - back < 6
     assert len(re.findall(r"requeued 1 in-flight item\(s\)", successor.log())) == 2
+    # And once it has found them, its loop sleeps again: no timer left behind that wakes it
+    assert cpu_seconds_over(successor.pid, 2.0) < 0.5
+
+
+def cpu_seconds_over(pid: int, window: float) -> float:
+    """CPU time (user + system) the process uses during the next ``window`` seconds."""
+
+    def used() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    start = used()
+    time.sleep(window)  # the window measured, not a wait for an event
+    return used() - start
 
 
 def test_every_ttin_in_a_burst_counts(r, make_config, start_daemon, notify):
