@@ -605,7 +605,7 @@ class Queue:
             return deliveries(more, retries)
         if first[:1] == TAG_MARK[:1]:  # rare: let Redis judge it, like every claimed value
             return self.held(consumer)
-        return [Delivery(first, first, None), *deliveries(more, [p + 1 for p in retries])]
+        return [Delivery(first, first, None), *deliveries(more, retries)]
 
     # -- settling -----------------------------------------------------------------------
 

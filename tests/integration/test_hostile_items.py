@@ -9,6 +9,7 @@ import json
 import random
 import threading
 
+import pytest
 from support import wait_for
 
 from goodsd.queue import TAG_LEN, TAG_MARK, Failure, Queue
@@ -183,3 +184,41 @@ def test_a_blocking_claim_judges_its_first_item_too(r, redis_server):
     thread.join()
     # Then it is an ordinary item
     assert claimed == [(forged, forged, None)]
+
+
+@pytest.mark.parametrize("pushed", [[b"b1"], [b"b1", b"b2"]])
+def test_a_retry_that_falls_due_during_a_blocking_claim_is_delivered_whole(r, redis_server, pushed):
+    # Given a failed item waiting for its retry, and a consumer blocked on an empty queue
+    queue = Queue(r, "q")
+    queue.register("c1", {"host": "h", "pid": 1}, 30)
+    r.lpush("q", b"a")
+    [first] = queue.claim("c1", 1, 30, 0)
+    queue.settle(
+        "c1",
+        [Failure(first, "boom")],
+        0,
+        oldest=first.claimed,
+        settle_id="s1",
+        retries=3,
+        retry_delay=0.3,
+    )
+
+    def push_when_due() -> None:
+        pusher = redis_server.client()
+        wait_for(
+            lambda: pusher.zrangebyscore("goodsd:{q}:retry", "-inf", pusher.time()[0] * 1000),
+            5,
+            "the retry due",
+        )
+        pusher.lpush("q", *pushed)
+        pusher.close()
+
+    # When items arrive after the retry fell due, while it waits
+    thread = threading.Thread(target=push_when_due)
+    thread.start()
+    claimed = queue.claim("c1", 10, 30, 5)
+    thread.join()
+    # Then it gets the new items and the retry, each whole, the retry tagged
+    assert sorted((d.payload, d.tag is not None) for d in claimed) == sorted(
+        [(item, False) for item in pushed] + [(b"a", True)]
+    )
