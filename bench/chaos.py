@@ -469,6 +469,12 @@ class Service:
             code = self.process.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
             return f"goodsd did not stop within {STOP_TIMEOUT:g}s of SIGTERM"
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # Nothing left in its session: the clean case.
+        else:
+            return "goodsd left processes behind in its session; killed them"
         return f"goodsd stopped with status {code}" if code else ""
 
     def kill_group(self) -> None:
@@ -637,6 +643,7 @@ class Chaos:
         if self.redis_down_at is not None:
             self.bring_redis_back()
         for stop in list(self.stopped):
+            self.details["stopped consumer resumed when the faults ended"] += 1
             self.resume(stop)
         self.service.restart_now()
 
@@ -686,7 +693,7 @@ class Tally:
     lost: list[str]  # pushed, never handled, not dead
     duplicated: int  # items handled more than once
     extra_runs: int  # runs beyond each item's first
-    unexplained: list[str]  # duplicated items with a second run not due to a killed process
+    unexplained: dict[str, list[Run]]  # duplicated items with a run not due to a killed process
     dead: list[str]  # items in the dead list
     strangers: list[str]  # handled, yet never pushed
 
@@ -698,13 +705,13 @@ def tally(pushed: int, runs: dict[str, list[Run]], dead: list[str], chaos: Chaos
     dead_set = set(dead)
     lost = [item for item in items if item not in runs and item not in dead_set]
     repeats = {item: r for item, r in runs.items() if len(r) > 1}
-    unexplained = []
-    for item, item_runs in repeats.items():
+    unexplained = {}
+    for item, item_runs in sorted(repeats.items()):
         cut = [
             r for r in item_runs if r.consumer in chaos.killed or r.master in chaos.service.killed
         ]
         if len(cut) < len(item_runs) - 1:
-            unexplained.append(item)
+            unexplained[item] = item_runs
     pushed_set = set(items)
     return Tally(
         pushed=pushed,
@@ -712,7 +719,7 @@ def tally(pushed: int, runs: dict[str, list[Run]], dead: list[str], chaos: Chaos
         lost=lost,
         duplicated=len(repeats),
         extra_runs=sum(len(r) - 1 for r in repeats.values()),
-        unexplained=sorted(unexplained),
+        unexplained=unexplained,
         dead=dead,
         strangers=sorted(item for item in runs if item not in pushed_set),
     )
@@ -749,14 +756,14 @@ class Timing:
     total: float = 0.0  # all of it, set-up included
 
 
-def write_handler(workdir: Path, fail_every: int) -> Path:
-    """The handler module and its two directories; returns the directory of handled files."""
+def write_handler(workdir: Path, fail_every: int) -> tuple[Path, Path]:
+    """The handler module and its two directories: (handled files, planned failures)."""
     handled, failed = workdir / "handled", workdir / "failed"
     handled.mkdir()
     failed.mkdir()
     source = HANDLER_SOURCE.format(handled=str(handled), failed=str(failed), fail_every=fail_every)
     (workdir / "chaos_handler.py").write_text(source)
-    return handled
+    return handled, failed
 
 
 def config_writer(workdir: Path, url: str) -> tuple[Path, Callable[[int, int], None]]:
@@ -822,12 +829,13 @@ def dead_items(client: redis.Redis, queue: Queue) -> tuple[list[str], list[str]]
     return items, [str(parse_dead_record(raw).get("error", "")) for raw in records]
 
 
-def run(plan: Plan, workdir: Path) -> int:
-    """One chaos run in `workdir`; prints its figures and returns the exit status."""
+def run(plan: Plan, workdir: Path) -> tuple[int, bool]:
+    """One chaos run in `workdir`; prints its figures. Returns (exit status: 1 if an item was
+    lost, else 0; whether anything else looked wrong)."""
     began = time.monotonic()
     timing = Timing()
     server = AofRedis(workdir / "redis")
-    handled_dir = write_handler(workdir, plan.fail_every)
+    handled_dir, failed_dir = write_handler(workdir, plan.fail_every)
     config_path, write_config = config_writer(workdir, server.url)
     write_config(plan.processes, plan.batch)
     service = Service(workdir, config_path, plan.restart_sec)
@@ -868,8 +876,9 @@ def run(plan: Plan, workdir: Path) -> int:
             )
         chaos.anomalies += service.unexpected
         timing.total = time.monotonic() - began
-        report(plan, result, chaos, pusher, queue.stats(), errors, timing, workdir)
-        return 1 if result.lost else 0
+        planned = sum(1 for _ in failed_dir.iterdir())
+        anomalies = report(plan, result, chaos, pusher, queue.stats(), planned, errors, timing)
+        return (1 if result.lost else 0), anomalies
     finally:
         if pusher is not None:
             pusher.stopping.set()
@@ -896,16 +905,22 @@ def table(title: str, rows: Sequence[tuple[str, int, str]]) -> None:
         print(f"{name:<36} {count:>8,}  {note}".rstrip())
 
 
+def unexplained_line(item: str, runs: list[Run]) -> str:
+    who = ", ".join(f"pid {run.consumer[0]} (master {run.master})" for run in runs[:6])
+    return f"duplicate not explained by a kill: {item!r}, run by {who}"
+
+
 def report(
     plan: Plan,
     result: Tally,
     chaos: Chaos,
     pusher: Pusher,
     stats: dict[str, int],
+    planned: int,
     dead_errors: list[str],
     timing: Timing,
-    workdir: Path,
-) -> None:
+) -> bool:
+    """Print the figures and every anomaly; True if there was one."""
     print(
         f"\nchaos run: seed {plan.seed}, {plan.duration:g}s of faults, {plan.items:,} items,"
         f" {plan.processes} consumers (batch {plan.batch}) at start"
@@ -924,7 +939,7 @@ def report(
             ("lost", len(result.lost), "pushed, never handled, not dead"),
             ("duplicated", result.duplicated, f"{result.extra_runs:,} extra runs; {explained}"),
             ("dead", len(result.dead), "none expected"),
-            ("failed once on purpose", stats.get("retried", 0), "goodsd's `retried` counter"),
+            ("failed once on purpose", planned, f"goodsd retried {stats.get('retried', 0):,}"),
         ],
     )
     kinds = [(kind, chaos.faults[kind], "") for kind in DECK]
@@ -944,15 +959,16 @@ def report(
     )
     problems = [
         *(f"lost: {item}" for item in result.lost[:20]),
-        *(f"duplicate not explained by a kill: {item!r}" for item in result.unexplained[:20]),
+        *(unexplained_line(item, runs) for item, runs in list(result.unexplained.items())[:20]),
         *(f"dead: {item!r}: {e}" for item, e in zip(result.dead[:20], dead_errors, strict=False)),
         *(f"handled but never pushed: {item!r}" for item in result.strangers[:20]),
         *chaos.anomalies,
     ]
     if problems:
-        print(f"\nanomalies (the logs are in {workdir}):")
+        print("\nanomalies:")
         for problem in problems:
             print(f"  {problem}")
+    return bool(problems)
 
 
 # --- main ---------------------------------------------------------------------------------
@@ -1007,14 +1023,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, exit_on_term)
     # In /tmp, not $TMPDIR: the redis socket path must stay under 108 bytes.
     workdir = Path(tempfile.mkdtemp(prefix="goodsd-chaos-", dir="/tmp"))
-    status = 1
+    status, anomalies = 1, True
     try:
-        status = run(plan, workdir)
+        status, anomalies = run(plan, workdir)
     except BenchError as exc:
         print(f"chaos run failed: {exc}", file=sys.stderr)
     finally:
-        if plan.keep or status:
-            print(f"work dir kept: {workdir}", file=sys.stderr)
+        if plan.keep or status or anomalies:
+            print(f"work dir kept (master-<n>.log, handled/, redis/): {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     return status
