@@ -704,9 +704,9 @@ def tally(pushed: int, runs: dict[str, list[Run]], dead: list[str], chaos: Chaos
     items = [f"item-{n}" for n in range(pushed)]
     dead_set = set(dead)
     lost = [item for item in items if item not in runs and item not in dead_set]
-    repeats = {item: r for item, r in runs.items() if len(r) > 1}
+    repeats = {item: runs[item] for item in items if len(runs.get(item, ())) > 1}
     unexplained = {}
-    for item, item_runs in sorted(repeats.items()):
+    for item, item_runs in repeats.items():
         cut = [
             r for r in item_runs if r.consumer in chaos.killed or r.master in chaos.service.killed
         ]
@@ -925,7 +925,11 @@ def report(
         f"\nchaos run: seed {plan.seed}, {plan.duration:g}s of faults, {plan.items:,} items,"
         f" {plan.processes} consumers (batch {plan.batch}) at start"
     )
-    explained = "none after a process that lived on" if not result.unexplained else "SEE BELOW"
+    explained = (
+        f"{len(result.unexplained):,} not after a kill, see below"
+        if result.unexplained
+        else "all after kills"
+    )
     table(
         "items",
         [
