@@ -26,6 +26,7 @@ import contextlib
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -36,7 +37,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import redis
 from redis.backoff import NoBackoff
@@ -56,6 +57,8 @@ from goodsd.queue import Queue, dead_payload, parse_dead_record  # noqa: E402
 
 QUEUE = "chaos"
 HANDLER = "chaos_handler:handle"
+# The master's log line for a child that reported ready: "consumer 2 (pid 1234) ready".
+CHILD_READY = re.compile(r"\(pid (\d+)\) ready$", re.MULTILINE)
 # The pusher's per-batch markers: a batch is in Redis exactly when its marker is.
 MARKER_PREFIX = "chaos:pushed:"
 
@@ -114,6 +117,7 @@ HANDLER_SOURCE = '''\
 
 import os
 import random
+import re
 import time
 
 HANDLED_DIR = {handled!r}
@@ -451,6 +455,11 @@ class Service:
         self.killed.add(self.pid)
         self.signal(signal.SIGKILL)
 
+    def ready_children(self) -> set[int]:
+        """Pids of the current master's children that it logged as ready."""
+        text = self.log_path(self.runs).read_text(errors="replace")
+        return {int(pid) for pid in CHILD_READY.findall(text)}
+
     def consumers(self) -> list[Proc]:
         pid = self.pid
         return children_of(pid) if pid is not None else []
@@ -499,13 +508,15 @@ class Stopped:
 
 @dataclass
 class Chaos:
-    """Draws faults from a seeded, shuffled deck and injects them; counts what it did."""
+    """Draws faults from a seeded, shuffled deck and injects them; counts what it did and
+    writes each fault, with its time and target, to `timeline` (to read next to goodsd's logs)."""
 
     rng: random.Random
     plan: Plan
     service: Service
     server: AofRedis
     write_config: Callable[[int, int], None]  # (processes, batch) -> config file rewritten
+    timeline: TextIO  # one line per fault or outcome, time stamped like goodsd's log
     processes: int  # consumers.processes in the config file now
     batch: int  # consumers.batch in the config file now
     faults: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -522,87 +533,110 @@ class Chaos:
     def next_interval(self) -> float:
         return self.rng.expovariate(1 / self.plan.fault_interval)
 
+    def note(self, text: str) -> None:
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f".{now % 1:.3f}"[2:]
+        self.timeline.write(f"{stamp} {text}\n")
+        self.timeline.flush()
+
     def inject_next(self) -> bool:
-        """Inject the fault on top of the deck; False (deck unchanged) when it cannot be done
-        right now, e.g. no consumer runs or the master is still starting."""
+        """Inject the fault on top of the deck. When it cannot be done right now (no consumer
+        is ready, the master is starting), put it at the bottom and return False."""
         if not self.deck:
             self.deck = [kind for kind, count in DECK.items() for _ in range(count)]
             self.rng.shuffle(self.deck)
-        kind = self.deck[-1]
-        if not FAULTS[kind](self):
+        kind = self.deck.pop()
+        done = FAULTS[kind](self)
+        if done is None:
+            self.deck.insert(0, kind)
             return False
-        self.deck.pop()
         self.faults[kind] += 1
+        self.note(f"{kind}: {done}")
         return True
 
-    def running_consumers(self) -> list[Proc]:
+    def running_consumers(self, ready_only: bool = False) -> list[Proc]:
+        """The master's children, but for those this script stopped; with `ready_only`, only
+        those that logged ready (a child stopped while starting is left to the start timeout,
+        120 s, not to the hang limit)."""
         stopped = {s.proc.pid for s in self.stopped}
-        return [p for p in self.service.consumers() if p.pid not in stopped]
+        ready = self.service.ready_children() if ready_only else None
+        return [
+            p
+            for p in self.service.consumers()
+            if p.pid not in stopped and (ready is None or p.pid in ready)
+        ]
 
-    def kill_consumer(self) -> bool:
+    # Each fault below returns what it did (for the timeline), or None when it cannot be done
+    # right now.
+
+    def kill_consumer(self) -> str | None:
         candidates = self.running_consumers()
         if not candidates:
-            return False
+            return None
         victim = self.rng.choice(candidates)
         self.killed.add((victim.pid, victim.start))
         with contextlib.suppress(ProcessLookupError):
             os.kill(victim.pid, signal.SIGKILL)
-        return True
+        return f"pid {victim.pid}"
 
-    def kill_master(self) -> bool:
-        if self.service.pid is None:
-            return False
+    def kill_master(self) -> str | None:
+        pid = self.service.pid
+        if pid is None:
+            return None
         self.service.kill()
-        return True
+        return f"pid {pid}"
 
-    def resize(self) -> bool:
+    def resize(self) -> str | None:
         if not self.service.is_ready():
-            return False
+            return None
         choices = [n for n in range(1, PROCESSES_MAX + 1) if n != self.processes]
         return self.reload(self.rng.choice(choices), self.batch)
 
-    def roll(self) -> bool:
+    def roll(self) -> str | None:
         if not self.service.is_ready():
-            return False
+            return None
         return self.reload(self.processes, self.rng.choice([b for b in BATCHES if b != self.batch]))
 
-    def reload(self, processes: int, batch: int) -> bool:
+    def reload(self, processes: int, batch: int) -> str:
         self.processes, self.batch = processes, batch
         self.write_config(processes, batch)
         self.service.signal(signal.SIGHUP)
-        return True
+        return f"processes {processes}, batch {batch}"
 
-    def tty_burst(self) -> bool:
+    def tty_burst(self) -> str | None:
         if not self.service.is_ready():
-            return False
+            return None
+        sent = []
         for _ in range(self.rng.randint(*TTY_BURST)):
             signum = self.rng.choice((signal.SIGTTIN, signal.SIGTTOU))
-            self.details[f"{signal.Signals(signum).name} sent"] += 1
+            sent.append(signal.Signals(signum).name)
+            self.details[f"{sent[-1]} sent"] += 1
             self.service.signal(signum)
-        return True
+        return " ".join(sent)
 
-    def stop_consumer(self) -> bool:
+    def stop_consumer(self) -> str | None:
         master = self.service.pid
-        candidates = self.running_consumers()
-        if master is None or not candidates or not self.service.is_ready():
-            return False
+        candidates = self.running_consumers(ready_only=True)
+        if master is None or not candidates:
+            return None
         victim = self.rng.choice(candidates)
         try:
             os.kill(victim.pid, signal.SIGSTOP)
         except ProcessLookupError:
-            return False
+            return None
         self.killed.add((victim.pid, victim.start))
         self.stopped.append(Stopped(victim, master, time.monotonic()))
-        return True
+        return f"pid {victim.pid}"
 
-    def restart_redis(self) -> bool:
+    def restart_redis(self) -> str | None:
         if self.redis_down_at is not None:
-            return False
+            return None
         self.redis_down_at = time.monotonic()
         if not self.server.stop():
             self.anomalies.append("redis-server ignored SIGTERM; SIGKILLed it")
-        self.redis_back_at = time.monotonic() + self.rng.uniform(*REDIS_DOWNTIME)
-        return True
+        pause = self.rng.uniform(*REDIS_DOWNTIME)
+        self.redis_back_at = time.monotonic() + pause
+        return f"stopped; back in {pause:.1f}s"
 
     def watch(self) -> None:
         """Bring redis-server back when its pause is over; follow stopped consumers."""
@@ -613,10 +647,12 @@ class Chaos:
             if not same_process_alive(stop.proc):
                 self.stopped.remove(stop)
                 if stop.master in self.service.killed:
-                    self.details["stopped consumer died with its master"] += 1
+                    outcome = "stopped consumer died with its master"
                 else:
-                    self.details["stopped consumer killed by the master"] += 1
+                    outcome = "stopped consumer killed by the master"
                     self.hang_kill_seconds.append(now - stop.since)
+                self.details[outcome] += 1
+                self.note(f"{outcome}: pid {stop.proc.pid}, {now - stop.since:.1f}s after SIGSTOP")
             elif now - stop.since > HANG_LIMIT + HANG_MARGIN:
                 self.resume(stop)
                 self.anomalies.append(
@@ -630,6 +666,7 @@ class Chaos:
         self.server.start()
         self.redis_downtime += time.monotonic() - self.redis_down_at
         self.redis_down_at = None
+        self.note("redis-server back")
 
     def resume(self, stop: Stopped) -> None:
         """SIGCONT a stopped consumer: it was not killed, so it is not a fault's victim."""
@@ -637,9 +674,11 @@ class Chaos:
         self.killed.discard((stop.proc.pid, stop.proc.start))
         if same_process_alive(stop.proc):
             os.kill(stop.proc.pid, signal.SIGCONT)
+        self.note(f"SIGCONT: pid {stop.proc.pid}")
 
     def calm_down(self) -> None:
         """End of the faults: Redis up, stopped consumers resumed, a master running."""
+        self.note("end of the faults")
         if self.redis_down_at is not None:
             self.bring_redis_back()
         for stop in list(self.stopped):
@@ -649,7 +688,7 @@ class Chaos:
 
 
 # fault kind -> the method that injects it
-FAULTS: dict[str, Callable[[Chaos], bool]] = {
+FAULTS: dict[str, Callable[[Chaos], str | None]] = {
     KILL_CONSUMER: Chaos.kill_consumer,
     KILL_MASTER: Chaos.kill_master,
     RESIZE: Chaos.resize,
@@ -725,16 +764,19 @@ def tally(pushed: int, runs: dict[str, list[Run]], dead: list[str], chaos: Chaos
     )
 
 
-def drained(client: redis.Redis, queue: Queue) -> bool:
+def drained(queue: Queue) -> bool:
     """The ready list, the retry set and every in-flight list are empty. Reads the keys
     themselves, not goodsd's registry of consumers, which is part of what is under test."""
+    client = queue.client
     if client.llen(queue.keys["ready"]) or client.zcard(queue.keys["retry"]):
         return False
     pattern = queue.keys["inflight_prefix"] + "*"
     return not any(client.llen(key) for key in client.scan_iter(match=pattern, count=1000))
 
 
-def leftovers(client: redis.Redis, queue: Queue) -> str:
+def leftovers(queue: Queue) -> str:
+    """What is still in Redis, for a drain that timed out."""
+    client = queue.client
     pattern = queue.keys["inflight_prefix"] + "*"
     held = sum(client.llen(key) for key in client.scan_iter(match=pattern, count=1000))
     return (
@@ -756,14 +798,14 @@ class Timing:
     total: float = 0.0  # all of it, set-up included
 
 
-def write_handler(workdir: Path, fail_every: int) -> tuple[Path, Path]:
-    """The handler module and its two directories: (handled files, planned failures)."""
+def write_handler(workdir: Path, fail_every: int) -> None:
+    """The handler module, and its directories `handled/` (one file per consumer process) and
+    `failed/` (one marker per planned failure)."""
     handled, failed = workdir / "handled", workdir / "failed"
     handled.mkdir()
     failed.mkdir()
     source = HANDLER_SOURCE.format(handled=str(handled), failed=str(failed), fail_every=fail_every)
     (workdir / "chaos_handler.py").write_text(source)
-    return handled, failed
 
 
 def config_writer(workdir: Path, url: str) -> tuple[Path, Callable[[int, int], None]]:
@@ -800,7 +842,7 @@ def inject_faults(chaos: Chaos, pusher: Pusher, plan: Plan) -> None:
         time.sleep(TICK)
 
 
-def drain(chaos: Chaos, client: redis.Redis, queue: Queue, plan: Plan) -> None:
+def drain(chaos: Chaos, queue: Queue, plan: Plan) -> None:
     """Faults over: one master with the starting config, until the queue is empty."""
     chaos.calm_down()
 
@@ -814,19 +856,36 @@ def drain(chaos: Chaos, client: redis.Redis, queue: Queue, plan: Plan) -> None:
 
     def empty() -> bool:
         chaos.service.poll()
-        return drained(client, queue)
+        return drained(queue)
 
     try:
         wait_for(empty, plan.drain_timeout, "the queue to drain")
     except BenchError as exc:
-        chaos.anomalies.append(f"{exc}: {leftovers(client, queue)}")
+        chaos.anomalies.append(f"{exc}: {leftovers(queue)}")
 
 
-def dead_items(client: redis.Redis, queue: Queue) -> tuple[list[str], list[str]]:
+def dead_items(queue: Queue) -> tuple[list[str], list[str]]:
     """(items, `error` of each record) in the dead list, oldest first."""
-    records = client.lrange(queue.keys["dead"], 0, -1)[::-1]
+    records = queue.client.lrange(queue.keys["dead"], 0, -1)[::-1]
     items = [dead_payload(raw).decode(errors="replace") for raw in records]
     return items, [str(parse_dead_record(raw).get("error", "")) for raw in records]
+
+
+def reckon(
+    plan: Plan, chaos: Chaos, pusher: Pusher, queue: Queue, workdir: Path, timing: Timing
+) -> tuple[int, bool]:
+    """Tally and print what became of the items once goodsd has stopped; see `run`."""
+    dead, errors = dead_items(queue)
+    result = tally(pusher.pushed, read_handled(workdir / "handled"), dead, chaos)
+    markers = sum(1 for _ in queue.client.scan_iter(match=MARKER_PREFIX + "*", count=1000))
+    if markers != pusher.batches:
+        chaos.anomalies.append(
+            f"{pusher.batches:,} batches acknowledged but {markers:,} markers in Redis"
+        )
+    chaos.anomalies += chaos.service.unexpected
+    planned = sum(1 for _ in (workdir / "failed").iterdir())
+    anomalies = report(plan, result, chaos, pusher, queue.stats(), planned, errors, timing)
+    return (1 if result.lost else 0), anomalies
 
 
 def run(plan: Plan, workdir: Path) -> tuple[int, bool]:
@@ -835,56 +894,41 @@ def run(plan: Plan, workdir: Path) -> tuple[int, bool]:
     began = time.monotonic()
     timing = Timing()
     server = AofRedis(workdir / "redis")
-    handled_dir, failed_dir = write_handler(workdir, plan.fail_every)
+    write_handler(workdir, plan.fail_every)
     config_path, write_config = config_writer(workdir, server.url)
     write_config(plan.processes, plan.batch)
     service = Service(workdir, config_path, plan.restart_sec)
     pusher: Pusher | None = None
-    try:
-        server.start()
-        client = client_for(server.url)
-        queue = Queue(client, QUEUE)
-        print(machine(client))
-        service.start()
-        wait_for(service.is_ready, READY_TIMEOUT, f"goodsd to start; see {service.log_path(1)}")
-        chaos = Chaos(
-            random.Random(plan.seed),
-            plan,
-            service,
-            server,
-            write_config,
-            plan.processes,
-            plan.batch,
-        )
-        pusher = Pusher(server.url, queue, plan.items, plan.duration)
-        pusher.start()
-        print(f"faults for {plan.duration:g}s (seed {plan.seed}) ...", file=sys.stderr, flush=True)
-        inject_faults(chaos, pusher, plan)
-        timing.faults = time.monotonic() - began
-        print("draining ...", file=sys.stderr, flush=True)
-        drain(chaos, client, queue, plan)
-        timing.drain = time.monotonic() - began - timing.faults
-        if problem := service.stop():
-            chaos.anomalies.append(problem)
-        timing.stop = time.monotonic() - began - timing.faults - timing.drain
-        dead, errors = dead_items(client, queue)
-        result = tally(pusher.pushed, read_handled(handled_dir), dead, chaos)
-        markers = sum(1 for _ in client.scan_iter(match=MARKER_PREFIX + "*", count=1000))
-        if markers != pusher.batches:
-            chaos.anomalies.append(
-                f"{pusher.batches:,} batches acknowledged but {markers:,} markers in Redis"
+    with open(workdir / "faults.log", "w") as timeline:
+        try:
+            server.start()
+            queue = Queue(client_for(server.url), QUEUE)
+            print(machine(queue.client))
+            service.start()
+            wait_for(service.is_ready, READY_TIMEOUT, f"goodsd to start; see {service.log_path(1)}")
+            rng = random.Random(plan.seed)
+            chaos = Chaos(
+                rng, plan, service, server, write_config, timeline, plan.processes, plan.batch
             )
-        chaos.anomalies += service.unexpected
-        timing.total = time.monotonic() - began
-        planned = sum(1 for _ in failed_dir.iterdir())
-        anomalies = report(plan, result, chaos, pusher, queue.stats(), planned, errors, timing)
-        return (1 if result.lost else 0), anomalies
-    finally:
-        if pusher is not None:
-            pusher.stopping.set()
-            pusher.join()
-        service.kill_group()
-        server.stop()
+            pusher = Pusher(server.url, queue, plan.items, plan.duration)
+            pusher.start()
+            print(f"faults for {plan.duration:g}s (seed {plan.seed}) ...", file=sys.stderr)
+            inject_faults(chaos, pusher, plan)
+            timing.faults = time.monotonic() - began
+            print("draining ...", file=sys.stderr)
+            drain(chaos, queue, plan)
+            timing.drain = time.monotonic() - began - timing.faults
+            if problem := service.stop():
+                chaos.anomalies.append(problem)
+            timing.stop = time.monotonic() - began - timing.faults - timing.drain
+            timing.total = time.monotonic() - began
+            return reckon(plan, chaos, pusher, queue, workdir, timing)
+        finally:
+            if pusher is not None:
+                pusher.stopping.set()
+                pusher.join()
+            service.kill_group()
+            server.stop()
 
 
 # --- reporting ----------------------------------------------------------------------------
