@@ -11,7 +11,9 @@ die with it); SIGHUP with the pool resized, or with a new batch size (a roll); b
 SIGTTIN/SIGTTOU; SIGSTOP a consumer past the hang limit (the master must kill it); restart
 redis-server (SIGTERM, a pause, start on the same AOF). Then the pushing stops, the queue is
 drained and goodsd stopped, and the run prints items pushed, handled, lost, duplicated and
-dead, and the faults by kind. Exit status 1 if an item was lost.
+dead, and the faults by kind. Exit status 1 if an item was lost. The work dir (goodsd's logs
+`master-<n>.log`, the timeline `faults.log`, the handled files, the AOF) is kept when anything
+looked wrong, or with `--keep`.
 
 Not part of CI: a run takes `--duration` plus the drain, about three minutes by default.
 
@@ -41,6 +43,7 @@ from typing import Any, TextIO
 
 import redis
 from redis.backoff import NoBackoff
+from redis.commands.core import Script
 from redis.retry import Retry
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -348,7 +351,7 @@ class Pusher(threading.Thread):
                     continue
                 self.push_batch(script, min(PUSH_MAX_BATCH, due - self.pushed))
 
-    def push_batch(self, script: Any, count: int) -> None:
+    def push_batch(self, script: Script, count: int) -> None:
         """Push the next `count` items; return once Redis has them, whatever goes wrong."""
         items = [f"item-{n}" for n in range(self.pushed, self.pushed + count)]
         keys = [self.keys[0], MARKER_PREFIX + str(self.batches), self.keys[1]]
@@ -1076,6 +1079,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         status, anomalies = run(plan, workdir)
     except BenchError as exc:
         print(f"chaos run failed: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        status = 130  # ^C: everything it started is gone by now (run's `finally`)
     finally:
         if plan.keep or status or anomalies:
             print(f"work dir kept (master-<n>.log, handled/, redis/): {workdir}", file=sys.stderr)
