@@ -2,11 +2,13 @@
 systemctl and read back with journalctl, in a throw-away systemd that tests/systemd/sandbox.sh
 boots in namespaces (so it runs on CI machines whose PID 1 is not systemd).
 
-goodsd is installed the way the README's install section says: a venv built with
-/usr/bin/python3 (the unit hides /root and /home, so a pyenv interpreter would not start), the
-sysusers entry, the units, the config root:goodsd 0640. Needs root; elsewhere, or without the
-sandbox's prerequisites or network for pip, the tests skip and say why. Select or deselect
-them with ``-m systemd``.
+goodsd is installed by the README's own commands: the shell blocks of its "Installing under
+systemd" section, from Redis to `systemctl enable --now goodsd`, run as written in a copy of
+this checkout inside the sandbox. Only what needs the network is done outside: the packages
+must be on the host already, and the venv is built there with /usr/bin/python3 as the README
+says (the unit hides /root and /home, so a pyenv interpreter would not start). Needs root;
+elsewhere, or without the sandbox's prerequisites or network for pip, the tests skip and say
+why. Select or deselect them with ``-m systemd``.
 """
 
 from __future__ import annotations
@@ -33,9 +35,18 @@ SANDBOX_SH = ROOT / "tests" / "systemd" / "sandbox.sh"
 PACKAGING = ROOT / "packaging"
 # The interpreter the venv is built with: the system's, never one under /root or /home.
 HOST_PYTHON = "/usr/bin/python3"
+README = ROOT / "README.md"
 # Inside the sandbox: where the unit's ExecStart= looks for goodsd.
 GOODSD = "/opt/goodsd/bin/goodsd"
 REDIS_SOCKET = "/run/redis/redis-server.sock"
+# Inside the sandbox: the copy of this checkout that the README's commands run in.
+CLONE = "/root/goodsd"
+# README commands that need the network, done outside instead: the packages are
+# prerequisites of the host, and build_venv builds the venv as the README says.
+NEEDS_NETWORK = ("apt-get ", "/usr/bin/python3 -m venv ", "/opt/goodsd/bin/pip ")
+# The README's straight line ends with the command that starts the service.
+LAST_STEP = re.compile(r"^systemctl enable --now goodsd\b(?!@)", re.M)
+UNITS = ("goodsd.service", "goodsd@.service")
 # `systemctl start` blocks until READY=1 or TimeoutStartSec= (90 s); fail well before that.
 START_TIMEOUT = 30.0
 # pip output that means "no network", as opposed to a broken package.
@@ -47,9 +58,9 @@ NETWORK_ERRORS = (
     "Network is unreachable",
     "Max retries exceeded",
 )
-# Appended to the sandbox's redis.conf: no final snapshot (the image's /var/lib/redis may be
-# unwritable, and Redis then refuses to stop), and the unix socket for the group redis.
-REDIS_CONF = f'save ""\nunixsocket {REDIS_SOCKET}\nunixsocketperm 770\n'
+# Appended to the sandbox's redis.conf before the README's steps: no final snapshot (the
+# image's /var/lib/redis may be unwritable, and Redis then refuses to stop or restart).
+REDIS_NO_SNAPSHOT = 'save ""\n'
 # The drop-in the README gives for a password-protected Redis on the local unix socket.
 INSTANCE_DROPIN = """[Service]
 LoadCredential=redis-password:/etc/goodsd/redis-password
@@ -70,7 +81,7 @@ def missing_prerequisite() -> str | None:
     )
     if probe.returncode != 0:
         return f"{HOST_PYTHON} is older than 3.11 or has no venv module"
-    for tool in ("unshare", "nsenter", "setpriv", "setsid", "flock", "redis-cli"):
+    for tool in ("unshare", "nsenter", "setpriv", "setsid", "flock", "tar", "redis-cli"):
         if shutil.which(tool) is None:
             return f"sandbox prerequisite missing: {tool}"
     for path in ("/lib/systemd/systemd", "/lib/systemd/system/redis-server.service", "/opt"):
@@ -93,6 +104,19 @@ def _is_cgroup2(path: str) -> bool:
         if len(fields) > 2 and fields[1] == path and fields[2] == "cgroup2":
             return True
     return False
+
+
+def readme_install_steps() -> str:
+    """The README's commands from zero to a running service: the sh blocks of "Installing
+    under systemd", in order, up to the one that enables goodsd, without NEEDS_NETWORK."""
+    text = README.read_text()
+    section = text.split("\n## Installing under systemd\n", 1)[1].split("\n## ", 1)[0]
+    steps = []
+    for block in re.findall(r"^```sh\n(.*?)^```", section, re.S | re.M):
+        steps += [line for line in block.splitlines() if not line.startswith(NEEDS_NETWORK)]
+        if LAST_STEP.search(block):
+            return "\n".join(steps) + "\n"
+    raise AssertionError("README: no sh block with `systemctl enable --now goodsd`")
 
 
 def build_venv(work: Path) -> Path:
@@ -195,6 +219,25 @@ class Sandbox:
             check=False,
         )
 
+    def copy_checkout(self, path: str) -> None:
+        """This checkout's files (without venv, caches, build output) under ``path``."""
+        self.run("mkdir", "-p", path)
+        skip = (".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache")
+        pack = subprocess.Popen(
+            ["tar", "-C", str(ROOT), *(f"--exclude={s}" for s in skip), "-cf", "-", "."],
+            stdout=subprocess.PIPE,
+        )
+        unpack = subprocess.run(
+            [str(SANDBOX_SH), "exec", str(self.directory), "tar", "-C", path, "-xf", "-"],
+            stdin=pack.stdout,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert pack.stdout is not None
+        pack.stdout.close()
+        assert pack.wait(timeout=60) == 0 and unpack.returncode == 0, unpack.stderr
+
     def copy(self, source: Path, path: str) -> None:
         subprocess.run(
             [str(SANDBOX_SH), "cp", str(self.directory), str(source), path],
@@ -244,7 +287,8 @@ class Sandbox:
 
     def redis(self, *argv: str, password: str = "", check: bool = True) -> str:
         env = [f"REDISCLI_AUTH={password}"] if password else []
-        return self.run("env", *env, "redis-cli", *argv, check=check).stdout.strip()
+        redis_cli = ("redis-cli", "-s", REDIS_SOCKET, *argv)
+        return self.run("env", *env, *redis_cli, check=check).stdout.strip()
 
     def tail(self, lines: int = 40) -> str:
         """The end of the sandbox's journal, for failure messages."""
@@ -265,26 +309,36 @@ class Sandbox:
             raise AssertionError(f"{exc}\n{self.tail()}") from None
 
 
+class Installed(Sandbox):
+    """A sandbox in which the README's install steps ran: what they printed, and the
+    service's state right after them."""
+
+    steps_output = ""
+    after_steps: dict[str, str]
+
+
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    """A booted sandbox with goodsd installed as the README's install section says, and
-    redis-server.service running; removed with everything it created at the end of the module."""
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
+    """A booted sandbox with goodsd installed by the README's own install steps, Redis on its
+    unix socket, goodsd.service then stopped and Redis emptied; removed with everything it
+    created at the end of the module."""
     reason = missing_prerequisite()
     if reason:
         pytest.skip(reason)
     work = tmp_path_factory.mktemp("systemd")
     venv = build_venv(work)
-    box = Sandbox(Path(tempfile.mkdtemp(prefix="goodsd-sbx.", dir="/var/tmp")), work / "journal")
+    box = Installed(Path(tempfile.mkdtemp(prefix="goodsd-sbx.", dir="/var/tmp")), work / "journal")
     try:
         box.up(venv)
         box.run("ln", "-s", str(venv), "/opt/goodsd")
-        box.copy(PACKAGING / "goodsd.sysusers", "/usr/lib/sysusers.d/goodsd.conf")
-        box.run("systemd-sysusers")
-        for unit in ("goodsd.service", "goodsd@.service"):
-            box.copy(PACKAGING / unit, "/etc/systemd/system/")
-        box.run("systemctl", "daemon-reload")
-        box.run("sh", "-c", 'cat >> "$1"', "sh", "/etc/redis/redis.conf", stdin=REDIS_CONF)
-        box.run("systemctl", "start", "redis-server")
+        box.copy_checkout(CLONE)
+        box.run("sh", "-c", 'cat >> "$1"', "sh", "/etc/redis/redis.conf", stdin=REDIS_NO_SNAPSHOT)
+        steps = readme_install_steps()
+        done = box.run("sh", "-exc", f'cd "$1"\n{steps}', "sh", CLONE, timeout=2 * START_TIMEOUT)
+        box.steps_output = done.stdout + done.stderr
+        box.after_steps = box.show("goodsd.service")
+        box.run("systemctl", "stop", "goodsd.service", timeout=START_TIMEOUT)
+        box.redis("flushall")
         yield box
     finally:
         try:
@@ -296,7 +350,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 def config_yaml(processes: int, queue: str = "goods2", **extra: object) -> str:
     return yaml.safe_dump(
         {
-            "redis": {"url": "redis://127.0.0.1:6379/0"},
+            "redis": {"url": f"unix://{REDIS_SOCKET}"},
             "queue": queue,
             "consumers": {"processes": processes, "handler": "goodsd.handlers:log"},
             "supervisor": {"graceful_timeout": "5s"},
@@ -304,6 +358,47 @@ def config_yaml(processes: int, queue: str = "goods2", **extra: object) -> str:
         },
         sort_keys=False,
     )
+
+
+def exposure(box: Sandbox, unit_file: str) -> float:
+    """`systemd-analyze security --offline=true` of ``unit_file``: its overall exposure."""
+    text = box.run("systemd-analyze", "security", "--offline=true", unit_file).stdout
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", text)
+    assert found, text
+    return float(found.group(1))
+
+
+def test_the_readme_install_steps_give_a_running_service(sandbox: Installed) -> None:
+    box = sandbox
+    # Given the README's install steps, run as written from zero (in the fixture)
+    # Then they left goodsd.service active with the example config's four consumers
+    state = box.after_steps
+    assert state["ActiveState"] == "active", f"{state}\n{box.steps_output}"
+    assert "consumers: 4 running" in state["StatusText"], state
+    # And Redis answered on its socket, without eviction
+    assert "PONG" in box.steps_output and "noeviction" in box.steps_output, box.steps_output
+    # And the hand-installed sysusers entry is in /etc, not in /usr/lib (the packages' place)
+    box.run("test", "-f", "/etc/sysusers.d/goodsd.conf")
+    assert box.run("test", "-e", "/usr/lib/sysusers.d/goodsd.conf", check=False).returncode
+    # And the config is readable by the service alone, with the path to Redis's socket
+    mode = box.run("stat", "-c", "%U:%G %a", "/etc/goodsd.yaml").stdout.split()
+    assert mode == ["root:goodsd", "640"], mode
+    assert box.run(GOODSD, "check").stdout.count(f"unix://{REDIS_SOCKET}") == 1
+    for unit in UNITS:
+        path = f"/etc/systemd/system/{unit}"
+        # And each unit passes systemd-analyze verify without a word
+        verify = box.run("systemd-analyze", "verify", path)
+        assert verify.stdout + verify.stderr == "", verify
+        # And each file its Documentation= names is installed
+        docs = box.run("systemctl", "show", "-p", "Documentation", "--value", unit).stdout.split()
+        assert docs, f"{unit}: no Documentation="
+        for url in docs:
+            if url.startswith("file:"):
+                box.run("test", "-f", url.removeprefix("file:"))
+    # And the sandboxing keeps its rating (1.1 on systemd 252; the units allow up to 2.0)
+    box.run("cp", "/etc/systemd/system/goodsd@.service", "/run/goodsd@check.service")
+    for unit_file in ("/etc/systemd/system/goodsd.service", "/run/goodsd@check.service"):
+        assert exposure(box, unit_file) <= 2.0, unit_file
 
 
 def test_goodsd_service_start_reload_stop_and_journal(sandbox: Sandbox) -> None:
@@ -411,9 +506,7 @@ def test_instance_with_credential_over_unix_socket(sandbox: Sandbox) -> None:
         box.write(f"/etc/systemd/system/{unit}.d/redis.conf", INSTANCE_DROPIN, "root", "0644")
         box.write(
             "/etc/goodsd/demo.yaml",
-            config_yaml(2, queue="demo").replace(
-                "redis://127.0.0.1:6379/0", f"unix://{REDIS_SOCKET}"
-            ),
+            config_yaml(2, queue="demo"),
         )
         box.run("systemctl", "daemon-reload")
 
