@@ -2,11 +2,13 @@
 systemctl and read back with journalctl, in a throw-away systemd that tests/systemd/sandbox.sh
 boots in namespaces (so it runs on CI machines whose PID 1 is not systemd).
 
-goodsd is installed the way the README's install section says: a venv built with
-/usr/bin/python3 (the unit hides /root and /home, so a pyenv interpreter would not start), the
-sysusers entry, the units, the config root:goodsd 0640. Needs root; elsewhere, or without the
-sandbox's prerequisites or network for pip, the tests skip and say why. Select or deselect
-them with ``-m systemd``.
+goodsd is installed by the README's own commands: the shell blocks of its "Installing under
+systemd" section, from Redis to `systemctl enable --now goodsd`, run as written in a copy of
+this checkout inside the sandbox. Only what needs the network is done outside: the packages
+must be on the host already, and the venv is built there with /usr/bin/python3 as the README
+says (the unit hides /root and /home, so a pyenv interpreter would not start). Needs root;
+elsewhere, or without the sandbox's prerequisites or network for pip, the tests skip and say
+why. Select or deselect them with ``-m systemd``.
 """
 
 from __future__ import annotations
@@ -33,9 +35,19 @@ SANDBOX_SH = ROOT / "tests" / "systemd" / "sandbox.sh"
 PACKAGING = ROOT / "packaging"
 # The interpreter the venv is built with: the system's, never one under /root or /home.
 HOST_PYTHON = "/usr/bin/python3"
+README = ROOT / "README.md"
 # Inside the sandbox: where the unit's ExecStart= looks for goodsd.
 GOODSD = "/opt/goodsd/bin/goodsd"
 REDIS_SOCKET = "/run/redis/redis-server.sock"
+# Inside the sandbox: the copy of this checkout that the README's commands run in.
+CLONE = "/root/goodsd"
+# README commands that need the network, done outside instead: the packages are
+# prerequisites of the host, and build_venv builds the venv as the README says.
+NEEDS_NETWORK = ("apt-get ", "/usr/bin/python3 -m venv ", "/opt/goodsd/bin/pip ")
+# The README's straight line ends with the command that starts the service.
+LAST_STEP = re.compile(r"^systemctl enable --now goodsd\b(?!@)", re.M)
+# The shipped unit files, each with a unit it gives.
+UNITS = {"goodsd.service": "goodsd.service", "goodsd@.service": "goodsd@check.service"}
 # `systemctl start` blocks until READY=1 or TimeoutStartSec= (90 s); fail well before that.
 START_TIMEOUT = 30.0
 # pip output that means "no network", as opposed to a broken package.
@@ -47,9 +59,9 @@ NETWORK_ERRORS = (
     "Network is unreachable",
     "Max retries exceeded",
 )
-# Appended to the sandbox's redis.conf: no final snapshot (the image's /var/lib/redis may be
-# unwritable, and Redis then refuses to stop), and the unix socket for the group redis.
-REDIS_CONF = f'save ""\nunixsocket {REDIS_SOCKET}\nunixsocketperm 770\n'
+# Appended to the sandbox's redis.conf before the README's steps: no final snapshot (the
+# image's /var/lib/redis may be unwritable, and Redis then refuses to stop or restart).
+REDIS_NO_SNAPSHOT = 'save ""\n'
 # The drop-in the README gives for a password-protected Redis on the local unix socket.
 INSTANCE_DROPIN = """[Service]
 LoadCredential=redis-password:/etc/goodsd/redis-password
@@ -70,7 +82,7 @@ def missing_prerequisite() -> str | None:
     )
     if probe.returncode != 0:
         return f"{HOST_PYTHON} is older than 3.11 or has no venv module"
-    for tool in ("unshare", "nsenter", "setpriv", "setsid", "flock", "redis-cli"):
+    for tool in ("unshare", "nsenter", "setpriv", "setsid", "flock", "tar", "redis-cli"):
         if shutil.which(tool) is None:
             return f"sandbox prerequisite missing: {tool}"
     for path in ("/lib/systemd/systemd", "/lib/systemd/system/redis-server.service", "/opt"):
@@ -93,6 +105,19 @@ def _is_cgroup2(path: str) -> bool:
         if len(fields) > 2 and fields[1] == path and fields[2] == "cgroup2":
             return True
     return False
+
+
+def readme_install_steps() -> str:
+    """The README's commands from zero to a running service: the sh blocks of "Installing
+    under systemd", in order, up to the one that enables goodsd, without NEEDS_NETWORK."""
+    text = README.read_text()
+    section = text.split("\n## Installing under systemd\n", 1)[1].split("\n## ", 1)[0]
+    steps = []
+    for block in re.findall(r"^```sh\n(.*?)^```", section, re.S | re.M):
+        steps += [line for line in block.splitlines() if not line.startswith(NEEDS_NETWORK)]
+        if LAST_STEP.search(block):
+            return "\n".join(steps) + "\n"
+    raise AssertionError("README: no sh block with `systemctl enable --now goodsd`")
 
 
 def build_venv(work: Path) -> Path:
@@ -195,6 +220,25 @@ class Sandbox:
             check=False,
         )
 
+    def copy_checkout(self, path: str) -> None:
+        """This checkout's files (without venv, caches, build output) under ``path``."""
+        self.run("mkdir", "-p", path)
+        skip = (".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache")
+        pack = subprocess.Popen(
+            ["tar", "-C", str(ROOT), *(f"--exclude={s}" for s in skip), "-cf", "-", "."],
+            stdout=subprocess.PIPE,
+        )
+        unpack = subprocess.run(
+            [str(SANDBOX_SH), "exec", str(self.directory), "tar", "-C", path, "-xf", "-"],
+            stdin=pack.stdout,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert pack.stdout is not None
+        pack.stdout.close()
+        assert pack.wait(timeout=60) == 0 and unpack.returncode == 0, unpack.stderr
+
     def copy(self, source: Path, path: str) -> None:
         subprocess.run(
             [str(SANDBOX_SH), "cp", str(self.directory), str(source), path],
@@ -229,6 +273,11 @@ class Sandbox:
     def journal(self, unit: str, *options: str) -> str:
         return self.run("journalctl", "--no-pager", "-u", unit, *options).stdout
 
+    def journal_from_now(self) -> str:
+        """A journal() option that leaves out every entry before now. (Not --after-cursor:
+        journalctl 252 then shows nothing for -p.)"""
+        return "--since=" + self.run("date", "+@%s.%6N").stdout.strip()
+
     def children(self, pid: int) -> set[int]:
         """Live (not zombie) child processes of ``pid``."""
         script = (
@@ -244,7 +293,8 @@ class Sandbox:
 
     def redis(self, *argv: str, password: str = "", check: bool = True) -> str:
         env = [f"REDISCLI_AUTH={password}"] if password else []
-        return self.run("env", *env, "redis-cli", *argv, check=check).stdout.strip()
+        redis_cli = ("redis-cli", "-s", REDIS_SOCKET, *argv)
+        return self.run("env", *env, *redis_cli, check=check).stdout.strip()
 
     def tail(self, lines: int = 40) -> str:
         """The end of the sandbox's journal, for failure messages."""
@@ -265,26 +315,44 @@ class Sandbox:
             raise AssertionError(f"{exc}\n{self.tail()}") from None
 
 
+class Installed(Sandbox):
+    """A sandbox in which goodsd is installed by the README's install steps."""
+
+    def __init__(self, directory: Path, journal_copy: Path) -> None:
+        super().__init__(directory, journal_copy)
+        # what the steps printed, stdout and stderr
+        self.steps_output = ""
+        # `systemctl show goodsd.service` right after them
+        self.after_steps: dict[str, str] = {}
+
+    def install_by_readme(self, venv: Path) -> None:
+        """Run the README's steps (readme_install_steps) in a copy of this checkout, with
+        ``venv`` as /opt/goodsd; then stop goodsd.service and empty Redis."""
+        self.run("ln", "-s", str(venv), "/opt/goodsd")
+        self.copy_checkout(CLONE)
+        self.run("sh", "-c", 'cat >> "$1"', "sh", "/etc/redis/redis.conf", stdin=REDIS_NO_SNAPSHOT)
+        script = f'cd "$1"\n{readme_install_steps()}'
+        done = self.run("sh", "-exc", script, "sh", CLONE, timeout=2 * START_TIMEOUT)
+        self.steps_output = done.stdout + done.stderr
+        self.after_steps = self.show("goodsd.service")
+        self.run("systemctl", "stop", "goodsd.service", timeout=START_TIMEOUT)
+        self.redis("flushall")
+
+
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    """A booted sandbox with goodsd installed as the README's install section says, and
-    redis-server.service running; removed with everything it created at the end of the module."""
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
+    """A booted sandbox with goodsd installed by the README's own install steps, Redis on its
+    unix socket, goodsd.service then stopped and Redis emptied; removed with everything it
+    created at the end of the module."""
     reason = missing_prerequisite()
     if reason:
         pytest.skip(reason)
     work = tmp_path_factory.mktemp("systemd")
     venv = build_venv(work)
-    box = Sandbox(Path(tempfile.mkdtemp(prefix="goodsd-sbx.", dir="/var/tmp")), work / "journal")
+    box = Installed(Path(tempfile.mkdtemp(prefix="goodsd-sbx.", dir="/var/tmp")), work / "journal")
     try:
         box.up(venv)
-        box.run("ln", "-s", str(venv), "/opt/goodsd")
-        box.copy(PACKAGING / "goodsd.sysusers", "/usr/lib/sysusers.d/goodsd.conf")
-        box.run("systemd-sysusers")
-        for unit in ("goodsd.service", "goodsd@.service"):
-            box.copy(PACKAGING / unit, "/etc/systemd/system/")
-        box.run("systemctl", "daemon-reload")
-        box.run("sh", "-c", 'cat >> "$1"', "sh", "/etc/redis/redis.conf", stdin=REDIS_CONF)
-        box.run("systemctl", "start", "redis-server")
+        box.install_by_readme(venv)
         yield box
     finally:
         try:
@@ -296,7 +364,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 def config_yaml(processes: int, queue: str = "goods2", **extra: object) -> str:
     return yaml.safe_dump(
         {
-            "redis": {"url": "redis://127.0.0.1:6379/0"},
+            "redis": {"url": f"unix://{REDIS_SOCKET}"},
             "queue": queue,
             "consumers": {"processes": processes, "handler": "goodsd.handlers:log"},
             "supervisor": {"graceful_timeout": "5s"},
@@ -306,11 +374,51 @@ def config_yaml(processes: int, queue: str = "goods2", **extra: object) -> str:
     )
 
 
+def exposure(box: Sandbox, unit: str) -> float:
+    """`systemd-analyze security --offline=true` of ``unit``: its overall exposure."""
+    text = box.run("systemd-analyze", "security", "--offline=true", unit).stdout
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", text)
+    assert found, text
+    return float(found.group(1))
+
+
+def test_the_readme_install_steps_give_a_running_service(sandbox: Installed) -> None:
+    box = sandbox
+    # Given the README's install steps, run as written from zero (in the fixture)
+    # Then they left goodsd.service active with the example config's four consumers
+    state = box.after_steps
+    assert state["ActiveState"] == "active", f"{state}\n{box.steps_output}"
+    assert "consumers: 4 running" in state["StatusText"], state
+    # And Redis answered on its socket, without eviction
+    assert "PONG" in box.steps_output and "noeviction" in box.steps_output, box.steps_output
+    # And the hand-installed sysusers entry is in /etc, not in /usr/lib (the packages' place)
+    box.run("test", "-f", "/etc/sysusers.d/goodsd.conf")
+    assert box.run("test", "-e", "/usr/lib/sysusers.d/goodsd.conf", check=False).returncode
+    # And the config is readable by the service alone, with the path to Redis's socket
+    mode = box.run("stat", "-c", "%U:%G %a", "/etc/goodsd.yaml").stdout.split()
+    assert mode == ["root:goodsd", "640"], mode
+    assert box.run(GOODSD, "check").stdout.count(f"unix://{REDIS_SOCKET}") == 1
+    for unit_file, unit in UNITS.items():
+        # And each unit passes systemd-analyze verify without a word
+        verify = box.run("systemd-analyze", "verify", f"/etc/systemd/system/{unit_file}")
+        assert verify.stdout + verify.stderr == "", verify
+        # And each file its Documentation= names is installed
+        docs = box.run("systemctl", "show", "-p", "Documentation", "--value", unit).stdout.split()
+        assert docs, f"{unit}: no Documentation="
+        for url in docs:
+            if url.startswith("file:"):
+                box.run("test", "-f", url.removeprefix("file:"))
+        # And the sandboxing keeps its rating (1.1 on systemd 252; the units allow up to 2.0)
+        assert exposure(box, unit) <= 2.0, unit
+
+
 def test_goodsd_service_start_reload_stop_and_journal(sandbox: Sandbox) -> None:
     box = sandbox
     unit = "goodsd.service"
     # Given /etc/goodsd.yaml (root:goodsd 0640) asking for two consumers
     box.write("/etc/goodsd.yaml", config_yaml(2))
+    # (and the journal read from here on, after the install steps' own run)
+    since = box.journal_from_now()
 
     # When the service is started
     box.run("systemctl", "start", unit, timeout=START_TIMEOUT)
@@ -323,7 +431,7 @@ def test_goodsd_service_start_reload_stop_and_journal(sandbox: Sandbox) -> None:
     first_children = box.children(master)
     assert len(first_children) == 2, f"children {first_children} right after start"
     assert box.redis("hlen", "goodsd:{goods2}:consumers") == "2"
-    lines = box.journal(unit, "-o", "cat").splitlines()
+    lines = box.journal(unit, since, "-o", "cat").splitlines()
     ready = [i for i, line in enumerate(lines) if re.search(r"\bready: ", line)]
     child_ready = [i for i, line in enumerate(lines) if re.search(r"consumer \d+ .*\bready$", line)]
     assert len(ready) == 1 and len(child_ready) == 2 and max(child_ready) < ready[0], lines
@@ -367,8 +475,8 @@ def test_goodsd_service_start_reload_stop_and_journal(sandbox: Sandbox) -> None:
     assert state["ActiveState"] == "active" and state["MainPID"] == str(master), state
     assert box.children(master) == kept_children
     # And the journal has it at error level, and everything else at its own priority
-    assert "bogus" in box.journal(unit, "-p", "err", "-o", "cat")
-    entries = [json.loads(line) for line in box.journal(unit, "-o", "json").splitlines()]
+    assert "bogus" in box.journal(unit, since, "-p", "err", "-o", "cat")
+    entries = [json.loads(line) for line in box.journal(unit, since, "-o", "json").splitlines()]
     ours = [
         e
         for e in entries
@@ -391,7 +499,7 @@ def test_goodsd_service_start_reload_stop_and_journal(sandbox: Sandbox) -> None:
     )
     exits = [
         (e["EXIT_CODE"], e["EXIT_STATUS"])
-        for e in map(json.loads, box.journal(unit, "-o", "json").splitlines())
+        for e in map(json.loads, box.journal(unit, since, "-o", "json").splitlines())
         if "EXIT_CODE" in e and "Main process exited" in str(e.get("MESSAGE"))
     ]
     assert exits == [("exited", "0")], f"{exits}\n{box.tail()}"
@@ -411,9 +519,7 @@ def test_instance_with_credential_over_unix_socket(sandbox: Sandbox) -> None:
         box.write(f"/etc/systemd/system/{unit}.d/redis.conf", INSTANCE_DROPIN, "root", "0644")
         box.write(
             "/etc/goodsd/demo.yaml",
-            config_yaml(2, queue="demo").replace(
-                "redis://127.0.0.1:6379/0", f"unix://{REDIS_SOCKET}"
-            ),
+            config_yaml(2, queue="demo"),
         )
         box.run("systemctl", "daemon-reload")
 

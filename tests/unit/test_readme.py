@@ -1,0 +1,150 @@
+"""The README and the units point only at things a reader can reach.
+
+The README is read on a checkout, on a package index and, once installed, as
+/usr/share/doc/goodsd/README.md: every link must land on a heading of its own or a file of this
+repository, and every file it names must be one the repository has. The systemd units name
+their documentation with `Documentation=`, in a form systemd accepts.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+UNITS = sorted((ROOT / "packaging").glob("*.service"))
+# The URL schemes systemd.unit(5) accepts in Documentation=.
+DOC_SCHEMES = {"http", "https", "file", "info", "man"}
+FENCE = re.compile(r"^```[^\n]*\n(.*?)^```[^\n]*$", re.S | re.M)
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+CODE_SPAN = re.compile(r"`([^`\n]+)`")
+# A relative path to a file, with a directory part (config/goodsd.yaml, ../shared/STYLE.md).
+RELATIVE_PATH = re.compile(r"(?:\.\./)*(?:[\w.@-]+/)+[\w.@-]+\.[A-Za-z]+")
+# A bare file name of the kind a README points readers to (DESIGN.md, sandbox.sh).
+BARE_FILE = re.compile(r"[\w.@-]+\.(?:md|py|sh|toml)")
+
+
+def prose_and_code(text: str) -> tuple[str, list[str]]:
+    """``text`` without its fenced blocks, and the blocks' contents."""
+    return FENCE.sub("", text), FENCE.findall(text)
+
+
+def github_anchor(heading: str) -> str:
+    """The fragment GitHub (and PyPI's renderer) gives a heading: lower case, markup and
+    punctuation dropped, spaces turned into hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", ""))
+    return text.replace(" ", "-")
+
+
+def anchors(prose: str) -> set[str]:
+    """Every fragment a heading of ``prose`` defines."""
+    return {github_anchor(h) for h in re.findall(r"^#{1,6} (.+)$", prose, re.M)}
+
+
+def unreachable_links(prose: str) -> list[str]:
+    """Links of ``prose`` that land nowhere: a fragment without its heading, a relative path
+    that is not a file or directory of the repository."""
+    known = anchors(prose)
+    bad = []
+    for target in LINK.findall(CODE_SPAN.sub("", prose)):
+        url = urlsplit(target)
+        if url.scheme in ("http", "https", "mailto"):
+            continue
+        if not url.path and url.fragment not in known:
+            bad.append(f"{target}: no such heading")
+        elif url.path and not in_repository(url.path):
+            bad.append(f"{target}: no such file in the repository")
+    return bad
+
+
+def unreachable_files(prose: str, code: list[str]) -> list[str]:
+    """Relative file paths in code (inline or fenced) and bare file names in inline code
+    that the repository does not have."""
+    spans = CODE_SPAN.findall(prose)
+    words = [word.strip("\"'(),;") for text in (*spans, *code) for word in text.split()]
+    bad = [
+        f"{word}: not in the repository"
+        for word in words
+        if RELATIVE_PATH.fullmatch(word) and not in_repository(word)
+    ]
+    names = {p.name for p in ROOT.rglob("*") if ".venv" not in p.parts and ".git" not in p.parts}
+    bad += [
+        f"{span}: no file of that name in the repository"
+        for span in spans
+        if BARE_FILE.fullmatch(span) and span not in names
+    ]
+    return bad
+
+
+def in_repository(path: str) -> bool:
+    """Whether ``path`` (relative to the README) names something inside this checkout."""
+    target = (ROOT / path).resolve()
+    return target.is_relative_to(ROOT) and target.exists()
+
+
+def documentation_urls(unit: Path) -> list[str]:
+    """The URLs of every Documentation= line of ``unit`` (space-separated, several lines)."""
+    lines = re.findall(r"^Documentation=(.*)$", unit.read_text(), re.M)
+    return [url for line in lines for url in line.split()]
+
+
+def test_every_link_of_the_readme_lands_on_a_heading_or_a_file_of_the_repository() -> None:
+    # Given the README's prose (links inside code are not links)
+    prose, _ = prose_and_code(README.read_text())
+    # Then every link resolves
+    assert unreachable_links(prose) == []
+
+
+def test_the_readme_names_no_file_outside_the_repository() -> None:
+    # Given the README, prose and code blocks
+    prose, code = prose_and_code(README.read_text())
+    # Then each relative path and each file it names is in this checkout
+    assert unreachable_files(prose, code) == []
+
+
+def test_the_checks_catch_what_a_reader_cannot_reach() -> None:
+    # Given a README that links to a missing heading and a sibling project, and names a file
+    # that only its authors have
+    prose, code = prose_and_code(
+        "## Usage\n\nSee [usage](#usage), [security](#security) and [style](../shared/STYLE.md)."
+        "\nThe design is in `DESIGN.md`, the rules in `../shared/RULES.md`; the config is "
+        "[`config/goodsd.yaml`](config/goodsd.yaml), Debian/Ubuntu's is `/etc/redis/redis.conf`.\n"
+        "```sh\ncp packaging/goodsd.service packaging/missing.service /etc/\n```\n"
+    )
+    # Then exactly those are reported
+    assert unreachable_links(prose) == [
+        "#security: no such heading",
+        "../shared/STYLE.md: no such file in the repository",
+    ]
+    assert unreachable_files(prose, code) == [
+        "../shared/RULES.md: not in the repository",
+        "packaging/missing.service: not in the repository",
+        "DESIGN.md: no file of that name in the repository",
+    ]
+
+
+def test_github_anchors() -> None:
+    assert github_anchor("Put items in: `goodsd push`") == "put-items-in-goodsd-push"
+    assert github_anchor("Metrics (Prometheus)") == "metrics-prometheus"
+    assert github_anchor("Stopping, reloading, and items in between") == (
+        "stopping-reloading-and-items-in-between"
+    )
+
+
+def test_every_unit_names_its_documentation_in_a_form_systemd_accepts() -> None:
+    assert UNITS, "no units in packaging/"
+    for unit in UNITS:
+        urls = documentation_urls(unit)
+        # Then each unit has Documentation= with URLs systemd takes (an absolute file: path)
+        assert urls, f"{unit.name}: no Documentation="
+        for url in urls:
+            parts = urlsplit(url)
+            assert parts.scheme in DOC_SCHEMES, f"{unit.name}: {url}: scheme not for systemd"
+            if parts.scheme == "file":
+                assert parts.path.startswith("/"), f"{unit.name}: {url}: not absolute"
+                # And a file it points at is one this repository ships
+                assert (ROOT / Path(parts.path).name).is_file(), f"{unit.name}: {url}"
+    # And the template names the same as the plain unit
+    assert len({tuple(documentation_urls(u)) for u in UNITS}) == 1
