@@ -110,8 +110,10 @@ def test_a_shrink_keeps_slots_0_to_n_minus_1_whatever_the_spawn_order(seed: int)
     rng = random.Random(seed)
     size = rng.randint(1, 12)
     seqs = rng.sample(range(1, 100), size)
-    states = rng.choices([State.RUNNING, State.STARTING], k=size)
-    children = [consumer(seq, state, index=i) for i, (seq, state) in enumerate(zip(seqs, states))]
+    children = [
+        consumer(seq, rng.choice([State.RUNNING, State.STARTING]), index=index)
+        for index, seq in enumerate(seqs)
+    ]
     rng.shuffle(children)
     # When fewer are wanted
     want = rng.randint(0, size)
