@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import redis
 
-from goodsd import __version__, hostinfo, logs, metrics, output
+from goodsd import __version__, hostinfo, logs, metrics, output, proctitle
 from goodsd import config as config_mod
 from goodsd import consumer as consumer_mod
 from goodsd import producer as producer_mod
@@ -189,6 +189,7 @@ class Master:
     # -- main loop ----------------------------------------------------------------------
 
     def run(self) -> int:
+        proctitle.set_title(proctitle.master_title(self.config.path))
         try:
             password(self.config.redis, os.environ)
         except PasswordError as exc:
@@ -1025,6 +1026,7 @@ def child_main(
 ) -> int:
     """Everything a child does after fork; returns its exit code."""
     die_with_parent(master_pid)
+    proctitle.set_title(proctitle.child_title(child.role, child.index, config.queue))
     logs.setup(
         config.logging.level,
         config.logging.format,
