@@ -17,7 +17,8 @@ from typing import NamedTuple
 # position: index in the claimed batch (0 = oldest) of the current item, -1 when idle
 # done / failed: items handled so far by this child (a producer: done = items it pushed)
 # flags: FLAG_* bits (a producer's state)
-_LAYOUT = struct.Struct("=ddqQQQ")
+# given_back: items a consumer gave back unstarted (claimed, then a stop came)
+_LAYOUT = struct.Struct("=ddqQQQQ")
 # The first three fields alone: what changes with every item.
 _BUSY = struct.Struct("=ddq")
 FLAG_PAUSED = 1  # producer: the queue is at its high watermark, waiting to drain
@@ -34,10 +35,11 @@ class Reading(NamedTuple):
     done: int
     failed: int
     flags: int
+    given_back: int
 
 
 # What the master assumes of a child whose record is already gone.
-NO_READING = Reading(0.0, 0.0, -1, 0, 0, 0)
+NO_READING = Reading(0.0, 0.0, -1, 0, 0, 0, 0)
 
 
 class Scoreboard:
@@ -56,8 +58,11 @@ class Scoreboard:
         done: int = 0,
         failed: int = 0,
         flags: int = 0,
+        given_back: int = 0,
     ) -> None:
-        _LAYOUT.pack_into(self._map, 0, heartbeat, busy_since, position, done, failed, flags)
+        _LAYOUT.pack_into(
+            self._map, 0, heartbeat, busy_since, position, done, failed, flags, given_back
+        )
 
     def busy(self, now: float, position: int) -> None:
         """An item starts now: heartbeat, busy_since and position in one small write."""
