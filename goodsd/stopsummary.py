@@ -24,7 +24,8 @@ class StopSummary:
     failed: int = 0  # those of them whose handler raised (they wait for a retry)
     # Items back in the queue instead of run: released unstarted by their consumer, or
     # requeued by the master from a consumer that exited holding them (killed at the graceful
-    # timeout or by a second stop; an item that was running then will run again).
+    # timeout or by a second stop; an item that was running then will run again). An item
+    # finished while Redis was away, so never recorded, counts in both: it will run again.
     given_back: int = 0
 
     @classmethod
