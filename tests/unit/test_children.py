@@ -163,6 +163,19 @@ def test_rolling_keeps_outdated_children_until_replacements_run() -> None:
     assert set(map(id, plan.retire)) == {id(old_a), id(old_b)}
 
 
+def test_a_shrink_during_a_roll_retires_the_highest_new_slot_and_old_ones_as_before() -> None:
+    # Given a roll under way: old children in slots 0 and 1, their replacements running in
+    # slots 2 and 3 (a slot still held is not reused)
+    generation = {"consumer": 2, "producer": 1}
+    old_a, old_b = consumer(1, index=0), consumer(2, index=1)
+    new_a, new_b = consumer(3, index=2, generation=2), consumer(4, index=3, generation=2)
+    # When only one is wanted
+    plan = reconcile([old_a, old_b, new_a, new_b], {"consumer": 1, "producer": 0}, generation)
+    # Then the highest new slot goes, and the old ones go since a new one serves
+    assert set(map(id, plan.retire)) == {id(new_b), id(old_a), id(old_b)}
+    assert plan.spawn == ()
+
+
 def test_rolling_drops_outdated_children_that_are_not_serving_at_once() -> None:
     # Given outdated children that are starting or backing off
     starting = consumer(1, State.STARTING)
