@@ -52,7 +52,7 @@ class Child:
 
     role: str  # "consumer" or "producer"
     index: int  # slot number within the role, shown in logs and STATUS
-    seq: int  # spawn order of the current process; surplus retires lowest first
+    seq: int  # spawn order of the current process; outdated children retire lowest first
     generation: int  # the role's config generation this child runs with
     state: State = State.STARTING
     pid: int = 0  # 0 while in BACKOFF
@@ -110,8 +110,10 @@ def reconcile(
     """Make "running" match "wanted" for each role.
 
     Children of an older generation stay until enough current ones run (new up before old go);
-    surplus current children retire: those without a process first, then oldest first. A
-    finished producer fills its slot: it is wanted, done, and must not be started again.
+    surplus current children retire: those without a process first, then the highest slots
+    first, so a shrunk pool keeps its slots 0..N-1 (spawn order is no guide: a restarted child
+    is new in an old slot). A finished producer fills its slot: it is wanted, done, and must
+    not be started again.
     """
     spawn: list[tuple[str, int]] = []
     retire: list[Child] = []
@@ -125,7 +127,7 @@ def reconcile(
         used = {c.index for c in children if c.role == role}
         free = (i for i in range(len(used) + want + 1) if i not in used)
         spawn.extend((role, next(free)) for _ in range(want - len(current)))
-        surplus = sorted(current, key=lambda c: (c.state not in IDLE, c.seq))
+        surplus = sorted(current, key=lambda c: (c.state not in IDLE, -c.index))
         retire.extend(surplus[: max(0, len(current) - want)])
         # Outdated children not serving go at once; serving ones as current ones become ready.
         serving_outdated = sorted(

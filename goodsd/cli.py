@@ -448,7 +448,9 @@ def add_ops_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentP
     requeue = dead_sub.add_parser(
         "requeue", parents=[common], help="back to the ready list, attempts reset"
     )
-    requeue.add_argument("items", nargs="*", metavar="ITEM", help="dead items to requeue")
+    requeue.add_argument(
+        "items", nargs="*", metavar="ITEM", help="dead items to requeue (base64:B64 = B64's bytes)"
+    )
     requeue.add_argument("--all", action="store_true", help="every dead item")
     requeue.set_defaults(func=cmd_dead_requeue, parser=requeue)
     purge = dead_sub.add_parser("purge", parents=[common], help="delete all dead items")

@@ -72,6 +72,7 @@ class Consumer:
         self.running = True
         self.done_count = 0
         self.failed_count = 0
+        self.given_back = 0  # items released unstarted, for the master's stop summary
         self.run_item: Callable[[bytes], None] | None = None
         self.queue: Queue | None = None
         # A batch claimed together with the previous batch's acks, to run next.
@@ -243,6 +244,9 @@ class Consumer:
             self._until_done(lambda q: q.recover(self.consumer_id))
             self.next_batch = []
             return False
+        if release:
+            self.given_back += len(release)
+            self.beat(self.clock())
         return True
 
     # -- helpers ------------------------------------------------------------------------
@@ -254,6 +258,7 @@ class Consumer:
             position=position,
             done=self.done_count,
             failed=self.failed_count,
+            given_back=self.given_back,
         )
 
     def _until_done(

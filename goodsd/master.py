@@ -24,7 +24,7 @@ from typing import TypeVar
 
 import redis
 
-from goodsd import __version__, codestamp, hostinfo, logs, metrics, output
+from goodsd import __version__, codestamp, hostinfo, logs, metrics, output, proctitle
 from goodsd import config as config_mod
 from goodsd import consumer as consumer_mod
 from goodsd import producer as producer_mod
@@ -55,6 +55,7 @@ from goodsd.queue import Overview, Queue
 from goodsd.redisconn import AccessDenied, PasswordError, connect, password
 from goodsd.runner import HandlerLoadError, SetupFailed
 from goodsd.scoreboard import FLAG_PAUSED, FLAG_STANDBY, NO_READING, Scoreboard
+from goodsd.stopsummary import StopSummary
 
 log = logging.getLogger("goodsd.master")
 T = TypeVar("T")
@@ -157,6 +158,7 @@ class Master:
     rates: Rates = field(default_factory=Rates)
     backlog: int | None = None
     restarts: int = 0  # children restarted after they exited, for metrics
+    stop_summary: StopSummary | None = None  # what the stop under way did with items in hand
 
     def __post_init__(self) -> None:
         self.exporter: metrics.Exporter | None = None
@@ -191,6 +193,7 @@ class Master:
     # -- main loop ----------------------------------------------------------------------
 
     def run(self) -> int:
+        proctitle.set_title(proctitle.master_title(self.config.path))
         for warning in self.config.warnings:
             log.warning("%s", warning)
         try:
@@ -291,6 +294,7 @@ class Master:
 
     def begin_stop(self) -> None:
         self.stopping = True
+        self.stop_summary = StopSummary.begin(self.children)
         for child in list(self.children):
             self.retire(child)
 
@@ -602,6 +606,8 @@ class Master:
             child.board = None
         if child.role == "consumer":  # a producer's counter is its pushes, not items handled
             self.rates.retired_total += reading.done + reading.failed
+            if self.stop_summary is not None:
+                self.stop_summary.consumer_exited(child.identity, reading)
             self.queue_recovery(child, reading.busy_since, reading.position, text)
         supervisor = self.config.supervisor
         plan = plan_exit(
@@ -727,6 +733,8 @@ class Master:
                 continue
             if count:
                 log.warning("requeued %d in-flight item(s) of %s", count, rec.identity)
+                if self.stop_summary is not None:
+                    self.stop_summary.requeued(rec.identity, count)
         self.recoveries = remaining
 
     def enforce_liveness(self, now: float) -> None:
@@ -963,6 +971,8 @@ class Master:
     def close(self) -> None:
         self.redis_quiet_until = 0.0  # a last try at everything
         self.retry_recoveries()
+        if self.stop_summary is not None:
+            log.info("%s", self.stop_summary.line(rec.identity for rec in self.recoveries))
         self.redis_do(
             "leaving the masters registry", lambda: self.queue.forget_master(self.master_id)
         )
@@ -1076,6 +1086,7 @@ def child_main(
 ) -> int:
     """Everything a child does after fork; returns its exit code."""
     die_with_parent(master_pid)
+    proctitle.set_title(proctitle.child_title(child.role, child.index, config.queue))
     logs.setup(
         config.logging.level,
         config.logging.format,

@@ -23,7 +23,8 @@ from typing import NamedTuple
 # position: index in the claimed batch (0 = oldest) of the current item, -1 when idle
 # done / failed: items handled so far by this child (a producer: done = items it pushed)
 # flags: FLAG_* bits (a producer's state)
-_LAYOUT = struct.Struct("=ddqQQQ")  # after the 8-byte write counter
+# given_back: items a consumer gave back unstarted (claimed, then a stop came)
+_LAYOUT = struct.Struct("=ddqQQQQ")  # after the 8-byte write counter
 # The first three fields alone: what changes with every item.
 _BUSY = struct.Struct("=ddq")
 # Where the fields start: the first 8 bytes hold the write counter.
@@ -47,10 +48,11 @@ class Reading(NamedTuple):
     done: int
     failed: int
     flags: int
+    given_back: int
 
 
 # What the master assumes of a child whose record is already gone.
-NO_READING = Reading(0.0, 0.0, -1, 0, 0, 0)
+NO_READING = Reading(0.0, 0.0, -1, 0, 0, 0, 0)
 
 
 class Scoreboard:
@@ -72,10 +74,13 @@ class Scoreboard:
         done: int = 0,
         failed: int = 0,
         flags: int = 0,
+        given_back: int = 0,
     ) -> None:
         self._writes += 1
         self._counter[0] = self._writes
-        _LAYOUT.pack_into(self._map, _FIELDS, heartbeat, busy_since, position, done, failed, flags)
+        _LAYOUT.pack_into(
+            self._map, _FIELDS, heartbeat, busy_since, position, done, failed, flags, given_back
+        )
         self._writes += 1
         self._counter[0] = self._writes
 

@@ -1,43 +1,98 @@
 """`goodsd dead list|requeue|purge`: look at items that used up their attempts, give them
 another chance, or drop them. Requeued items go to the pop end, so they run next, with their
-attempts counted from zero again."""
+attempts counted from zero again.
+
+Items are any bytes; on the command line each one has exactly one spelling (see
+``requeue_argument``), and `dead list` shows items in it, so what it shows can be requeued."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
+import shlex
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import TextIO
 
-from goodsd.config import Config
+from goodsd.config import DEFAULT_PATH, Config
 from goodsd.logs import printable
 from goodsd.ops.common import OpsError, open_queue, redis_errors, span, table
 from goodsd.queue import Queue, dead_payload
 
 # Records per round trip when scanning or requeuing the dead list.
 PAGE = 1000
-# Width of the ITEM column in the human list; --json has the whole item.
+# Width of the ITEM column in the human list; longer items are cut there and given whole as a
+# requeue command below the table (--json has them whole too).
 ITEM_WIDTH = 40
+# An ITEM argument that starts with this is the base64 of the item's bytes.
+BASE64_PREFIX = "base64:"
 
 
-def item_text(record: dict[str, object]) -> str:
-    if "item_b64" in record:
-        return f"base64:{record['item_b64']}"
-    return printable(str(record.get("item", "")))
+def requeue_argument(item: bytes) -> str:
+    """The one ITEM argument of `goodsd dead requeue` that names ``item``: the item itself when
+    it is plain text (UTF-8, printable, not empty, no space at either end, not starting with
+    ``-`` or ``base64:``), else ``base64:`` and its base64. So every spelling means one item,
+    an item that starts with ``base64:`` included, and none reads as an option or loses
+    bytes on its way through a terminal or a shell."""
+    try:
+        text = item.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    plain = (
+        text.isprintable() and text == text.strip() and not text.startswith(("-", BASE64_PREFIX))
+    )
+    if text and plain:
+        return text
+    return BASE64_PREFIX + base64.b64encode(item).decode("ascii")
 
 
-def render_list(records: list[dict[str, object]], total: int, now: float) -> str:
-    """Newest first: age, attempts, item, last error."""
+def item_from_argument(argument: str) -> bytes:
+    """The item's bytes that an ITEM argument names (``requeue_argument`` in reverse); any
+    argument without the prefix is the item byte for byte. Raises OpsError for a ``base64:``
+    argument that is not valid base64."""
+    if not argument.startswith(BASE64_PREFIX):
+        return os.fsencode(argument)
+    try:
+        return base64.b64decode(argument[len(BASE64_PREFIX) :], validate=True)
+    except binascii.Error:
+        raise OpsError(
+            f"dead requeue: {argument!r} is not valid base64 "
+            f"(an item given as {BASE64_PREFIX}... is the base64 of its bytes)"
+        ) from None
+
+
+def record_item(record: dict[str, object]) -> bytes:
+    """The item of a parsed dead record, byte for byte."""
+    if isinstance(record.get("item_b64"), str):
+        return base64.b64decode(str(record["item_b64"]))
+    return str(record.get("item", "")).encode("utf-8")
+
+
+def requeue_command(argument: str, config_path: str) -> str:
+    """The shell command that requeues the item spelled ``argument``."""
+    config = ["-c", config_path] if config_path != DEFAULT_PATH else []
+    return shlex.join(["goodsd", "dead", "requeue", *config, argument])
+
+
+def render_list(
+    records: list[dict[str, object]], total: int, now: float, config_path: str = DEFAULT_PATH
+) -> str:
+    """Newest first: age, attempts, item (as its requeue argument), last error; then the
+    whole requeue command of each item the ITEM column cuts."""
     if not total:
         return "the dead list is empty\n"
     rows = []
+    commands = []
     for record in records:
         at = record.get("at")
         age = span(now - at) + " ago" if isinstance(at, int | float) and at else "?"
-        item = item_text(record)
+        item = requeue_argument(record_item(record))
         if len(item) > ITEM_WIDTH:
+            commands.append("  " + requeue_command(item, config_path))
             item = item[: ITEM_WIDTH - 3] + "..."
         attempts = record.get("attempts")
         rows.append(
@@ -50,7 +105,10 @@ def render_list(records: list[dict[str, object]], total: int, now: float) -> str
         )
     lines = table(["WHEN", "ATTEMPTS", "ITEM", "LAST ERROR"], rows, indent="")
     shown = f"{len(records)} newest of {total}" if len(records) < total else f"all {total}"
-    return "\n".join([*lines, f"({shown} dead record(s))"]) + "\n"
+    lines.append(f"({shown} dead record(s))")
+    if commands:
+        lines += ["requeue an item shown cut with:", *commands]
+    return "\n".join(lines) + "\n"
 
 
 def list_main(cfg: Config, *, limit: int, as_json: bool, out: TextIO = sys.stdout) -> int:
@@ -61,7 +119,7 @@ def list_main(cfg: Config, *, limit: int, as_json: bool, out: TextIO = sys.stdou
     if as_json:
         out.write(json.dumps({"queue": cfg.queue, "dead": total, "records": records}) + "\n")
     else:
-        out.write(render_list(records, total, time.time()))
+        out.write(render_list(records, total, time.time(), cfg.path))
     return 0
 
 
@@ -98,23 +156,26 @@ def requeue_matching(queue: Queue, items: list[bytes]) -> Counter[bytes]:
 def requeue_main(
     cfg: Config,
     *,
-    items: list[str],
+    items: Sequence[str],
     everything: bool,
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
 ) -> int:
+    """Requeue every dead item (``everything``) or those ``items`` name (see
+    ``item_from_argument``); exit 1 when one of them is not in the dead list."""
+    # Every argument is read before Redis is asked anything: a bad one changes nothing.
+    wanted = {argument: item_from_argument(argument) for argument in items}
     queue = open_queue(cfg, "dead")
     with redis_errors(cfg):
         if everything:
             moved = requeue_all(queue)
             out.write(f"requeued {moved} item(s) to {cfg.queue!r}\n")
             return 0
-        wanted = [os.fsencode(item) for item in items]
-        counts = requeue_matching(queue, wanted)
+        counts = requeue_matching(queue, list(wanted.values()))
     out.write(f"requeued {sum(counts.values())} item(s) to {cfg.queue!r}\n")
-    missing = [item for item in dict.fromkeys(wanted) if not counts[item]]
-    for item in missing:
-        err.write(f"goodsd: dead requeue: not in the dead list: {os.fsdecode(item)!r}\n")
+    missing = [argument for argument, item in wanted.items() if not counts[item]]
+    for argument in missing:
+        err.write(f"goodsd: dead requeue: not in the dead list: {argument!r}\n")
     return 1 if missing else 0
 
 

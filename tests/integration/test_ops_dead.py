@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import pty
+import random
+import shlex
 import subprocess
 import sys
 
+import pytest
 from ops_cli import assert_one_line_error, goodsd
 
 from goodsd.queue import Failure, Queue
@@ -48,6 +51,62 @@ def test_dead_list_newest_first(r, make_config):
     data = json.loads(goodsd(config, "dead", "list", "--json").stdout)
     assert data["dead"] == 3
     assert [rec["item"] for rec in data["records"]] == ["good3", "good2", "good1"]
+
+
+def listed_arguments(text: str) -> list[str]:
+    """What `dead list` shows as each record's requeue argument, newest first: its ITEM cell,
+    or for a cell cut short, the argument of the command given whole below the table."""
+    lines = text.splitlines()
+    start, end = lines[0].index("ITEM"), lines[0].index("LAST ERROR")
+    count = next(i for i, line in enumerate(lines) if line.startswith("(")) - 1
+    cells = [line[start:end].rstrip() for line in lines[1 : 1 + count]]
+    whole = [shlex.split(line)[-1] for line in lines if line.startswith("  goodsd dead requeue")]
+    arguments = []
+    for cell in cells:
+        cut = [arg for arg in whole if cell.endswith("...") and arg.startswith(cell[:-3])]
+        arguments.append(cut[0] if cut and len(cut[0]) > len(cell) else cell)
+    return arguments
+
+
+def random_items(rng: random.Random, count: int) -> list[bytes]:
+    """Items of every kind a shell or a terminal could garble: random bytes of any length
+    (empty too), text with control characters and spaces at the ends, text that starts like
+    an option or like the base64 spelling itself, long text, plain text."""
+    kinds = [
+        lambda: rng.randbytes(rng.randint(0, 80)),
+        lambda: "".join(rng.choice(" ab\t\n\x1b\u202eé") for _ in range(8)).encode(),
+        lambda: b"-" + rng.randbytes(3).hex().encode(),
+        lambda: b"base64:" + rng.choice([b"", b"Y2Fm6Q==", rng.randbytes(4)]),
+        lambda: rng.randbytes(40).hex().encode(),
+        lambda: f"good{rng.randint(0, 9)}".encode(),
+    ]
+    return [rng.choice(kinds)() for _ in range(count)]
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_what_dead_list_shows_dead_requeue_takes_back(r, make_config, seed):
+    # Given dead items of random bytes and awkward text
+    items = random_items(random.Random(seed), 40)
+    make_dead(r, items)
+    config = make_config()
+    # When each is requeued by what `dead list` shows for it
+    listing = goodsd(config, "dead", "list", "--limit", "100")
+    assert listing.returncode == 0, listing.stderr
+    arguments = listed_arguments(listing.stdout)
+    assert len(arguments) == len(items)
+    result = goodsd(config, "dead", "requeue", *arguments)
+    # Then every one is found and back in the ready list, byte for byte
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"requeued {len(items)} item(s) to 'q'\n"
+    assert r.llen("goodsd:{q}:dead") == 0
+    assert sorted(r.lrange("q", 0, -1)) == sorted(items)
+
+
+def test_a_bad_base64_item_changes_nothing(r, make_config):
+    make_dead(r, [b"good1"])
+    result = goodsd(make_config(), "dead", "requeue", "good1", "base64:not-base64")
+    assert_one_line_error(result, 1, "'base64:not-base64' is not valid base64")
+    assert r.llen("goodsd:{q}:dead") == 1
 
 
 def test_requeue_by_item_takes_every_copy_and_resets_attempts(r, make_config):

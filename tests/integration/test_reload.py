@@ -9,6 +9,7 @@ import signal
 from support import NotifyListener, wait_for
 
 STARTED = re.compile(r"started consumer \d+ \(pid (\d+)\)")
+SLOT_STARTED = re.compile(r"started consumer (\d+) \(pid (\d+)\)")
 
 
 def reload(daemon, notify: NotifyListener) -> dict[str, str]:
@@ -29,6 +30,11 @@ def started_pids(daemon) -> list[int]:
     return [int(p) for p in STARTED.findall(daemon.log())]
 
 
+def slot_pids(daemon) -> dict[int, int]:
+    """Consumer slot -> pid of its latest process, from the "started" lines."""
+    return {int(slot): int(pid) for slot, pid in SLOT_STARTED.findall(daemon.log())}
+
+
 def test_reload_resizes_the_pool_2_5_1(r, make_config, start_daemon, notify):
     # Given two consumers
     config = make_config(consumers={"processes": 2})
@@ -46,9 +52,9 @@ def test_reload_resizes_the_pool_2_5_1(r, make_config, start_daemon, notify):
     # When the file asks for one
     make_config(consumers={"processes": 1})
     status = reload(daemon, notify)["STATUS"]
-    # Then at READY only the newest runs: the surplus retired oldest first
+    # Then at READY only slot 0 runs: the surplus retired highest slot first
     assert status.startswith("consumers: 1 running;"), status
-    assert daemon.children() == {started_pids(daemon)[-1]}
+    assert daemon.children() == {slot_pids(daemon)[0]}
     assert all(pid == daemon.pid for pid, _ in notify.poll())
 
 
@@ -135,13 +141,15 @@ def test_ttin_and_ttou_add_and_remove_one_consumer_until_the_next_reload(
     # Then a third consumer runs
     daemon.wait_log(r"consumer 2 \(pid \d+\) ready")
     wait_for(lambda: len(daemon.children()) == 3, 5, "three consumers")
-    newest = started_pids(daemon)[-1]
+    slots = slot_pids(daemon)
     # When SIGTTOU arrives twice
     daemon.send(signal.SIGTTOU)
     daemon.wait_log(r"SIGTTOU: one consumer fewer \(2 wanted\)")
     daemon.send(signal.SIGTTOU)
-    # Then one remains, the newest: the oldest retire first
-    wait_for(lambda: daemon.children() == {newest}, 10, "only the newest consumer left")
+    # Then the highest slots retire, newest first, and slot 0 remains
+    wait_for(lambda: daemon.children() == {slots[0]}, 10, "only consumer 0 left")
+    stopped = re.findall(r"stopping consumer (\d+) \(pid (\d+)\)", daemon.log())
+    assert stopped == [("2", str(slots[2])), ("1", str(slots[1]))]
     # When goodsd reloads the unchanged file
     status = reload(daemon, notify)["STATUS"]
     # Then the file's count (two) is back

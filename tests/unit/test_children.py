@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 
 import pytest
@@ -92,15 +93,35 @@ def test_reconcile_matching_pool_does_nothing() -> None:
     assert plan.spawn == () and plan.retire == ()
 
 
-def test_reconcile_shrinks_retiring_backoff_first_then_oldest() -> None:
-    # Given three running consumers (spawned 1, 2, 3) and one waiting in backoff (4)
-    backoff = consumer(4, State.BACKOFF)
-    oldest = consumer(1)
-    children = [consumer(3), oldest, backoff, consumer(2)]
+def test_reconcile_shrinks_retiring_backoff_first_then_highest_slot() -> None:
+    # Given four slots: 0, 2 and 3 running (3 the oldest process: restarted, spawn order is no
+    # guide) and 1 waiting in backoff
+    backoff = consumer(4, State.BACKOFF, index=1)
+    highest = consumer(1, index=3)
+    children = [consumer(3, index=2), highest, backoff, consumer(2, index=0)]
     # When only two are wanted
     plan = reconcile(children, {"consumer": 2, "producer": 0}, GEN)
-    # Then the one in backoff goes first, then the oldest running one
-    assert plan.retire == (backoff, oldest)
+    # Then the one in backoff goes first (it serves nobody), then the highest slot
+    assert plan.retire == (backoff, highest)
+    assert plan.spawn == ()
+
+
+@pytest.mark.parametrize("seed", range(50))
+def test_a_shrink_keeps_slots_0_to_n_minus_1_whatever_the_spawn_order(seed: int) -> None:
+    # Given a pool in slots 0..size-1 whose processes were (re)started in any order
+    rng = random.Random(seed)
+    size = rng.randint(1, 12)
+    seqs = rng.sample(range(1, 100), size)
+    children = [
+        consumer(seq, rng.choice([State.RUNNING, State.STARTING]), index=index)
+        for index, seq in enumerate(seqs)
+    ]
+    rng.shuffle(children)
+    # When fewer are wanted
+    want = rng.randint(0, size)
+    plan = reconcile(children, {"consumer": want, "producer": 0}, GEN)
+    # Then the highest slots retire and slots 0..want-1 keep serving
+    assert sorted(c.index for c in plan.retire) == list(range(want, size))
     assert plan.spawn == ()
 
 
@@ -142,6 +163,19 @@ def test_rolling_keeps_outdated_children_until_replacements_run() -> None:
     plan = reconcile([old_a, old_b, new_a, new_b], wanted, generation)
     # Then the outdated ones all retire
     assert set(map(id, plan.retire)) == {id(old_a), id(old_b)}
+
+
+def test_a_shrink_during_a_roll_retires_the_highest_new_slot_and_old_ones_as_before() -> None:
+    # Given a roll under way: old children in slots 0 and 1, their replacements running in
+    # slots 2 and 3 (a slot still held is not reused)
+    generation = {"consumer": 2, "producer": 1}
+    old_a, old_b = consumer(1, index=0), consumer(2, index=1)
+    new_a, new_b = consumer(3, index=2, generation=2), consumer(4, index=3, generation=2)
+    # When only one is wanted
+    plan = reconcile([old_a, old_b, new_a, new_b], {"consumer": 1, "producer": 0}, generation)
+    # Then the highest new slot goes, and the old ones go since a new one serves
+    assert set(map(id, plan.retire)) == {id(new_b), id(old_a), id(old_b)}
+    assert plan.spawn == ()
 
 
 def test_rolling_drops_outdated_children_that_are_not_serving_at_once() -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from goodsd import cli, metrics
 from goodsd.ops import dead, push, status
-from goodsd.ops.common import display_url, span, table
+from goodsd.ops.common import OpsError, display_url, span, table
 from goodsd.queue import STAT_FIELDS, ConsumerLoad, Overview, dead_payload
 
 NOW = 1_700_000_000.0
@@ -168,7 +169,59 @@ def test_dead_list_shows_newest_first_with_errors_on_one_line():
     assert "30s ago" in lines[1] and "good7" in lines[1] and "ValueError: bad\\nvalue" in lines[1]
     assert "base64:/wA=" in lines[2] and "1h06m ago" in lines[2]
     assert "z" * 37 + "..." in lines[3]
-    assert lines[-1] == "(3 newest of 10 dead record(s))"
+    assert lines[4] == "(3 newest of 10 dead record(s))"
+    # And the item shown cut is given whole, as the command that requeues it
+    assert lines[5:] == ["requeue an item shown cut with:", "  goodsd dead requeue " + "z" * 100]
+
+
+def test_the_requeue_commands_name_the_config_file_unless_it_is_the_default():
+    records = [{"item_b64": base64.b64encode(bytes(range(64))).decode(), "attempts": 1}]
+    text = dead.render_list(records, total=1, now=NOW, config_path="/srv/my goods.yaml")
+    assert text.splitlines()[-1].startswith("  goodsd dead requeue -c '/srv/my goods.yaml' base64:")
+
+
+@pytest.mark.parametrize(
+    ("item", "argument"),
+    [
+        (b"good7", "good7"),
+        ("goodé 7".encode(), "goodé 7"),
+        (b"caf\xe9", "base64:Y2Fm6Q=="),  # not UTF-8
+        (b"a\nb", "base64:YQpi"),  # a control character
+        (b"-x", "base64:LXg="),  # would read as an option
+        (b"-5", "base64:LTU="),
+        (b" good7", "base64:IGdvb2Q3"),  # a space at either end would be lost
+        (b"good7 ", "base64:Z29vZDcg"),
+        (b"", "base64:"),
+        (b"base64:Y2Fm6Q==", "base64:YmFzZTY0OlkyRm02UT09"),  # the prefix itself, literally
+    ],
+)
+def test_each_item_has_one_requeue_argument(item, argument):
+    assert dead.requeue_argument(item) == argument
+    assert dead.item_from_argument(argument) == item
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_any_item_comes_back_from_its_requeue_argument(seed):
+    # Given items of random bytes, of random text, and of text made to look like the prefix
+    rng = random.Random(seed)
+    text = "".join(rng.choice("ab -:=é\t\n\x1b\u202e") for _ in range(rng.randint(0, 12)))
+    items = [
+        rng.randbytes(rng.randint(0, 64)),
+        text.encode(),
+        ("base64:" + text).encode(),
+        base64.b64encode(rng.randbytes(6)),
+    ]
+    for item in items:
+        # Then its argument names it exactly, and reads as one shell word's worth of text
+        argument = dead.requeue_argument(item)
+        assert dead.item_from_argument(argument) == item
+        assert argument.isprintable() and argument == argument.strip()
+        assert not argument.startswith("-")
+
+
+def test_a_base64_argument_that_is_not_base64_is_refused():
+    with pytest.raises(OpsError, match="not valid base64"):
+        dead.item_from_argument("base64:not base64!")
 
 
 def test_empty_dead_list():
