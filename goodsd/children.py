@@ -28,8 +28,9 @@ TIMEOUT_GRACE = 5.0
 HEARTBEAT_MIN = 15.0
 # A child that has not reported ready within this long is killed as a failed start.
 START_TIMEOUT = 120.0
-# A child of a reloaded config that fails to start this many times in a row undoes the reload:
-# its settings are what break it, and the previous config's children are still serving.
+# A child a reload brought in that exits abnormally this many times in a row before the reload
+# has proven itself (one of its children handled an item) undoes the reload: its settings or
+# code are what break it, and the previous config worked.
 ROLLBACK_AFTER = 3
 
 
@@ -69,6 +70,7 @@ class Child:
     last_error: str = ""  # what its process reported before failing (handler load error)
     code: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # files it loaded
     unread: bytes = b""  # the start of an event line from it not yet whole
+    crashes: int = 0  # abnormal exits in a row while the reload that brought it is unproven
 
     @property
     def name(self) -> str:
@@ -155,6 +157,7 @@ class ExitPlan:
     action: Exit
     failures: int = 0  # consecutive failed starts, counting this exit
     delay: float = 0.0  # how long to wait in BACKOFF before the restart
+    crashes: int = 0  # a reload's unproven child: abnormal exits in a row, counting this one
 
 
 def plan_exit(
@@ -172,9 +175,10 @@ def plan_exit(
 
     A handler that cannot load is fatal before READY and undoes a reload after it; when there is
     nothing to undo (its module broke on disk under a running service) it is a failed start
-    like any other, so it backs off instead of looping. A child of a reloaded config that keeps
-    failing to start for any other reason (a crashing setup, a crash on its first items) undoes
-    the reload after ROLLBACK_AFTER failed starts in a row.
+    like any other, so it backs off instead of looping. A child a reload brought in that keeps
+    crashing for any other reason before the reload has proven itself (``can_roll_back``: a
+    crashing setup, a crash on its first items) undoes the reload after ROLLBACK_AFTER
+    abnormal exits in a row.
     """
     if child.state is State.STOPPING:
         return ExitPlan(Exit.GONE)
@@ -187,12 +191,13 @@ def plan_exit(
             return ExitPlan(Exit.ROLLBACK)
     if code == EXIT_OK and child.ready_at and not child.kill_reason:
         return ExitPlan(Exit.RESTART)  # a planned recycle (max_items)
+    crashes = child.crashes + 1 if can_roll_back else 0
+    if crashes >= ROLLBACK_AFTER:
+        return ExitPlan(Exit.ROLLBACK, child.failures, crashes=crashes)
     if failed_start(child, now):
         failures = child.failures + 1
-        if can_roll_back and failures >= ROLLBACK_AFTER:
-            return ExitPlan(Exit.ROLLBACK, failures)
-        return ExitPlan(Exit.RESTART, failures, backoff_delay(failures, base, cap))
-    return ExitPlan(Exit.RESTART)
+        return ExitPlan(Exit.RESTART, failures, backoff_delay(failures, base, cap), crashes)
+    return ExitPlan(Exit.RESTART, crashes=crashes)
 
 
 def all_running(children: Iterable[Child], wanted: dict[str, int]) -> bool:
@@ -217,6 +222,28 @@ def roll_settled(
         sum(1 for c in children if c.role == role and c.state in SETTLED) == count
         for role, count in wanted.items()
     )
+
+
+def proven_roles(
+    children: Iterable[Child],
+    generation: dict[str, int],
+    previous_generation: dict[str, int],
+    done: dict[Child, int],
+) -> set[str]:
+    """Roles whose children a reload brought in have proven themselves: one of them handled an
+    item (``done``: each child's count of items done). Until then the reload can be undone,
+    so new code that crashes on its first items sends the service back to the config that
+    worked. A role the reload did not change, or with no such children, has nothing to prove.
+    """
+    children = list(children)
+    unproven = set()
+    for role, current in generation.items():
+        if current == previous_generation.get(role):
+            continue
+        new = [c for c in children if c.role == role and c.generation == current]
+        if new and not any(done.get(c, 0) > 0 for c in new):
+            unproven.add(role)
+    return set(generation) - unproven
 
 
 def roll_stuck(children: Iterable[Child], generation: dict[str, int]) -> bool:

@@ -45,6 +45,7 @@ from goodsd.children import (
     next_deadline,
     overdue,
     plan_exit,
+    proven_roles,
     reconcile,
     roll_settled,
     roll_stuck,
@@ -176,6 +177,8 @@ class Master:
         self.pidns = hostinfo.pid_namespace()
         # True until a search for this host's dead consumers has reached Redis.
         self.leftovers_unknown = True
+        # role -> the latest generation of it whose children proved themselves after a reload
+        self.proven: dict[str, int] = {}
 
     @property
     def queue(self) -> Queue:
@@ -414,12 +417,22 @@ class Master:
                 child.generation = self.generation["producer"]
 
     def can_roll_back(self, child: Child) -> bool:
-        """Whether ``child`` runs settings a reload brought in, which undoing it would drop."""
+        """Whether ``child`` runs settings a reload brought in, which undoing it would drop,
+        and that reload has not proven itself yet (see ``proven_roles``)."""
         return (
             self.previous is not None
             and child.generation == self.generation[child.role]
             and child.generation != self.previous_generation.get(child.role)
+            and self.proven.get(child.role) != child.generation
         )
+
+    def reload_proven(self) -> bool:
+        """Every role a reload changed has proven itself; the readings of this moment are
+        noted, for a proof is kept once seen (a child that handled items may crash later)."""
+        done = {c: c.board.read().done for c in self.children if c.board is not None}
+        for role in proven_roles(self.children, self.generation, self.previous_generation, done):
+            self.proven[role] = self.generation[role]
+        return all(self.proven.get(role) == gen for role, gen in self.generation.items())
 
     def reject_reload(self, reason: str) -> None:
         """A new child of the reloaded config could not load its handler: go back to the
@@ -651,8 +664,8 @@ class Master:
         start): fatal before READY, and undoes the reload that brought its settings after it."""
         log.error("%s %s", child.name, text)
         self.children.remove(child)
-        if plan.failures:
-            reason = f"{child.role} failed to start {plan.failures} times in a row ({text})"
+        if plan.crashes:
+            reason = f"{child.role} crashed {plan.crashes} times in a row ({text})"
         else:
             reason = f"{child.role} {child.last_error or 'cannot start (see above)'}"
         if plan.action is Exit.ROLLBACK:
@@ -683,6 +696,7 @@ class Master:
         else:
             log.error("%s %s", child.name, text)
         child.failures = plan.failures
+        child.crashes = plan.crashes
         child.state = State.BACKOFF  # RUNNING/STARTING -> BACKOFF
         child.pid = 0
         self.restarts += 1
@@ -866,8 +880,8 @@ class Master:
                 self.notifier.ready(self.status_text())
             return
         settled = roll_settled(self.children, wanted, self.generation)
-        if settled:
-            self.previous = None
+        if settled and self.reload_proven():
+            self.previous = None  # nothing left to go back to
         if self.reload_pending and (settled or roll_stuck(self.children, self.generation)):
             self.reload_pending = False
             log.info("reload complete: %s", self.status_text())

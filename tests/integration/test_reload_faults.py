@@ -86,3 +86,25 @@ def test_a_reload_whose_new_children_keep_crashing_rolls_back(r, make_config, st
     assert daemon.children() == before
     r.lpush("q", "after")
     wait_for(lambda: r.lrange("test:handled", 0, -1) == [b"after"], 10, "the item handled")
+
+
+def test_a_reload_whose_new_children_crash_on_their_first_items_rolls_back(
+    r, make_config, start_daemon, notify
+):
+    # Given a running pool recording items
+    settings = {"batch": 1, "retries": 10, "retry_delay": "100ms"}
+    config = make_config(consumers={"handler": "sample_handlers:record", **settings})
+    daemon = start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    # When a reload brings a handler that kills its worker on every item, and items come
+    make_config(consumers={"handler": "sample_handlers:crash", **settings})
+    reload(daemon, notify)
+    r.lpush("q", "good1", "good2")
+    # Then after a few crashes the reload is undone, the old handler serves again, and the
+    # items the crashes cost an attempt are retried and handled
+    daemon.wait_log(r"reload failed, going back to the previous config", timeout=30)
+    wait_for(
+        lambda: sorted(r.lrange("test:handled", 0, -1)) == [b"good1", b"good2"],
+        30,
+        "both items handled by the old handler",
+    )

@@ -24,6 +24,7 @@ from goodsd.children import (
     next_deadline,
     overdue,
     plan_exit,
+    proven_roles,
     reconcile,
     roll_settled,
     roll_stuck,
@@ -58,11 +59,11 @@ def decide(child: Child, code: int | None, now: float, **kw: object) -> ExitPlan
 
 def test_a_reloaded_child_that_keeps_crashing_undoes_the_reload() -> None:
     # Given a child of a reloaded config that has already failed to start twice
-    child = consumer(1, State.STARTING, started_at=0.0, failures=ROLLBACK_AFTER - 1)
+    child = consumer(1, State.STARTING, started_at=0.0, crashes=ROLLBACK_AFTER - 1)
     # When it crashes again before it is ready
     plan = decide(child, EXIT_FAILURE, 0.5, can_roll_back=True)
     # Then the reload is undone instead of backing off once more
-    assert plan.action is Exit.ROLLBACK and plan.failures == ROLLBACK_AFTER
+    assert plan.action is Exit.ROLLBACK and plan.crashes == ROLLBACK_AFTER
     # While with nothing to undo, it only backs off
     assert decide(child, EXIT_FAILURE, 0.5).action is Exit.RESTART
 
@@ -144,6 +145,31 @@ def test_a_roll_is_settled_only_when_children_match_the_config_exactly() -> None
     assert not roll_settled([new_a, starting], WANT_TWO, generation)
     # exactly the new ones running: settled
     assert roll_settled([new_a, new_b], WANT_TWO, generation)
+
+
+def test_a_reload_is_proven_once_one_of_its_children_handled_an_item() -> None:
+    # Given a reload that brought generation 2 of the consumers
+    generation, previous = {"consumer": 2, "producer": 1}, {"consumer": 1, "producer": 1}
+    first, second = consumer(3, generation=2), consumer(4, generation=2)
+    # Then while none of its children has handled an item, the consumer role is unproven
+    assert proven_roles([first, second], generation, previous, {first: 0}) == {"producer"}
+    # And once one has, it is proven; roles the reload did not change never wait
+    assert proven_roles([first, second], generation, previous, {second: 1}) == {
+        "consumer",
+        "producer",
+    }
+
+
+def test_a_reloaded_child_that_crashes_before_the_reload_is_proven_undoes_it() -> None:
+    # Given a child of an unproven reload that already crashed twice, after running a while
+    child = consumer(1, State.RUNNING, started_at=0.0, ready_at=0.1, crashes=ROLLBACK_AFTER - 1)
+    # When it crashes again (not a failed start: it ran longer than STABLE_AFTER)
+    plan = decide(child, EXIT_FAILURE, STABLE_AFTER + 10, can_roll_back=True)
+    # Then the reload is undone
+    assert plan.action is Exit.ROLLBACK and plan.crashes == ROLLBACK_AFTER
+    # While a proven one (or a planned recycle) only restarts, counting no crash
+    assert decide(child, EXIT_FAILURE, STABLE_AFTER + 10) == ExitPlan(Exit.RESTART)
+    assert decide(child, EXIT_OK, STABLE_AFTER + 10, can_roll_back=True).crashes == 0
 
 
 def test_a_shrink_is_settled_once_the_surplus_has_exited() -> None:
