@@ -324,7 +324,9 @@ class Master:
             self.apply_config(new)
         except Exception as exc:
             log.exception("reload failed while applying the new config")
-            if self.config is not before:
+            if self.config is before:  # nothing was changed yet: keep the running config
+                self.refuse_reload(exc)
+            else:
                 self.reject_reload(f"cannot apply the new config: {_reason(exc)}")
 
     def prepare(self, path: str) -> Config:
@@ -367,28 +369,45 @@ class Master:
     def apply_config(self, new: Config) -> None:
         """Put a valid config in force: resize pools, roll roles whose settings changed."""
         old = self.config
+        rolled = [role for role in self.generation if self.must_roll(role, old, new)]
+        # From here on nothing can fail half way: the new config is put in force whole.
         if self.previous is None:  # the first reload of a roll: the state to go back to
             self.previous = old
             self.previous_generation = dict(self.generation)
-        for role in self.generation:
-            changed_code = self.changed_code(role)
-            if role_settings(old, role) != role_settings(new, role):
-                log.info("%s settings changed: rolling %s children", role, role)
-            elif changed_code:
-                shown = ", ".join(changed_code[:3]) + (", ..." if len(changed_code) > 3 else "")
-                log.info("%s code changed on disk (%s): rolling %s children", role, shown, role)
-            else:
-                continue
+        for role in rolled:
             self.generation_seq += 1
             self.generation[role] = self.generation_seq
         self.keep_finished(old, new)
         self.config = new
         self.extra_consumers = 0
         self.reload_error = ""
-        logs.setup(new.logging.level, new.logging.format, "master", target=self.log_target)
+        self.setup_logging(new)
         self.reload_pending = self.ready_sent
         self.manage_children()
         self.maybe_ready()
+
+    def must_roll(self, role: str, old: Config, new: Config) -> bool:
+        """Whether the role's children must roll for ``new``: a setting they run with changed,
+        or code they loaded changed on disk; says which in the log."""
+        if role_settings(old, role) != role_settings(new, role):
+            log.info("%s settings changed: rolling %s children", role, role)
+            return True
+        changed_code = self.changed_code(role)
+        if changed_code:
+            shown = ", ".join(changed_code[:3]) + (", ..." if len(changed_code) > 3 else "")
+            log.info("%s code changed on disk (%s): rolling %s children", role, shown, role)
+            return True
+        return False
+
+    def setup_logging(self, config: Config) -> None:
+        """The master's logging as ``config`` says; a failure (a syslog socket gone, say) keeps
+        the logging as it was and is said, never raised: it must not end a reload."""
+        try:
+            logs.setup(
+                config.logging.level, config.logging.format, "master", target=self.log_target
+            )
+        except (OSError, ValueError) as exc:
+            log.error("cannot set up logging as configured (%s): logging goes on as before", exc)
 
     def changed_code(self, role: str) -> list[str]:
         """Files of code that the role's current children loaded and that changed on disk
@@ -435,8 +454,9 @@ class Master:
         return all(self.proven.get(role) == gen for role, gen in self.generation.items())
 
     def reject_reload(self, reason: str) -> None:
-        """A new child of the reloaded config could not load its handler: go back to the
-        previous config, whose children are still serving."""
+        """The reloaded config's children cannot load their code, or crash before the reload
+        proved itself: go back to the previous config (its children may still be serving, or
+        start again)."""
         assert self.previous is not None
         log.error("reload failed, going back to the previous config: %s", reason)
         rejected, self.config = self.config, self.previous
@@ -444,9 +464,7 @@ class Master:
         self.keep_finished(rejected, self.config)
         self.previous = None
         self.reload_error = reason
-        logs.setup(
-            self.config.logging.level, self.config.logging.format, "master", target=self.log_target
-        )
+        self.setup_logging(self.config)
         self.manage_children()
         if self.reload_pending:
             self.reload_pending = False

@@ -435,15 +435,16 @@ def dead_record_head(payload: bytes, error: str, consumer: str, at: float) -> by
     the script appends ``<attempts>}``. Items that are not UTF-8 are kept as base64."""
     tail = {"error": clip(error, MAX_ERROR), "at": round(at, 3), "consumer": consumer}
     try:
-        text = json.dumps({"item": payload.decode("utf-8"), **tail}, ensure_ascii=False)
+        data = json.dumps({"item": payload.decode("utf-8"), **tail}, ensure_ascii=False).encode()
     except UnicodeDecodeError:
-        text = ""
+        data = b""
     # JSON escapes a control character in six bytes: an item made of them would grow past what
     # Redis takes in one argument. base64 grows it by a third, whatever it holds.
-    if not text or len(text) > len(payload) * 4 // 3 + 1024:
+    room = len(payload) * 4 // 3 + len(json.dumps(tail, ensure_ascii=False).encode()) + 64
+    if not data or len(data) > room:
         item_b64 = base64.b64encode(payload).decode("ascii")
-        text = json.dumps({"item_b64": item_b64, **tail}, ensure_ascii=False)
-    return (text[:-1] + ', "attempts": ').encode("utf-8")
+        data = json.dumps({"item_b64": item_b64, **tail}, ensure_ascii=False).encode()
+    return data[:-1] + b', "attempts": '
 
 
 def clip(text: str, limit: int) -> str:

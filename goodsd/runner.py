@@ -71,7 +71,7 @@ def run_setup(spec: str) -> None:
     setup = load_callable(spec)
     try:
         setup()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a setup may sys.exit() when it cannot start
         trace = exc.__traceback__
         while trace is not None and trace.tb_frame.f_code.co_filename.startswith(_OWN_CODE):
             trace = trace.tb_next

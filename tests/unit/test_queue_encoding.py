@@ -150,3 +150,12 @@ def test_an_item_that_json_would_blow_up_is_kept_as_base64() -> None:
 def test_a_huge_error_is_clipped_in_the_dead_record() -> None:
     record = complete(dead_record_head(b"good1", "x" * 100_000, "c1", 1.0), 1)
     assert len(record["error"]) == MAX_ERROR and record["error"].endswith("...")
+
+
+def test_an_item_of_multibyte_characters_and_controls_stays_within_a_third_more() -> None:
+    # Given UTF-8 crafted so that JSON escaping grows it most per byte
+    payload = "😀".encode() * 1000 + b"\x01" * 1000
+    head = dead_record_head(payload, "boom", "c1", 1.0)
+    # Then the record is at most about a third larger than the item
+    assert len(head) <= len(payload) * 4 // 3 + 200
+    assert base64.b64decode(complete(head, 1)["item_b64"]) == payload
