@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import fcntl
 import grp
 import json
 import os
 import pwd
+import shutil
 import signal
 import socket
 import subprocess
@@ -265,7 +267,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     print_warnings(cfg)
     metrics.require_client(cfg)
-    problem = socket_problem(cfg) or import_problem(cfg, args.import_timeout)
+    problem = (
+        command_problem(cfg)
+        or listen_problem(cfg)
+        or socket_problem(cfg)
+        or import_problem(cfg, args.import_timeout)
+    )
     if problem:
         print(f"{cfg.path}: {problem}", file=sys.stderr)
         return EXIT_CONFIG
@@ -283,6 +290,39 @@ def cmd_check(args: argparse.Namespace) -> int:
     for spec in import_specs(cfg):
         print(f"  imported {spec}")
     return 0
+
+
+def command_problem(cfg: Config) -> str | None:
+    """Why a configured command could not be started, or None: a program that is not there
+    or not executable (found on $PATH as the child would look it up)."""
+    for key, argv, wanted in (
+        ("consumers.command", cfg.consumers.command, cfg.consumers.processes),
+        ("producer.command", cfg.producer.command, cfg.producer.processes),
+    ):
+        if argv and wanted and shutil.which(argv[0]) is None:
+            return f"{key}: cannot run {argv[0]!r}: not found, or not an executable file"
+    return None
+
+
+def listen_problem(cfg: Config) -> str | None:
+    """Why metrics.listen could not be served, or None. Only what no waiting can fix counts:
+    an address this host does not have, a name that does not resolve; a port in use (by the
+    running service, most likely) is no problem of the file."""
+    if cfg.metrics.listen is None:
+        return None
+    host, port = config_mod.parse_listen(cfg.metrics.listen)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        return f"metrics.listen: cannot listen on {cfg.metrics.listen}: {exc.strerror or exc}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+                return f"metrics.listen: cannot listen on {cfg.metrics.listen}: {exc.strerror}"
+    return None
 
 
 def socket_problem(cfg: Config) -> str | None:

@@ -42,6 +42,8 @@ DEFAULT_PATH = "/etc/goodsd.yaml"
 # The largest config file read. A full goodsd config is a few KiB; the limit keeps a wrong path
 # (a log, a dump) from stalling `check` or the master's loop on a reload for many seconds.
 MAX_FILE_BYTES = 1 << 20
+# Largest password file goodsd reads (a password is far shorter; a larger file is a mistake).
+MAX_PASSWORD_BYTES = 4096
 # The deepest nesting read, the top-level mapping being level 1; goodsd's own keys need 3.
 # PyYAML composes and constructs recursively, so depth is refused before it is composed.
 MAX_DEPTH = 32
@@ -272,18 +274,35 @@ def _password_file_warnings(cfg: Config) -> tuple[str, ...]:
     name = cfg.redis.password_file
     if not name:
         return ()
+    key = "redis.password_file"
     try:
         fd, info = _open_regular(name)
-        os.close(fd)
+        try:
+            data = os.read(fd, MAX_PASSWORD_BYTES + 1)
+        finally:
+            os.close(fd)
     except OSError as err:
-        key = "redis.password_file"
         reason = f"cannot read {name}: {err.strerror or err}"
         raise ConfigError(cfg.path, cfg.lines.get(key), key, reason) from None
+    problem = _password_problem(data)
+    if problem:
+        raise ConfigError(cfg.path, cfg.lines.get(key), key, f"{name}: {problem}")
     if info.st_mode & stat.S_IROTH:
         return (
             f"redis.password_file {name} can be read by every user on this host; {_restrict(name)}",
         )
     return ()
+
+
+def _password_problem(data: bytes) -> str:
+    """Why these bytes cannot be a password file as goodsd reads one, or ""."""
+    if len(data) > MAX_PASSWORD_BYTES:
+        return f"larger than {MAX_PASSWORD_BYTES} bytes: not a password file"
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    return "empty" if not text else ""
 
 
 def _url_password_warnings(cfg: Config, mode: int) -> tuple[str, ...]:
@@ -529,6 +548,24 @@ def _strings(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+_ABSOLUTE = "must be an absolute path (the service runs in /, where a relative one means nothing)"
+
+
+def _absolute_paths(value: object) -> tuple[str, ...]:
+    paths = _strings(value)
+    for number, path in enumerate(paths, start=1):
+        if not os.path.isabs(path):
+            raise ValueError(f"item {number}: {_ABSOLUTE}, got {_key_text(path)}")
+    return paths
+
+
+def _absolute_path(value: object) -> str:
+    path = _nonempty_string(value)
+    if not os.path.isabs(path):
+        raise ValueError(f"{_ABSOLUTE}, got {_key_text(path)}")
+    return path
+
+
 def _command(value: object) -> tuple[str, ...]:
     """argv as a list: goodsd never splits a string, so quoting can't surprise anyone."""
     if not isinstance(value, list) or not value:
@@ -619,13 +656,16 @@ def _redis_url(value: object) -> str:
     if "#" in url:  # redis-py drops what follows, often the rest of a password
         raise ValueError("must not contain '#' (percent-encode it as %23)")
     parts = _url_shape(url)
-    for name, _ in parse_qsl(parts.query, keep_blank_values=True):
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name in _SET_BY_GOODSD:
             raise ValueError(f"query parameter {name}: set by goodsd")
         if name not in URL_QUERY_ARGUMENT_PARSERS and name not in _URL_TEXT_SETTINGS:
-            raise ValueError(
-                f"query parameter {_key_text(name)}: not a setting redis-py reads from a URL"
-            )
+            # the name is shown only when it is a plain word: a mistyped `password:secret`
+            # must not print the secret
+            shown = name if re.fullmatch(r"[a-z_]{1,40}", name) else "(a name not shown)"
+            raise ValueError(f"query parameter {shown}: not a setting redis-py reads from a URL")
+        if name == "db" and not (value.isascii() and value.isdigit()):
+            raise ValueError("query parameter db: must be a database number, e.g. db=0")
     try:
         pool = redis.ConnectionPool.from_url(url)
         pool.connection_class(**pool.connection_kwargs)
@@ -713,13 +753,13 @@ LIST_MAX = 2**32 - 1
 
 _TOP_KEYS: dict[str, _Parse] = {
     "queue": _queue_name,
-    "pythonpath": _strings,
+    "pythonpath": _absolute_paths,
 }
 
 _SECTIONS: dict[str, tuple[type, dict[str, _Parse]]] = {
     "redis": (
         RedisConfig,
-        {"url": _redis_url, "password_file": _optional(_nonempty_string)},
+        {"url": _redis_url, "password_file": _optional(_absolute_path)},
     ),
     "consumers": (
         ConsumersConfig,

@@ -1,5 +1,5 @@
-"""`goodsd check --as-user USER` finds what only the service user trips over, and the
-config path may come before the command as well as after it."""
+"""`goodsd check` refuses what `run` would: as the service user (`--as-user`), commands that
+are not there, metrics addresses this host cannot serve; `-c` may come before the command."""
 
 from __future__ import annotations
 
@@ -80,3 +80,28 @@ def test_an_unknown_user_is_a_usage_error(tmp_path, redis_server) -> None:
     assert result.returncode == 2
     assert "no such user or group" in result.stderr
     assert pwd.getpwuid(os.geteuid())  # the caller itself is a known user
+
+
+def test_check_refuses_a_command_that_is_not_there(tmp_path, redis_server) -> None:
+    path = tmp_path / "goodsd.yaml"
+    path.write_text(
+        f"redis:\n  url: {redis_server.url}\nconsumers:\n  processes: 0\n"
+        "producer:\n  processes: 1\n  command: [/nonexistent/prog]\n"
+    )
+    result = goodsd("check", "-c", str(path))
+    assert result.returncode == EX_CONFIG
+    assert "producer.command: cannot run '/nonexistent/prog'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("listen", "reason"),
+    [("192.0.2.1:9464", "Cannot assign requested address"), ("no-such-host.invalid:9464", "")],
+)
+def test_check_refuses_a_metrics_address_this_host_cannot_serve(
+    tmp_path, redis_server, listen, reason
+) -> None:
+    path = config(tmp_path, redis_server.url, "")
+    path.write_text(path.read_text() + f"metrics:\n  listen: '{listen}'\n")
+    result = goodsd("check", "-c", str(path))
+    assert result.returncode == EX_CONFIG, result.stdout
+    assert f"metrics.listen: cannot listen on {listen}: {reason}" in result.stderr

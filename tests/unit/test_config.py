@@ -570,8 +570,26 @@ ERRORS = [
     ),
     (
         MINIMAL + "redis:\n  url: 'redis://h/0?db=abc'\n",
-        "goodsd.yaml:4: redis.url: "
-        "redis-py cannot use it: Invalid value for 'db' in connection URL.",
+        "goodsd.yaml:4: redis.url: query parameter db: must be a database number, e.g. db=0",
+    ),
+    (
+        MINIMAL + "redis:\n  url: 'unix:///run/redis.sock?db=-1'\n",
+        "goodsd.yaml:4: redis.url: query parameter db: must be a database number, e.g. db=0",
+    ),
+    (
+        MINIMAL + "redis:\n  url: 'redis://h/0?password:hunter2'\n",
+        "goodsd.yaml:4: redis.url: query parameter (a name not shown): not a setting redis-py "
+        "reads from a URL",
+    ),
+    (
+        MINIMAL + "pythonpath: [srv/app]\n",
+        "goodsd.yaml:3: pythonpath: item 1: must be an absolute path (the service runs in /, "
+        "where a relative one means nothing), got srv/app",
+    ),
+    (
+        MINIMAL + "redis:\n  password_file: etc/pw\n",
+        "goodsd.yaml:4: redis.password_file: must be an absolute path (the service runs in /, "
+        "where a relative one means nothing), got etc/pw",
     ),
     (
         MINIMAL + "redis:\n  url: 'redis://h/0?colour=blue'\n",

@@ -131,6 +131,25 @@ def test_a_readable_password_file_passes_without_warning(tmp_path: Path) -> None
     assert cfg.warnings == ()
 
 
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"\xff\xfe not text\n", "not UTF-8 text"),
+        (b" \n\n", "empty"),
+        (b"x" * (config.MAX_PASSWORD_BYTES + 1), "larger than 4096 bytes: not a password file"),
+    ],
+)
+def test_a_password_file_goodsd_could_not_use_is_refused(
+    tmp_path: Path, content: bytes, problem: str
+) -> None:
+    # Given a password file every goodsd process would fail to use at its start
+    secret = tmp_path / "pw"
+    secret.write_bytes(content)
+    path = write(tmp_path / "goodsd.yaml", MINIMAL + f"redis:\n  password_file: {secret}\n")
+    # Then loading the config (check, run, a reload) refuses it, saying why
+    assert str(load_error(path)) == f"{path}:4: redis.password_file: {secret}: {problem}"
+
+
 # --- warnings: secrets other users can read ----------------------------------------------------
 
 
