@@ -15,6 +15,9 @@ import logging
 import sys
 import threading
 from collections.abc import Callable
+from typing import TextIO
+
+from goodsd.logs import printable
 
 LOGGER = "goodsd.output"
 # A line longer than this is passed on in pieces of this many bytes, so memory stays bounded.
@@ -63,6 +66,28 @@ def log_line(line: str) -> None:
     logging.getLogger(LOGGER).info("%s", line)
 
 
+class _StderrLines:
+    """``emit`` for what Python code writes to ``sys.stderr`` (tracebacks it prints itself,
+    warnings, ``print(file=sys.stderr)``): a warning line each. Should logging itself write to
+    ``sys.stderr`` while it handles one (its own error report), that text goes to the real
+    stderr, escaped, instead of back into logging."""
+
+    def __init__(self, real: TextIO) -> None:
+        self.real = real
+        self.inside = threading.local()
+
+    def __call__(self, line: str) -> None:
+        if getattr(self.inside, "active", False):
+            with contextlib.suppress(OSError, ValueError):
+                self.real.write(printable(line) + "\n")
+            return
+        self.inside.active = True
+        try:
+            logging.getLogger(LOGGER).warning("%s", line)
+        finally:
+            self.inside.active = False
+
+
 class _BinaryStdout(io.RawIOBase):
     """``sys.stdout.buffer`` of a worker: bytes go to the same relay."""
 
@@ -106,9 +131,13 @@ class LoggedStdout(io.TextIOBase):
 
 
 def capture_stdout() -> None:
-    """In a worker: what Python code prints goes to the log, line by line, at any level."""
+    """In a worker: what Python code prints (to ``sys.stdout``: info lines; to ``sys.stderr``:
+    warning lines) goes to the log, line by line, at any level. Output written straight to
+    file descriptors 1 and 2 (``os.write``, C code, programs a handler starts without
+    capturing their output) is not Python's to see and reaches the journal as it is."""
     logging.getLogger(LOGGER).setLevel(logging.INFO)
     sys.stdout = LoggedStdout(LineRelay(log_line))
+    sys.stderr = LoggedStdout(LineRelay(_StderrLines(sys.__stderr__ or sys.stderr)))
 
 
 def flush_everything() -> None:

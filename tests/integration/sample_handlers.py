@@ -129,3 +129,10 @@ def fork_and_return(item: object) -> None:
     """The common mistake: fork, and let the child return as well. The parent records."""
     if os.fork() != 0:
         record(item)
+
+
+def print_to_stderr(item: object) -> None:
+    """Write the item to sys.stderr, as handlers (and the warnings module) do."""
+    import sys
+
+    print("trouble with", item, file=sys.stderr)

@@ -56,3 +56,21 @@ def test_a_command_s_stdout_reaches_the_log_line_by_line(r, make_config, start_d
     wait_for(lambda: r.hget("goodsd:{q}:stats", "done") == b"1", 10, "the item done")
     daemon.wait_log(LINE.format("got good1"))
     daemon.wait_log(LINE.format("second line"))
+
+
+def test_what_a_python_handler_writes_to_stderr_is_a_warning_line(
+    r, make_config, start_daemon, notify
+):
+    # Given a handler that writes to sys.stderr
+    config = make_config(consumers={"processes": 1, "handler": "sample_handlers:print_to_stderr"})
+    daemon = start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    # When an item that tries to forge a line and clear the screen comes
+    r.lpush("q", "x\nerror [master] FORGED\x1b[31m")
+    # Then each line is a warning line of the worker, escaped: none poses as the master's
+    daemon.wait_log(r"(?m)^\S+ \S+ warning \[consumer 0 pid \d+\] trouble with x$")
+    daemon.wait_log(
+        r"(?m)^\S+ \S+ warning \[consumer 0 pid \d+\] error \[master\] FORGED\\x1b\[31m$"
+    )
+    assert "\x1b" not in daemon.log()
+    assert not re.search(r"(?m)^error \[master\] FORGED", daemon.log())
