@@ -22,7 +22,7 @@ from goodsd.config import Config
 from goodsd.forkguard import ForkGuard
 from goodsd.logs import show_item
 from goodsd.queue import Delivery, Failure, InFlightLost, Queue
-from goodsd.redisconn import GaveUp, until_done
+from goodsd.redisconn import GaveUp, Outage, until_done
 from goodsd.scoreboard import Scoreboard
 
 log = logging.getLogger("goodsd.consumer")
@@ -74,6 +74,7 @@ class Consumer:
         self.failed_count = 0
         self.run_item: Callable[[bytes], None] | None = None
         self.queue: Queue | None = None
+        self.outage = Outage()  # this process's Redis outage, across all its Redis steps
         # A batch claimed together with the previous batch's acks, to run next.
         self.next_batch: list[Delivery] = []
 
@@ -254,6 +255,7 @@ class Consumer:
             position=position,
             done=self.done_count,
             failed=self.failed_count,
+            flags=self.outage.flags,
         )
 
     def _until_done(
@@ -273,6 +275,7 @@ class Consumer:
             beat=lambda: self.beat(self.clock()),
             stop_requested=lambda: not self.running,
             patience=patience,
+            outage=self.outage,
         )
 
 
