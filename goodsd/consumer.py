@@ -22,7 +22,7 @@ from goodsd.config import Config
 from goodsd.forkguard import ForkGuard
 from goodsd.logs import show_item
 from goodsd.queue import MAX_ERROR, Delivery, Failure, InFlightLost, Queue, clip
-from goodsd.redisconn import GaveUp, until_done
+from goodsd.redisconn import GaveUp, Outage, until_done
 from goodsd.scoreboard import Scoreboard
 
 log = logging.getLogger("goodsd.consumer")
@@ -75,6 +75,7 @@ class Consumer:
         self.given_back = 0  # items released unstarted, for the master's stop summary
         self.run_item: Callable[[bytes], None] | None = None
         self.queue: Queue | None = None
+        self.outage = Outage()  # this process's Redis outage, across all its Redis steps
         # A batch claimed together with the previous batch's acks, to run next.
         self.next_batch: list[Delivery] = []
 
@@ -259,6 +260,7 @@ class Consumer:
             done=self.done_count,
             failed=self.failed_count,
             given_back=self.given_back,
+            flags=self.outage.flags,
         )
 
     def _until_done(
@@ -278,6 +280,7 @@ class Consumer:
             beat=lambda: self.beat(self.clock()),
             stop_requested=lambda: not self.running,
             patience=patience,
+            outage=self.outage,
         )
 
 

@@ -52,8 +52,19 @@ from goodsd.children import (
 )
 from goodsd.config import Config, ConfigError, RedisConfig
 from goodsd.notify import Notifier
+from goodsd.ops.common import display_url
 from goodsd.queue import Overview, Queue
-from goodsd.redisconn import AccessDenied, PasswordError, connect, password
+from goodsd.redisconn import (
+    AccessDenied,
+    Outage,
+    PasswordError,
+    classify,
+    connect,
+    password,
+    refusal,
+    refused_commands,
+    waiting_on,
+)
 from goodsd.runner import HandlerLoadError, SetupFailed
 from goodsd.scoreboard import FLAG_PAUSED, FLAG_STANDBY, NO_READING, Scoreboard
 from goodsd.stopsummary import StopSummary
@@ -174,6 +185,9 @@ class Master:
         self.wake_r, self.wake_w = os.pipe()
         self.timers: dict[str, float] = {}
         self.redis_quiet_until = 0.0  # monotonic time until which Redis housekeeping waits
+        self.redis_outage = Outage()  # the master's own trouble with Redis, if any
+        self.access_checked = False  # Redis was found to allow every command goodsd needs
+        self.access_check_at = 0.0  # monotonic time of the next check while Redis is away
         self.pidns = hostinfo.pid_namespace()
         # True until a search for this host's dead consumers has reached Redis.
         self.leftovers_unknown = True
@@ -205,11 +219,12 @@ class Master:
             log.critical("%s", exc)
             return EXIT_CONFIG
         raise_fd_limit()
+        if not self.check_redis():
+            return EXIT_CONFIG
         self.exporter = metrics.reconfigure(None, self.config)  # ConfigError: exit 78
         self.master_id = f"{hostinfo.hostname()}-{os.getpid()}"
         self.started_wall = time.time()
         self.install_signals()
-        self.check_redis()
         self.recover_own_host()
         self.read_backlog()
         log.info(
@@ -851,6 +866,7 @@ class Master:
         elif self.leftovers_unknown:  # the first look that reached Redis: look again shortly,
             self.leftovers_unknown = False  # for children that were still dying at this one
             self.timers["reaper"] = self.clock() + LEFTOVER_RECHECK
+            self.timers.pop("leftovers", None)  # no longer due: the loop must not wake for it
         for identity, info in registered.items():
             if info.get("host") != host or identity in known:
                 continue
@@ -861,12 +877,60 @@ class Master:
             self.recoveries.append(Recovery(identity, None, "", self.config))
         self.retry_recoveries()
 
-    def check_redis(self) -> None:
-        """Warn about settings that can lose items; tolerate a server that is not up yet."""
+    def check_redis(self) -> bool:
+        """Before the first READY=1: check that Redis lets goodsd run every command it needs
+        (``refused_commands``), and warn about settings that can lose items. A Redis that does
+        not answer yet is no refusal: ``redis_ready`` checks again until it does. Returns
+        False when Redis refuses goodsd (its login, an ACL permission, its socket): logged
+        here, and the service exits 78."""
+        now = self.clock()
+        try:
+            refused = refused_commands(self.queue)
+        except REDIS_ERRORS as exc:
+            trouble = classify(exc)
+            if trouble is None:  # an answer the check did not expect: do not hold up the start
+                log.warning("cannot check redis permissions: %s", exc)
+                self.access_checked = True
+                return True
+            if trouble.kind.fatal:
+                log.critical("%s; exiting", refusal(trouble))
+                return False
+            self.redis_outage.failed(trouble, now, "access check")
+            self.redis_quiet_until = now + REDIS_PAUSE  # (a silent server: see redis_do)
+            return True
+        if refused:
+            user = self.queue.client.connection_pool.connection_kwargs.get("username")
+            log.critical(
+                "redis refuses commands goodsd needs (add them to the ACL of redis user %r): "
+                "%s; exiting",
+                user or "default",
+                ", ".join(refused),
+            )
+            return False
+        self.redis_outage.succeeded(now, "access check")
+        self.access_checked = True
+        self.warn_about_settings()
+        return True
+
+    def redis_ready(self) -> bool:
+        """Whether Redis's permissions were checked, as the first READY=1 requires. While Redis
+        is away the check is tried again every RECOVER_EVERY; a refusal stops the service with
+        exit code 78."""
+        now = self.clock()
+        if self.access_checked or now < max(self.access_check_at, self.redis_quiet_until):
+            return self.access_checked
+        self.access_check_at = now + RECOVER_EVERY
+        if not self.check_redis():
+            self.exit_code = EXIT_CONFIG
+            self.begin_stop()
+        return self.access_checked
+
+    def warn_about_settings(self) -> None:
+        """Warn about a Redis too old for goodsd, or one that may evict items."""
         try:
             info = self.queue.client.info("server")
-        except REDIS_ERRORS as exc:
-            log.warning("redis not reachable yet (%s); children will keep trying", exc)
+        except REDIS_ERRORS as exc:  # INFO may be refused to goodsd's user
+            log.debug("cannot read the redis version: %s", exc)
             return
         try:
             policy = self.queue.client.config_get("maxmemory-policy").get("maxmemory-policy")
@@ -892,7 +956,7 @@ class Master:
             return
         wanted = self.wanted()
         if not self.ready_sent:
-            if all_running(self.children, wanted):
+            if all_running(self.children, wanted) and self.redis_ready():
                 self.ready_sent = True
                 log.info("ready: %s", self.status_text())
                 self.notifier.ready(self.status_text())
@@ -966,11 +1030,15 @@ class Master:
         if now < self.redis_quiet_until:
             return None
         try:
-            return action()
+            result = action()
         except REDIS_ERRORS as exc:
             self.redis_quiet_until = now + REDIS_PAUSE
             log.debug("%s skipped: %s", what, exc)
+            if (trouble := classify(exc)) is not None:
+                self.redis_outage.failed(trouble, now, what)  # said once, and in STATUS=
             return None
+        self.redis_outage.succeeded(now, what)
+        return result
 
     def status_text(self) -> str:
         """One line: children by role and state, backlog, rate, producer paused, last error."""
@@ -994,11 +1062,23 @@ class Master:
                     parts.append("producer standby (another instance holds the lock)")
                 else:
                     parts.append("producer pushing")
-        parts.append(f"backlog {self.backlog if self.backlog is not None else '?'}")
+        trouble = self.redis_outage.trouble
+        if trouble is not None:
+            where = display_url(self.config.redis.url)
+            parts.append(f"waiting for redis at {where}: {trouble.summary}")
+        elif waits := self.children_waiting():
+            parts.append(f"waiting for redis ({', '.join(waits)})")
+        if self.backlog is not None or trouble is None:
+            parts.append(f"backlog {self.backlog if self.backlog is not None else '?'}")
         parts.append(f"{self.rates.per_second:.0f} items/s")
         if self.reload_error:
             parts.append(f"last reload failed: {self.reload_error}")
         return "; ".join(parts)
+
+    def children_waiting(self) -> list[str]:
+        """The kinds of Redis trouble the children wait out, from their scoreboards."""
+        kinds = {waiting_on(c.board.read().flags) for c in self.children if c.board}
+        return sorted(kind.label for kind in kinds if kind is not None)
 
     def close(self) -> None:
         self.redis_quiet_until = 0.0  # a last try at everything

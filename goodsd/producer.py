@@ -30,7 +30,7 @@ import redis
 from goodsd import hostinfo, sources, stopsignal
 from goodsd.config import Config
 from goodsd.queue import NOT_HOLDER, PUSHED, Queue
-from goodsd.redisconn import TRANSIENT_ERRORS, until_done
+from goodsd.redisconn import REDIS_ERRORS, Outage, outage_of, until_done
 from goodsd.scoreboard import FLAG_FINISHED, FLAG_PAUSED, FLAG_STANDBY, Scoreboard
 from goodsd.sources import Feed, SourceError
 
@@ -190,6 +190,7 @@ class Producer:
         self.report_at = 0.0
         self.identity: dict[str, object] = {}  # the registry record's fixed part
         self.queue: Queue | None = None
+        self.outage = Outage()  # this process's Redis outage, across all its Redis steps
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -324,7 +325,7 @@ class Producer:
 
     def wait_for_drain(self) -> None:
         """One read of the list's length while paused, then a bounded wait."""
-        length = self._until_done(lambda q: q.backlog())
+        length = self._until_done(lambda q: q.backlog(), what="backlog")
         now = self.clock()
         if self.pressure.drained(length, now):
             if self.pause_log.resume():
@@ -390,11 +391,13 @@ class Producer:
         return "paused" if self.pressure.paused else "active"
 
     def beat(self, now: float) -> None:
-        self.board.write(heartbeat=now, done=self.pushed, flags=STATE_FLAGS.get(self.state, 0))
+        flags = STATE_FLAGS.get(self.state, 0) | self.outage.flags
+        self.board.write(heartbeat=now, done=self.pushed, flags=flags)
 
     def report(self, now: float, *, force: bool = False) -> None:
         """Publish this producer's record on a change of state, else every REPORT_EVERY.
-        Best effort: status views must not hold up pushing."""
+        Best effort: status views must not hold up pushing, so a failure is not retried at
+        once."""
         current = (self.state, self.holding)
         if not force and current == self.reported and now < self.report_at:
             return
@@ -408,9 +411,13 @@ class Producer:
         }
         try:
             self.queue.report_producer(self.producer_id, record)
-        except TRANSIENT_ERRORS as exc:
-            log.debug("cannot report state: %s", exc)
-            return
+        except REDIS_ERRORS as exc:
+            # Said once, like any failed step; a refusal, or no Redis trouble, goes on up.
+            self.outage.failed(outage_of(exc), now)
+        else:
+            self.outage.succeeded(now)
+        # Tried: again on the next change or after REPORT_EVERY, not on every step (a paused
+        # producer steps every few milliseconds).
         self.reported = current
         self.report_at = now + REPORT_EVERY
 
@@ -420,13 +427,19 @@ class Producer:
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _until_done(self, step: Callable[[Queue], T]) -> T:
-        """Run a Redis step through the shared retry loop. Unlike a consumer, a producer keeps
-        trying through a stop: the batch it holds exists nowhere else, so it waits for Redis
-        until the master's graceful_timeout runs out."""
+    def _until_done(self, step: Callable[[Queue], T], what: str = "") -> T:
+        """Run a Redis step through the shared retry loop (``what`` names a step that only
+        reads). Unlike a consumer, a producer keeps trying through a stop: the batch it holds
+        exists nowhere else, so it waits for Redis until the master's graceful_timeout runs
+        out."""
         queue = self.queue
         assert queue is not None
-        return until_done(lambda: step(queue), beat=lambda: self.beat(self.clock()))
+        return until_done(
+            lambda: step(queue),
+            beat=lambda: self.beat(self.clock()),
+            outage=self.outage,
+            what=what,
+        )
 
 
 def run(producer: Producer) -> int:

@@ -1,13 +1,19 @@
 """Redis clients built from config after fork (no socket is ever shared between processes),
-and the one retry loop every child uses while Redis is away."""
+what a Redis error means to goodsd (``classify``: the one place that decides), the one retry
+loop every child uses while Redis is away, and the start-up check of goodsd's ACL permissions.
+"""
 
 from __future__ import annotations
 
+import enum
+import errno
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import NamedTuple, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
@@ -15,21 +21,16 @@ from redis.retry import Retry
 
 from goodsd.children import backoff_delay
 from goodsd.config import RedisConfig
+from goodsd.queue import Queue, ScriptsReloaded
+from goodsd.scoreboard import REDIS_WAIT_SHIFT
 
 log = logging.getLogger("goodsd.redis")
 T = TypeVar("T")
 
 # Name of the systemd credential (LoadCredential=redis-password:...) read when present.
 CREDENTIAL_NAME = "redis-password"
-# redis-py errors that mean "the server is away for now": back off and try again.
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    redis.exceptions.BusyLoadingError,
-    redis.exceptions.TryAgainError,
-    redis.exceptions.ReadOnlyError,
-    OSError,
-)
+# Everything a Redis call can raise that may be Redis trouble; ``classify`` tells which it is.
+REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OSError)
 
 
 # Environment variables that hold or lead to the Redis password: a command that goodsd starts
@@ -90,21 +91,229 @@ def connect(cfg: RedisConfig, name: str, *, socket_timeout: float = 10.0) -> red
     return redis.Redis.from_url(cfg.url, **kwargs)
 
 
-# redis-py makes AuthenticationError a ConnectionError, but no retry can fix a refused password
-# or a missing ACL permission: these stop the process with EX_CONFIG instead.
-FATAL_ERRORS: tuple[type[Exception], ...] = (
-    redis.exceptions.AuthenticationError,
-    redis.exceptions.NoPermissionError,
+# -- what a Redis error means ----------------------------------------------------------------
+
+
+class Kind(enum.Enum):
+    """A kind of Redis trouble. ``code``: its number in a child's scoreboard flags; ``label``:
+    how the log and STATUS= name it; ``fatal``: retrying cannot help (the config, the server's
+    ACL or a file mode must change), so a child exits 78; ``reads_work``: only writes are
+    refused, so a read that succeeds does not show that the trouble is over."""
+
+    UNREACHABLE = (1, "unreachable", False, False)
+    LOADING = (2, "loading its data", False, False)
+    OUT_OF_MEMORY = (3, "out of memory", False, True)
+    READ_ONLY = (4, "read-only replica", False, True)
+    NO_REPLICAS = (5, "too few replicas to accept writes", False, True)
+    PRIMARY_DOWN = (6, "replica cut off from its primary", False, False)
+    BUSY = (7, "busy", False, False)
+    RESTARTED = (8, "restarted without goodsd's scripts", False, False)
+    UNBLOCKED = (9, "ended a blocking call (turned replica?)", False, False)
+    LOGIN_REFUSED = (10, "login refused", True, False)
+    NO_PERMISSION = (11, "ACL permission denied", True, False)
+    SOCKET_DENIED = (12, "socket permission denied", True, False)
+
+    def __init__(self, code: int, label: str, fatal: bool, reads_work: bool) -> None:
+        self.code = code
+        self.label = label
+        self.fatal = fatal
+        self.reads_work = reads_work
+
+
+@dataclass(frozen=True)
+class Trouble:
+    """One Redis error as goodsd understands it: its kind and what Redis (or the system) said;
+    for SOCKET_DENIED, ``detail`` is the socket's path."""
+
+    kind: Kind
+    detail: str
+
+    @property
+    def summary(self) -> str:
+        """One line for the log, STATUS= and an operator command's error."""
+        if self.kind is Kind.SOCKET_DENIED:
+            return f"permission denied on {self.detail}: add the service user to the socket's group"
+        return f"{self.kind.label} ({self.detail})"
+
+
+# Error replies by their code, the reply's first word. redis-py raises many of them as a plain
+# ResponseError, so the code decides, wherever it stands in the message (see ``reply_code``).
+REPLY_CODES: dict[str, Kind] = {
+    "OOM": Kind.OUT_OF_MEMORY,
+    "READONLY": Kind.READ_ONLY,
+    "NOREPLICAS": Kind.NO_REPLICAS,
+    "MASTERDOWN": Kind.PRIMARY_DOWN,
+    "LOADING": Kind.LOADING,
+    "BUSY": Kind.BUSY,
+    "TRYAGAIN": Kind.BUSY,
+    "NOPERM": Kind.NO_PERMISSION,
+    "WRONGPASS": Kind.LOGIN_REFUSED,
+    "NOAUTH": Kind.LOGIN_REFUSED,
+    "UNBLOCKED": Kind.UNBLOCKED,
+}
+# Errors that are not an error reply, by class; the first match decides (subclasses first:
+# redis-py makes a refused login and a loading server kinds of ConnectionError).
+ERROR_CLASSES: tuple[tuple[type[BaseException], Kind], ...] = (
+    (ScriptsReloaded, Kind.RESTARTED),
+    (redis.AuthenticationError, Kind.LOGIN_REFUSED),
+    (redis.exceptions.AuthorizationError, Kind.LOGIN_REFUSED),
+    (redis.exceptions.BusyLoadingError, Kind.LOADING),
+    (redis.ConnectionError, Kind.UNREACHABLE),
+    (redis.TimeoutError, Kind.UNREACHABLE),
+    (OSError, Kind.UNREACHABLE),
 )
+# How Redis words an ACL refusal of a command called from a Lua script: an ERR reply (Redis 7)
+# or part of the script's error (6.2), never a NOPERM reply.
+SCRIPT_ACL_REFUSAL = "can't run this command or subcommand"
+# Redis 6.2 wraps an error raised inside a script: "... @user_script: 3: -OOM command not ..."
+_SCRIPT_ERROR_CODE = re.compile(r"@user_script:\s*\d+:\s*-([A-Z]+) ")
+# redis-py puts this in front of the reply of a failed command in a pipeline.
+_PIPELINE_NOTE = re.compile(r"^Command # \d+ \(.*?\) of pipeline caused error: ", re.DOTALL)
+# redis-py's text for a failed connect to a unix socket: "Error 13 connecting to /path. ..."
+_SOCKET_PATH = re.compile(r"connecting to (/.*?)\.(?: |$)")
+
+
+def classify(exc: BaseException) -> Trouble | None:
+    """What ``exc``, raised by a Redis call, means to goodsd: a Trouble (an outage to wait
+    out, or a refusal no retry can fix), or None when it is no Redis trouble at all (a reply
+    such as WRONGTYPE or a failing script: a bug, not the server's state)."""
+    detail = str(exc)
+    if isinstance(exc, redis.ResponseError):
+        kind = REPLY_CODES.get(reply_code(exc))
+        return Trouble(kind, detail) if kind else None
+    if (path := denied_socket(exc)) is not None:
+        return Trouble(Kind.SOCKET_DENIED, path)
+    for cls, kind in ERROR_CLASSES:
+        if isinstance(exc, cls):
+            return Trouble(kind, detail)
+    return None
+
+
+def reply_code(exc: redis.ResponseError) -> str:
+    """The code of an error reply ("OOM", "NOREPLICAS"), found where redis-py left it: in its
+    ``status_code``, at the start of the message, after a pipeline's note, or inside a
+    script's error; "" when the reply has none."""
+    message = str(exc)
+    if SCRIPT_ACL_REFUSAL in message:
+        return "NOPERM"
+    if match := _SCRIPT_ERROR_CODE.search(message):
+        return match.group(1)
+    status = getattr(exc, "status_code", None)
+    if status and status != "ERR":
+        return str(status)
+    first = _PIPELINE_NOTE.sub("", message).split(" ", 1)[0]
+    return first if first.isalpha() and first.isupper() else ""
+
+
+def denied_socket(exc: BaseException) -> str | None:
+    """The path of the unix socket when ``exc`` is a connect refused by file permissions
+    (EACCES, EPERM), else None."""
+    if not isinstance(exc, redis.ConnectionError):
+        return None
+    cause = exc.__cause__ or exc.__context__
+    if not isinstance(cause, OSError) or cause.errno not in (errno.EACCES, errno.EPERM):
+        return None
+    match = _SOCKET_PATH.search(str(exc))
+    return match.group(1) if match else None
+
+
+class AccessDenied(Exception):
+    """Redis refused goodsd's credentials or permissions: fix the config, not the network."""
+
+
+def refusal(trouble: Trouble) -> str:
+    """The message of a refusal no retry can fix (a fatal kind)."""
+    return f"redis refused access: {trouble.summary}"
+
+
+def outage_of(exc: BaseException) -> Trouble:
+    """The outage ``exc`` reports. Raises AccessDenied when it is a refusal that retrying
+    cannot fix, and ``exc`` itself when it is no Redis trouble at all."""
+    trouble = classify(exc)
+    if trouble is None:
+        raise exc
+    if trouble.kind.fatal:
+        raise AccessDenied(refusal(trouble)) from exc
+    return trouble
+
+
+def waiting_on(flags: int) -> Kind | None:
+    """The kind of Redis trouble a child waits out, read from its scoreboard flags."""
+    code = (flags >> REDIS_WAIT_SHIFT) & 0xFF
+    return next((kind for kind in Kind if kind.code == code), None)
+
+
+# -- waiting out an outage --------------------------------------------------------------------
+
 # Backoff between attempts while Redis is away.
 BACKOFF_BASE = 0.1
 BACKOFF_MAX = 5.0
 # Longest sleep between heartbeats while backing off.
 BEAT_EVERY = 0.25
+# While an outage lasts, at most one line per this many seconds says it still does.
+OUTAGE_LOG_EVERY = 60.0
 
 
-class AccessDenied(Exception):
-    """Redis refused goodsd's credentials or permissions: fix the config, not the network."""
+@dataclass
+class Outage:
+    """One process's Redis outage, if one is going on. It starts with the first failed call
+    and ends only when a call proves Redis works again, however many retry loops it spans, so
+    the delay between attempts keeps growing meanwhile. It decides what reaches the log: one
+    line when it starts, at most one per OUTAGE_LOG_EVERY while it lasts, one when it ends."""
+
+    trouble: Trouble | None = None  # the latest failure; None while there is no outage
+    started: float = 0.0  # monotonic time of its first failure
+    failures: int = 0  # failed calls so far
+    logged_at: float = 0.0  # monotonic time of its last log line
+    failed_calls: set[str] = field(default_factory=set)  # names of the calls that failed
+
+    def failed(self, trouble: Trouble, now: float, what: str = "") -> float:
+        """A call (named ``what``, see ``succeeded``) failed with ``trouble`` at ``now``.
+        Returns the seconds to wait before the next attempt."""
+        self.failures += 1
+        self.failed_calls.add(what)
+        if self.trouble is None:
+            self.started = self.logged_at = now
+            log.warning("redis %s: %s", _outage_word(trouble), trouble.summary)
+        elif now - self.logged_at >= OUTAGE_LOG_EVERY:
+            self.logged_at = now
+            log.warning(
+                "redis still %s after %.0fs (%d failed attempts): %s",
+                _outage_word(trouble),
+                now - self.started,
+                self.failures,
+                trouble.summary,
+            )
+        self.trouble = trouble
+        return backoff_delay(self.failures, BACKOFF_BASE, BACKOFF_MAX)
+
+    def succeeded(self, now: float, what: str = "") -> bool:
+        """A call succeeded at ``now``; True when that ended an outage. An unnamed call is
+        taken for a write, and ends it. A named call (``what``) may be only a read, which shows
+        nothing while only writes are refused: it ends such an outage only if it failed in
+        it itself (what was refused works now)."""
+        trouble = self.trouble
+        if trouble is None:
+            return False
+        if what and what not in self.failed_calls and trouble.kind.reads_work:
+            return False
+        log.info(
+            "redis available again after %.1fs (was: %s; %d failed attempts)",
+            now - self.started,
+            trouble.kind.label,
+            self.failures,
+        )
+        self.trouble, self.failures, self.failed_calls = None, 0, set()
+        return True
+
+    @property
+    def flags(self) -> int:
+        """The scoreboard flags that tell the master what this child waits out (0: nothing)."""
+        return self.trouble.kind.code << REDIS_WAIT_SHIFT if self.trouble else 0
+
+
+def _outage_word(trouble: Trouble) -> str:
+    return "refuses access" if trouble.kind.fatal else "unavailable"
 
 
 class GaveUp(Exception):
@@ -119,27 +328,33 @@ def until_done(
     retry: Callable[[], T] | None = None,
     stop_requested: Callable[[], bool] = lambda: False,
     patience: float = 0.0,
+    outage: Outage | None = None,
+    what: str = "",
 ) -> T:
     """Run one Redis step, retrying with capped exponential backoff while Redis is away
     (``retry`` instead of ``step`` after a failure, when given). ``beat`` keeps the child's
     heartbeat fresh, so the master knows this wait is not a hang.
 
+    ``outage`` is the process's own (a fresh one when not given): an outage spans calls, and
+    ends only when a ``step`` succeeds (see ``Outage.succeeded``; ``what`` names a step that
+    may be only a read). An answer to ``retry`` only reads back what a lost reply did, and
+    reads still work where writes are refused (a read-only replica), so the delay goes on
+    growing after it.
+
     Once ``stop_requested()`` turns true during an outage, the step is tried again at once and
     then for up to ``patience`` more seconds (a step whose work would otherwise be redone, such
     as recording finished items, is worth the wait); then GaveUp is raised. Raises
-    AccessDenied on a refused login."""
-    failures = 0
+    AccessDenied when Redis refuses goodsd (see Kind.fatal); an error that is no Redis trouble
+    propagates."""
+    outage = outage if outage is not None else Outage()
+    failed = False
     give_up_at: float | None = None  # monotonic time, once a stop was asked for
     while True:
         try:
-            result = (retry if failures and retry else step)()
-        except FATAL_ERRORS as exc:
-            raise AccessDenied(f"redis refused access: {exc}") from exc
-        except TRANSIENT_ERRORS as exc:
-            failures += 1
-            delay = backoff_delay(failures, BACKOFF_BASE, BACKOFF_MAX)
-            if failures == 1 or delay >= BACKOFF_MAX:
-                log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
+            result = (retry if failed and retry else step)()
+        except Exception as exc:
+            delay = outage.failed(outage_of(exc), time.monotonic(), what)
+            failed = True
             deadline = time.monotonic() + delay
             while (left := deadline - time.monotonic()) > 0:
                 if stop_requested():
@@ -154,8 +369,8 @@ def until_done(
                 beat()
                 time.sleep(min(left, BEAT_EVERY))
             continue
-        if failures:
-            log.info("redis reachable again after %d failed attempt(s)", failures)
+        if not (failed and retry) and outage.succeeded(time.monotonic(), what):
+            beat()  # the master sees at once that this process no longer waits
         return result
 
 
@@ -168,3 +383,142 @@ def _say_stop_waits(patience: float) -> None:
         )
     else:
         log.warning("stop requested while redis is unavailable: one more try")
+
+
+# -- what goodsd needs Redis to allow ---------------------------------------------------------
+
+# Every command goodsd's master, consumers and producers send for a queue (directly, in
+# pipelines and transactions, and from the Lua scripts in goodsd.queue), each with the keys it
+# is sent for: {name} is a key of Queue.keys; per-process keys ({inflight}, {lease}, {settled},
+# {pushed}) are named by their prefix. Other arguments only make the count right. The operator
+# commands (goodsd dead, push, status) are not here: they report their own refusals.
+NEEDED_COMMANDS: tuple[str, ...] = (
+    # sent directly
+    "PING",
+    "SCRIPT LOAD return",
+    "EVALSHA 0000000000000000000000000000000000000000 12 {ready} {inflight} {lease} {retry} "
+    "{stats} {consumers} {attempts} {dead} {settled} {pushed} {producer_lock} {producer_wake}",
+    "BLMOVE {ready} {inflight} RIGHT LEFT 1",
+    "BLPOP {producer_wake} 1",
+    "HSET {consumers} f v",
+    "HSET {producers} f v",
+    "HSET {masters} f v",
+    "HGETALL {consumers}",
+    "HGETALL {producers}",
+    "HGETALL {masters}",
+    "HGETALL {stats}",
+    "HKEYS {consumers}",
+    "HDEL {consumers} f",
+    "HDEL {producers} f",
+    "HDEL {masters} f",
+    "DEL {lease}",
+    "DEL {settled}",
+    "DEL {pushed}",
+    "LLEN {ready}",
+    "LLEN {inflight}",
+    "LLEN {dead}",
+    "ZCARD {retry}",
+    "SET {lease} v PX 1",
+    # called from the Lua scripts
+    "TIME",
+    "GET {settled}",
+    "GET {producer_lock}",
+    "GET {pushed}",
+    "SET {settled} v PX 1",
+    "SET {pushed} v PX 1",
+    "SET {producer_lock} v NX PX 1",
+    "DEL {inflight}",
+    "DEL {producer_lock}",
+    "DEL {producer_wake}",
+    "EXISTS {lease}",
+    "PEXPIRE {producer_lock} 1",
+    "PEXPIRE {producer_wake} 1",
+    "PTTL {producer_lock}",
+    "HEXISTS {attempts} f",
+    "HINCRBY {attempts} f 1",
+    "HINCRBY {stats} f 1",
+    "HSETNX {attempts} f v",
+    "HSETNX {consumers} f v",
+    "HDEL {attempts} f",
+    "LINDEX {inflight} 0",
+    "LRANGE {inflight} 0 1",
+    "LTRIM {inflight} 0 1",
+    "LPUSH {inflight} v",
+    "LPUSH {dead} v",
+    "LPUSH {ready} v",
+    "RPUSH {ready} v",
+    "RPUSH {producer_wake} v",
+    "RPOP {ready} 1",
+    "ZADD {retry} 1 v",
+    "ZRANGEBYSCORE {retry} 0 1 LIMIT 0 1",
+    "ZREM {retry} v",
+)
+# The consumer id in the per-process keys of the check (any id will do: nothing runs).
+CHECK_ID = "access-check"
+
+
+class Probe(NamedTuple):
+    """One command of NEEDED_COMMANDS for one queue: its name, the arguments to send (name
+    included) and which of them are keys."""
+
+    name: str
+    args: tuple[str, ...]
+    keys: tuple[str, ...]
+
+
+def needed_commands(queue: Queue) -> list[Probe]:
+    """NEEDED_COMMANDS with the keys of ``queue``."""
+    keys = {
+        name.removesuffix("_prefix"): key + CHECK_ID if name.endswith("_prefix") else key
+        for name, key in queue.keys.items()
+    }
+    probes = []
+    for command in NEEDED_COMMANDS:
+        words = command.split()
+        args = tuple(keys[w[1:-1]] if w.startswith("{") else w for w in words)
+        named = tuple(keys[w[1:-1]] for w in words if w.startswith("{"))
+        subcommand = words[0] in ("SCRIPT", "CLIENT")
+        probes.append(Probe(" ".join(words[: 2 if subcommand else 1]), args, named))
+    return probes
+
+
+def refused_commands(queue: Queue) -> list[str]:
+    """The commands goodsd needs that Redis's ACL refuses to this client's user, as "BLMOVE"
+    (the command) or "HINCRBY on <key>" (its keys); [] when all are allowed.
+
+    Nothing runs: each command is queued in a transaction (MULTI) that is then thrown away.
+    Redis checks the ACL (commands and keys) when it queues a command, before anything else
+    (memory, a read-only replica), so any other error means "allowed". This works on Redis 6.2
+    and 7 and needs no admin permission, unlike ACL DRYRUN (7.0 and later, @admin). EXEC
+    cannot be queued: it is taken to come with MULTI (both are in @transaction). Raises
+    redis-py's errors when the check cannot be made (e.g. Redis is unreachable)."""
+    pool = queue.client.connection_pool
+    connection = pool.get_connection()
+    try:
+        connection.send_command("MULTI")
+        try:
+            connection.read_response()
+        except redis.ResponseError as exc:
+            if _acl_refused(exc):
+                return ["MULTI"]
+            raise  # no transaction: the commands would run, so none is sent
+        probes = needed_commands(queue)
+        connection.send_packed_command(connection.pack_commands([p.args for p in probes]))
+        refused = set()
+        for probe in probes:
+            try:
+                connection.read_response()
+            except redis.ResponseError as exc:
+                if _acl_refused(exc):
+                    keys = " ".join(probe.keys)
+                    on_keys = "to access" in str(exc)  # else "... to run the 'x' command"
+                    refused.add(f"{probe.name} on {keys}" if on_keys else probe.name)
+        return sorted(refused)
+    finally:
+        connection.disconnect()  # the transaction goes with the connection, whatever its state
+        pool.release(connection)
+
+
+def _acl_refused(exc: redis.ResponseError) -> bool:
+    trouble = classify(exc)
+    return trouble is not None and trouble.kind is Kind.NO_PERMISSION

@@ -37,6 +37,9 @@ READ_TRIES = 200
 FLAG_PAUSED = 1  # producer: the queue is at its high watermark, waiting to drain
 FLAG_STANDBY = 2  # producer: waiting for the singleton lock
 FLAG_FINISHED = 4  # producer: its source is exhausted; exit 0 means done, not restart
+# Bits 8-15 of flags: the code of the Redis trouble a child waits out (0: none), see
+# goodsd.redisconn.Kind.
+REDIS_WAIT_SHIFT = 8
 
 
 class Reading(NamedTuple):

@@ -14,7 +14,7 @@ import redis
 
 from goodsd.config import Config, secret_parameter
 from goodsd.queue import Queue
-from goodsd.redisconn import PasswordError, connect
+from goodsd.redisconn import Kind, PasswordError, classify, connect
 
 
 class OpsError(Exception):
@@ -32,13 +32,19 @@ def open_queue(cfg: Config, name: str) -> Queue:
 
 @contextlib.contextmanager
 def redis_errors(cfg: Config) -> Iterator[None]:
-    """Turn redis-py's exceptions into one line that names the server."""
+    """Turn redis-py's exceptions into one line that names the server and, for Redis trouble
+    (``classify``), its kind: "cannot reach redis at <url>: ...", "redis at <url>: out of
+    memory (...)"."""
     try:
         yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise OpsError(f"cannot reach redis at {display_url(cfg.redis.url)}: {exc}") from None
     except redis.RedisError as exc:
-        raise OpsError(f"redis at {display_url(cfg.redis.url)}: {exc}") from None
+        where = display_url(cfg.redis.url)
+        trouble = classify(exc)
+        if trouble is None:
+            raise OpsError(f"redis at {where}: {exc}") from None
+        if trouble.kind is Kind.UNREACHABLE:
+            raise OpsError(f"cannot reach redis at {where}: {exc}") from None
+        raise OpsError(f"redis at {where}: {trouble.summary}") from None
 
 
 def display_url(url: str) -> str:

@@ -78,10 +78,13 @@ def test_a_master_started_during_an_outage_recovers_as_soon_as_redis_answers(
         )
         mark = len(notify.poll())
         successor = start_daemon(config, notify=notify)
-        successor.wait_log(r"redis not reachable yet")
+        successor.wait_log(r"\[master\] redis unavailable")
         # (away for longer than the master's first look and its recheck a second later)
         wait_for(
-            lambda: sum("backlog ?" in f.get("STATUS", "") for _, f in notify.poll()[mark:]) >= 2,
+            lambda: (
+                sum("waiting for redis at" in f.get("STATUS", "") for _, f in notify.poll()[mark:])
+                >= 2
+            ),
             10,
             "two status ticks without redis",
         )

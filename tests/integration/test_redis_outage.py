@@ -29,9 +29,9 @@ def take_redis_away(r, redis_server, daemon, notify) -> None:
         outage_starts = len(notify.poll())
         daemon.wait_log(r"redis unavailable", count=2)
         wait_for(
-            lambda: any("backlog ?" in s for s in statuses_since(notify, outage_starts)),
+            lambda: any("waiting for redis at" in s for s in statuses_since(notify, outage_starts)),
             10,
-            "the master's status to show the backlog unknown",
+            "the master's status to show it waits for redis",
         )
         redis_server.start()
     finally:

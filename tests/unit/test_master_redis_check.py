@@ -1,0 +1,76 @@
+"""The master's permission check before the first READY=1, and what STATUS= says meanwhile,
+with the check itself replaced by a fake Redis answer (no Redis, no child)."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from goodsd import master as master_mod
+from goodsd.children import EXIT_CONFIG
+from goodsd.config import parse
+from goodsd.master import RECOVER_EVERY, Master
+from goodsd.notify import Notifier
+
+
+def a_master(answers: list[object], monkeypatch: pytest.MonkeyPatch) -> tuple[Master, list[float]]:
+    """A master (no children wanted) whose Redis answers the check with ``answers`` in turn:
+    an exception is raised, a list is the refused commands."""
+    config = parse(
+        "redis: {url: 'unix:///nonexistent/redis.sock'}\nconsumers: {processes: 0}\n",
+        "goodsd.yaml",
+    )
+    now = [100.0]
+    master = Master(config, Notifier(environ={}), clock=lambda: now[0])
+    pending = iter(answers)
+
+    def check(queue: object) -> object:
+        answer = next(pending)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(master_mod, "refused_commands", check)
+    return master, now
+
+
+def test_a_redis_away_at_start_is_checked_once_it_answers_still_before_ready(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    # Given Redis away at start, then answering with a refusal of a command goodsd needs
+    away = redis.ConnectionError("Error 2 connecting to /nonexistent/redis.sock. No such file.")
+    master, now = a_master([away, away, ["BLMOVE"]], monkeypatch)
+    # When the master starts: no refusal yet, and STATUS= says what it waits for
+    assert master.check_redis()
+    assert not master.redis_ready()  # (not tried again within the second)
+    assert master.status_text().startswith(
+        "consumers: none; waiting for redis at unix:///nonexistent/redis.sock: unreachable ("
+    )
+    # Then READY=1 waits while Redis is away
+    now[0] += RECOVER_EVERY
+    assert not master.redis_ready() and not master.stopping
+    # And once Redis answers with the refusal, the service stops with exit code 78
+    now[0] += RECOVER_EVERY
+    assert not master.redis_ready()
+    assert master.stopping and master.exit_code == EXIT_CONFIG
+
+
+def test_a_redis_that_allows_everything_lets_ready_through(monkeypatch: pytest.MonkeyPatch):
+    away = redis.ConnectionError("Error 111 connecting to /nonexistent/redis.sock. Refused.")
+    master, now = a_master([away, []], monkeypatch)
+    assert master.check_redis()
+    now[0] += RECOVER_EVERY
+    assert master.redis_ready() and not master.stopping
+    assert "waiting for redis" not in master.status_text()
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        redis.AuthenticationError("invalid username-password pair or user is disabled."),
+        ["BLMOVE", "HINCRBY on goodsd:{goods2}:stats"],
+    ],
+)
+def test_a_refusal_at_start_fails_the_check(refusal: object, monkeypatch: pytest.MonkeyPatch):
+    master, _ = a_master([refusal], monkeypatch)
+    assert not master.check_redis()
