@@ -268,13 +268,18 @@ def overdue(
     now: float,
     timeout: float | None,
     heartbeat_timeout: float,
+    waiting_on_redis: bool = False,
 ) -> str:
-    """Why ``child`` must be killed now, or "" when it is fine."""
+    """Why ``child`` must be killed now, or "" when it is fine. A starting child that is
+    waiting out a Redis outage (and heartbeats meanwhile) is no failed start: restarting it
+    would not bring Redis back."""
     if child.state in IDLE or child.kill_reason:
         return ""
     if busy_since and timeout is not None and now - busy_since > timeout + TIMEOUT_GRACE:
         return f"item running for {now - busy_since:.1f}s, past timeout {timeout:g}s"
     if child.state is State.STARTING:
+        if waiting_on_redis and now - heartbeat <= heartbeat_timeout:
+            return ""
         if now - child.started_at > START_TIMEOUT:
             return f"not ready after {START_TIMEOUT:g}s"
         return ""

@@ -788,14 +788,15 @@ class Master:
         for child in self.children:
             if child.board is None or not child.pid or child.config is None:
                 continue
-            heartbeat, busy_since, *_ = child.board.read()
+            reading = child.board.read()
             reason = overdue(
                 child,
-                heartbeat,
-                busy_since,
+                reading.heartbeat,
+                reading.busy_since,
                 now,
                 child.config.consumers.timeout if child.role == "consumer" else None,
                 heartbeat_timeout(child.config.supervisor.lease),
+                waiting_on_redis=waiting_on(reading.flags) is not None,
             )
             if reason:
                 log.error("killing %s: %s", child.name, reason)

@@ -14,6 +14,7 @@ from goodsd.children import (
     HEARTBEAT_MIN,
     ROLLBACK_AFTER,
     STABLE_AFTER,
+    START_TIMEOUT,
     TIMEOUT_GRACE,
     Child,
     Exit,
@@ -265,3 +266,14 @@ def test_status_line_is_ascii_so_the_message_is_never_dropped() -> None:
     assert status_line("last reload failed: /etc/gööds.yaml: 值") == (
         "STATUS=last reload failed: /etc/g\\xf6\\xf6ds.yaml: \\u503c"
     )
+
+
+def test_a_child_starting_while_redis_is_away_is_not_a_failed_start() -> None:
+    # Given a child still starting long past START_TIMEOUT
+    child = consumer(1, State.STARTING, started_at=0.0)
+    late = START_TIMEOUT + 10
+    # Then it is killed as a failed start, unless it is waiting out a Redis outage and
+    # heartbeating meanwhile
+    assert overdue(child, late, 0.0, late, 30.0, 15.0).startswith("not ready after")
+    assert overdue(child, late, 0.0, late, 30.0, 15.0, waiting_on_redis=True) == ""
+    assert overdue(child, 0.0, 0.0, late, 30.0, 15.0, waiting_on_redis=True) != ""
