@@ -1,12 +1,26 @@
-"""Facts about processes on this host, used to tell a live consumer from a recycled pid."""
+"""Facts about processes on this host (is a pid still that process, what is a signal called),
+and the one way goodsd ties a process to its parent's life.
+
+A process of goodsd dies with its parent through the parent-death signal. Two cases, one rule
+each: a child goodsd forks to run Python sets it itself (``set_parent_death_signal``), then
+checks that its parent still runs; a command goodsd starts gets it from util-linux's
+``setpriv`` (``parent_death_command``), so nothing runs between fork and exec but the C code
+of ``subprocess``, which is what makes starting commands from a threaded process safe.
+"""
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
+import shutil
+import signal
 import socket
+from collections.abc import Sequence
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+# Looked up once, at import: never in a freshly forked child.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
 
 
 def hostname() -> str:
@@ -43,8 +57,40 @@ def process_alive(pid: int, start: int | None) -> bool:
 
 def set_parent_death_signal(signum: int) -> None:
     """Have the kernel send ``signum`` to this process when its parent dies, however the parent
-    dies (even SIGKILL): no orphan goes on working unsupervised."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+    dies (even SIGKILL): no orphan goes on working unsupervised. Raises OSError if the kernel
+    refuses. The parent may have died already: check ``os.getppid()`` after this."""
+    if _prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def parent_death_command(argv: Sequence[str], signum: int) -> list[str]:
+    """``argv`` made to receive ``signum`` when the thread that starts it dies, however it dies.
+
+    It runs through ``setpriv --pdeathsig``, which sets the signal and then execs ``argv`` in
+    its own place (same pid, same parent, same process group), so the command needs no
+    ``preexec_fn`` (unsafe in a process with threads). The thread that starts the command must
+    outlive it: the kernel ties the signal to that thread, not to its process. A parent that
+    dies between the fork and setpriv's prctl (about a millisecond) leaves the command running.
+    Raises FileNotFoundError when setpriv (util-linux) is not installed."""
+    return [_setpriv(), "--pdeathsig", signal_name(signum), "--", *argv]
+
+
+def _setpriv() -> str:
+    path = shutil.which("setpriv")
+    if path is None:
+        raise FileNotFoundError(
+            errno.ENOENT, "setpriv (util-linux) not found; goodsd needs it to run commands"
+        )
+    return path
+
+
+def signal_name(signum: int) -> str:
+    """``SIGKILL`` for 9; ``signal 99`` for a number Python has no name for."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def pid_namespace() -> str:

@@ -1,24 +1,28 @@
 """Runs one item: decodes it as configured and hands it to a Python callable or a command.
 
-Kept apart from the claim/ack loop so that later concurrency (threads, coroutines) can reuse it.
+Kept apart from the claim/ack loop so that concurrency (threads, coroutines) can reuse it: a
+command handler runs any number of items at once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import json
 import logging
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 
 from goodsd.config import ConsumersConfig
-from goodsd.hostinfo import set_parent_death_signal
+from goodsd.hostinfo import parent_death_command
 from goodsd.output import LineRelay, log_line
 from goodsd.redisconn import without_secrets
 
@@ -122,8 +126,12 @@ class CommandHandler:
     behind may keep its stdout or stderr open, and goodsd neither waits for them nor kills
     them (they are the command's business). The command runs in its own process group, so a
     timeout kills whatever it started too (killing only its pid would leave a shell's children
-    running on, unsupervised), and it dies with its consumer (parent-death signal), so a killed
-    consumer leaves no command working on an item that is being requeued.
+    running on, unsupervised), and it dies with its consumer (parent-death signal, set by
+    setpriv before the command's own exec), so a killed consumer leaves no command working on
+    an item that is being requeued.
+
+    Calls may overlap: threads may run several items at once, each call waiting for its own
+    command. Raises HandlerLoadError when setpriv is missing.
     """
 
     def __init__(
@@ -137,24 +145,34 @@ class CommandHandler:
         self.timeout = timeout
         self.check = check  # raises MalformedItem for items the command must not get
         self.output = output
-        self.running: subprocess.Popen[bytes] | None = None
+        try:
+            self.command = parent_death_command(argv, signal.SIGKILL)
+        except OSError as exc:
+            raise HandlerLoadError(f"cannot run commands: {exc}") from exc
+        # The commands running now. Replaced whole under the lock, never changed in place, so
+        # abort() can read it without the lock (a signal handler must not wait for one).
+        self.running: frozenset[subprocess.Popen[bytes]] = frozenset()
+        self._lock = threading.Lock()
 
     def __call__(self, raw: bytes) -> None:
         self.check(raw)
+        if shutil.which(self.argv[0]) is None:  # setpriv would only exit 127 and say so
+            raise FileNotFoundError(errno.ENOENT, "no such command", self.argv[0])
         with subprocess.Popen(
-            self.argv,
+            self.command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             process_group=0,
-            preexec_fn=_die_with_consumer,  # consumers run no threads, so this is safe
             env=without_secrets(os.environ),
         ) as proc:
-            self.running = proc
+            with self._lock:
+                self.running = self.running | {proc}
             try:
                 code, stderr = self._converse(proc, raw)
             finally:
-                self.running = None
+                with self._lock:
+                    self.running = self.running - {proc}
         if code != 0:
             tail = stderr.decode("utf-8", "replace").strip()
             how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
@@ -172,7 +190,7 @@ class CommandHandler:
             while not conversation.exited:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    self.abort()
+                    _kill_group(proc)
                     proc.wait()
                     raise RuntimeError(f"command timed out after {self.timeout:g}s and was killed")
                 conversation.step(left)
@@ -183,10 +201,16 @@ class CommandHandler:
         return proc.wait(), conversation.stderr_tail
 
     def abort(self) -> None:
-        """Kill the running command and everything it started (safe from a signal handler)."""
-        if self.running is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.running.pid, signal.SIGKILL)
+        """Kill every running command and everything each started (safe from a signal
+        handler)."""
+        for proc in self.running:
+            _kill_group(proc)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the command's process group: the command and all it started."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 class _Conversation:
@@ -260,10 +284,6 @@ class _Conversation:
         os.close(self.pidfd)
         with contextlib.suppress(BrokenPipeError):
             self.stdin.close()
-
-
-def _die_with_consumer() -> None:
-    set_parent_death_signal(signal.SIGKILL)
 
 
 def build(cfg: ConsumersConfig, pythonpath: tuple[str, ...]) -> Callable[[bytes], None]:

@@ -10,7 +10,6 @@ master restarts it with backoff.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import itertools
 import os
 import shutil
@@ -21,14 +20,12 @@ from collections.abc import Callable, Iterable, Iterator
 
 from goodsd import runner
 from goodsd.config import ProducerConfig
+from goodsd.hostinfo import parent_death_command, signal_name
 from goodsd.redisconn import without_secrets
 from goodsd.runner import HandlerLoadError
 
 # How long a command source gets to exit after SIGTERM before SIGKILL.
 COMMAND_STOP_TIMEOUT = 2.0
-PR_SET_PDEATHSIG = 1
-# Looked up once, in the producer: between fork and exec a command must not load libraries.
-_prctl = ctypes.CDLL(None, use_errno=True).prctl
 
 
 class SourceError(Exception):
@@ -44,16 +41,18 @@ def counter() -> Iterator[bytes]:
 
 class CommandSource:
     """A running command's stdout, one item per line (empty lines are skipped). Exit 0 ends
-    the source; any other exit raises SourceError after the lines before it were yielded."""
+    the source; any other exit raises SourceError after the lines before it were yielded.
+
+    Opened in the producer's main thread: the command gets SIGTERM when that thread (its
+    parent) dies, even by SIGKILL, so a source command never outlives its producer."""
 
     def __init__(self, argv: tuple[str, ...]) -> None:
         self.argv = argv
         try:
             self.proc = subprocess.Popen(
-                argv,
+                parent_death_command(argv, signal.SIGTERM),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
-                preexec_fn=_die_with_producer,
                 env=without_secrets(os.environ),
             )
         except OSError as exc:
@@ -67,7 +66,7 @@ class CommandSource:
                 yield item
         code = self.proc.wait()
         if code < 0:
-            raise SourceError(f"command {self.argv[0]!r} killed by {_signal_name(-code)}")
+            raise SourceError(f"command {self.argv[0]!r} killed by {signal_name(-code)}")
         if code > 0:
             raise SourceError(f"command {self.argv[0]!r} exited with status {code}")
 
@@ -80,19 +79,6 @@ class CommandSource:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-
-def _die_with_producer() -> None:
-    """In the command, before exec: die when the producer's main thread (its parent) dies,
-    even by SIGKILL, so a source command never outlives its producer."""
-    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
 
 
 def load(cfg: ProducerConfig, pythonpath: tuple[str, ...]) -> Callable[[], Iterable[object]]:

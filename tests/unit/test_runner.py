@@ -9,13 +9,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from goodsd.config import ConsumersConfig
+from goodsd.hostinfo import process_start
 from goodsd.runner import (
     STDERR_TAIL,
     CommandHandler,
@@ -227,19 +231,17 @@ def test_command_past_its_timeout_is_killed_with_everything_it_started(tmp_path:
     # is delivered at once, but a loaded machine may take a moment to show it dead)
     assert time.monotonic() - started < 5
     background = int(pidfile.read_text())
-    deadline = time.monotonic() + 5
-    while _running(background) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not _running(background), f"background process {background} outlived the kill"
+    _wait_until(lambda: process_start(background) is None, 5, "the background process to die")
 
 
-def _running(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie (an orphan may wait to be reaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return False
-    return stat[stat.rindex(b")") + 2 :][:1] != b"Z"
+def test_without_setpriv_a_command_handler_cannot_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a PATH without setpriv, which ties each command to its consumer's life
+    monkeypatch.setenv("PATH", str(tmp_path))
+    # Then the handler cannot load (the consumer exits 78), instead of leaving orphans later
+    with pytest.raises(HandlerLoadError, match="setpriv"):
+        CommandHandler(("true",), 5.0)
 
 
 def test_a_missing_command_fails_the_item() -> None:
@@ -288,3 +290,91 @@ def test_a_command_s_stdout_is_passed_on_line_by_line() -> None:
     run(b"first line\n")
     # Then each line is passed on whole, the last one at the command's exit
     assert lines == ["first line", "two halves", "no newline"]
+
+
+# --- several commands at once -----------------------------------------------------------------
+
+# Each command marks its item as started in the directory $0, then waits until $1 commands have
+# started, so the calls of a test surely overlap; then good* prints its item and exits 0, bad*
+# complains on stderr and exits 3, hang* sleeps far past any timeout here.
+TOGETHER = (
+    'item=$(cat); : > "$0/$item"; '
+    'while [ "$(ls "$0" | wc -l)" -lt "$1" ]; do sleep 0.01; done; '
+    'case $item in bad*) echo "cannot take $item" >&2; exit 3;; hang*) exec sleep 30;; esac; '
+    'echo "$item"'
+)
+
+
+def _run_in_threads(run: CommandHandler, items: list[str]) -> dict[str, Future[None]]:
+    """Start one thread per item, each calling ``run`` with it; item -> its call's future."""
+    pool = ThreadPoolExecutor(len(items))
+    calls = {item: pool.submit(run, item.encode()) for item in items}
+    pool.shutdown(wait=False)
+    return calls
+
+
+def _outcome(call: Future[None], timeout: float) -> str | None:
+    """What the call raised, as text, or None when the item was done."""
+    error = call.exception(timeout)
+    return None if error is None else str(error)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_overlapping_calls_each_get_their_own_outcome(tmp_path: Path, seed: int) -> None:
+    # Given one command handler, and 2 to 8 items that succeed or fail at random
+    rng = random.Random(seed)
+    items = [f"{rng.choice(['good', 'bad'])}{i}" for i in range(rng.randint(2, 8))]
+    lines: list[str] = []
+    run = CommandHandler(
+        ("sh", "-c", TOGETHER, str(tmp_path), str(len(items))), 20.0, output=lines.append
+    )
+    # When each item runs in its own thread, all at once
+    calls = _run_in_threads(run, items)
+    # Then each call reports its own item's outcome
+    outcomes = {item: _outcome(call, 30) for item, call in calls.items()}
+    assert outcomes == {
+        item: None
+        if item.startswith("good")
+        else f"command failed (exit status 3): cannot take {item}"
+        for item in items
+    }
+    # And only the good ones printed, each its own line; nothing is left running
+    assert sorted(lines) == sorted(item for item in items if item.startswith("good"))
+    assert run.running == frozenset()
+
+
+def test_abort_kills_every_running_command(tmp_path: Path) -> None:
+    # Given four commands running at once, each of which would sleep for long
+    items = [f"hang{i}" for i in range(4)]
+    run = CommandHandler(("sh", "-c", TOGETHER, str(tmp_path), str(len(items))), 20.0)
+    calls = _run_in_threads(run, items)
+    _wait_until(lambda: len(list(tmp_path.iterdir())) == len(items), 10, "every command started")
+    # When the handler is aborted
+    run.abort()
+    # Then every call ends at once, its command killed
+    outcomes = {_outcome(call, 5) for call in calls.values()}
+    assert outcomes == {"command failed (killed by signal 9)"}
+    assert run.running == frozenset()
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_a_timeout_kills_only_the_command_that_ran_too_long(tmp_path: Path, count: int) -> None:
+    # Given commands that hang, started one after another on one handler with a short timeout
+    run = CommandHandler(("sh", "-c", TOGETHER, str(tmp_path), "1"), 0.5)
+    calls = []
+    for i in range(count):
+        calls.append(_run_in_threads(run, [f"hang{i}"])[f"hang{i}"])
+        _wait_until(lambda n=i + 1: len(list(tmp_path.iterdir())) == n, 10, f"command {i}")
+    # Then each call is stopped by its own timeout, at its own deadline, not by another's
+    started = time.monotonic()
+    for call in calls:
+        assert _outcome(call, 10) == "command timed out after 0.5s and was killed"
+    assert time.monotonic() - started < 5
+
+
+def _wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.01)
