@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import enum
 import os
-import signal
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from goodsd.config import Config
+from goodsd.hostinfo import signal_name
 from goodsd.scoreboard import FLAG_FINISHED, Scoreboard
 
 # Exit codes of a child (and of the master, where they mean the same).
@@ -311,10 +311,6 @@ def describe_exit(status: int) -> tuple[str, int | None, int | None]:
     """(text, exit code, signal) of a ``waitpid`` status."""
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = f"signal {sig}"
-        return f"killed by {name}", None, sig
+        return f"killed by {signal_name(sig)}", None, sig
     code = os.waitstatus_to_exitcode(status)
     return f"exited with status {code}", code, None

@@ -24,6 +24,7 @@ from goodsd import __version__, logs, metrics
 from goodsd import config as config_mod
 from goodsd.children import EXIT_CONFIG, EXIT_FAILURE
 from goodsd.config import Config, ConfigError
+from goodsd.hostinfo import SETPRIV, signal_name
 from goodsd.ops.common import OpsError, display_url
 
 # Bad command-line arguments, as argparse exits on them.
@@ -233,16 +234,9 @@ def _probe_verdict(
     if timed_out:
         return f"{what}: did not finish importing within {timeout:g}s"
     if status < 0:
-        return f"{what}: killed by {_signal_name(-status)} during import"
+        return f"{what}: killed by {signal_name(-status)} during import"
     detail = f": {said}" if status > 0 and said else ""
     return f"{what}: exited during import with status {status}{detail}"
-
-
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
 
 
 def _last_line(errors: IO[bytes]) -> str:
@@ -301,6 +295,8 @@ def command_problem(cfg: Config) -> str | None:
     ):
         if argv and wanted and shutil.which(argv[0]) is None:
             return f"{key}: cannot run {argv[0]!r}: not found, or not an executable file"
+        if argv and wanted and shutil.which(SETPRIV) is None:
+            return f"{key}: commands need {SETPRIV} (util-linux), which is not installed"
     return None
 
 

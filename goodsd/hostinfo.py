@@ -76,8 +76,12 @@ def parent_death_command(argv: Sequence[str], signum: int) -> list[str]:
     return [_setpriv(), "--pdeathsig", signal_name(signum), "--", *argv]
 
 
+# The util-linux program that starts commands with a parent-death signal.
+SETPRIV = "setpriv"
+
+
 def _setpriv() -> str:
-    path = shutil.which("setpriv")
+    path = shutil.which(SETPRIV)
     if path is None:
         raise FileNotFoundError(
             errno.ENOENT, "setpriv (util-linux) not found; goodsd needs it to run commands"

@@ -51,6 +51,7 @@ from goodsd.children import (
     roll_stuck,
 )
 from goodsd.config import Config, ConfigError, RedisConfig
+from goodsd.hostinfo import signal_name
 from goodsd.notify import Notifier
 from goodsd.ops.common import display_url
 from goodsd.queue import Overview, Queue
@@ -261,8 +262,7 @@ class Master:
         except BlockingIOError:
             return
         for signum in signals_to_handle(data):
-            name = signal.Signals(signum).name
-            getattr(self, "handle_" + name[3:].lower())()
+            getattr(self, "handle_" + signal_name(signum)[3:].lower())()
 
     def tick(self) -> None:
         now = self.clock()
