@@ -544,11 +544,19 @@ def describe_machine(server: LocalRedis) -> list[str]:
     return [
         f"machine: {os.cpu_count()} CPUs ({usable} usable by this process), {cpu_model()},"
         f" Linux {platform.release()}",
-        f"software: Python {platform.python_version()},"
-        f" redis-py {importlib.metadata.version('redis')}"
-        f" (hiredis {importlib.metadata.version('hiredis')}),"
+        f"software: Python {platform.python_version()}, {client_library()},"
         f" redis-server {version} on a unix socket",
     ]
+
+
+def client_library() -> str:
+    """redis-py's version, and hiredis's: without it, redis-py parses replies in Python,
+    which costs every design dearly per item."""
+    described = f"redis-py {importlib.metadata.version('redis')}"
+    try:
+        return f"{described} (hiredis {importlib.metadata.version('hiredis')})"
+    except importlib.metadata.PackageNotFoundError:
+        return f"{described} WITHOUT hiredis (replies parsed in Python: slower)"
 
 
 def describe_plan(plan: Plan) -> str:
