@@ -585,7 +585,7 @@ def throughput_row(results: Results, setup: Setup, samples: Sequence[Sample], wi
     rates = "(" + spread([s.items_per_second for s in samples]) + ")"
     return (
         f"{setup.design:{width}} {setup.processes:>5} {setup.batch or '-':>5} {rate:>10,.0f}"
-        f" {rates:>19} {vs_classic:>10} {of_bare:>7} {median('workers_us'):>8.2f} {master:>7}"
+        f" {rates:>21} {vs_classic:>10} {of_bare:>7} {median('workers_us'):>8.2f} {master:>7}"
         f" {median('redis_us'):>6.2f} {median('other_cores'):>6.2f}"
     )
 
@@ -594,7 +594,7 @@ def throughput_lines(results: Results, runs: int) -> list[str]:
     width = max(len("design"), *(len(setup.design) for setup in results.samples))
     lines = [
         f"no-op items/s: median of {runs} runs (min-max); CPU us per item and other load: medians",
-        f"{'design':{width}} {'procs':>5} {'batch':>5} {'items/s':>10} {'(min-max)':>19}"
+        f"{'design':{width}} {'procs':>5} {'batch':>5} {'items/s':>10} {'(min-max)':>21}"
         f" {'vs classic':>10} {'of bare':>7} {'workers':>8} {'master':>7} {'redis':>6}"
         f" {'other':>6}",
     ]
@@ -606,16 +606,13 @@ def throughput_lines(results: Results, runs: int) -> list[str]:
         "workers, master, redis: CPU microseconds per item handled, from /proc; other: CPUs",
         "  kept busy meanwhile by everything else on the machine (hypervisor steal included)",
     ]
-    busy = [
-        str(setup)
-        for setup, samples in results.samples.items()
-        if max(s.other_cores for s in samples) > BUSY_OTHERS
-    ]
-    if busy:
-        lines.append(
-            f"other load above {BUSY_OTHERS:g} CPUs in some runs of: {', '.join(busy)};"
-            " a quieter machine gives higher figures"
-        )
+    others = [s.other_cores for samples in results.samples.values() for s in samples]
+    busy = sum(1 for cores in others if cores > BUSY_OTHERS)
+    lines.append(
+        f"other load over all {len(others)} windows: median {statistics.median(others):.2f},"
+        f" max {max(others):.2f} CPUs; above {BUSY_OTHERS:g} in {busy}"
+        + ("; a quieter machine gives higher items/s" if busy else "")
+    )
     return lines
 
 
