@@ -392,6 +392,7 @@ class GoodsdPool:
 
 
 def goodsd_config(url: str, processes: int, batch: int, handler: str) -> dict[str, Any]:
+    """A goodsd config as YAML data: defaults but for the queue, processes, batch, handler."""
     return {
         "redis": {"url": url},
         "queue": QUEUE,
@@ -402,6 +403,7 @@ def goodsd_config(url: str, processes: int, batch: int, handler: str) -> dict[st
 
 
 def start_pool(setup: Setup, server: LocalRedis, workdir: Path) -> Pool:
+    """Start the processes of ``setup``: forked loops for classic and bare, else goodsd."""
     if setup.code is None:
         return ForkedPool(setup, server.url)
     assert setup.batch is not None
@@ -479,6 +481,7 @@ def measure_latency(
 
 
 def percentile(values: Sequence[float], pct: int) -> float:
+    """The ``pct``-th percentile (1-99) of ``values``, interpolated; needs two values."""
     return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
 
 
@@ -510,6 +513,7 @@ def setups(plan: Plan) -> list[Setup]:
 
 
 def latency_setups(plan: Plan) -> list[Setup]:
+    """Every latency row: each (processes, batch) of the plan, for each checkout."""
     return [
         Setup(code_label(code, plan.codes), processes, batch, code)
         for processes, batch in plan.latency
@@ -528,10 +532,12 @@ def rounds(plan: Plan) -> Iterator[tuple[int, Setup]]:
 
 
 def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as printed."""
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo."""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
             return line.partition(":")[2].strip()
@@ -539,6 +545,7 @@ def cpu_model() -> str:
 
 
 def describe_machine(server: LocalRedis) -> list[str]:
+    """Lines naming the machine (CPUs, model, kernel) and the software versions."""
     version = server.client().info("server")["redis_version"]
     usable = len(os.sched_getaffinity(0))
     return [
@@ -560,6 +567,7 @@ def client_library() -> str:
 
 
 def describe_plan(plan: Plan) -> str:
+    """One line saying what each run timed."""
     return (
         f"method: {plan.runs} runs of each row, in rounds; a run measures a {plan.window:g} s"
         f" window, {plan.warmup:g} s after all its processes are up, on a backlog of"
@@ -568,10 +576,13 @@ def describe_plan(plan: Plan) -> str:
 
 
 def spread(values: Sequence[float]) -> str:
+    """``min-max`` of ``values``, with thousands separators."""
     return f"{min(values):,.0f}-{max(values):,.0f}"
 
 
 def throughput_row(results: Results, setup: Setup, samples: Sequence[Sample], width: int) -> str:
+    """One row of the throughput table: medians, range, ratios, CPU per item, other load."""
+
     def median(field: str) -> float:
         return statistics.median(getattr(s, field) for s in samples)
 
@@ -591,6 +602,7 @@ def throughput_row(results: Results, setup: Setup, samples: Sequence[Sample], wi
 
 
 def throughput_lines(results: Results, runs: int) -> list[str]:
+    """The throughput table with its header and notes."""
     width = max(len("design"), *(len(setup.design) for setup in results.samples))
     lines = [
         f"no-op items/s: median of {runs} runs (min-max); CPU us per item and other load: medians",
@@ -617,6 +629,7 @@ def throughput_lines(results: Results, runs: int) -> list[str]:
 
 
 def latency_lines(results: Results, samples: int) -> list[str]:
+    """The pickup latency table: medians and ranges of each run's p50 and p99."""
     runs = len(next(iter(results.latency.values())))
     width = max(len("design"), *(len(setup.design) for setup in results.latency))
     lines = [
@@ -640,6 +653,7 @@ def latency_lines(results: Results, samples: int) -> list[str]:
 
 
 def goal_lines(results: Results) -> list[str]:
+    """Whether the medians meet the design's goals."""
     lines = [
         f"goals (2-core machine): batch 100 >= {GOAL_RATIO:g}x classic;"
         f" pickup p50 <= {GOAL_P50_MS:g} ms"
@@ -677,6 +691,7 @@ def int_list(text: str) -> tuple[int, ...]:
 
 
 def checkout(text: str) -> Path:
+    """``--code`` argument: the resolved path of a goodsd checkout."""
     path = Path(text).resolve()
     if not (path / "goodsd" / "__main__.py").is_file():
         raise argparse.ArgumentTypeError(
@@ -686,9 +701,8 @@ def checkout(text: str) -> Path:
 
 
 def parse_args(argv: Sequence[str] | None) -> Plan:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    """The command line as a Plan; argparse exits 2 on a bad one."""
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--quick", action="store_true", help="3 runs of fewer, shorter rows")
     parser.add_argument("--runs", type=int, help="runs of each row (default 5, quick 3)")
     parser.add_argument("--window", type=float, help="seconds each run measures (default 1)")
@@ -748,6 +762,7 @@ def run_all(plan: Plan, server: LocalRedis, workdir: Path, results: Results) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Measure, then print everything measured (also after a failure); 0, or 1 on failure."""
     plan = parse_args(argv)
     results = Results()
     load_before = load_average()
