@@ -8,14 +8,11 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from goodsd.backoff import backoff_delay
 from goodsd.config import Config
+from goodsd.exits import EXIT_CONFIG, EXIT_OK
 from goodsd.hostinfo import signal_name
 from goodsd.scoreboard import FLAG_FINISHED, Scoreboard
-
-# Exit codes of a child (and of the master, where they mean the same).
-EXIT_OK = 0  # clean stop, or a planned recycle (max_items): restart without backoff
-EXIT_FAILURE = 1  # anything unexpected
-EXIT_CONFIG = 78  # handler/source cannot be loaded: restarting cannot help (EX_CONFIG)
 
 # A child that dies before reporting ready or within this many seconds is a failed start.
 STABLE_AFTER = 5.0
@@ -87,13 +84,6 @@ class Plan:
 
     spawn: tuple[tuple[str, int], ...]  # (role, index) of new slots
     retire: tuple[Child, ...]  # children to stop (or drop, when in BACKOFF)
-
-
-def backoff_delay(failures: int, base: float, cap: float) -> float:
-    """``base`` after the first failure, doubling with each further one, never above ``cap``."""
-    if failures <= 0:
-        return 0.0
-    return min(cap, base * 2 ** min(failures - 1, 32))
 
 
 def finished(child: Child, code: int | None, flags: int) -> bool:

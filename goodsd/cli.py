@@ -22,13 +22,10 @@ from urllib.parse import unquote, urlsplit
 
 from goodsd import __version__, logs, metrics
 from goodsd import config as config_mod
-from goodsd.children import EXIT_CONFIG, EXIT_FAILURE
 from goodsd.config import Config, ConfigError
+from goodsd.exits import EXIT_CONFIG, EXIT_FAILURE, EXIT_USAGE
 from goodsd.hostinfo import SETPRIV, signal_name
 from goodsd.ops.common import OpsError, display_url
-
-# Bad command-line arguments, as argparse exits on them.
-EXIT_USAGE = 2
 
 
 def load_config(args: argparse.Namespace) -> Config:

@@ -28,17 +28,14 @@ from goodsd import __version__, codestamp, hostinfo, logs, metrics, output, proc
 from goodsd import config as config_mod
 from goodsd import consumer as consumer_mod
 from goodsd import producer as producer_mod
+from goodsd.backoff import backoff_delay
 from goodsd.children import (
-    EXIT_CONFIG,
-    EXIT_FAILURE,
-    EXIT_OK,
     IDLE,
     Child,
     Exit,
     ExitPlan,
     State,
     all_running,
-    backoff_delay,
     describe_exit,
     heartbeat_timeout,
     keeps_lease,
@@ -51,6 +48,7 @@ from goodsd.children import (
     roll_stuck,
 )
 from goodsd.config import Config, ConfigError, RedisConfig
+from goodsd.exits import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 from goodsd.hostinfo import signal_name
 from goodsd.notify import Notifier
 from goodsd.ops.common import display_url

@@ -19,7 +19,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from goodsd.children import backoff_delay
+from goodsd.backoff import backoff_delay
 from goodsd.config import RedisConfig
 from goodsd.queue import Queue, ScriptsReloaded
 from goodsd.scoreboard import REDIS_WAIT_SHIFT

@@ -8,13 +8,13 @@ import signal
 
 import pytest
 
+from goodsd.backoff import backoff_delay
 from goodsd.children import (
     HEARTBEAT_MIN,
     START_TIMEOUT,
     TIMEOUT_GRACE,
     Child,
     State,
-    backoff_delay,
     describe_exit,
     failed_start,
     heartbeat_timeout,

@@ -12,8 +12,8 @@ import time
 import pytest
 
 from goodsd import config
-from goodsd.children import EXIT_CONFIG
 from goodsd.config import Config, ConfigError, parse, parse_duration, parse_listen
+from goodsd.exits import EXIT_CONFIG
 
 # The smallest valid file: the default of 4 consumers needs something to run.
 MINIMAL = "consumers:\n  handler: app.tasks:handle\n"

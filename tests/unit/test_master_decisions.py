@@ -8,9 +8,6 @@ import dataclasses
 import pytest
 
 from goodsd.children import (
-    EXIT_CONFIG,
-    EXIT_FAILURE,
-    EXIT_OK,
     HEARTBEAT_MIN,
     ROLLBACK_AFTER,
     STABLE_AFTER,
@@ -31,6 +28,7 @@ from goodsd.children import (
     roll_stuck,
 )
 from goodsd.config import Config, ConsumersConfig, SupervisorConfig
+from goodsd.exits import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 from goodsd.master import role_settings, wanted_counts
 from goodsd.notify import status_line
 

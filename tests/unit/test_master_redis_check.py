@@ -7,8 +7,8 @@ import pytest
 import redis
 
 from goodsd import master as master_mod
-from goodsd.children import EXIT_CONFIG
 from goodsd.config import parse
+from goodsd.exits import EXIT_CONFIG
 from goodsd.master import RECOVER_EVERY, Master
 from goodsd.notify import Notifier
 

@@ -10,7 +10,8 @@ import threading
 import pytest
 
 from goodsd import sources
-from goodsd.children import EXIT_FAILURE, EXIT_OK, Child, State, finished, overdue, reconcile
+from goodsd.children import Child, State, finished, overdue, reconcile
+from goodsd.exits import EXIT_FAILURE, EXIT_OK
 from goodsd.producer import POLL_MAX, POLL_MIN, Backpressure, PauseLog, stale_producers
 from goodsd.scoreboard import FLAG_FINISHED, FLAG_PAUSED
 from goodsd.sources import Feed, SourceError
