@@ -39,6 +39,23 @@ class State(enum.Enum):
     FINISHED = "finished"  # a producer whose source is exhausted: no process, not restarted
 
 
+# Every move a child's state may make (a slot is created STARTING, before its first fork);
+# ``Child.move_to`` refuses any other, so a bookkeeping slip fails loudly in tests.
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.STARTING: frozenset(
+        {State.STARTING, State.RUNNING, State.STOPPING, State.BACKOFF, State.FINISHED}
+    ),
+    State.RUNNING: frozenset({State.STOPPING, State.BACKOFF, State.FINISHED}),
+    State.BACKOFF: frozenset({State.STARTING, State.BACKOFF}),
+    State.STOPPING: frozenset({State.STOPPING}),
+    State.FINISHED: frozenset(),
+}
+
+
+class IllegalTransition(Exception):
+    """A child was asked to move between two states no supervision path connects: a bug."""
+
+
 # States without a process; and states that count as "done starting" for the role's slot.
 IDLE = frozenset({State.BACKOFF, State.FINISHED})
 SETTLED = frozenset({State.RUNNING, State.FINISHED})
@@ -68,6 +85,13 @@ class Child:
     code: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # files it loaded
     unread: bytes = b""  # the start of an event line from it not yet whole
     crashes: int = 0  # abnormal exits in a row while the reload that brought it is unproven
+
+    def move_to(self, state: State) -> None:
+        """The one way a child's state changes; raises IllegalTransition for a move that
+        ``TRANSITIONS`` does not allow."""
+        if state not in TRANSITIONS[self.state]:
+            raise IllegalTransition(f"{self.name}: {self.state.value} -> {state.value}")
+        self.state = state
 
     @property
     def name(self) -> str:

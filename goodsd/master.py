@@ -511,7 +511,7 @@ class Master:
         if child.state is State.STOPPING:
             return
         log.info("stopping %s", child.name)
-        child.state = State.STOPPING  # STARTING/RUNNING -> STOPPING
+        child.move_to(State.STOPPING)  # STARTING/RUNNING -> STOPPING
         child.stop_deadline = self.clock() + self.config.supervisor.graceful_timeout
         _kill(child.pid, signal.SIGTERM)
 
@@ -550,7 +550,7 @@ class Master:
         os.set_blocking(events_r, False)
         child.pid = pid
         child.identity = consumer_identity(pid, token)
-        child.state = State.STARTING  # (new)/BACKOFF -> STARTING
+        child.move_to(State.STARTING)  # (new)/BACKOFF -> STARTING
         child.started_at = self.clock()
         child.ready_at = 0.0
         child.kill_reason = ""
@@ -571,7 +571,7 @@ class Master:
         delay = backoff_delay(
             child.failures, supervisor.restart_delay, supervisor.restart_delay_max
         )
-        child.state = State.BACKOFF  # (new)/BACKOFF -> BACKOFF
+        child.move_to(State.BACKOFF)  # (new)/BACKOFF -> BACKOFF
         child.pid = 0
         child.restart_at = self.clock() + delay
         log.error("cannot start %s: %s; trying again in %.1fs", child.name, exc, delay)
@@ -608,7 +608,7 @@ class Master:
         for line in lines:
             kind, _, detail = line.decode("utf-8", "replace").partition(" ")
             if kind == "ready" and child.state is State.STARTING:
-                child.state = State.RUNNING  # STARTING -> RUNNING
+                child.move_to(State.RUNNING)  # STARTING -> RUNNING
                 child.ready_at = self.clock()
                 log.info("%s ready", child.name)
             elif kind == "code":
@@ -685,7 +685,7 @@ class Master:
 
     def finish(self, child: Child) -> None:
         """A producer whose source is exhausted keeps its slot and is never started again."""
-        child.state = State.FINISHED  # RUNNING -> FINISHED
+        child.move_to(State.FINISHED)  # RUNNING -> FINISHED
         child.pid = 0
         self.manage_children()
         self.maybe_ready()
@@ -728,7 +728,7 @@ class Master:
             log.error("%s %s", child.name, text)
         child.failures = plan.failures
         child.crashes = plan.crashes
-        child.state = State.BACKOFF  # RUNNING/STARTING -> BACKOFF
+        child.move_to(State.BACKOFF)  # RUNNING/STARTING -> BACKOFF
         child.pid = 0
         self.restarts += 1
         child.restart_at = now + plan.delay
@@ -819,7 +819,7 @@ class Master:
                 self.children.remove(child)
                 continue
             _kill(child.pid, signal.SIGKILL)
-            child.state = State.STOPPING  # -> STOPPING, already killed
+            child.move_to(State.STOPPING)  # -> STOPPING, already killed
             child.stop_deadline = float("inf")
 
     # -- Redis housekeeping --------------------------------------------------------------

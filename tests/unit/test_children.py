@@ -13,7 +13,9 @@ from goodsd.children import (
     HEARTBEAT_MIN,
     START_TIMEOUT,
     TIMEOUT_GRACE,
+    TRANSITIONS,
     Child,
+    IllegalTransition,
     State,
     describe_exit,
     failed_start,
@@ -290,3 +292,27 @@ def test_a_scoreboard_read_never_returns_a_record_torn_by_a_write() -> None:
         os.kill(writer, signal.SIGKILL)
         os.waitpid(writer, 0)
     assert readings == {(1234.5, 1234.5, 3)}
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        (State.FINISHED, State.STARTING),
+        (State.STOPPING, State.RUNNING),
+        (State.BACKOFF, State.RUNNING),
+        (State.RUNNING, State.STARTING),
+    ],
+)
+def test_a_move_no_supervision_path_makes_fails_loudly(start: State, end: State) -> None:
+    child = Child(role="consumer", index=0, seq=1, generation=1, state=start)
+    with pytest.raises(IllegalTransition, match=f"{start.value} -> {end.value}"):
+        child.move_to(end)
+    assert child.state is start
+
+
+def test_every_allowed_move_is_made() -> None:
+    for start, ends in TRANSITIONS.items():
+        for end in ends:
+            child = Child(role="consumer", index=0, seq=1, generation=1, state=start)
+            child.move_to(end)
+            assert child.state is end
