@@ -31,6 +31,13 @@ START_TIMEOUT = 120.0
 ROLLBACK_AFTER = 3
 
 
+class Role(enum.StrEnum):
+    """What a child does; a StrEnum, so it reads as its name in logs, metrics and STATUS=."""
+
+    CONSUMER = "consumer"  # claims items and runs the handler on them
+    PRODUCER = "producer"  # pushes items from a source
+
+
 class State(enum.Enum):
     STARTING = "starting"  # forked, not yet connected with its handler loaded
     RUNNING = "running"  # reported ready
@@ -65,7 +72,7 @@ SETTLED = frozenset({State.RUNNING, State.FINISHED})
 class Child:
     """One supervised slot of a role; its process comes and goes across restarts."""
 
-    role: str  # "consumer" or "producer"
+    role: Role  # what the child does
     index: int  # slot number within the role, shown in logs and STATUS
     seq: int  # spawn order of the current process; outdated children retire lowest first
     generation: int  # the role's config generation this child runs with
@@ -113,7 +120,7 @@ class Plan:
 def finished(child: Child, code: int | None, flags: int) -> bool:
     """A producer that exited 0 after marking its source exhausted: its work is done, so it
     is not restarted (any other exit of any child is)."""
-    return child.role == "producer" and code == EXIT_OK and bool(flags & FLAG_FINISHED)
+    return child.role == Role.PRODUCER and code == EXIT_OK and bool(flags & FLAG_FINISHED)
 
 
 def failed_start(child: Child, now: float) -> bool:
@@ -121,7 +128,7 @@ def failed_start(child: Child, now: float) -> bool:
 
 
 def reconcile(
-    children: Iterable[Child], wanted: dict[str, int], generation: dict[str, int]
+    children: Iterable[Child], wanted: dict[Role, int], generation: dict[Role, int]
 ) -> Plan:
     """Make "running" match "wanted" for each role.
 
@@ -214,7 +221,7 @@ def plan_exit(
     return ExitPlan(Exit.RESTART, crashes=crashes)
 
 
-def all_running(children: Iterable[Child], wanted: dict[str, int]) -> bool:
+def all_running(children: Iterable[Child], wanted: dict[Role, int]) -> bool:
     """The initial READY: every wanted child has connected and loaded its handler (a producer
     that has already finished its source counts)."""
     children = list(children)
@@ -225,7 +232,7 @@ def all_running(children: Iterable[Child], wanted: dict[str, int]) -> bool:
 
 
 def roll_settled(
-    children: Iterable[Child], wanted: dict[str, int], generation: dict[str, int]
+    children: Iterable[Child], wanted: dict[Role, int], generation: dict[Role, int]
 ) -> bool:
     """The children are exactly what the config asks for: no older generation left, nobody
     stopping, every wanted slot running. A reload is complete then."""
@@ -240,10 +247,10 @@ def roll_settled(
 
 def proven_roles(
     children: Iterable[Child],
-    generation: dict[str, int],
-    previous_generation: dict[str, int],
+    generation: dict[Role, int],
+    previous_generation: dict[Role, int],
     done: dict[Child, int],
-) -> set[str]:
+) -> set[Role]:
     """Roles whose children a reload brought in have proven themselves: one of them handled an
     item (``done``: each child's count of items done). Until then the reload can be undone,
     so new code that crashes on its first items sends the service back to the config that
@@ -260,7 +267,7 @@ def proven_roles(
     return set(generation) - unproven
 
 
-def roll_stuck(children: Iterable[Child], generation: dict[str, int]) -> bool:
+def roll_stuck(children: Iterable[Child], generation: dict[Role, int]) -> bool:
     """A child of the current generation is backing off: a reload cannot complete soon, and
     holding ``systemctl reload`` would not help (the older children keep serving meanwhile)."""
     return any(c.state is State.BACKOFF and c.generation == generation[c.role] for c in children)

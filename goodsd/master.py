@@ -34,6 +34,7 @@ from goodsd.children import (
     Child,
     Exit,
     ExitPlan,
+    Role,
     State,
     all_running,
     describe_exit,
@@ -103,7 +104,7 @@ REDIS_PAUSE = 1.0
 MASTER_FORGET = 3600.0
 
 
-def role_settings(config: Config, role: str) -> tuple[object, ...]:
+def role_settings(config: Config, role: Role) -> tuple[object, ...]:
     """What a child of ``role`` was started with; a change means rolling its children."""
     common = (
         config.redis,
@@ -112,15 +113,15 @@ def role_settings(config: Config, role: str) -> tuple[object, ...]:
         config.logging,
         config.supervisor.lease,
     )
-    if role == "consumer":
+    if role == Role.CONSUMER:
         return (*common, dataclasses.replace(config.consumers, processes=0))
     return (*common, dataclasses.replace(config.producer, processes=0))
 
 
-def wanted_counts(config: Config, extra_consumers: int) -> dict[str, int]:
+def wanted_counts(config: Config, extra_consumers: int) -> dict[Role, int]:
     return {
-        "consumer": max(0, config.consumers.processes + extra_consumers),
-        "producer": config.producer.processes,
+        Role.CONSUMER: max(0, config.consumers.processes + extra_consumers),
+        Role.PRODUCER: config.producer.processes,
     }
 
 
@@ -157,7 +158,7 @@ class Master:
     clock: Callable[[], float] = time.monotonic
     log_target: str = logs.STDERR  # where this master and its children log
     children: list[Child] = field(default_factory=list)
-    generation: dict[str, int] = field(default_factory=lambda: {"consumer": 1, "producer": 1})
+    generation: dict[Role, int] = field(default_factory=lambda: dict.fromkeys(Role, 1))
     extra_consumers: int = 0  # SIGTTIN minus SIGTTOU since the last reload
     stopping: bool = False
     ready_sent: bool = False
@@ -177,7 +178,7 @@ class Master:
         self.started_wall = 0.0
         # The config and generations to go back to while a reload's roll is not settled.
         self.previous: Config | None = None
-        self.previous_generation: dict[str, int] = {}
+        self.previous_generation: dict[Role, int] = {}
         self.generation_seq = max(self.generation.values())
         self.queues: dict[tuple[RedisConfig, str], Queue] = {}
         self.selector = selectors.DefaultSelector()
@@ -191,7 +192,7 @@ class Master:
         # True until a search for this host's dead consumers has reached Redis.
         self.leftovers_unknown = True
         # role -> the latest generation of it whose children proved themselves after a reload
-        self.proven: dict[str, int] = {}
+        self.proven: dict[Role, int] = {}
 
     @property
     def queue(self) -> Queue:
@@ -368,13 +369,13 @@ class Master:
 
     def handle_ttin(self) -> None:
         self.extra_consumers += 1
-        log.info("SIGTTIN: one consumer more (%d wanted)", self.wanted()["consumer"])
+        log.info("SIGTTIN: one consumer more (%d wanted)", self.wanted()[Role.CONSUMER])
         self.manage_children()
 
     def handle_ttou(self) -> None:
-        if self.wanted()["consumer"] > 0:
+        if self.wanted()[Role.CONSUMER] > 0:
             self.extra_consumers -= 1
-        log.info("SIGTTOU: one consumer fewer (%d wanted)", self.wanted()["consumer"])
+        log.info("SIGTTOU: one consumer fewer (%d wanted)", self.wanted()[Role.CONSUMER])
         self.manage_children()
 
     # -- reload -------------------------------------------------------------------------
@@ -445,8 +446,8 @@ class Master:
             new.producer.command,
         )
         for child in self.children:
-            if same and child.role == "producer" and child.state is State.FINISHED:
-                child.generation = self.generation["producer"]
+            if same and child.role == Role.PRODUCER and child.state is State.FINISHED:
+                child.generation = self.generation[Role.PRODUCER]
 
     def can_roll_back(self, child: Child) -> bool:
         """Whether ``child`` runs settings a reload brought in, which undoing it would drop,
@@ -485,7 +486,7 @@ class Master:
 
     # -- children -----------------------------------------------------------------------
 
-    def wanted(self) -> dict[str, int]:
+    def wanted(self) -> dict[Role, int]:
         if self.stopping:
             return dict.fromkeys(self.generation, 0)
         return wanted_counts(self.config, self.extra_consumers)
@@ -648,7 +649,7 @@ class Master:
         if child.board:
             child.board.close()
             child.board = None
-        if child.role == "consumer":  # a producer's counter is its pushes, not items handled
+        if child.role == Role.CONSUMER:  # a producer's counter is its pushes, not items handled
             self.rates.retired_total += reading.done + reading.failed
             if self.stop_summary is not None:
                 self.stop_summary.consumer_exited(child.identity, reading)
@@ -664,7 +665,11 @@ class Master:
             cap=supervisor.restart_delay_max,
             flags=reading.flags,
         )
-        if child.role == "producer" and code == EXIT_OK and plan.action in (Exit.FINISH, Exit.GONE):
+        if (
+            child.role == Role.PRODUCER
+            and code == EXIT_OK
+            and plan.action in (Exit.FINISH, Exit.GONE)
+        ):
             log.info(
                 "%s %d finished: pushed %d items (pid %d)",
                 child.role,
@@ -792,7 +797,7 @@ class Master:
                 reading.heartbeat,
                 reading.busy_since,
                 now,
-                child.config.consumers.timeout if child.role == "consumer" else None,
+                child.config.consumers.timeout if child.role == Role.CONSUMER else None,
                 heartbeat_timeout(child.config.supervisor.lease),
                 waiting_on_redis=waiting_on(reading.flags) is not None,
             )
@@ -830,7 +835,7 @@ class Master:
         live: dict[tuple[RedisConfig, str], tuple[Config, list[str]]] = {}
         for child in self.children:
             cfg = child.config
-            if child.role != "consumer" or child.board is None or cfg is None:
+            if child.role != Role.CONSUMER or child.board is None or cfg is None:
                 continue
             heartbeat, busy_since, *_ = child.board.read()
             limit = heartbeat_timeout(cfg.supervisor.lease)
@@ -971,7 +976,7 @@ class Master:
     def refresh_status(self) -> None:
         total = self.rates.retired_total
         for child in self.children:
-            if child.board is not None and child.role == "consumer":
+            if child.board is not None and child.role == Role.CONSUMER:
                 reading = child.board.read()
                 total += reading.done + reading.failed
         self.rates.update(total, self.clock())
@@ -992,8 +997,8 @@ class Master:
             "started": round(self.started_wall, 3),
             "seen": round(time.time(), 3),
             "version": __version__,
-            "consumers": running["consumer"],
-            "producers": running["producer"],
+            "consumers": running[Role.CONSUMER],
+            "producers": running[Role.PRODUCER],
         }
         self.redis_do(
             "masters registry", lambda: self.queue.beat_master(self.master_id, info, MASTER_FORGET)
@@ -1007,7 +1012,7 @@ class Master:
         paused = False
         for child in self.children:
             counts[(child.role, child.state.value)] += 1
-            if child.role == "producer" and child.board is not None:
+            if child.role == Role.PRODUCER and child.board is not None:
                 paused = paused or bool(child.board.read().flags & FLAG_PAUSED)
         return metrics.Snapshot(
             queue=self.config.queue,
@@ -1045,7 +1050,7 @@ class Master:
         parts = []
         for role in self.generation:
             mine = [c for c in self.children if c.role == role]
-            if not mine and role != "consumer":
+            if not mine and role != Role.CONSUMER:
                 continue
             counts = [(s, sum(1 for c in mine if c.state is s)) for s in State]
             detail = ", ".join(f"{n} {s.value}" for s, n in counts if n) or "none"
@@ -1054,7 +1059,7 @@ class Master:
                 detail += f" (next restart in {max(0.0, min(waits)):.1f}s)"
             parts.append(f"{role}s: {detail}")
             flags = [c.board.read().flags for c in mine if c.board]
-            if role == "producer" and flags:
+            if role == Role.PRODUCER and flags:
                 if any(f & FLAG_PAUSED for f in flags):
                     parts.append("producer paused")
                 elif all(f & FLAG_STANDBY for f in flags):
@@ -1186,9 +1191,9 @@ def producer_main(
 
 
 # role -> the function a child of that role runs after fork; returns its exit code
-ROLE_MAIN: dict[str, Callable[[Config, str, Scoreboard, Callable[[], None], redis.Redis], int]] = {
-    "consumer": consumer_main,
-    "producer": producer_main,
+ROLE_MAIN: dict[Role, Callable[[Config, str, Scoreboard, Callable[[], None], redis.Redis], int]] = {
+    Role.CONSUMER: consumer_main,
+    Role.PRODUCER: producer_main,
 }
 
 

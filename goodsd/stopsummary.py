@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from goodsd.children import Child
+from goodsd.children import Child, Role
 from goodsd.scoreboard import Reading
 
 
@@ -35,7 +35,7 @@ class StopSummary:
             {
                 child.identity: child.board.read()
                 for child in children
-                if child.role == "consumer" and child.pid and child.board is not None
+                if child.role == Role.CONSUMER and child.pid and child.board is not None
             }
         )
 
