@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 
@@ -23,7 +22,6 @@ from goodsd.children import (
     overdue,
     reconcile,
 )
-from goodsd.scoreboard import Scoreboard
 
 GEN = {"consumer": 1, "producer": 1}
 
@@ -273,36 +271,6 @@ def test_child_name_shows_its_pid_only_while_it_has_one() -> None:
     assert consumer(1, State.BACKOFF).name == "consumer 1"
 
 
-def test_a_scoreboard_read_never_returns_a_record_torn_by_a_write() -> None:
-    # Given a record a child process rewrites as fast as it can (pack_into zeroes the fields
-    # before it fills them)
-    board = Scoreboard()
-    board.write(heartbeat=1234.5, busy_since=1234.5, position=3)
-    writer = os.fork()
-    if writer == 0:
-        try:
-            while True:
-                board.busy(1234.5, 3)
-        finally:
-            os._exit(0)
-    try:
-        # Then every read sees a whole record, never the zeros of a write under way
-        readings = {board.read()[:3] for _ in range(200_000)}
-    finally:
-        os.kill(writer, signal.SIGKILL)
-        os.waitpid(writer, 0)
-    assert readings == {(1234.5, 1234.5, 3)}
-
-
-@pytest.mark.parametrize(
-    ("start", "end"),
-    [
-        (State.FINISHED, State.STARTING),
-        (State.STOPPING, State.RUNNING),
-        (State.BACKOFF, State.RUNNING),
-        (State.RUNNING, State.STARTING),
-    ],
-)
 def test_a_move_no_supervision_path_makes_fails_loudly(start: State, end: State) -> None:
     child = Child(role="consumer", index=0, seq=1, generation=1, state=start)
     with pytest.raises(IllegalTransition, match=f"{start.value} -> {end.value}"):
