@@ -271,6 +271,15 @@ def test_child_name_shows_its_pid_only_while_it_has_one() -> None:
     assert consumer(1, State.BACKOFF).name == "consumer 1"
 
 
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        (State.FINISHED, State.STARTING),
+        (State.STOPPING, State.RUNNING),
+        (State.BACKOFF, State.RUNNING),
+        (State.RUNNING, State.STARTING),
+    ],
+)
 def test_a_move_no_supervision_path_makes_fails_loudly(start: State, end: State) -> None:
     child = Child(role="consumer", index=0, seq=1, generation=1, state=start)
     with pytest.raises(IllegalTransition, match=f"{start.value} -> {end.value}"):
