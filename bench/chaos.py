@@ -56,7 +56,7 @@ from goodsd.children import HEARTBEAT_MIN, TIMEOUT_GRACE  # noqa: E402
 from goodsd.config import dump as dump_config  # noqa: E402
 from goodsd.localredis import find_redis_server  # noqa: E402
 from goodsd.ops.demo import start_master  # noqa: E402
-from goodsd.queue import Queue, dead_payload, parse_dead_record  # noqa: E402
+from goodsd.store import Queue, dead_payload, parse_dead_record  # noqa: E402
 
 QUEUE = "chaos"
 HANDLER = "chaos_handler:handle"

@@ -39,7 +39,7 @@ if str(REPO_DIR) not in sys.path:
 from goodsd.config import dump as dump_config  # noqa: E402
 from goodsd.localredis import LocalRedis  # noqa: E402
 from goodsd.ops.demo import start_master  # noqa: E402
-from goodsd.queue import Queue  # noqa: E402
+from goodsd.store import Queue  # noqa: E402
 
 QUEUE = "bench"  # the classic design's list, and goodsd's queue name
 STAGING = "bench:staging"

@@ -21,9 +21,9 @@ from goodsd import hostinfo, runner, stopsignal
 from goodsd.config import Config
 from goodsd.forkguard import ForkGuard
 from goodsd.logs import show_item
-from goodsd.queue import MAX_ERROR, Delivery, Failure, InFlightLost, Queue, clip
 from goodsd.redisconn import GaveUp, until_done
 from goodsd.scoreboard import Scoreboard
+from goodsd.store import MAX_ERROR, Delivery, Failure, InFlightLost, Queue, clip
 
 log = logging.getLogger("goodsd.consumer")
 T = TypeVar("T")

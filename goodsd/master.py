@@ -51,11 +51,11 @@ from goodsd.children import (
 )
 from goodsd.config import Config, ConfigError, RedisConfig
 from goodsd.notify import Notifier
-from goodsd.queue import Overview, Queue
 from goodsd.redisconn import AccessDenied, PasswordError, connect, password
 from goodsd.runner import HandlerLoadError, SetupFailed
 from goodsd.scoreboard import FLAG_PAUSED, FLAG_STANDBY, NO_READING, Scoreboard
 from goodsd.stopsummary import StopSummary
+from goodsd.store import Overview, Queue
 
 log = logging.getLogger("goodsd.master")
 T = TypeVar("T")

@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 import redis
 
 from goodsd.config import Config, secret_parameter
-from goodsd.queue import Queue
 from goodsd.redisconn import PasswordError, connect
+from goodsd.store import Queue
 
 
 class OpsError(Exception):

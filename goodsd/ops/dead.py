@@ -21,7 +21,7 @@ from typing import TextIO
 from goodsd.config import DEFAULT_PATH, Config
 from goodsd.logs import printable
 from goodsd.ops.common import OpsError, open_queue, redis_errors, span, table
-from goodsd.queue import Queue, dead_payload
+from goodsd.store import Queue, dead_payload
 
 # Records per round trip when scanning or requeuing the dead list.
 PAGE = 1000

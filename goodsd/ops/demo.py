@@ -26,7 +26,7 @@ from goodsd import config as config_mod
 from goodsd.localredis import LocalRedis, RedisServerMissing, find_redis_server
 from goodsd.ops import status
 from goodsd.ops.common import OpsError, Screen, open_queue, redis_errors
-from goodsd.queue import Queue
+from goodsd.store import Queue
 
 QUEUE = "demo"
 # The backlog the producer (or the demo itself, without one) keeps: between these two.

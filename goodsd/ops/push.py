@@ -21,7 +21,7 @@ from typing import BinaryIO, TextIO
 
 from goodsd.config import Config
 from goodsd.ops.common import OpsError, open_queue, redis_errors
-from goodsd.queue import Queue
+from goodsd.store import Queue
 
 # The largest item, in bytes. Redis refuses a bulk string over proto-max-bulk-len (512 MiB by
 # default), and a failed item travels to Redis again inside its dead record, as base64 when it

@@ -15,7 +15,7 @@ from typing import TextIO
 
 from goodsd.config import Config
 from goodsd.ops.common import OpsError, Screen, display_url, open_queue, redis_errors, span, table
-from goodsd.queue import ConsumerLoad, Overview, Queue
+from goodsd.store import ConsumerLoad, Overview, Queue
 
 # A master whose registry entry is older than this is not counted as live (it refreshes it
 # every 2 s; a few missed beats are tolerated).

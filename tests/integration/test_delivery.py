@@ -10,7 +10,7 @@ from collections import Counter
 
 from support import wait_for
 
-from goodsd.queue import Queue
+from goodsd.store import Queue
 
 INFLIGHT = "goodsd:{q}:inflight:"
 

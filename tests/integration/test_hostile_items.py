@@ -12,7 +12,7 @@ import threading
 import pytest
 from support import wait_for
 
-from goodsd.queue import TAG_LEN, TAG_MARK, Failure, Queue
+from goodsd.store import TAG_LEN, TAG_MARK, Failure, Queue
 
 FORGED_TAG = b"0123456789abcdef"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from support import wait_for
 
-from goodsd.queue import Failure, InFlightLost, Queue
+from goodsd.store import Failure, InFlightLost, Queue
 
 
 def test_a_settle_that_no_longer_matches_changes_nothing(r):

@@ -13,7 +13,7 @@ import sys
 import pytest
 from ops_cli import assert_one_line_error, goodsd
 
-from goodsd.queue import Failure, Queue
+from goodsd.store import Failure, Queue
 
 
 def make_dead(r, items: list[bytes], error: str = "ValueError: bad item") -> None:

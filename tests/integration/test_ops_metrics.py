@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import Daemon, wait_for
 
 from goodsd.metrics import DEADLINE, FD_RESERVE, MAX_CONNECTIONS
-from goodsd.queue import Failure, Queue
+from goodsd.store import Failure, Queue
 
 # What stalled clients send before they stop: nothing, or part of a request
 STALLS = (

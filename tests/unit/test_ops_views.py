@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from goodsd import cli, metrics
 from goodsd.ops import dead, push, status
 from goodsd.ops.common import OpsError, display_url, span, table
-from goodsd.queue import STAT_FIELDS, ConsumerLoad, Overview, dead_payload
+from goodsd.store import STAT_FIELDS, ConsumerLoad, Overview, dead_payload
 
 NOW = 1_700_000_000.0
 

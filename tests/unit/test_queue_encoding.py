@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from goodsd.queue import (
+from goodsd.store.queue import (
     MAX_ERROR,
     TAG_LEN,
     TAG_MARK,
