@@ -323,7 +323,7 @@ class Pusher(threading.Thread):
     def __init__(self, url: str, queue: Queue, items: int, duration: float) -> None:
         super().__init__(name="pusher", daemon=True)
         self.url = url
-        self.keys = (queue.keys["ready"], queue.keys["stats"])
+        self.keys = (queue.keys.ready, queue.keys.stats)
         self.items = items
         self.duration = duration
         self.stopping = threading.Event()
@@ -771,19 +771,19 @@ def drained(queue: Queue) -> bool:
     """The ready list, the retry set and every in-flight list are empty. Reads the keys
     themselves, not goodsd's registry of consumers, which is part of what is under test."""
     client = queue.client
-    if client.llen(queue.keys["ready"]) or client.zcard(queue.keys["retry"]):
+    if client.llen(queue.keys.ready) or client.zcard(queue.keys.retry):
         return False
-    pattern = queue.keys["inflight_prefix"] + "*"
+    pattern = queue.keys.inflight("*")
     return not any(client.llen(key) for key in client.scan_iter(match=pattern, count=1000))
 
 
 def leftovers(queue: Queue) -> str:
     """What is still in Redis, for a drain that timed out."""
     client = queue.client
-    pattern = queue.keys["inflight_prefix"] + "*"
+    pattern = queue.keys.inflight("*")
     held = sum(client.llen(key) for key in client.scan_iter(match=pattern, count=1000))
     return (
-        f"ready {client.llen(queue.keys['ready'])}, retry {client.zcard(queue.keys['retry'])},"
+        f"ready {client.llen(queue.keys.ready)}, retry {client.zcard(queue.keys.retry)},"
         f" in flight {held}"
     )
 
@@ -869,7 +869,7 @@ def drain(chaos: Chaos, queue: Queue, plan: Plan) -> None:
 
 def dead_items(queue: Queue) -> tuple[list[str], list[str]]:
     """(items, `error` of each record) in the dead list, oldest first."""
-    records = queue.client.lrange(queue.keys["dead"], 0, -1)[::-1]
+    records = queue.client.lrange(queue.keys.dead, 0, -1)[::-1]
     items = [dead_payload(raw).decode(errors="replace") for raw in records]
     return items, [str(parse_dead_record(raw).get("error", "")) for raw in records]
 

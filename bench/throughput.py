@@ -288,7 +288,7 @@ def run_goodsd(server: LocalRedis, workdir: Path, processes: int, batch: int, it
     try:
         ready_seconds = daemon.wait_ready(goodsd_queue, processes)
         started = time.perf_counter()
-        r.rename(STAGING, goodsd_queue.keys["ready"])
+        r.rename(STAGING, goodsd_queue.keys.ready)
 
         def finished() -> bool:
             daemon.check_alive()

@@ -1,23 +1,5 @@
-"""Every Redis key and script goodsd uses for one queue lives here, and nowhere else.
-
-Keys (all of a queue's keys share the hash tag ``{<queue>}``, so they sit in one Cluster slot):
-
-| key                                  | type   | holds                                        |
-|--------------------------------------|--------|----------------------------------------------|
-| ``<queue>``                          | list   | ready items; anyone may LPUSH; we pop right  |
-| ``goodsd:{<queue>}:inflight:<id>``   | list   | items one consumer claimed, not yet settled  |
-| ``goodsd:{<queue>}:lease:<id>``      | string | consumer's lease (PX); gone = items reapable |
-| ``goodsd:{<queue>}:settled:<id>``    | string | id of its last settle, so a retry is a no-op |
-| ``goodsd:{<queue>}:consumers``       | hash   | consumer id -> JSON {host, pid, started...}  |
-| ``goodsd:{<queue>}:masters``         | hash   | master id (host-pid) -> JSON {host, seen...} |
-| ``goodsd:{<queue>}:producers``       | hash   | producer id -> JSON {state, lock, pushed...} |
-| ``goodsd:{<queue>}:attempts``        | hash   | delivery tag -> failed attempts so far       |
-| ``goodsd:{<queue>}:retry``           | zset   | retry envelopes by due time ms (never ready) |
-| ``goodsd:{<queue>}:dead``            | list   | JSON {item, error, attempts, at, consumer}   |
-| ``goodsd:{<queue>}:stats``           | hash   | fleet counters (see ``STAT_FIELDS``)         |
-| ``goodsd:{<queue>}:producer:lock``   | string | the singleton producer's lock (random token) |
-| ``goodsd:{<queue>}:producer:wake``   | list   | wakes a standby producer when the lock frees |
-| ``goodsd:{<queue>}:pushed:<id>``     | string | id of a producer's last pushed batch         |
+"""Every Redis script and stored value goodsd uses for one queue lives here, and nowhere else;
+the key names are in ``goodsd.store.keys``.
 
 A failed item waits in the retry set inside an *envelope*: ``TAG_MARK + <16 hex> + ":" + <item>``.
 The tag (64 random bits) makes each delivery distinct, so equal items never merge in the retry
@@ -47,6 +29,8 @@ import redis
 from redis.client import Pipeline
 from redis.commands.core import Script
 
+from goodsd.store.keys import STAT_FIELDS, QueueKeys
+
 log = logging.getLogger("goodsd.queue")
 
 TAG_MARK = b"\x1egoodsd:"
@@ -55,27 +39,6 @@ TAG_LEN = 16
 ENVELOPE_HEAD = len(TAG_MARK) + TAG_LEN + 1
 # Longest error text kept in a dead record (a handler's exception message may be any size).
 MAX_ERROR = 4000
-STAT_FIELDS = ("pushed", "claimed", "done", "failed", "retried", "dead", "requeued")
-
-
-def _keys(queue: str) -> dict[str, str]:
-    prefix = f"goodsd:{{{queue}}}:"
-    return {
-        "ready": queue,
-        "consumers": prefix + "consumers",
-        "masters": prefix + "masters",
-        "producers": prefix + "producers",
-        "attempts": prefix + "attempts",
-        "retry": prefix + "retry",
-        "dead": prefix + "dead",
-        "stats": prefix + "stats",
-        "producer_lock": prefix + "producer:lock",
-        "inflight_prefix": prefix + "inflight:",
-        "lease_prefix": prefix + "lease:",
-        "settled_prefix": prefix + "settled:",
-        "producer_wake": prefix + "producer:wake",
-        "pushed_prefix": prefix + "pushed:",
-    }
 
 
 # Server time in milliseconds, for lease and retry arithmetic inside scripts.
@@ -503,7 +466,7 @@ class Queue:
 
     def __init__(self, client: redis.Redis, name: str) -> None:
         self.client = client
-        self.keys = _keys(name)
+        self.keys = QueueKeys.of(name)
         # consumer id -> its registration record, put back by every claim if it went missing
         self._registrations: dict[str, str] = {}
         self._requeue_dead = client.register_script(_REQUEUE_DEAD)
@@ -519,25 +482,14 @@ class Queue:
         # the scripts sent inside pipelines, by hash only: they must be loaded beforehand
         self._pipelined = (self._claim,)
 
-    # -- per-consumer keys ---------------------------------------------------------------
-
-    def inflight_key(self, consumer: str) -> str:
-        return self.keys["inflight_prefix"] + consumer
-
-    def lease_key(self, consumer: str) -> str:
-        return self.keys["lease_prefix"] + consumer
-
-    def settled_key(self, consumer: str) -> str:
-        return self.keys["settled_prefix"] + consumer
-
     # -- registration and leases --------------------------------------------------------
 
     def register(self, consumer: str, info: dict[str, object], lease: float) -> None:
         """Make the consumer visible (for status and for recovery by host) and take its lease."""
         self._registrations[consumer] = json.dumps(info)
         pipe = self.client.pipeline(transaction=True)
-        pipe.hset(self.keys["consumers"], consumer, self._registrations[consumer])
-        pipe.set(self.lease_key(consumer), consumer, px=ms(lease))
+        pipe.hset(self.keys.consumers, consumer, self._registrations[consumer])
+        pipe.set(self.keys.lease(consumer), consumer, px=ms(lease))
         for script in self._pipelined:  # pipelines send them by hash only
             pipe.script_load(script.script)
         pipe.execute()
@@ -546,8 +498,8 @@ class Queue:
         """A clean exit: its in-flight list is already empty."""
         self._registrations.pop(consumer, None)
         pipe = self.client.pipeline(transaction=True)
-        pipe.hdel(self.keys["consumers"], consumer)
-        pipe.delete(self.lease_key(consumer), self.settled_key(consumer))
+        pipe.hdel(self.keys.consumers, consumer)
+        pipe.delete(self.keys.lease(consumer), self.keys.settled(consumer))
         pipe.execute()
 
     def renew_leases(self, consumers: list[str], lease: float) -> int:
@@ -556,13 +508,13 @@ class Queue:
             return 0
         pipe = self.client.pipeline(transaction=False)
         for consumer in consumers:
-            pipe.set(self.lease_key(consumer), consumer, px=ms(lease))
+            pipe.set(self.keys.lease(consumer), consumer, px=ms(lease))
         pipe.execute()
         return len(consumers)
 
     def registered(self) -> dict[str, dict[str, object]]:
         """Consumer id -> its registration record."""
-        raw = self.client.hgetall(self.keys["consumers"])
+        raw = self.client.hgetall(self.keys.consumers)
         out: dict[str, dict[str, object]] = {}
         for key, value in raw.items():
             try:
@@ -575,13 +527,13 @@ class Queue:
 
     def _claim_args(self, consumer: str, n: int, lease: float) -> tuple[list[str], list[object]]:
         keys = [
-            self.keys["ready"],
-            self.inflight_key(consumer),
-            self.lease_key(consumer),
-            self.keys["retry"],
-            self.keys["stats"],
-            self.keys["consumers"],
-            self.keys["attempts"],
+            self.keys.ready,
+            self.keys.inflight(consumer),
+            self.keys.lease(consumer),
+            self.keys.retry,
+            self.keys.stats,
+            self.keys.consumers,
+            self.keys.attempts,
         ]
         registration = self._registrations.get(consumer, "")
         return keys, [n, ms(lease), consumer, registration]
@@ -650,13 +602,13 @@ class Queue:
                 1 if failure.final else 0,
             ]
         keys = [
-            self.inflight_key(consumer),
-            self.keys["attempts"],
-            self.keys["retry"],
-            self.keys["dead"],
-            self.keys["stats"],
-            self.keys["ready"],
-            self.settled_key(consumer),
+            self.keys.inflight(consumer),
+            self.keys.attempts,
+            self.keys.retry,
+            self.keys.dead,
+            self.keys.stats,
+            self.keys.ready,
+            self.keys.settled(consumer),
         ]
         if not outcomes:
             return self.claim(consumer, claim_next, lease, 0) if claim_next else []
@@ -699,7 +651,7 @@ class Queue:
     def held(self, consumer: str) -> list[Delivery]:
         """What the consumer holds in flight, oldest first: after a lost reply this is the
         truth about what a claim took."""
-        values, retries = self._held(keys=[self.inflight_key(consumer), self.keys["attempts"]])
+        values, retries = self._held(keys=[self.keys.inflight(consumer), self.keys.attempts])
         return deliveries(values, retries)
 
     # -- recovery -----------------------------------------------------------------------
@@ -721,7 +673,7 @@ class Queue:
         worker every time ends in the dead list instead of looping. Returns the number of
         items handled, or -1 when ``only_if_expired`` and the lease still lives.
         """
-        inflight = self.inflight_key(consumer)
+        inflight = self.keys.inflight(consumer)
         delivery = None
         if current is not None:
             held = self.held(consumer)
@@ -730,14 +682,14 @@ class Queue:
         tag = (delivery.tag if delivery else None) or new_tag()
         keys = [
             inflight,
-            self.lease_key(consumer),
-            self.keys["consumers"],
-            self.keys["ready"],
-            self.keys["stats"],
-            self.keys["attempts"],
-            self.keys["retry"],
-            self.keys["dead"],
-            self.settled_key(consumer),
+            self.keys.lease(consumer),
+            self.keys.consumers,
+            self.keys.ready,
+            self.keys.stats,
+            self.keys.attempts,
+            self.keys.retry,
+            self.keys.dead,
+            self.keys.settled(consumer),
         ]
         args: list[object] = [
             1 if only_if_expired else 0,
@@ -772,8 +724,8 @@ class Queue:
         if not items:
             return
         pipe = self.client.pipeline(transaction=False)
-        pipe.lpush(self.keys["ready"], *items)
-        pipe.hincrby(self.keys["stats"], "pushed", len(items))
+        pipe.lpush(self.keys.ready, *items)
+        pipe.hincrby(self.keys.stats, "pushed", len(items))
         pipe.execute()
 
     def push_batch(
@@ -782,10 +734,10 @@ class Queue:
         """LPUSH ``items`` (oldest first, so FIFO) if the ready list is below ``high``; see
         ``_PUSH``. Retrying with the same ``batch_id`` never pushes twice."""
         keys = [
-            self.keys["ready"],
-            self.keys["stats"],
-            self.keys["pushed_prefix"] + producer,
-            self.keys["producer_lock"],
+            self.keys.ready,
+            self.keys.stats,
+            self.keys.pushed(producer),
+            self.keys.producer_lock,
         ]
         status, length = self._push(
             keys=keys, args=[high, batch_id, PUSHED_MARKER_TTL_MS, token, *items]
@@ -794,61 +746,59 @@ class Queue:
 
     def acquire_lock(self, token: str, ttl: float) -> int:
         """Try to take the singleton producer lock: 0 when taken, else the holder's ms left."""
-        return int(self._lock_acquire(keys=[self.keys["producer_lock"]], args=[token, ms(ttl)]))
+        return int(self._lock_acquire(keys=[self.keys.producer_lock], args=[token, ms(ttl)]))
 
     def extend_lock(self, token: str, ttl: float) -> bool:
         """Renew the lock for ``ttl``; False means another token holds it, or none does."""
-        return bool(self._lock_extend(keys=[self.keys["producer_lock"]], args=[token, ms(ttl)]))
+        return bool(self._lock_extend(keys=[self.keys.producer_lock], args=[token, ms(ttl)]))
 
     def release_lock(self, token: str) -> bool:
         """Free the lock if ``token`` still holds it, and wake one standby."""
-        keys = [self.keys["producer_lock"], self.keys["producer_wake"]]
+        keys = [self.keys.producer_lock, self.keys.producer_wake]
         return bool(self._lock_release(keys=keys, args=[token, WAKE_TTL_MS]))
 
     def wait_lock_free(self, timeout: float) -> bool:
         """Block up to ``timeout`` seconds for a release; True when woken by one."""
-        return self.client.blpop([self.keys["producer_wake"]], timeout=timeout) is not None
+        return self.client.blpop([self.keys.producer_wake], timeout=timeout) is not None
 
     def report_producer(self, producer: str, record: dict[str, object]) -> None:
         """Publish a producer's state for status views (fields: see goodsd/producer.py)."""
-        self.client.hset(self.keys["producers"], producer, json.dumps(record))
+        self.client.hset(self.keys.producers, producer, json.dumps(record))
 
     def forget_producers(self, producers: list[str]) -> None:
         """Drop producers from the registry, with their last-batch markers."""
         if not producers:
             return
         pipe = self.client.pipeline(transaction=False)
-        pipe.hdel(self.keys["producers"], *producers)
-        pipe.delete(*(self.keys["pushed_prefix"] + p for p in producers))
+        pipe.hdel(self.keys.producers, *producers)
+        pipe.delete(*(self.keys.pushed(p) for p in producers))
         pipe.execute()
 
     def stats(self) -> dict[str, int]:
-        return _counters(self.client.hgetall(self.keys["stats"]))
+        return _counters(self.client.hgetall(self.keys.stats))
 
     def backlog(self) -> int:
-        return int(self.client.llen(self.keys["ready"]))
+        return int(self.client.llen(self.keys.ready))
 
     def dead_records(self, limit: int) -> list[dict[str, object]]:
-        return [
-            parse_dead_record(raw) for raw in self.client.lrange(self.keys["dead"], 0, limit - 1)
-        ]
+        return [parse_dead_record(raw) for raw in self.client.lrange(self.keys.dead, 0, limit - 1)]
 
     # -- operator views and actions -------------------------------------------------------
 
     def overview(self) -> Overview:
         """Every count at once, in two round trips (the second sums the in-flight lists)."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.llen(self.keys["ready"])
-        pipe.zcard(self.keys["retry"])
-        pipe.llen(self.keys["dead"])
-        pipe.hgetall(self.keys["stats"])
-        pipe.hkeys(self.keys["consumers"])
+        pipe.llen(self.keys.ready)
+        pipe.zcard(self.keys.retry)
+        pipe.llen(self.keys.dead)
+        pipe.hgetall(self.keys.stats)
+        pipe.hkeys(self.keys.consumers)
         backlog, retry, dead, stats, consumers = pipe.execute()
         held = 0
         if consumers:
             pipe = self.client.pipeline(transaction=False)
             for consumer in consumers:
-                pipe.llen(self.inflight_key(consumer.decode()))
+                pipe.llen(self.keys.inflight(consumer.decode()))
             held = sum(pipe.execute())
         return Overview(int(backlog), held, int(retry), int(dead), _counters(stats))
 
@@ -857,8 +807,8 @@ class Queue:
         registered = sorted(self.registered().items())
         pipe = self.client.pipeline(transaction=False)
         for consumer, _ in registered:
-            pipe.llen(self.inflight_key(consumer))
-            pipe.pttl(self.lease_key(consumer))
+            pipe.llen(self.keys.inflight(consumer))
+            pipe.pttl(self.keys.lease(consumer))
         replies = pipe.execute()
         loads = []
         for i, (consumer, info) in enumerate(registered):
@@ -879,8 +829,8 @@ class Queue:
         """Write a master's registry entry, and drop entries not refreshed for ``forget_after``
         seconds: masters that died without cleaning up after themselves."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.hset(self.keys["masters"], master, json.dumps(info))
-        pipe.hgetall(self.keys["masters"])
+        pipe.hset(self.keys.masters, master, json.dumps(info))
+        pipe.hgetall(self.keys.masters)
         _, raw = pipe.execute()
         oldest = time.time() - forget_after
         stale = [
@@ -889,32 +839,32 @@ class Queue:
             if not isinstance(record.get("seen"), int | float) or record["seen"] < oldest
         ]
         if stale:
-            self.client.hdel(self.keys["masters"], *stale)
+            self.client.hdel(self.keys.masters, *stale)
 
     def forget_master(self, master: str) -> None:
-        self.client.hdel(self.keys["masters"], master)
+        self.client.hdel(self.keys.masters, master)
 
     def masters(self) -> dict[str, dict[str, object]]:
         """Master id -> its registry entry, live or not (judge by ``seen``)."""
-        return _json_records(self.client.hgetall(self.keys["masters"]))
+        return _json_records(self.client.hgetall(self.keys.masters))
 
     def producers(self) -> dict[str, dict[str, object]]:
         """Producer id -> its registry entry, as the producers write it."""
-        return _json_records(self.client.hgetall(self.keys["producers"]))
+        return _json_records(self.client.hgetall(self.keys.producers))
 
     def dead_count(self) -> int:
-        return int(self.client.llen(self.keys["dead"]))
+        return int(self.client.llen(self.keys.dead))
 
     def dead_oldest(self, count: int) -> list[bytes]:
         """The ``count`` oldest raw dead records, newest of them first (list order). New records
         arrive at the other end, so this end stays put while consumers work."""
-        return list(self.client.lrange(self.keys["dead"], -count, -1))
+        return list(self.client.lrange(self.keys.dead, -count, -1))
 
     def dead_scan(self, page: int = 1000) -> Iterator[bytes]:
         """Every raw dead record, oldest first, a page per round trip."""
         seen = 0
         while True:
-            chunk = self.client.lrange(self.keys["dead"], -(seen + page), -(seen + 1))
+            chunk = self.client.lrange(self.keys.dead, -(seen + page), -(seen + 1))
             yield from reversed(chunk)
             seen += len(chunk)
             if len(chunk) < page:
@@ -928,13 +878,13 @@ class Queue:
         args: list[bytes] = []
         for record in records:
             args += [record, dead_payload(record)]
-        return int(self._requeue_dead(keys=[self.keys["dead"], self.keys["ready"]], args=args))
+        return int(self._requeue_dead(keys=[self.keys.dead, self.keys.ready], args=args))
 
     def purge_dead(self) -> int:
         """Delete the dead list; returns how many records it held."""
         pipe = self.client.pipeline(transaction=True)
-        pipe.llen(self.keys["dead"])
-        pipe.delete(self.keys["dead"])
+        pipe.llen(self.keys.dead)
+        pipe.delete(self.keys.dead)
         count, _ = pipe.execute()
         return int(count)
 

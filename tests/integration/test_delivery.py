@@ -192,7 +192,7 @@ def test_live_consumer_whose_lease_ran_out_registers_again(
     def reap_both() -> bool:
         for consumer in ids:
             if consumer not in reaped:
-                r.delete(other_master.lease_key(consumer))
+                r.delete(other_master.keys.lease(consumer))
         reaped.update(other_master.reap_expired())
         return reaped.keys() == ids.keys()
 
