@@ -5,7 +5,7 @@ Its life is ``initialize()``, then ``loop()`` (one bounded step) until ``running
 then ``shutdown()``. Rules:
 
 - Backpressure is atomic: one script checks the ready list's length and pushes the batch only
-  below ``high_watermark`` (goodsd.store ``_PUSH``), so racing producers overshoot by at most
+  below ``high_watermark`` (goodsd/store/scripts/push.lua), so racing producers overshoot by at most
   one batch together. At or above it the producer holds its batch and reads the length again
   when, at the rate it has been draining, it should be down to ``low_watermark`` (never sooner
   than POLL_MIN nor later than POLL_MAX) until it is: no spinning, no recursion.

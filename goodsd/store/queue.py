@@ -5,13 +5,11 @@ A failed item waits in the retry set inside an *envelope*: ``TAG_MARK + <16 hex>
 The tag (64 random bits) makes each delivery distinct, so equal items never merge in the retry
 set or the attempts hash. Any bytes are a valid item, envelope-shaped ones included, so a value
 counts as a retry only when it has the envelope's exact shape *and* the attempts hash holds its
-tag (``_RETRY_TAG``). Retries never pass through the ready list: a claim moves due ones from the
-retry set straight into the claimer's in-flight list, and an unstarted one given back returns to
-the retry set, due at once. So the ready list holds only what was pushed, and no program that
-can read only the ready list ever sees a live tag it could copy.
-
-Every script receives its keys through ``KEYS``. The server's clock (``TIME``) times leases and
-retries, so hosts with skewed clocks agree.
+tag (``retry_tag`` in scripts/lib/shared.lua). Retries never pass through the ready list: a
+claim moves due ones from the retry set straight into the claimer's in-flight list, and an
+unstarted one given back returns to the retry set, due at once. So the ready list holds only
+what was pushed, and no program that can read only the ready list ever sees a live tag it
+could copy.
 """
 
 from __future__ import annotations
@@ -26,9 +24,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import redis
-from redis.client import Pipeline
-from redis.commands.core import Script
 
+from goodsd.store import scripts
 from goodsd.store.keys import STAT_FIELDS, QueueKeys
 
 log = logging.getLogger("goodsd.queue")
@@ -39,275 +36,6 @@ TAG_LEN = 16
 ENVELOPE_HEAD = len(TAG_MARK) + TAG_LEN + 1
 # Longest error text kept in a dead record (a handler's exception message may be any size).
 MAX_ERROR = 4000
-
-
-# Server time in milliseconds, for lease and retry arithmetic inside scripts.
-_NOW_MS = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-
-# The tag of a retry envelope, or nil for any other value. A value is a retry only when it has
-# the envelope's exact shape and the attempts hash (KEY) holds its tag: bytes someone pushed that
-# merely look like an envelope (a made-up or mangled tag) are an ordinary item.
-_RETRY_TAG = """
-local function retry_tag(attempts, value)
-  if string.byte(value, 1) ~= 30 or #value < 25 then return nil end
-  if string.sub(value, 1, 8) ~= '\\30goodsd:' then return nil end
-  if string.sub(value, 25, 25) ~= ':' then return nil end
-  local tag = string.sub(value, 9, 24)
-  if not string.find(tag, '^[0-9a-f]+$') then return nil end
-  if redis.call('HEXISTS', attempts, tag) == 1 then return tag end
-  return nil
-end
-
--- An unstarted value back where it came from, to be taken next: a retry to the retry set (due
--- now; claims take due retries first), anything else to the pop end of the ready list.
-local function give_back(ready, retry, attempts, value)
-  if retry_tag(attempts, value) then
-    redis.call('ZADD', retry, now, value)
-  else
-    redis.call('RPUSH', ready, value)
-  end
-end
-"""
-
-# Moves up to ARGV[1] more items into the in-flight list, each to the left of what is already
-# held (as LMOVE RIGHT LEFT would): first due retries, straight from the retry set (they run
-# before the backlog, and never pass through the ready list), then the oldest ready items.
-# Stamps the lease and puts the registration back if a reaper removed it (a live consumer whose
-# lease ran out, e.g. in a long Redis outage, must stay visible to recovery); counts every item
-# now in flight as claimed (in-flight is empty before every claim, so its length is exactly this
-# claim, including an item BLMOVE took just before).
-# One RPOP with a count and one LPUSH instead of an LMOVE per item: same effect, far cheaper.
-# Returns {values in claimed order, positions (1-based) of the retry envelopes among them}.
-# KEYS: ready, inflight, lease, retry, stats, consumers, attempts
-# ARGV: n, lease_ms, consumer_id, registration ('' = none)
-_CLAIM_FN = """
-local function claim(K, A)
-  local n = tonumber(A[1])
-  local claimed, retries = {}, {}
-  if n > 0 then
-    local due = redis.call('ZRANGEBYSCORE', K[4], '-inf', now, 'LIMIT', 0, n)
-    for _, value in ipairs(due) do
-      redis.call('ZREM', K[4], value)
-      -- a retry keeps its attempts entry; should Redis have lost it, the envelope still counts
-      redis.call('HSETNX', K[7], string.sub(value, 9, 24), 1)
-      redis.call('LPUSH', K[2], value)
-      claimed[#claimed + 1] = value
-      retries[#retries + 1] = #claimed
-    end
-    if n > #due then
-      local fresh = redis.call('RPOP', K[1], n - #due) or {}
-      for first = 1, #fresh, 1000 do
-        redis.call('LPUSH', K[2], unpack(fresh, first, math.min(first + 999, #fresh)))
-      end
-      for _, value in ipairs(fresh) do
-        claimed[#claimed + 1] = value
-        if string.byte(value, 1) == 30 and retry_tag(K[7], value) then
-          retries[#retries + 1] = #claimed
-        end
-      end
-    end
-  end
-  redis.call('SET', K[3], A[3], 'PX', A[2])
-  if A[4] ~= '' then redis.call('HSETNX', K[6], A[3], A[4]) end
-  local held = redis.call('LLEN', K[2])
-  if held > 0 then redis.call('HINCRBY', K[5], 'claimed', held) end
-  return {claimed, retries}
-end
-"""
-_CLAIM = _NOW_MS + _RETRY_TAG + _CLAIM_FN + "return claim(KEYS, ARGV)\n"
-
-# Records the outcome of the oldest n claimed items (the right end of the in-flight list, where
-# the consumer works from) in one round trip; ARGV[4] has one letter per item, oldest first:
-# d = done, f = failed, r = give back unstarted. Idempotent: a retry after a lost reply finds its
-# settle id already recorded and changes nothing. Returns -1, changing nothing, when the list no
-# longer matches the consumer's view (fewer than n items, or another oldest item): its lease
-# lapsed and a reaper took them, or Redis lost recent writes (a failover); the consumer then
-# gives back whatever it holds and starts afresh.
-# KEYS: inflight, attempts, retry, dead, stats, ready, settled
-# ARGV: settle_id, retries, retry_delay_ms, outcomes, oldest claimed value, n_done_tags,
-#       done_tags..., then per failure (in order): tag, tagged, record_head, final
-_SETTLE_FN = """
-local function settle(K, A)
-  if redis.call('GET', K[7]) == A[1] then return 0 end
-  local outcomes = A[4]
-  local n = #outcomes
-  if redis.call('LLEN', K[1]) < n or redis.call('LINDEX', K[1], -1) ~= A[5] then return -1 end
-  redis.call('SET', K[7], A[1], 'PX', 3600000)
-  local n_tags = tonumber(A[6])
-  for a = 7, 6 + n_tags do redis.call('HDEL', K[2], A[a]) end
-  local done = select(2, string.gsub(outcomes, 'd', ''))
-  if done > 0 then redis.call('HINCRBY', K[5], 'done', done) end
-  if done == n then
-    redis.call('LTRIM', K[1], 0, -(n + 1))
-    return n
-  end
-  local items = redis.call('LRANGE', K[1], -n, -1)
-  local retries, delay = tonumber(A[2]), tonumber(A[3])
-  local release, a = {}, 7 + n_tags
-  local failed, retried, dead = 0, 0, 0
-  for k = 1, n do
-    local item, outcome = items[n - k + 1], string.sub(outcomes, k, k)
-    if outcome == 'd' then
-      -- counted above; its attempts entry, if any, is gone
-    elseif outcome == 'r' then
-      release[#release + 1] = item
-    else
-      local tag, tagged, head, final = A[a], A[a + 1], A[a + 2], A[a + 3]
-      a = a + 4
-      failed = failed + 1
-      local attempts = redis.call('HINCRBY', K[2], tag, 1)
-      if final == '1' or attempts > retries then
-        redis.call('HDEL', K[2], tag)
-        redis.call('LPUSH', K[4], head .. attempts .. '}')
-        dead = dead + 1
-      else
-        redis.call('ZADD', K[3], now + delay, tagged)
-        retried = retried + 1
-      end
-    end
-  end
-  for j = #release, 1, -1 do give_back(K[6], K[3], K[2], release[j]) end
-  redis.call('LTRIM', K[1], 0, -(n + 1))
-  if failed > 0 then redis.call('HINCRBY', K[5], 'failed', failed) end
-  if retried > 0 then redis.call('HINCRBY', K[5], 'retried', retried) end
-  if dead > 0 then redis.call('HINCRBY', K[5], 'dead', dead) end
-  if #release > 0 then redis.call('HINCRBY', K[5], 'requeued', #release) end
-  return n
-end
-"""
-_SETTLE = _NOW_MS + _RETRY_TAG + _SETTLE_FN + "return settle(KEYS, ARGV)\n"
-
-# A settle and the next claim in one script call: a busy consumer's whole round trip per batch.
-# KEYS: the settle's 7, then the claim's 7   ARGV: n_settle_args, settle args..., claim args...
-# Returns {settle result, claim result}.
-_SETTLE_CLAIM = (
-    _NOW_MS
-    + _RETRY_TAG
-    + _SETTLE_FN
-    + _CLAIM_FN
-    + """
-local split = tonumber(ARGV[1])
-local settle_args, claim_args = {}, {}
-for i = 2, split + 1 do settle_args[#settle_args + 1] = ARGV[i] end
-for i = split + 2, #ARGV do claim_args[#claim_args + 1] = ARGV[i] end
-local settle_keys = {KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]}
-local claim_keys = {KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14]}
-return {settle(settle_keys, settle_args), claim(claim_keys, claim_args)}
-"""
-)
-
-# Gives a consumer's whole in-flight list back (``give_back``: retries to the retry set, due now,
-# the rest to the pop end of the ready list, oldest nearest to it) and forgets the consumer.
-# With ARGV[1] = 1 only when its lease is gone (the reaper, racing other masters).
-# When ARGV[2] names a claimed item, that one item (the one a dead child was running) is counted
-# as a failed attempt instead: retried later, or dead when its attempts are used up.
-# KEYS: inflight, lease, consumers, ready, stats, attempts, retry, dead, settled
-# ARGV: only_if_expired, current(''|claimed), tag, tagged, record_head, retries, retry_delay_ms,
-#       consumer_id
-_RECOVER = (
-    _NOW_MS
-    + _RETRY_TAG
-    + """
-if ARGV[1] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
-local current = ARGV[2]
-local items = redis.call('LRANGE', KEYS[1], 0, -1)
-local moved, failed = 0, 0
-for _, item in ipairs(items) do
-  if failed == 0 and current ~= '' and item == current then
-    failed = 1
-    local attempts = redis.call('HINCRBY', KEYS[6], ARGV[3], 1)
-    redis.call('HINCRBY', KEYS[5], 'failed', 1)
-    if attempts > tonumber(ARGV[6]) then
-      redis.call('HDEL', KEYS[6], ARGV[3])
-      redis.call('LPUSH', KEYS[8], ARGV[5] .. attempts .. '}')
-      redis.call('HINCRBY', KEYS[5], 'dead', 1)
-    else
-      redis.call('ZADD', KEYS[7], now + tonumber(ARGV[7]), ARGV[4])
-      redis.call('HINCRBY', KEYS[5], 'retried', 1)
-    end
-  else
-    give_back(KEYS[4], KEYS[7], KEYS[6], item)
-    moved = moved + 1
-  end
-end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[9])
-redis.call('HDEL', KEYS[3], ARGV[8])
-if moved > 0 then redis.call('HINCRBY', KEYS[5], 'requeued', moved) end
-return moved + failed
-"""
-)
-
-# A consumer's in-flight list, oldest first, with the 1-based positions of its retry envelopes.
-# KEYS: inflight, attempts
-_HELD = (
-    _NOW_MS
-    + _RETRY_TAG
-    + """
-local values = redis.call('LRANGE', KEYS[1], 0, -1)
-local oldest_first, retries = {}, {}
-for i = #values, 1, -1 do
-  oldest_first[#oldest_first + 1] = values[i]
-  if retry_tag(KEYS[2], values[i]) then retries[#retries + 1] = #oldest_first end
-end
-return {oldest_first, retries}
-"""
-)
-
-# One producer batch, pushed only while the ready list is below the high watermark. The length
-# check and the push are one step, so however many producers race on however many hosts, the
-# list ends at most one batch above the mark. Idempotent per batch id: a retry after a lost
-# reply finds the id recorded and pushes nothing. With a token, only the holder of the
-# singleton lock may push. Returns {status, length after}: 1 pushed (now or by an earlier try),
-# 0 refused (the list is full), -1 not the lock holder.
-# KEYS: ready, stats, pushed marker, lock   ARGV: high, batch_id, marker_ttl_ms, token, items...
-_PUSH = """
-local len = redis.call('LLEN', KEYS[1])
-if redis.call('GET', KEYS[3]) == ARGV[2] then return {1, len} end
-if ARGV[4] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[4] then return {-1, len} end
-if len >= tonumber(ARGV[1]) then return {0, len} end
-for first = 5, #ARGV, 1000 do
-  len = redis.call('LPUSH', KEYS[1], unpack(ARGV, first, math.min(first + 999, #ARGV)))
-end
-redis.call('HINCRBY', KEYS[2], 'pushed', #ARGV - 4)
-redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])
-return {1, len}
-"""
-
-# SET NX PX with a random token; holding it already (a retry after a lost reply) extends it.
-# Returns 0 when the caller holds the lock now, else the holder's milliseconds left (a full
-# TTL for a lock someone set without expiry, so standbys never poll it in a tight loop).
-# KEYS: lock   ARGV: token, ttl_ms
-_LOCK_ACQUIRE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 0
-end
-local left = redis.call('PTTL', KEYS[1])
-if left <= 0 then return tonumber(ARGV[2]) end
-return left
-"""
-
-# Compare-and-extend: 1 when the caller still held the lock and now holds it ttl_ms longer.
-# KEYS: lock   ARGV: token, ttl_ms
-_LOCK_EXTEND = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
-
-# Compare-and-delete, then leave one wake-up in the wake list, so a standby blocked on it takes
-# over at once instead of at its next poll. KEYS: lock, wake   ARGV: token, wake_ttl_ms
-_LOCK_RELEASE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('RPUSH', KEYS[2], '1')
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return 1
-"""
 # How long a producer's last batch id is kept for its retries; how long an unclaimed wake-up
 # waits for a standby.
 PUSHED_MARKER_TTL_MS = 3_600_000
@@ -324,28 +52,8 @@ class PushResult(NamedTuple):
     length: int
 
 
-# Moves dead records back to the pop end as their raw item (untagged, so attempts start over).
-# Each record is removed by value first, so two operators can never requeue the same one twice.
-# KEYS: dead, ready   ARGV: record, item, record, item, ...
-_REQUEUE_DEAD = """
-local moved = 0
-for i = 1, #ARGV, 2 do
-  if redis.call('LREM', KEYS[1], -1, ARGV[i]) == 1 then
-    redis.call('RPUSH', KEYS[2], ARGV[i + 1])
-    moved = moved + 1
-  end
-end
-return moved
-"""
-
-
 class InFlightLost(Exception):
     """A consumer's in-flight list no longer matches what it claimed; nothing was settled."""
-
-
-class ScriptsReloaded(redis.ConnectionError):
-    """Redis lost its script cache mid-pipeline; retry the step the way a dropped connection
-    is retried."""
 
 
 class Delivery(NamedTuple):
@@ -369,8 +77,8 @@ class Failure:
 
 def deliveries(values: list[bytes], retries: list[int]) -> list[Delivery]:
     """Claimed values as deliveries: ``retries`` holds the 1-based positions of the values that
-    Redis found to be retry envelopes (``_RETRY_TAG``); every other value is the raw item, taken
-    as it is whatever bytes it holds."""
+    Redis found to be retry envelopes (``retry_tag`` in scripts/lib/shared.lua); every other
+    value is the raw item, taken as it is whatever bytes it holds."""
     out = [Delivery(value, value, None) for value in values]
     for position in retries:
         out[position - 1] = from_envelope(values[position - 1])
@@ -469,16 +177,16 @@ class Queue:
         self.keys = QueueKeys.of(name)
         # consumer id -> its registration record, put back by every claim if it went missing
         self._registrations: dict[str, str] = {}
-        self._requeue_dead = client.register_script(_REQUEUE_DEAD)
-        self._claim = client.register_script(_CLAIM)
-        self._settle = client.register_script(_SETTLE)
-        self._settle_claim = client.register_script(_SETTLE_CLAIM)
-        self._recover = client.register_script(_RECOVER)
-        self._held = client.register_script(_HELD)
-        self._push = client.register_script(_PUSH)
-        self._lock_acquire = client.register_script(_LOCK_ACQUIRE)
-        self._lock_extend = client.register_script(_LOCK_EXTEND)
-        self._lock_release = client.register_script(_LOCK_RELEASE)
+        self._requeue_dead = scripts.register(client, "requeue_dead")
+        self._claim = scripts.register(client, "claim")
+        self._settle = scripts.register(client, "settle")
+        self._settle_claim = scripts.register(client, "settle_claim")
+        self._recover = scripts.register(client, "recover")
+        self._held = scripts.register(client, "held")
+        self._push = scripts.register(client, "push")
+        self._lock_acquire = scripts.register(client, "lock_acquire")
+        self._lock_extend = scripts.register(client, "lock_extend")
+        self._lock_release = scripts.register(client, "lock_release")
         # the scripts sent inside pipelines, by hash only: they must be loaded beforehand
         self._pipelined = (self._claim,)
 
@@ -551,8 +259,8 @@ class Queue:
         pipe = self.client.pipeline(transaction=False)
         pipe.blmove(keys[0], keys[1], block, "RIGHT", "LEFT")
         args[0] = batch - 1
-        self._in_pipeline(pipe, self._claim, keys, args)
-        first, (more, retries) = self._execute(pipe)
+        scripts.in_pipeline(pipe, self._claim, keys, args)
+        first, (more, retries) = scripts.execute(self.client, pipe, self._pipelined)
         if first is None:
             return deliveries(more, retries)
         if first[:1] == TAG_MARK[:1]:  # rare: let Redis judge it, like every claimed value
@@ -580,7 +288,7 @@ class Queue:
         ``oldest`` is the claimed value of the first of them. Safe to repeat with the same
         ``settle_id``. ``done_tags``: tags of done items that had failed before, whose attempts
         entries can go. Raises InFlightLost, having changed nothing, when the in-flight list no
-        longer matches (see ``_SETTLE_FN``).
+        longer matches (see scripts/lib/settle.lua).
 
         With ``claim_next``, a non-blocking claim of that many items rides in the same round
         trip (a busy consumer then pays one round trip per batch); its items are returned.
@@ -621,24 +329,6 @@ class Queue:
         )
         self._check_in_step(consumer, status)
         return deliveries(values, retries)
-
-    @staticmethod
-    def _in_pipeline(pipe: Pipeline, script: Script, keys: list[str], args: list[object]) -> None:
-        """Queue a script by its hash alone. redis-py's own way (``script(client=pipe)``) asks
-        SCRIPT EXISTS before every pipeline: a second round trip on the hot path."""
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
-
-    def _execute(self, pipe: Pipeline) -> list[object]:
-        """Run a pipeline of scripts. After a Redis restart its script cache is empty: load the
-        scripts and fail like a dropped connection, so that the caller's retry path (an
-        idempotent settle, a claim read back from the in-flight list) sorts out which of the
-        pipeline's commands ran."""
-        try:
-            return pipe.execute()
-        except redis.exceptions.NoScriptError as exc:
-            for script in self._pipelined:
-                self.client.script_load(script.script)
-            raise ScriptsReloaded("redis had forgotten goodsd's scripts; loaded again") from exc
 
     @staticmethod
     def _check_in_step(consumer: str, status: object) -> None:
@@ -732,7 +422,7 @@ class Queue:
         self, producer: str, batch_id: str, items: list[bytes], high: int, token: str = ""
     ) -> PushResult:
         """LPUSH ``items`` (oldest first, so FIFO) if the ready list is below ``high``; see
-        ``_PUSH``. Retrying with the same ``batch_id`` never pushes twice."""
+        scripts/push.lua. Retrying with the same ``batch_id`` never pushes twice."""
         keys = [
             self.keys.ready,
             self.keys.stats,
