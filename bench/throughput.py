@@ -39,7 +39,7 @@ if str(REPO_DIR) not in sys.path:
 from goodsd.config import dump as dump_config  # noqa: E402
 from goodsd.localredis import LocalRedis  # noqa: E402
 from goodsd.ops.demo import start_master  # noqa: E402
-from goodsd.store import Queue  # noqa: E402
+from goodsd.store import Views  # noqa: E402
 
 QUEUE = "bench"  # the classic design's list, and goodsd's queue name
 STAGING = "bench:staging"
@@ -163,7 +163,7 @@ def run_classic(server: LocalRedis, processes: int, items: int) -> Result:
     r.flushall()
     fill_staging(r, items)
     ctx = multiprocessing.get_context("fork")
-    lock, ready, stop = ctx.Lock(), ctx.Queue(), ctx.Event()
+    lock, ready, stop = ctx.Lock(), ctx.Views(), ctx.Event()
     counts = ctx.RawArray("q", processes)
     first = ctx.RawArray("d", processes)
     last = ctx.RawArray("d", processes)
@@ -227,7 +227,7 @@ class Goodsd:
         if code is not None:
             raise BenchError(f"goodsd exited with status {code}\n{self.log_tail()}")
 
-    def wait_ready(self, queue: Queue, processes: int) -> float:
+    def wait_ready(self, queue: Views, processes: int) -> float:
         """Wait until every consumer has registered; return the seconds that took."""
         started = time.perf_counter()
 
@@ -281,7 +281,7 @@ def run_goodsd(server: LocalRedis, workdir: Path, processes: int, batch: int, it
     r = server.client()
     r.flushall()
     fill_staging(r, items)
-    goodsd_queue = Queue(r, QUEUE)
+    goodsd_queue = Views(r, QUEUE)
     config = goodsd_config(server.url, processes, batch, "goodsd.handlers:noop")
     daemon = Goodsd(workdir, f"goodsd-p{processes}-b{batch}", config, server.url)
     problems: list[str] = []
@@ -320,7 +320,7 @@ def measure_latency(
     r.flushall()
     config = goodsd_config(server.url, processes, batch, "latency_handler:stamp")
     daemon = Goodsd(workdir, f"latency-p{processes}-b{batch}", config, server.url)
-    goodsd_queue = Queue(r, QUEUE)
+    goodsd_queue = Views(r, QUEUE)
     delays: list[float] = []
     try:
         daemon.wait_ready(goodsd_queue, processes)

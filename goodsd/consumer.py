@@ -23,7 +23,7 @@ from goodsd.forkguard import ForkGuard
 from goodsd.logs import show_item
 from goodsd.redisconn import GaveUp, until_done
 from goodsd.scoreboard import Scoreboard
-from goodsd.store import MAX_ERROR, Delivery, Failure, InFlightLost, Queue, clip
+from goodsd.store import MAX_ERROR, Delivery, Failure, InFlightLost, RedisConsumerStore, clip
 
 log = logging.getLogger("goodsd.consumer")
 T = TypeVar("T")
@@ -74,7 +74,7 @@ class Consumer:
         self.failed_count = 0
         self.given_back = 0  # items released unstarted, for the master's stop summary
         self.run_item: Callable[[bytes], None] | None = None
-        self.queue: Queue | None = None
+        self.queue: RedisConsumerStore | None = None
         # A batch claimed together with the previous batch's acks, to run next.
         self.next_batch: list[Delivery] = []
 
@@ -93,7 +93,7 @@ class Consumer:
             runner.run_setup(self.cfg.setup)
             if self.guard.cloned:
                 self.guard.leave()
-        self.queue = Queue(self.client, self.config.queue)
+        self.queue = RedisConsumerStore(self.client, self.config.queue)
         info = {
             "host": hostinfo.hostname(),
             "pid": os.getpid(),
@@ -212,7 +212,7 @@ class Consumer:
 
         oldest = pending.oldest if pending.results else release[0].claimed if release else b""
 
-        def attempt(q: Queue, claim: int) -> list[Delivery]:
+        def attempt(q: RedisConsumerStore, claim: int) -> list[Delivery]:
             return q.settle(
                 self.consumer_id,
                 pending.results,
@@ -226,7 +226,7 @@ class Consumer:
                 done_tags=tuple(pending.done_tags),
             )
 
-        def resync(q: Queue) -> list[Delivery]:
+        def resync(q: RedisConsumerStore) -> list[Delivery]:
             attempt(q, 0)
             return q.held(self.consumer_id) if claim_next else []
 
@@ -241,7 +241,7 @@ class Consumer:
             )
         except InFlightLost as exc:
             log.warning("%s: giving back everything held and starting afresh", exc)
-            self._until_done(lambda q: q.recover(self.consumer_id))
+            self._until_done(lambda q: q.give_back_all(self.consumer_id))
             self.next_batch = []
             return False
         if release:
@@ -263,8 +263,8 @@ class Consumer:
 
     def _until_done(
         self,
-        step: Callable[[Queue], T],
-        retry: Callable[[Queue], T] | None = None,
+        step: Callable[[RedisConsumerStore], T],
+        retry: Callable[[RedisConsumerStore], T] | None = None,
         patience: float = 0.0,
     ) -> T:
         """Run a Redis step through the shared retry loop; a stop asked for during an outage

@@ -55,7 +55,7 @@ from goodsd.redisconn import AccessDenied, PasswordError, connect, password
 from goodsd.runner import HandlerLoadError, SetupFailed
 from goodsd.scoreboard import FLAG_PAUSED, FLAG_STANDBY, NO_READING, Scoreboard
 from goodsd.stopsummary import StopSummary
-from goodsd.store import Overview, Queue
+from goodsd.store import Overview, Upkeep
 
 log = logging.getLogger("goodsd.master")
 T = TypeVar("T")
@@ -168,7 +168,7 @@ class Master:
         self.previous: Config | None = None
         self.previous_generation: dict[str, int] = {}
         self.generation_seq = max(self.generation.values())
-        self.queues: dict[tuple[RedisConfig, str], Queue] = {}
+        self.queues: dict[tuple[RedisConfig, str], Upkeep] = {}
         self.selector = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe()
         self.timers: dict[str, float] = {}
@@ -178,16 +178,16 @@ class Master:
         self.leftovers_unknown = True
 
     @property
-    def queue(self) -> Queue:
+    def queue(self) -> Upkeep:
         return self.queue_for(self.config)
 
-    def queue_for(self, config: Config) -> Queue:
+    def queue_for(self, config: Config) -> Upkeep:
         """The master's client for the queue a config names (children of an older config may
         still hold items of another queue or server)."""
         key = (config.redis, config.queue)
         if key not in self.queues:
             client = connect(config.redis, "goodsd-master", socket_timeout=MASTER_SOCKET_TIMEOUT)
-            self.queues[key] = Queue(client, config.queue)
+            self.queues[key] = Upkeep(client, config.queue)
         return self.queues[key]
 
     # -- main loop ----------------------------------------------------------------------
@@ -812,7 +812,7 @@ class Master:
         leases may still run: requeue their items now instead of waiting."""
         host = hostinfo.hostname()
         known = {c.identity for c in self.children} | {r.identity for r in self.recoveries}
-        registered = self.redis_do("search for leftovers", self.queue.registered)
+        registered = self.redis_do("search for leftovers", self.queue.views.registered)
         if registered is None:
             self.leftovers_unknown = True
             registered = {}
@@ -903,7 +903,9 @@ class Master:
         self.redis_do(
             "masters registry", lambda: self.queue.beat_master(self.master_id, info, MASTER_FORGET)
         )
-        overview = self.redis_do("metrics overview", self.queue.overview) if self.exporter else None
+        overview = (
+            self.redis_do("metrics overview", self.queue.views.overview) if self.exporter else None
+        )
         if self.exporter is not None:
             self.exporter.publish(self.metrics_snapshot(overview))
 
@@ -924,7 +926,7 @@ class Master:
         )
 
     def read_backlog(self) -> None:
-        self.backlog = self.redis_do("backlog", self.queue.backlog)
+        self.backlog = self.redis_do("backlog", self.queue.views.backlog)
 
     def redis_do(self, what: str, action: Callable[[], T]) -> T | None:
         """One Redis call of the master's housekeeping; None when it failed or was skipped.

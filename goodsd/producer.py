@@ -32,7 +32,7 @@ from goodsd.config import Config
 from goodsd.redisconn import TRANSIENT_ERRORS, until_done
 from goodsd.scoreboard import FLAG_FINISHED, FLAG_PAUSED, FLAG_STANDBY, Scoreboard
 from goodsd.sources import Feed, SourceError
-from goodsd.store import NOT_HOLDER, PUSHED, Queue
+from goodsd.store import NOT_HOLDER, PUSHED, ProducerStore
 
 log = logging.getLogger("goodsd.producer")
 T = TypeVar("T")
@@ -189,7 +189,7 @@ class Producer:
         self.reported: tuple[str, bool] | None = None  # (state, holding) last published
         self.report_at = 0.0
         self.identity: dict[str, object] = {}  # the registry record's fixed part
-        self.queue: Queue | None = None
+        self.queue: ProducerStore | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -206,7 +206,7 @@ class Producer:
             "master_pid": master_pid,
             "master_start": hostinfo.process_start(master_pid),
         }
-        self.queue = Queue(self.client, self.config.queue)
+        self.queue = ProducerStore(self.client, self.config.queue)
         self._until_done(self.forget_stale)
         if not self.cfg.singleton:
             self.activate()
@@ -414,13 +414,13 @@ class Producer:
         self.reported = current
         self.report_at = now + REPORT_EVERY
 
-    def forget_stale(self, queue: Queue) -> None:
+    def forget_stale(self, queue: ProducerStore) -> None:
         stale = stale_producers(queue.producers(), hostinfo.hostname(), hostinfo.process_alive)
         queue.forget_producers(stale)
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _until_done(self, step: Callable[[Queue], T]) -> T:
+    def _until_done(self, step: Callable[[ProducerStore], T]) -> T:
         """Run a Redis step through the shared retry loop. Unlike a consumer, a producer keeps
         trying through a stop: the batch it holds exists nowhere else, so it waits for Redis
         until the master's graceful_timeout runs out."""

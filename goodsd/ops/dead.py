@@ -21,7 +21,7 @@ from typing import TextIO
 from goodsd.config import DEFAULT_PATH, Config
 from goodsd.logs import printable
 from goodsd.ops.common import OpsError, open_queue, redis_errors, span, table
-from goodsd.store import Queue, dead_payload
+from goodsd.store import Views, dead_payload
 
 # Records per round trip when scanning or requeuing the dead list.
 PAGE = 1000
@@ -123,7 +123,7 @@ def list_main(cfg: Config, *, limit: int, as_json: bool, out: TextIO = sys.stdou
     return 0
 
 
-def requeue_all(queue: Queue) -> int:
+def requeue_all(queue: Views) -> int:
     """Everything dead now, oldest first; records that die meanwhile wait for the next run
     (they arrive at the other end of the list), so a failing handler cannot keep this busy."""
     todo = queue.dead_count()
@@ -137,7 +137,7 @@ def requeue_all(queue: Queue) -> int:
     return moved
 
 
-def requeue_matching(queue: Queue, items: list[bytes]) -> Counter[bytes]:
+def requeue_matching(queue: Views, items: list[bytes]) -> Counter[bytes]:
     """Every dead record of each item (equal items died as separate copies); returns how many
     were requeued per item."""
     wanted = set(items)

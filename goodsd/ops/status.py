@@ -15,7 +15,7 @@ from typing import TextIO
 
 from goodsd.config import Config
 from goodsd.ops.common import OpsError, Screen, display_url, open_queue, redis_errors, span, table
-from goodsd.store import ConsumerLoad, Overview, Queue
+from goodsd.store import ConsumerLoad, Overview, Views
 
 # A master whose registry entry is older than this is not counted as live (it refreshes it
 # every 2 s; a few missed beats are tolerated).
@@ -210,11 +210,11 @@ def _summary(view: dict[str, object]) -> list[str]:
     ]
 
 
-def sample(queue: Queue) -> Sample:
+def sample(queue: Views) -> Sample:
     return Sample(queue.stats(), time.monotonic())
 
 
-def collect(queue: Queue, cfg: Config, before: Sample | None) -> tuple[dict[str, object], Sample]:
+def collect(queue: Views, cfg: Config, before: Sample | None) -> tuple[dict[str, object], Sample]:
     """Read everything once; returns the view and the counters sample for the next rates."""
     overview = queue.overview()
     after = Sample(overview.stats, time.monotonic())
@@ -243,7 +243,7 @@ def main(cfg: Config, *, as_json: bool, watch: float | None, out: TextIO = sys.s
     return watch_loop(queue, cfg, watch, as_json, out)
 
 
-def watch_loop(queue: Queue, cfg: Config, interval: float, as_json: bool, out: TextIO) -> int:
+def watch_loop(queue: Views, cfg: Config, interval: float, as_json: bool, out: TextIO) -> int:
     """Refresh until Ctrl-C; Redis going away shows in the view instead of ending it."""
     screen = None if as_json else Screen(out)
     if screen:

@@ -1,21 +1,30 @@
-"""A queue's state in Redis: every key, script and stored value goodsd uses, and nowhere else."""
+"""A queue's state in Redis: every key, script and stored value goodsd uses, and nowhere else.
 
-from goodsd.store.queue import (
+By audience: ``worker`` (the consumer's and producer's hot path), ``upkeep`` (what a master
+does), ``views`` (operator views and actions); under them ``keys`` (every key name),
+``records`` (the values goodsd stores) and ``scripts`` (the Lua in ``scripts/*.lua``).
+"""
+
+from goodsd.store.keys import STAT_FIELDS, QueueKeys
+from goodsd.store.records import (
     MAX_ERROR,
-    NOT_HOLDER,
-    PUSHED,
-    STAT_FIELDS,
     TAG_LEN,
     TAG_MARK,
-    ConsumerLoad,
     Delivery,
-    Failure,
-    InFlightLost,
-    Overview,
-    Queue,
     clip,
     dead_payload,
     parse_dead_record,
+)
+from goodsd.store.upkeep import Upkeep
+from goodsd.store.views import ConsumerLoad, Overview, Views
+from goodsd.store.worker import (
+    NOT_HOLDER,
+    PUSHED,
+    Failure,
+    InFlightLost,
+    ProducerStore,
+    PushResult,
+    RedisConsumerStore,
 )
 
 __all__ = [
@@ -30,7 +39,12 @@ __all__ = [
     "Failure",
     "InFlightLost",
     "Overview",
-    "Queue",
+    "ProducerStore",
+    "PushResult",
+    "QueueKeys",
+    "RedisConsumerStore",
+    "Upkeep",
+    "Views",
     "clip",
     "dead_payload",
     "parse_dead_record",

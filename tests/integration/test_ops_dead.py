@@ -13,15 +13,15 @@ import sys
 import pytest
 from ops_cli import assert_one_line_error, goodsd
 
-from goodsd.store import Failure, Queue
+from goodsd.store import Failure, RedisConsumerStore, Views
 
 
 def make_dead(r, items: list[bytes], error: str = "ValueError: bad item") -> None:
     """Kill ``items`` for good, the way a consumer does (one settle per 1000)."""
-    queue = Queue(r, "q")
+    queue = RedisConsumerStore(r, "q")
     for start in range(0, len(items), 1000):
         chunk = items[start : start + 1000]
-        queue.push(chunk)
+        Views(r, "q").push(chunk)
         claimed = queue.claim("elsewhere-1-aa", len(chunk), 30, 0)
         queue.settle(
             "elsewhere-1-aa",

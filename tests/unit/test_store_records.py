@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from goodsd.store.queue import (
+from goodsd.store.records import (
     MAX_ERROR,
     TAG_LEN,
     TAG_MARK,

@@ -1,0 +1,124 @@
+"""What a master does to a queue: keep its live consumers' leases, give back what gone ones
+held (its own at once, other hosts' once their lease is gone), and keep its registry entry."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Collection
+
+import redis
+
+from goodsd.store import scripts
+from goodsd.store.keys import QueueKeys
+from goodsd.store.records import (
+    dead_record_head,
+    deliveries,
+    json_records,
+    new_tag,
+    tagged_value,
+)
+from goodsd.store.views import Views
+from goodsd.store.worker import ms
+
+
+class Upkeep:
+    """One queue as a master sees it, through its own connection; ``views`` reads the rest."""
+
+    def __init__(self, client: redis.Redis, queue: str) -> None:
+        self.client = client
+        self.keys = QueueKeys.of(queue)
+        self.views = Views(client, queue)
+        self._recover = scripts.register(client, "recover")
+        self._held = scripts.register(client, "held")
+
+    def renew_leases(self, consumers: list[str], lease: float) -> int:
+        """Extend the leases of live consumers in one round trip; returns how many."""
+        if not consumers:
+            return 0
+        pipe = self.client.pipeline(transaction=False)
+        for consumer in consumers:
+            pipe.set(self.keys.lease(consumer), consumer, px=ms(lease))
+        pipe.execute()
+        return len(consumers)
+
+    def recover(
+        self,
+        consumer: str,
+        *,
+        current: int | None = None,
+        error: str = "",
+        retries: int = 0,
+        retry_delay: float = 0.0,
+        only_if_expired: bool = False,
+    ) -> int:
+        """Give a gone consumer's in-flight items back to the pop end and forget it.
+
+        ``current`` is the position (0 = oldest) of the item the consumer was running when it
+        died; that item counts a failed attempt with ``error``, so an item that kills its
+        worker every time ends in the dead list instead of looping. Returns the number of
+        items handled, or -1 when ``only_if_expired`` and the lease still lives.
+        """
+        inflight = self.keys.inflight(consumer)
+        delivery = None
+        if current is not None:
+            values, retry_positions = self._held(keys=[inflight, self.keys.attempts])
+            held = deliveries(values, retry_positions)
+            delivery = held[current] if current < len(held) else None
+        claimed = delivery.claimed if delivery else b""
+        tag = (delivery.tag if delivery else None) or new_tag()
+        keys = [
+            inflight,
+            self.keys.lease(consumer),
+            self.keys.consumers,
+            self.keys.ready,
+            self.keys.stats,
+            self.keys.attempts,
+            self.keys.retry,
+            self.keys.dead,
+            self.keys.settled(consumer),
+        ]
+        args: list[object] = [
+            1 if only_if_expired else 0,
+            claimed,
+            tag,
+            tagged_value(tag, delivery.payload) if delivery else b"",
+            dead_record_head(delivery.payload, error, consumer, time.time()) if delivery else b"",
+            retries,
+            int(retry_delay * 1000),
+            consumer,
+        ]
+        return int(self._recover(keys=keys, args=args))
+
+    def reap_expired(self, skip: Collection[str] = ()) -> dict[str, int]:
+        """Requeue the in-flight items of every registered consumer whose lease is gone
+        (a dead host), except ``skip``: a master's own live children, whose leases may have
+        lapsed only because Redis was away. Safe to run from every master at once: the
+        check is in the script."""
+        reaped: dict[str, int] = {}
+        for consumer in self.views.registered():
+            if consumer in skip:
+                continue
+            count = self.recover(consumer, only_if_expired=True)
+            if count >= 0:
+                reaped[consumer] = count
+        return reaped
+
+    def beat_master(self, master: str, info: dict[str, object], forget_after: float) -> None:
+        """Write a master's registry entry, and drop entries not refreshed for ``forget_after``
+        seconds: masters that died without cleaning up after themselves."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.keys.masters, master, json.dumps(info))
+        pipe.hgetall(self.keys.masters)
+        _, raw = pipe.execute()
+        oldest = time.time() - forget_after
+        stale = [
+            name
+            for name, record in json_records(raw).items()
+            if not isinstance(record.get("seen"), int | float) or record["seen"] < oldest
+        ]
+        if stale:
+            self.client.hdel(self.keys.masters, *stale)
+
+    def forget_master(self, master: str) -> None:
+        self.client.hdel(self.keys.masters, master)

@@ -1,0 +1,291 @@
+"""The hot path: what a consumer and a producer ask of the store, each with its own connection.
+
+A consumer registers, claims batches, settles them (the acks of one batch and the claim of the
+next in one round trip) and reads back what it holds after a lost reply. A producer pushes
+batches below the high watermark, holds the singleton lock when asked to, and publishes its
+record for status views.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import redis
+
+from goodsd.store import scripts
+from goodsd.store.keys import QueueKeys
+from goodsd.store.records import (
+    TAG_MARK,
+    Delivery,
+    dead_record_head,
+    deliveries,
+    json_records,
+    new_tag,
+    tagged_value,
+)
+
+# How long a producer's last batch id is kept for its retries; how long an unclaimed wake-up
+# waits for a standby.
+PUSHED_MARKER_TTL_MS = 3_600_000
+WAKE_TTL_MS = 10_000
+# Results of the push script.
+PUSHED, FULL, NOT_HOLDER = 1, 0, -1
+
+
+class PushResult(NamedTuple):
+    """What the push script did: ``status`` is PUSHED, FULL or NOT_HOLDER; ``length`` is the
+    ready list's length after it."""
+
+    status: int
+    length: int
+
+
+class InFlightLost(Exception):
+    """A consumer's in-flight list no longer matches what it claimed; nothing was settled."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A handler failure to record: ``final`` skips the remaining retries (malformed items)."""
+
+    delivery: Delivery
+    error: str
+    final: bool = False
+
+
+def ms(seconds: float) -> int:
+    """Seconds as the whole milliseconds Redis wants, never 0 (PX 0 is an error)."""
+    return max(1, int(seconds * 1000))
+
+
+class RedisConsumerStore:
+    """One queue as a consumer process sees it, through its own connection."""
+
+    def __init__(self, client: redis.Redis, queue: str) -> None:
+        self.client = client
+        self.keys = QueueKeys.of(queue)
+        # consumer id -> its registration record, put back by every claim if it went missing
+        self._registrations: dict[str, str] = {}
+        self._claim = scripts.register(client, "claim")
+        self._settle = scripts.register(client, "settle")
+        self._settle_claim = scripts.register(client, "settle_claim")
+        self._recover = scripts.register(client, "recover")
+        self._held = scripts.register(client, "held")
+        # the scripts sent inside pipelines, by hash only: they must be loaded beforehand
+        self._pipelined = (self._claim,)
+
+    def register(self, consumer: str, info: dict[str, object], lease: float) -> None:
+        """Make the consumer visible (for status and for recovery by host) and take its lease."""
+        self._registrations[consumer] = json.dumps(info)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self.keys.consumers, consumer, self._registrations[consumer])
+        pipe.set(self.keys.lease(consumer), consumer, px=ms(lease))
+        for script in self._pipelined:  # pipelines send them by hash only
+            pipe.script_load(script.script)
+        pipe.execute()
+
+    def deregister(self, consumer: str) -> None:
+        """A clean exit: its in-flight list is already empty."""
+        self._registrations.pop(consumer, None)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hdel(self.keys.consumers, consumer)
+        pipe.delete(self.keys.lease(consumer), self.keys.settled(consumer))
+        pipe.execute()
+
+    # -- claiming -----------------------------------------------------------------------
+
+    def _claim_args(self, consumer: str, n: int, lease: float) -> tuple[list[str], list[object]]:
+        keys = [
+            self.keys.ready,
+            self.keys.inflight(consumer),
+            self.keys.lease(consumer),
+            self.keys.retry,
+            self.keys.stats,
+            self.keys.consumers,
+            self.keys.attempts,
+        ]
+        registration = self._registrations.get(consumer, "")
+        return keys, [n, ms(lease), consumer, registration]
+
+    def claim(self, consumer: str, batch: int, lease: float, block: float) -> list[Delivery]:
+        """Claim up to ``batch`` items, oldest first. Non-blocking first (one round trip when
+        the queue has items); on an empty queue, BLMOVE waits up to ``block`` seconds and the
+        rest of the batch is claimed in the same pipeline, so a pick-up costs one round trip."""
+        if batch <= 0:
+            return []
+        keys, args = self._claim_args(consumer, batch, lease)
+        values, retries = self._claim(keys=keys, args=args)
+        if values or block <= 0:
+            return deliveries(values, retries)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.blmove(keys[0], keys[1], block, "RIGHT", "LEFT")
+        args[0] = batch - 1
+        scripts.in_pipeline(pipe, self._claim, keys, args)
+        first, (more, retries) = scripts.execute(self.client, pipe, self._pipelined)
+        if first is None:
+            return deliveries(more, retries)
+        if first[:1] == TAG_MARK[:1]:  # rare: let Redis judge it, like every claimed value
+            return self.held(consumer)
+        return [Delivery(first, first, None), *deliveries(more, retries)]
+
+    # -- settling -----------------------------------------------------------------------
+
+    def settle(
+        self,
+        consumer: str,
+        results: list[Failure | None],
+        release: int,
+        *,
+        oldest: bytes,
+        settle_id: str,
+        retries: int,
+        retry_delay: float,
+        claim_next: int = 0,
+        lease: float = 0.0,
+        done_tags: tuple[str, ...] = (),
+    ) -> list[Delivery]:
+        """Record the outcome of the oldest claimed items in one round trip: ``results`` in
+        claimed order (None = done), then ``release`` unstarted items back to the pop end;
+        ``oldest`` is the claimed value of the first of them. Safe to repeat with the same
+        ``settle_id``. ``done_tags``: tags of done items that had failed before, whose attempts
+        entries can go. Raises InFlightLost, having changed nothing, when the in-flight list no
+        longer matches (see scripts/lib/settle.lua).
+
+        With ``claim_next``, a non-blocking claim of that many items rides in the same round
+        trip (a busy consumer then pays one round trip per batch); its items are returned.
+        """
+        outcomes = "".join("d" if r is None else "f" for r in results) + "r" * release
+        args: list[object] = [settle_id, retries, int(retry_delay * 1000), outcomes, oldest]
+        args.append(len(done_tags))
+        args.extend(done_tags)
+        now = time.time()
+        for failure in results:
+            if failure is None:
+                continue
+            delivery = failure.delivery
+            tag = delivery.tag or new_tag()
+            args += [
+                tag,
+                tagged_value(tag, delivery.payload),
+                dead_record_head(delivery.payload, failure.error, consumer, now),
+                1 if failure.final else 0,
+            ]
+        keys = [
+            self.keys.inflight(consumer),
+            self.keys.attempts,
+            self.keys.retry,
+            self.keys.dead,
+            self.keys.stats,
+            self.keys.ready,
+            self.keys.settled(consumer),
+        ]
+        if not outcomes:
+            return self.claim(consumer, claim_next, lease, 0) if claim_next else []
+        if not claim_next:
+            self._check_in_step(consumer, self._settle(keys=keys, args=args))
+            return []
+        claim_keys, claim_args = self._claim_args(consumer, claim_next, lease)
+        status, (values, retries) = self._settle_claim(
+            keys=keys + claim_keys, args=[len(args), *args, *claim_args]
+        )
+        self._check_in_step(consumer, status)
+        return deliveries(values, retries)
+
+    @staticmethod
+    def _check_in_step(consumer: str, status: object) -> None:
+        if status == -1:
+            raise InFlightLost(
+                f"the in-flight list of {consumer} no longer matches what it claimed (its lease "
+                "lapsed, or Redis lost recent writes)"
+            )
+
+    def held(self, consumer: str) -> list[Delivery]:
+        """What the consumer holds in flight, oldest first: after a lost reply this is the
+        truth about what a claim took."""
+        values, retries = self._held(keys=[self.keys.inflight(consumer), self.keys.attempts])
+        return deliveries(values, retries)
+
+    def give_back_all(self, consumer: str) -> int:
+        """Give back everything the consumer holds (see scripts/recover.lua) and forget it, so
+        that it starts afresh; its next claim registers it again. Returns how many items."""
+        keys = [
+            self.keys.inflight(consumer),
+            self.keys.lease(consumer),
+            self.keys.consumers,
+            self.keys.ready,
+            self.keys.stats,
+            self.keys.attempts,
+            self.keys.retry,
+            self.keys.dead,
+            self.keys.settled(consumer),
+        ]
+        return int(self._recover(keys=keys, args=[0, b"", "", b"", b"", 0, 0, consumer]))
+
+
+class ProducerStore:
+    """One queue as a producer process sees it, through its own connection."""
+
+    def __init__(self, client: redis.Redis, queue: str) -> None:
+        self.client = client
+        self.keys = QueueKeys.of(queue)
+        self._push = scripts.register(client, "push")
+        self._lock_acquire = scripts.register(client, "lock_acquire")
+        self._lock_extend = scripts.register(client, "lock_extend")
+        self._lock_release = scripts.register(client, "lock_release")
+
+    def push_batch(
+        self, producer: str, batch_id: str, items: list[bytes], high: int, token: str = ""
+    ) -> PushResult:
+        """LPUSH ``items`` (oldest first, so FIFO) if the ready list is below ``high``; see
+        scripts/push.lua. Retrying with the same ``batch_id`` never pushes twice."""
+        keys = [
+            self.keys.ready,
+            self.keys.stats,
+            self.keys.pushed(producer),
+            self.keys.producer_lock,
+        ]
+        status, length = self._push(
+            keys=keys, args=[high, batch_id, PUSHED_MARKER_TTL_MS, token, *items]
+        )
+        return PushResult(int(status), int(length))
+
+    def backlog(self) -> int:
+        """The ready list's length."""
+        return int(self.client.llen(self.keys.ready))
+
+    def acquire_lock(self, token: str, ttl: float) -> int:
+        """Try to take the singleton producer lock: 0 when taken, else the holder's ms left."""
+        return int(self._lock_acquire(keys=[self.keys.producer_lock], args=[token, ms(ttl)]))
+
+    def extend_lock(self, token: str, ttl: float) -> bool:
+        """Renew the lock for ``ttl``; False means another token holds it, or none does."""
+        return bool(self._lock_extend(keys=[self.keys.producer_lock], args=[token, ms(ttl)]))
+
+    def release_lock(self, token: str) -> bool:
+        """Free the lock if ``token`` still holds it, and wake one standby."""
+        keys = [self.keys.producer_lock, self.keys.producer_wake]
+        return bool(self._lock_release(keys=keys, args=[token, WAKE_TTL_MS]))
+
+    def wait_lock_free(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds for a release; True when woken by one."""
+        return self.client.blpop([self.keys.producer_wake], timeout=timeout) is not None
+
+    def report_producer(self, producer: str, record: dict[str, object]) -> None:
+        """Publish a producer's state for status views (fields: see goodsd/producer.py)."""
+        self.client.hset(self.keys.producers, producer, json.dumps(record))
+
+    def producers(self) -> dict[str, dict[str, object]]:
+        """Producer id -> its registry entry, as the producers write it."""
+        return json_records(self.client.hgetall(self.keys.producers))
+
+    def forget_producers(self, producers: list[str]) -> None:
+        """Drop producers from the registry, with their last-batch markers."""
+        if not producers:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hdel(self.keys.producers, *producers)
+        pipe.delete(*(self.keys.pushed(p) for p in producers))
+        pipe.execute()
