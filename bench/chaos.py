@@ -56,7 +56,7 @@ from goodsd.children import HEARTBEAT_MIN, TIMEOUT_GRACE  # noqa: E402
 from goodsd.config import dump as dump_config  # noqa: E402
 from goodsd.localredis import find_redis_server  # noqa: E402
 from goodsd.ops.demo import start_master  # noqa: E402
-from goodsd.store import Views, dead_payload, parse_dead_record  # noqa: E402
+from goodsd.store import DeadRecord, Views  # noqa: E402
 
 QUEUE = "chaos"
 HANDLER = "chaos_handler:handle"
@@ -870,8 +870,8 @@ def drain(chaos: Chaos, queue: Views, plan: Plan) -> None:
 def dead_items(queue: Views) -> tuple[list[str], list[str]]:
     """(items, `error` of each record) in the dead list, oldest first."""
     records = queue.client.lrange(queue.keys.dead, 0, -1)[::-1]
-    items = [dead_payload(raw).decode(errors="replace") for raw in records]
-    return items, [str(parse_dead_record(raw).get("error", "")) for raw in records]
+    dead = [DeadRecord.decode(raw) for raw in records]
+    return [d.item.decode(errors="replace") for d in dead], [d.error or "" for d in dead]
 
 
 def reckon(

@@ -23,7 +23,15 @@ from goodsd.forkguard import ForkGuard
 from goodsd.logs import show_item
 from goodsd.redisconn import GaveUp, until_done
 from goodsd.scoreboard import Scoreboard
-from goodsd.store import MAX_ERROR, Delivery, Failure, InFlightLost, RedisConsumerStore, clip
+from goodsd.store import (
+    MAX_ERROR,
+    Delivery,
+    Failure,
+    InFlightLost,
+    RedisConsumerStore,
+    Registration,
+    clip,
+)
 
 log = logging.getLogger("goodsd.consumer")
 T = TypeVar("T")
@@ -94,16 +102,17 @@ class Consumer:
             if self.guard.cloned:
                 self.guard.leave()
         self.queue = RedisConsumerStore(self.client, self.config.queue)
-        info = {
-            "host": hostinfo.hostname(),
-            "pid": os.getpid(),
-            "proc_start": hostinfo.process_start(os.getpid()),
-            "pidns": hostinfo.pid_namespace(),
-            "master_pid": os.getppid(),
-            "master_start": hostinfo.process_start(os.getppid()),
-            "started": round(time.time(), 3),
-        }
-        self._until_done(lambda q: q.register(self.consumer_id, info, self.config.supervisor.lease))
+        registration = Registration(
+            host=hostinfo.hostname(),
+            pid=os.getpid(),
+            proc_start=hostinfo.process_start(os.getpid()),
+            pidns=hostinfo.pid_namespace(),
+            master_pid=os.getppid(),
+            master_start=hostinfo.process_start(os.getppid()),
+            started=round(time.time(), 3),
+        )
+        lease = self.config.supervisor.lease
+        self._until_done(lambda q: q.register(self.consumer_id, registration, lease))
         self.beat(self.clock())
         self.ready()
 

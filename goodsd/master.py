@@ -55,7 +55,7 @@ from goodsd.redisconn import AccessDenied, PasswordError, connect, password
 from goodsd.runner import HandlerLoadError, SetupFailed
 from goodsd.scoreboard import FLAG_PAUSED, FLAG_STANDBY, NO_READING, Scoreboard
 from goodsd.stopsummary import StopSummary
-from goodsd.store import Overview, Upkeep
+from goodsd.store import MasterEntry, Overview, Upkeep
 
 log = logging.getLogger("goodsd.master")
 T = TypeVar("T")
@@ -820,11 +820,11 @@ class Master:
             self.leftovers_unknown = False  # for children that were still dying at this one
             self.timers["reaper"] = self.clock() + LEFTOVER_RECHECK
         for identity, info in registered.items():
-            if info.get("host") != host or identity in known:
+            if info.host != host or identity in known:
                 continue
-            if info.get("pidns") != self.pidns:
+            if info.pidns != self.pidns:
                 continue  # pids of another namespace or boot cannot be judged: the lease decides
-            if _alive(info, "master_pid", "master_start") or _alive(info, "pid", "proc_start"):
+            if _alive(info.master_pid, info.master_start) or _alive(info.pid, info.proc_start):
                 continue  # its own master answers for it (and blames what it was running)
             self.recoveries.append(Recovery(identity, None, "", self.config))
         self.retry_recoveries()
@@ -891,15 +891,15 @@ class Master:
             role: sum(1 for c in self.children if c.role == role and c.state is State.RUNNING)
             for role in self.generation
         }
-        info = {
-            "host": hostinfo.hostname(),
-            "pid": os.getpid(),
-            "started": round(self.started_wall, 3),
-            "seen": round(time.time(), 3),
-            "version": __version__,
-            "consumers": running["consumer"],
-            "producers": running["producer"],
-        }
+        info = MasterEntry(
+            host=hostinfo.hostname(),
+            pid=os.getpid(),
+            started=round(self.started_wall, 3),
+            seen=round(time.time(), 3),
+            version=__version__,
+            consumers=running["consumer"],
+            producers=running["producer"],
+        )
         self.redis_do(
             "masters registry", lambda: self.queue.beat_master(self.master_id, info, MASTER_FORGET)
         )
@@ -1019,12 +1019,9 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _alive(info: dict[str, object], pid_key: str, start_key: str) -> bool:
+def _alive(pid: int | None, start: int | None) -> bool:
     """Whether the process a registration names (by pid and start time) still runs."""
-    pid, start = info.get(pid_key), info.get(start_key)
-    return isinstance(pid, int) and hostinfo.process_alive(
-        pid, start if isinstance(start, int) else None
-    )
+    return pid is not None and hostinfo.process_alive(pid, start)
 
 
 def _record_only(signum: int, frame: object) -> None:

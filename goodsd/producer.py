@@ -17,6 +17,7 @@ then ``shutdown()``. Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
@@ -32,7 +33,7 @@ from goodsd.config import Config
 from goodsd.redisconn import TRANSIENT_ERRORS, until_done
 from goodsd.scoreboard import FLAG_FINISHED, FLAG_PAUSED, FLAG_STANDBY, Scoreboard
 from goodsd.sources import Feed, SourceError
-from goodsd.store import NOT_HOLDER, PUSHED, ProducerStore
+from goodsd.store import NOT_HOLDER, PUSHED, ProducerRecord, ProducerStore
 
 log = logging.getLogger("goodsd.producer")
 T = TypeVar("T")
@@ -135,7 +136,7 @@ class PauseLog:
 
 
 def stale_producers(
-    records: dict[str, dict[str, object]],
+    records: dict[str, ProducerRecord],
     host: str,
     alive: Callable[[int, int | None], bool],
 ) -> list[str]:
@@ -143,13 +144,13 @@ def stale_producers(
     while its master lives (status shows it finished), any other only while it lives."""
     stale = []
     for producer, record in records.items():
-        if record.get("host") != host:
+        if record.host != host:
             continue
-        if record.get("state") == "finished":
-            pid, start = record.get("master_pid"), record.get("master_start")
+        if record.state == "finished":
+            pid, start = record.master_pid, record.master_start
         else:
-            pid, start = record.get("pid"), record.get("proc_start")
-        if not isinstance(pid, int) or not alive(pid, start if isinstance(start, int) else None):
+            pid, start = record.pid, record.proc_start
+        if pid is None or not alive(pid, start):
             stale.append(producer)
     return stale
 
@@ -188,7 +189,7 @@ class Producer:
         self.renew_at = 0.0  # when to extend the lock next
         self.reported: tuple[str, bool] | None = None  # (state, holding) last published
         self.report_at = 0.0
-        self.identity: dict[str, object] = {}  # the registry record's fixed part
+        self.identity = ProducerRecord()  # the registry record's fixed part
         self.queue: ProducerStore | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -199,13 +200,13 @@ class Producer:
         a singleton standby, then tell the master we are ready."""
         self.open_source = sources.load(self.cfg, self.config.pythonpath)
         pid, master_pid = os.getpid(), os.getppid()
-        self.identity = {
-            "host": hostinfo.hostname(),
-            "pid": pid,
-            "proc_start": hostinfo.process_start(pid),
-            "master_pid": master_pid,
-            "master_start": hostinfo.process_start(master_pid),
-        }
+        self.identity = ProducerRecord(
+            host=hostinfo.hostname(),
+            pid=pid,
+            proc_start=hostinfo.process_start(pid),
+            master_pid=master_pid,
+            master_start=hostinfo.process_start(master_pid),
+        )
         self.queue = ProducerStore(self.client, self.config.queue)
         self._until_done(self.forget_stale)
         if not self.cfg.singleton:
@@ -399,13 +400,13 @@ class Producer:
         if not force and current == self.reported and now < self.report_at:
             return
         assert self.queue is not None
-        record = {
-            **self.identity,
-            "state": current[0],
-            "pushed": self.pushed,
-            "lock": self.holding,
-            "updated": round(time.time(), 3),
-        }
+        record = dataclasses.replace(
+            self.identity,
+            state=current[0],
+            pushed=self.pushed,
+            lock=self.holding,
+            updated=round(time.time(), 3),
+        )
         try:
             self.queue.report_producer(self.producer_id, record)
         except TRANSIENT_ERRORS as exc:

@@ -3,7 +3,6 @@ held (its own at once, other hosts' once their lease is gone), and keep its regi
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Collection
 
@@ -12,9 +11,10 @@ import redis
 from goodsd.store import scripts
 from goodsd.store.keys import QueueKeys
 from goodsd.store.records import (
-    dead_record_head,
+    DeadRecord,
+    MasterEntry,
+    decode_hash,
     deliveries,
-    json_records,
     new_tag,
     tagged_value,
 )
@@ -83,7 +83,7 @@ class Upkeep:
             claimed,
             tag,
             tagged_value(tag, delivery.payload) if delivery else b"",
-            dead_record_head(delivery.payload, error, consumer, time.time()) if delivery else b"",
+            DeadRecord(delivery.payload, error, time.time(), consumer).head() if delivery else b"",
             retries,
             int(retry_delay * 1000),
             consumer,
@@ -104,18 +104,18 @@ class Upkeep:
                 reaped[consumer] = count
         return reaped
 
-    def beat_master(self, master: str, info: dict[str, object], forget_after: float) -> None:
+    def beat_master(self, master: str, entry: MasterEntry, forget_after: float) -> None:
         """Write a master's registry entry, and drop entries not refreshed for ``forget_after``
         seconds: masters that died without cleaning up after themselves."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.hset(self.keys.masters, master, json.dumps(info))
+        pipe.hset(self.keys.masters, master, entry.encode())
         pipe.hgetall(self.keys.masters)
         _, raw = pipe.execute()
         oldest = time.time() - forget_after
         stale = [
             name
-            for name, record in json_records(raw).items()
-            if not isinstance(record.get("seen"), int | float) or record["seen"] < oldest
+            for name, other in decode_hash(raw, MasterEntry.decode).items()
+            if other.seen is None or other.seen < oldest
         ]
         if stale:
             self.client.hdel(self.keys.masters, *stale)

@@ -4,7 +4,6 @@ master's metrics and status line, and by benchmarks."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -12,7 +11,13 @@ import redis
 
 from goodsd.store import scripts
 from goodsd.store.keys import STAT_FIELDS, QueueKeys
-from goodsd.store.records import dead_payload, json_records, parse_dead_record
+from goodsd.store.records import (
+    DeadRecord,
+    MasterEntry,
+    ProducerRecord,
+    Registration,
+    decode_hash,
+)
 
 
 @dataclass(frozen=True)
@@ -70,16 +75,14 @@ class Views:
             held = sum(pipe.execute())
         return Overview(int(backlog), held, int(retry), int(dead), _counters(stats))
 
-    def registered(self) -> dict[str, dict[str, object]]:
-        """Consumer id -> its registration record."""
+    def registered(self) -> dict[str, Registration]:
+        """Consumer id -> its registration record (empty when it cannot be read: the consumer
+        is registered all the same)."""
         raw = self.client.hgetall(self.keys.consumers)
-        out: dict[str, dict[str, object]] = {}
-        for key, value in raw.items():
-            try:
-                out[key.decode()] = json.loads(value)
-            except ValueError:
-                out[key.decode()] = {}
-        return out
+        return {
+            key.decode("utf-8", "replace"): Registration.decode(value) or Registration()
+            for key, value in raw.items()
+        }
 
     def consumer_loads(self) -> list[ConsumerLoad]:
         """Each registered consumer with the items it holds and its lease time left."""
@@ -90,36 +93,35 @@ class Views:
             pipe.pttl(self.keys.lease(consumer))
         replies = pipe.execute()
         loads = []
-        for i, (consumer, info) in enumerate(registered):
+        for i, (consumer, registration) in enumerate(registered):
             held, pttl = replies[2 * i], replies[2 * i + 1]
-            pid = info.get("pid")
             loads.append(
                 ConsumerLoad(
                     id=consumer,
-                    host=str(info.get("host", "?")),
-                    pid=pid if isinstance(pid, int) else 0,
+                    host=registration.host if registration.host is not None else "?",
+                    pid=registration.pid or 0,
                     in_flight=int(held),
                     lease_left=pttl / 1000 if pttl >= 0 else None,
                 )
             )
         return loads
 
-    def masters(self) -> dict[str, dict[str, object]]:
+    def masters(self) -> dict[str, MasterEntry]:
         """Master id -> its registry entry, live or not (judge by ``seen``)."""
-        return json_records(self.client.hgetall(self.keys.masters))
+        return decode_hash(self.client.hgetall(self.keys.masters), MasterEntry.decode)
 
-    def producers(self) -> dict[str, dict[str, object]]:
-        """Producer id -> its registry entry, as the producers write it."""
-        return json_records(self.client.hgetall(self.keys.producers))
+    def producers(self) -> dict[str, ProducerRecord]:
+        """Producer id -> its registry entry."""
+        return decode_hash(self.client.hgetall(self.keys.producers), ProducerRecord.decode)
 
     # -- the dead list ------------------------------------------------------------------
 
     def dead_count(self) -> int:
         return int(self.client.llen(self.keys.dead))
 
-    def dead_records(self, limit: int) -> list[dict[str, object]]:
+    def dead_records(self, limit: int) -> list[DeadRecord]:
         """The ``limit`` newest dead records, newest first."""
-        return [parse_dead_record(raw) for raw in self.client.lrange(self.keys.dead, 0, limit - 1)]
+        return [DeadRecord.decode(raw) for raw in self.client.lrange(self.keys.dead, 0, limit - 1)]
 
     def dead_oldest(self, count: int) -> list[bytes]:
         """The ``count`` oldest raw dead records, newest of them first (list order). New records
@@ -143,7 +145,7 @@ class Views:
             return 0
         args: list[bytes] = []
         for record in records:
-            args += [record, dead_payload(record)]
+            args += [record, DeadRecord.decode(record).item]
         return int(self._requeue_dead(keys=[self.keys.dead, self.keys.ready], args=args))
 
     def purge_dead(self) -> int:

@@ -8,7 +8,6 @@ record for status views.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -19,10 +18,12 @@ from goodsd.store import scripts
 from goodsd.store.keys import QueueKeys
 from goodsd.store.records import (
     TAG_MARK,
+    DeadRecord,
     Delivery,
-    dead_record_head,
+    ProducerRecord,
+    Registration,
+    decode_hash,
     deliveries,
-    json_records,
     new_tag,
     tagged_value,
 )
@@ -77,9 +78,9 @@ class RedisConsumerStore:
         # the scripts sent inside pipelines, by hash only: they must be loaded beforehand
         self._pipelined = (self._claim,)
 
-    def register(self, consumer: str, info: dict[str, object], lease: float) -> None:
+    def register(self, consumer: str, registration: Registration, lease: float) -> None:
         """Make the consumer visible (for status and for recovery by host) and take its lease."""
-        self._registrations[consumer] = json.dumps(info)
+        self._registrations[consumer] = registration.encode()
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(self.keys.consumers, consumer, self._registrations[consumer])
         pipe.set(self.keys.lease(consumer), consumer, px=ms(lease))
@@ -170,7 +171,7 @@ class RedisConsumerStore:
             args += [
                 tag,
                 tagged_value(tag, delivery.payload),
-                dead_record_head(delivery.payload, failure.error, consumer, now),
+                DeadRecord(delivery.payload, failure.error, now, consumer).head(),
                 1 if failure.final else 0,
             ]
         keys = [
@@ -273,13 +274,13 @@ class ProducerStore:
         """Block up to ``timeout`` seconds for a release; True when woken by one."""
         return self.client.blpop([self.keys.producer_wake], timeout=timeout) is not None
 
-    def report_producer(self, producer: str, record: dict[str, object]) -> None:
-        """Publish a producer's state for status views (fields: see goodsd/producer.py)."""
-        self.client.hset(self.keys.producers, producer, json.dumps(record))
+    def report_producer(self, producer: str, record: ProducerRecord) -> None:
+        """Publish a producer's state for status views."""
+        self.client.hset(self.keys.producers, producer, record.encode())
 
-    def producers(self) -> dict[str, dict[str, object]]:
-        """Producer id -> its registry entry, as the producers write it."""
-        return json_records(self.client.hgetall(self.keys.producers))
+    def producers(self) -> dict[str, ProducerRecord]:
+        """Producer id -> its registry entry."""
+        return decode_hash(self.client.hgetall(self.keys.producers), ProducerRecord.decode)
 
     def forget_producers(self, producers: list[str]) -> None:
         """Drop producers from the registry, with their last-batch markers."""

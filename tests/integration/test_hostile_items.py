@@ -12,7 +12,7 @@ import threading
 import pytest
 from support import wait_for
 
-from goodsd.store import TAG_LEN, TAG_MARK, Failure, RedisConsumerStore
+from goodsd.store import TAG_LEN, TAG_MARK, Failure, RedisConsumerStore, Registration
 
 FORGED_TAG = b"0123456789abcdef"
 
@@ -87,7 +87,7 @@ def test_forged_tags_never_share_attempts_or_lose_bytes(r, make_config, start_da
 def test_retries_never_enter_the_ready_list(r):
     # Given a consumer that claimed an item and failed it
     queue = RedisConsumerStore(r, "q")
-    queue.register("c1", {"host": "h", "pid": 1}, 30)
+    queue.register("c1", Registration(host="h", pid=1), 30)
     r.lpush("q", b"good1")
     [delivery] = queue.claim("c1", 1, 30, 0)
     queue.settle(
@@ -112,7 +112,7 @@ def test_retries_never_enter_the_ready_list(r):
 def test_a_given_back_retry_keeps_its_attempts(r):
     # Given a retried item claimed again, and a forged copy of its envelope pushed by a stranger
     queue = RedisConsumerStore(r, "q")
-    queue.register("c1", {"host": "h", "pid": 1}, 30)
+    queue.register("c1", Registration(host="h", pid=1), 30)
     r.lpush("q", b"good1")
     [delivery] = queue.claim("c1", 1, 30, 0)
     queue.settle(
@@ -137,7 +137,7 @@ def test_a_claim_judges_envelope_shapes_by_what_redis_holds(r):
     # Given hostile items in the ready list, one of them an exact copy of a live retry envelope
     # (something only a program that reads goodsd's own keys could make)
     queue = RedisConsumerStore(r, "q")
-    queue.register("c1", {"host": "h", "pid": 1}, 30)
+    queue.register("c1", Registration(host="h", pid=1), 30)
     r.lpush("q", b"")
     [empty] = queue.claim("c1", 1, 30, 0)
     queue.settle(
@@ -164,7 +164,7 @@ def test_a_claim_judges_envelope_shapes_by_what_redis_holds(r):
 def test_a_blocking_claim_judges_its_first_item_too(r, redis_server):
     # Given an idle consumer blocked on an empty queue
     queue = RedisConsumerStore(r, "q")
-    queue.register("c1", {"host": "h", "pid": 1}, 30)
+    queue.register("c1", Registration(host="h", pid=1), 30)
     forged = TAG_MARK + FORGED_TAG + b":payload"
 
     def push_once_blocked() -> None:
@@ -190,7 +190,7 @@ def test_a_blocking_claim_judges_its_first_item_too(r, redis_server):
 def test_a_retry_that_falls_due_during_a_blocking_claim_is_delivered_whole(r, redis_server, pushed):
     # Given a failed item waiting for its retry, and a consumer blocked on an empty queue
     queue = RedisConsumerStore(r, "q")
-    queue.register("c1", {"host": "h", "pid": 1}, 30)
+    queue.register("c1", Registration(host="h", pid=1), 30)
     r.lpush("q", b"a")
     [first] = queue.claim("c1", 1, 30, 0)
     queue.settle(

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 from support import wait_for
 
-from goodsd.store import Failure, InFlightLost, RedisConsumerStore
+from goodsd.store import Failure, InFlightLost, RedisConsumerStore, Registration
 
 
 def test_a_settle_that_no_longer_matches_changes_nothing(r):
     # Given a consumer that claimed two items
     queue = RedisConsumerStore(r, "q")
-    queue.register("c1", {"host": "h", "pid": 1}, 30)
+    queue.register("c1", Registration(host="h", pid=1), 30)
     r.lpush("q", "good1", "good2")
     claimed = queue.claim("c1", 2, 30, 0)
     # When Redis's in-flight list changes behind its back (an unknown item at the oldest end)

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import Daemon, wait_for
 
 from goodsd.metrics import DEADLINE, FD_RESERVE, MAX_CONNECTIONS
-from goodsd.store import Failure, RedisConsumerStore
+from goodsd.store import Failure, RedisConsumerStore, Registration
 
 # What stalled clients send before they stop: nothing, or part of a request
 STALLS = (
@@ -89,7 +89,7 @@ def test_metrics_match_redis(r, make_config, start_daemon, notify):
     # takes one item and hangs on it
     queue = RedisConsumerStore(r, "q")
     r.lpush("q", *[f"good{i}" for i in range(3)])
-    queue.register("elsewhere-1-aa", {"host": "elsewhere", "pid": 1}, 60)
+    queue.register("elsewhere-1-aa", Registration(host="elsewhere", pid=1), 60)
     claimed = queue.claim("elsewhere-1-aa", 3, 60, 0)
     failures = [Failure(claimed[0], "boom"), Failure(claimed[1], "bad", final=True)]
     failures.append(Failure(claimed[2], "bad", final=True))
