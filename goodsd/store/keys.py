@@ -73,3 +73,18 @@ class QueueKeys:
 
     def pushed(self, producer: str) -> str:
         return f"{self.prefix}pushed:{producer}"
+
+    def consumer(self, consumer: str) -> list[str]:
+        """The KEYS of every consumer-side script, in the order ``consumer_keys`` in
+        scripts/lib/shared.lua names them."""
+        return [
+            self.ready,
+            self.inflight(consumer),
+            self.lease(consumer),
+            self.settled(consumer),
+            self.consumers,
+            self.attempts,
+            self.retry,
+            self.dead,
+            self.stats,
+        ]

@@ -20,7 +20,6 @@ _INCLUDE = re.compile(r"^--#include (\S+)$", re.MULTILINE)
 _NAMES = (
     "claim",
     "settle",
-    "settle_claim",
     "recover",
     "held",
     "push",

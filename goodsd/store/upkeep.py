@@ -10,16 +10,9 @@ import redis
 
 from goodsd.store import scripts
 from goodsd.store.keys import QueueKeys
-from goodsd.store.records import (
-    DeadRecord,
-    MasterEntry,
-    decode_hash,
-    deliveries,
-    new_tag,
-    tagged_value,
-)
+from goodsd.store.records import MasterEntry, decode_hash, deliveries
 from goodsd.store.views import Views
-from goodsd.store.worker import ms
+from goodsd.store.worker import Failure, failure_args, ms
 
 
 class Upkeep:
@@ -59,35 +52,12 @@ class Upkeep:
         worker every time ends in the dead list instead of looping. Returns the number of
         items handled, or -1 when ``only_if_expired`` and the lease still lives.
         """
-        inflight = self.keys.inflight(consumer)
-        delivery = None
+        keys = self.keys.consumer(consumer)
+        args: list[object] = [int(only_if_expired), consumer, retries, int(retry_delay * 1000)]
         if current is not None:
-            values, retry_positions = self._held(keys=[inflight, self.keys.attempts])
-            held = deliveries(values, retry_positions)
-            delivery = held[current] if current < len(held) else None
-        claimed = delivery.claimed if delivery else b""
-        tag = (delivery.tag if delivery else None) or new_tag()
-        keys = [
-            inflight,
-            self.keys.lease(consumer),
-            self.keys.consumers,
-            self.keys.ready,
-            self.keys.stats,
-            self.keys.attempts,
-            self.keys.retry,
-            self.keys.dead,
-            self.keys.settled(consumer),
-        ]
-        args: list[object] = [
-            1 if only_if_expired else 0,
-            claimed,
-            tag,
-            tagged_value(tag, delivery.payload) if delivery else b"",
-            DeadRecord(delivery.payload, error, time.time(), consumer).head() if delivery else b"",
-            retries,
-            int(retry_delay * 1000),
-            consumer,
-        ]
+            held = deliveries(*self._held(keys=keys))
+            if current < len(held):
+                args += failure_args(Failure(held[current], error), consumer, time.time())
         return int(self._recover(keys=keys, args=args))
 
     def reap_expired(self, skip: Collection[str] = ()) -> dict[str, int]:

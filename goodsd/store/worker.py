@@ -70,9 +70,9 @@ class RedisConsumerStore:
         self.keys = QueueKeys.of(queue)
         # consumer id -> its registration record, put back by every claim if it went missing
         self._registrations: dict[str, str] = {}
+        self._consumer_keys: dict[str, list[str]] = {}
         self._claim = scripts.register(client, "claim")
         self._settle = scripts.register(client, "settle")
-        self._settle_claim = scripts.register(client, "settle_claim")
         self._recover = scripts.register(client, "recover")
         self._held = scripts.register(client, "held")
         # the scripts sent inside pipelines, by hash only: they must be loaded beforehand
@@ -98,18 +98,15 @@ class RedisConsumerStore:
 
     # -- claiming -----------------------------------------------------------------------
 
-    def _claim_args(self, consumer: str, n: int, lease: float) -> tuple[list[str], list[object]]:
-        keys = [
-            self.keys.ready,
-            self.keys.inflight(consumer),
-            self.keys.lease(consumer),
-            self.keys.retry,
-            self.keys.stats,
-            self.keys.consumers,
-            self.keys.attempts,
-        ]
-        registration = self._registrations.get(consumer, "")
-        return keys, [n, ms(lease), consumer, registration]
+    def _keys_of(self, consumer: str) -> list[str]:
+        """The consumer's script KEYS, built once per consumer (they go with every call)."""
+        keys = self._consumer_keys.get(consumer)
+        if keys is None:
+            keys = self._consumer_keys[consumer] = self.keys.consumer(consumer)
+        return keys
+
+    def _claim_args(self, consumer: str, n: int, lease: float) -> list[object]:
+        return [n, ms(lease), consumer, self._registrations.get(consumer, "")]
 
     def claim(self, consumer: str, batch: int, lease: float, block: float) -> list[Delivery]:
         """Claim up to ``batch`` items, oldest first. Non-blocking first (one round trip when
@@ -117,12 +114,12 @@ class RedisConsumerStore:
         rest of the batch is claimed in the same pipeline, so a pick-up costs one round trip."""
         if batch <= 0:
             return []
-        keys, args = self._claim_args(consumer, batch, lease)
+        keys, args = self._keys_of(consumer), self._claim_args(consumer, batch, lease)
         values, retries = self._claim(keys=keys, args=args)
         if values or block <= 0:
             return deliveries(values, retries)
         pipe = self.client.pipeline(transaction=False)
-        pipe.blmove(keys[0], keys[1], block, "RIGHT", "LEFT")
+        pipe.blmove(self.keys.ready, self.keys.inflight(consumer), block, "RIGHT", "LEFT")
         args[0] = batch - 1
         scripts.in_pipeline(pipe, self._claim, keys, args)
         first, (more, retries) = scripts.execute(self.client, pipe, self._pipelined)
@@ -159,71 +156,41 @@ class RedisConsumerStore:
         trip (a busy consumer then pays one round trip per batch); its items are returned.
         """
         outcomes = "".join("d" if r is None else "f" for r in results) + "r" * release
-        args: list[object] = [settle_id, retries, int(retry_delay * 1000), outcomes, oldest]
-        args.append(len(done_tags))
-        args.extend(done_tags)
-        now = time.time()
-        for failure in results:
-            if failure is None:
-                continue
-            delivery = failure.delivery
-            tag = delivery.tag or new_tag()
-            args += [
-                tag,
-                tagged_value(tag, delivery.payload),
-                DeadRecord(delivery.payload, failure.error, now, consumer).head(),
-                1 if failure.final else 0,
-            ]
-        keys = [
-            self.keys.inflight(consumer),
-            self.keys.attempts,
-            self.keys.retry,
-            self.keys.dead,
-            self.keys.stats,
-            self.keys.ready,
-            self.keys.settled(consumer),
-        ]
         if not outcomes:
             return self.claim(consumer, claim_next, lease, 0) if claim_next else []
-        if not claim_next:
-            self._check_in_step(consumer, self._settle(keys=keys, args=args))
-            return []
-        claim_keys, claim_args = self._claim_args(consumer, claim_next, lease)
-        status, (values, retries) = self._settle_claim(
-            keys=keys + claim_keys, args=[len(args), *args, *claim_args]
-        )
-        self._check_in_step(consumer, status)
-        return deliveries(values, retries)
-
-    @staticmethod
-    def _check_in_step(consumer: str, status: object) -> None:
-        if status == -1:
+        claim = self._claim_args(consumer, claim_next, lease) if claim_next else ["", "", "", ""]
+        args: list[object] = [*claim, settle_id, retries, int(retry_delay * 1000), outcomes]
+        args += [oldest, len(done_tags), *done_tags]
+        now = time.time()
+        for failure in results:
+            if failure is not None:
+                args += failure_args(failure, consumer, now)[1:]
+        reply = self._settle(keys=self._keys_of(consumer), args=args)
+        if reply[0] == -1:
             raise InFlightLost(
                 f"the in-flight list of {consumer} no longer matches what it claimed (its lease "
                 "lapsed, or Redis lost recent writes)"
             )
+        return deliveries(*reply[1]) if claim_next else []
 
     def held(self, consumer: str) -> list[Delivery]:
         """What the consumer holds in flight, oldest first: after a lost reply this is the
         truth about what a claim took."""
-        values, retries = self._held(keys=[self.keys.inflight(consumer), self.keys.attempts])
-        return deliveries(values, retries)
+        return deliveries(*self._held(keys=self._keys_of(consumer)))
 
     def give_back_all(self, consumer: str) -> int:
         """Give back everything the consumer holds (see scripts/recover.lua) and forget it, so
         that it starts afresh; its next claim registers it again. Returns how many items."""
-        keys = [
-            self.keys.inflight(consumer),
-            self.keys.lease(consumer),
-            self.keys.consumers,
-            self.keys.ready,
-            self.keys.stats,
-            self.keys.attempts,
-            self.keys.retry,
-            self.keys.dead,
-            self.keys.settled(consumer),
-        ]
-        return int(self._recover(keys=keys, args=[0, b"", "", b"", b"", 0, 0, consumer]))
+        return int(self._recover(keys=self._keys_of(consumer), args=[0, consumer, 0, 0]))
+
+
+def failure_args(failure: Failure, consumer: str, at: float) -> list[object]:
+    """How the scripts take one failed delivery: its claimed value, its tag (a fresh one on a
+    first failure), its retry envelope, its dead record's head and whether it is final."""
+    delivery = failure.delivery
+    tag = delivery.tag or new_tag()
+    head = DeadRecord(delivery.payload, failure.error, at, consumer).head()
+    return [delivery.claimed, tag, tagged_value(tag, delivery.payload), head, int(failure.final)]
 
 
 class ProducerStore:

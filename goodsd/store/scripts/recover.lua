@@ -1,35 +1,44 @@
 -- Gives a consumer's whole in-flight list back (give_back: retries to the retry set, due now,
 -- the rest to the pop end of the ready list, oldest nearest to it) and forgets the consumer.
--- With ARGV[1] = 1 only when its lease is gone (the reaper, racing other masters).
--- When ARGV[2] names a claimed item, that one item (the one a dead child was running) is counted
--- as a failed attempt instead: retried later, or dead when its attempts are used up.
--- KEYS: inflight, lease, consumers, ready, stats, attempts, retry, dead, settled
--- ARGV: only_if_expired, current(''|claimed), tag, tagged, record_head, retries, retry_delay_ms,
---       consumer_id
+-- With ARGV[1] = '1' only when its lease is gone (the reaper, racing other masters); then
+-- returns -1, changing nothing, while the lease lives.
+-- The items it was running when it died count a failed attempt instead (fail_delivery): each
+-- is named by its claimed value (the first held value equal to it, newest first), with its
+-- tag, envelope, record head and final flag. Returns how many items it handled.
+-- KEYS: the consumer's (lib/shared.lua)
+-- ARGV: only_if_expired, consumer_id, retries, retry_delay_ms, then 5 per running item:
+--       claimed value, tag, envelope, record head, final
 --#include lib/shared.lua
-if ARGV[1] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
-local current = ARGV[2]
-local items = redis.call('LRANGE', KEYS[1], 0, -1)
-local moved, failed = 0, 0
+local K = consumer_keys(KEYS)
+if ARGV[1] == '1' and redis.call('EXISTS', K.lease) == 1 then return -1 end
+local retries, delay = tonumber(ARGV[3]), tonumber(ARGV[4])
+-- claimed value -> the argument positions of the running items that hold it
+local running = {}
+for a = 5, #ARGV, 5 do
+  local positions = running[ARGV[a]] or {}
+  positions[#positions + 1] = a
+  running[ARGV[a]] = positions
+end
+local items = redis.call('LRANGE', K.inflight, 0, -1)
+local moved, failed, dead = 0, 0, 0
 for _, item in ipairs(items) do
-  if failed == 0 and current ~= '' and item == current then
-    failed = 1
-    local attempts = redis.call('HINCRBY', KEYS[6], ARGV[3], 1)
-    redis.call('HINCRBY', KEYS[5], 'failed', 1)
-    if attempts > tonumber(ARGV[6]) then
-      redis.call('HDEL', KEYS[6], ARGV[3])
-      redis.call('LPUSH', KEYS[8], ARGV[5] .. attempts .. '}')
-      redis.call('HINCRBY', KEYS[5], 'dead', 1)
-    else
-      redis.call('ZADD', KEYS[7], now + tonumber(ARGV[7]), ARGV[4])
-      redis.call('HINCRBY', KEYS[5], 'retried', 1)
+  local positions = running[item]
+  if positions and #positions > 0 then
+    local a = table.remove(positions)
+    failed = failed + 1
+    local final = ARGV[a + 4] == '1'
+    if fail_delivery(K, ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], final, retries, delay) then
+      dead = dead + 1
     end
   else
-    give_back(KEYS[4], KEYS[7], KEYS[6], item)
+    give_back(K, item)
     moved = moved + 1
   end
 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[9])
-redis.call('HDEL', KEYS[3], ARGV[8])
-if moved > 0 then redis.call('HINCRBY', KEYS[5], 'requeued', moved) end
+redis.call('DEL', K.inflight, K.lease, K.settled)
+redis.call('HDEL', K.consumers, ARGV[2])
+count(K, 'requeued', moved)
+count(K, 'failed', failed)
+count(K, 'retried', failed - dead)
+count(K, 'dead', dead)
 return moved + failed

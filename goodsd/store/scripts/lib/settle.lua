@@ -1,57 +1,51 @@
--- settle(K, A): records the outcome of the oldest n claimed items (the right end of the
--- in-flight list, where the consumer works from) in one round trip; A[4] has one letter per
--- item, oldest first: d = done, f = failed, r = give back unstarted. Idempotent: a retry after a
--- lost reply finds its settle id already recorded and changes nothing. Returns -1, changing
--- nothing, when the list no longer matches the consumer's view (fewer than n items, or another
--- oldest item): its lease lapsed and a reaper took them, or Redis lost recent writes (a
--- failover); the consumer then gives back whatever it holds and starts afresh.
--- K: inflight, attempts, retry, dead, stats, ready, settled
--- A: settle_id, retries, retry_delay_ms, outcomes, oldest claimed value, n_done_tags,
---    done_tags..., then per failure (in order): tag, tagged, record_head, final
-local function settle(K, A)
-  if redis.call('GET', K[7]) == A[1] then return 0 end
-  local outcomes = A[4]
+-- settle(K, A, first): records the outcome of the oldest n claimed items (the right end of the
+-- in-flight list, where the consumer works from) in one round trip. Its arguments are those of
+-- A from position first on: settle_id, retries, retry_delay_ms, outcomes (one letter per item,
+-- oldest first: d = done, f = failed, r = give back unstarted), the oldest claimed value,
+-- n_done_tags, the done tags, then per failure (in order): tag, envelope, record head, final.
+-- Idempotent: a retry after a lost reply finds its settle id already recorded and returns 0,
+-- changing nothing. Returns -1, changing nothing, when the list no longer matches the
+-- consumer's view (fewer than n items, or another oldest item): its lease lapsed and a reaper
+-- took them, or Redis lost recent writes (a failover); the consumer then gives back whatever it
+-- holds and starts afresh. Else returns n.
+local function settle(K, A, first)
+  local settle_id, outcomes = A[first], A[first + 3]
+  if redis.call('GET', K.settled) == settle_id then return 0 end
   local n = #outcomes
-  if redis.call('LLEN', K[1]) < n or redis.call('LINDEX', K[1], -1) ~= A[5] then return -1 end
-  redis.call('SET', K[7], A[1], 'PX', 3600000)
-  local n_tags = tonumber(A[6])
-  for a = 7, 6 + n_tags do redis.call('HDEL', K[2], A[a]) end
+  if redis.call('LLEN', K.inflight) < n or redis.call('LINDEX', K.inflight, -1) ~= A[first + 4] then
+    return -1
+  end
+  redis.call('SET', K.settled, settle_id, 'PX', 3600000)
+  local tags_at = first + 6
+  local failed_at = tags_at + tonumber(A[first + 5])
+  for a = tags_at, failed_at - 1 do redis.call('HDEL', K.attempts, A[a]) end
   local done = select(2, string.gsub(outcomes, 'd', ''))
-  if done > 0 then redis.call('HINCRBY', K[5], 'done', done) end
+  count(K, 'done', done)
   if done == n then
-    redis.call('LTRIM', K[1], 0, -(n + 1))
+    redis.call('LTRIM', K.inflight, 0, -(n + 1))
     return n
   end
-  local items = redis.call('LRANGE', K[1], -n, -1)
-  local retries, delay = tonumber(A[2]), tonumber(A[3])
-  local release, a = {}, 7 + n_tags
-  local failed, retried, dead = 0, 0, 0
+  local items = redis.call('LRANGE', K.inflight, -n, -1)
+  local retries, delay = tonumber(A[first + 1]), tonumber(A[first + 2])
+  local release, a = {}, failed_at
+  local failed, dead = 0, 0
   for k = 1, n do
     local item, outcome = items[n - k + 1], string.sub(outcomes, k, k)
-    if outcome == 'd' then
-      -- counted above; its attempts entry, if any, is gone
-    elseif outcome == 'r' then
+    if outcome == 'r' then
       release[#release + 1] = item
-    else
-      local tag, tagged, head, final = A[a], A[a + 1], A[a + 2], A[a + 3]
-      a = a + 4
+    elseif outcome == 'f' then
       failed = failed + 1
-      local attempts = redis.call('HINCRBY', K[2], tag, 1)
-      if final == '1' or attempts > retries then
-        redis.call('HDEL', K[2], tag)
-        redis.call('LPUSH', K[4], head .. attempts .. '}')
+      if fail_delivery(K, A[a], A[a + 1], A[a + 2], A[a + 3] == '1', retries, delay) then
         dead = dead + 1
-      else
-        redis.call('ZADD', K[3], now + delay, tagged)
-        retried = retried + 1
       end
+      a = a + 4
     end
   end
-  for j = #release, 1, -1 do give_back(K[6], K[3], K[2], release[j]) end
-  redis.call('LTRIM', K[1], 0, -(n + 1))
-  if failed > 0 then redis.call('HINCRBY', K[5], 'failed', failed) end
-  if retried > 0 then redis.call('HINCRBY', K[5], 'retried', retried) end
-  if dead > 0 then redis.call('HINCRBY', K[5], 'dead', dead) end
-  if #release > 0 then redis.call('HINCRBY', K[5], 'requeued', #release) end
+  for j = #release, 1, -1 do give_back(K, release[j]) end
+  redis.call('LTRIM', K.inflight, 0, -(n + 1))
+  count(K, 'failed', failed)
+  count(K, 'retried', failed - dead)
+  count(K, 'dead', dead)
+  count(K, 'requeued', #release)
   return n
 end
