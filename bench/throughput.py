@@ -163,7 +163,7 @@ def run_classic(server: LocalRedis, processes: int, items: int) -> Result:
     r.flushall()
     fill_staging(r, items)
     ctx = multiprocessing.get_context("fork")
-    lock, ready, stop = ctx.Lock(), ctx.Views(), ctx.Event()
+    lock, ready, stop = ctx.Lock(), ctx.Queue(), ctx.Event()
     counts = ctx.RawArray("q", processes)
     first = ctx.RawArray("d", processes)
     last = ctx.RawArray("d", processes)
