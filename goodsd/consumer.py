@@ -30,6 +30,8 @@ from goodsd.store import (
     InFlightLost,
     RedisConsumerStore,
     Registration,
+    RetryPolicy,
+    Settlement,
     clip,
 )
 
@@ -48,13 +50,12 @@ STOP_MARGIN = 1.0
 
 @dataclass
 class Pending:
-    """Outcomes of the current batch not yet written to Redis, in claimed order
-    (None = done), and when the oldest of them was reached."""
+    """Outcomes of the current batch not yet written to Redis, each kind in claimed order,
+    and when the oldest of them was reached."""
 
-    results: list[Failure | None] = field(default_factory=list)
-    done_tags: list[str] = field(default_factory=list)  # done items that had failed before
+    done: list[Delivery] = field(default_factory=list)
+    failed: list[Failure] = field(default_factory=list)
     since: float = 0.0
-    oldest: bytes = b""  # claimed value of the first result: Redis checks it is still there
 
 
 class Consumer:
@@ -77,6 +78,7 @@ class Consumer:
         self.board = board
         self.ready = ready
         self.clock = clock
+        self.policy = RetryPolicy(self.cfg.retries, self.cfg.retry_delay)
         self.running = True
         self.done_count = 0
         self.failed_count = 0
@@ -159,27 +161,25 @@ class Consumer:
                 self.settle(pending, release=batch[position:])
                 return
             started = clock()
-            if not pending.results:
-                pending.since, pending.oldest = started, delivery.claimed
+            if position == settled:  # nothing pending: this outcome will be the oldest
+                pending.since = started
             elif started - pending.since > FLUSH_AFTER:
-                settled += len(pending.results)
-                if not self.settle(pending):
+                settled = position
+                if not self.settle(pending, kept=len(batch) - position):
                     return  # what was left of the batch went back to the queue
-                pending = Pending(since=started, oldest=delivery.claimed)
+                pending = Pending(since=started)
             busy(started, position - settled)
             try:
                 run_item(delivery.payload)
             except Exception as exc:
                 if guard.cloned:
                     guard.leave()
-                pending.results.append(self.failure(delivery, exc))
+                pending.failed.append(self.failure(delivery, exc))
                 continue
             if guard.cloned:
                 guard.leave()
             self.done_count += 1
-            pending.results.append(None)
-            if delivery.tag:
-                pending.done_tags.append(delivery.tag)
+            pending.done.append(delivery)
         self.settle(pending, claim_next=self.wants_more())
 
     def wants_more(self) -> int:
@@ -203,12 +203,16 @@ class Consumer:
         return Failure(delivery, error)
 
     def settle(
-        self, pending: Pending, release: Sequence[Delivery] = (), claim_next: int = 0
+        self,
+        pending: Pending,
+        release: Sequence[Delivery] = (),
+        claim_next: int = 0,
+        kept: int = 0,
     ) -> bool:
         """Write outcomes, give back ``release`` (and maybe claim the next batch) in one round
-        trip. After a lost reply the settle is repeated harmlessly (same settle id) and what
-        the claim took is read back from the in-flight list, so no claimed item is ever
-        unknown to us.
+        trip; ``kept`` items of the batch stay held (not run yet). After a lost reply the
+        settle is repeated harmlessly (same settle id) and what the claim took is read back
+        from the in-flight list, so no claimed item is ever unknown to us.
 
         When Redis's in-flight list no longer matches ours (a lapsed lease, or a failover that
         lost recent writes), nothing is settled: everything held goes back to the queue (items
@@ -217,23 +221,13 @@ class Consumer:
         Idle first: once settled, the busy position no longer names the right item, and a
         death during the settle must not count an attempt against an item not yet started."""
         self.beat(self.clock())
-        settle_id = secrets.token_hex(8)
-
-        oldest = pending.oldest if pending.results else release[0].claimed if release else b""
+        settlement = Settlement(
+            secrets.token_hex(8), tuple(pending.done), tuple(pending.failed), tuple(release), kept
+        )
+        lease = self.config.supervisor.lease
 
         def attempt(q: RedisConsumerStore, claim: int) -> list[Delivery]:
-            return q.settle(
-                self.consumer_id,
-                pending.results,
-                len(release),
-                oldest=oldest,
-                settle_id=settle_id,
-                retries=self.cfg.retries,
-                retry_delay=self.cfg.retry_delay,
-                claim_next=claim,
-                lease=self.config.supervisor.lease,
-                done_tags=tuple(pending.done_tags),
-            )
+            return q.settle(self.consumer_id, settlement, self.policy, claim, lease)
 
         def resync(q: RedisConsumerStore) -> list[Delivery]:
             attempt(q, 0)
@@ -246,7 +240,7 @@ class Consumer:
             self.next_batch = self._until_done(
                 lambda q: attempt(q, claim_next),
                 retry=resync,
-                patience=patience if pending.results else 0.0,
+                patience=patience if pending.done or pending.failed else 0.0,
             )
         except InFlightLost as exc:
             log.warning("%s: giving back everything held and starting afresh", exc)

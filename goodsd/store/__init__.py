@@ -27,6 +27,8 @@ from goodsd.store.worker import (
     ProducerStore,
     PushResult,
     RedisConsumerStore,
+    RetryPolicy,
+    Settlement,
 )
 
 __all__ = [
@@ -49,6 +51,8 @@ __all__ = [
     "QueueKeys",
     "RedisConsumerStore",
     "Registration",
+    "RetryPolicy",
+    "Settlement",
     "Upkeep",
     "Views",
     "clip",

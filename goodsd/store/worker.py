@@ -57,6 +57,33 @@ class Failure:
     final: bool = False
 
 
+class RetryPolicy(NamedTuple):
+    """How failed items are retried: up to ``retries`` times (``retries + 1`` attempts in
+    all), each ``delay`` seconds after its failure."""
+
+    retries: int
+    delay: float
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """The outcomes of some of the deliveries a consumer holds, any subset of them, recorded
+    together: ``done`` ones leave, ``failed`` ones wait for a retry or die, ``given_back`` ones
+    (unstarted) go back to be taken next, oldest first. Each group is in claimed order.
+    ``kept`` is how many other deliveries the consumer goes on holding: Redis must hold
+    exactly those and the ones named, or nothing is settled (InFlightLost). ``settle_id``
+    names it, so that recording it again (after a lost reply) changes nothing."""
+
+    settle_id: str
+    done: tuple[Delivery, ...] = ()
+    failed: tuple[Failure, ...] = ()
+    given_back: tuple[Delivery, ...] = ()
+    kept: int = 0
+
+    def __len__(self) -> int:
+        return len(self.done) + len(self.failed) + len(self.given_back)
+
+
 def ms(seconds: float) -> int:
     """Seconds as the whole milliseconds Redis wants, never 0 (PX 0 is an error)."""
     return max(1, int(seconds * 1000))
@@ -134,38 +161,27 @@ class RedisConsumerStore:
     def settle(
         self,
         consumer: str,
-        results: list[Failure | None],
-        release: int,
-        *,
-        oldest: bytes,
-        settle_id: str,
-        retries: int,
-        retry_delay: float,
+        settlement: Settlement,
+        policy: RetryPolicy,
         claim_next: int = 0,
         lease: float = 0.0,
-        done_tags: tuple[str, ...] = (),
     ) -> list[Delivery]:
-        """Record the outcome of the oldest claimed items in one round trip: ``results`` in
-        claimed order (None = done), then ``release`` unstarted items back to the pop end;
-        ``oldest`` is the claimed value of the first of them. Safe to repeat with the same
-        ``settle_id``. ``done_tags``: tags of done items that had failed before, whose attempts
-        entries can go. Raises InFlightLost, having changed nothing, when the in-flight list no
-        longer matches (see scripts/lib/settle.lua).
+        """Record ``settlement`` (see scripts/lib/settle.lua) in one round trip; failures are
+        retried by ``policy``. Safe to repeat with the same settlement. Raises InFlightLost,
+        having changed nothing, when Redis no longer holds what the consumer does: every
+        delivery named, and ``kept`` others.
 
         With ``claim_next``, a non-blocking claim of that many items rides in the same round
-        trip (a busy consumer then pays one round trip per batch); its items are returned.
+        trip (a busy consumer then pays one round trip per batch) with ``lease``; its items
+        are returned.
         """
-        outcomes = "".join("d" if r is None else "f" for r in results) + "r" * release
-        if not outcomes:
+        if not settlement:
             return self.claim(consumer, claim_next, lease, 0) if claim_next else []
         claim = self._claim_args(consumer, claim_next, lease) if claim_next else ["", "", "", ""]
-        args: list[object] = [*claim, settle_id, retries, int(retry_delay * 1000), outcomes]
-        args += [oldest, len(done_tags), *done_tags]
-        now = time.time()
-        for failure in results:
-            if failure is not None:
-                args += failure_args(failure, consumer, now)[1:]
-        reply = self._settle(keys=self._keys_of(consumer), args=args)
+        reply = self._settle(
+            keys=self._keys_of(consumer),
+            args=claim + settlement_args(settlement, policy, consumer, time.time()),
+        )
         if reply[0] == -1:
             raise InFlightLost(
                 f"the in-flight list of {consumer} no longer matches what it claimed (its lease "
@@ -182,6 +198,23 @@ class RedisConsumerStore:
         """Give back everything the consumer holds (see scripts/recover.lua) and forget it, so
         that it starts afresh; its next claim registers it again. Returns how many items."""
         return int(self._recover(keys=self._keys_of(consumer), args=[0, consumer, 0, 0]))
+
+
+def settlement_args(
+    settlement: Settlement, policy: RetryPolicy, consumer: str, at: float
+) -> list[object]:
+    """How scripts/lib/settle.lua takes a settlement (its failures dying ``at``)."""
+    tags = [delivery.tag for delivery in settlement.done if delivery.tag]
+    args: list[object] = [settlement.settle_id, settlement.kept]
+    args += [policy.retries, int(policy.delay * 1000)]
+    args += [len(settlement.done), len(tags), len(settlement.failed), len(settlement.given_back)]
+    if settlement.kept:  # else the whole list goes: the done values need not travel
+        args += [delivery.claimed for delivery in settlement.done]
+    args += tags
+    for failure in settlement.failed:
+        args += failure_args(failure, consumer, at)
+    args += [delivery.claimed for delivery in settlement.given_back]
+    return args
 
 
 def failure_args(failure: Failure, consumer: str, at: float) -> list[object]:

@@ -13,7 +13,7 @@ import sys
 import pytest
 from ops_cli import assert_one_line_error, goodsd
 
-from goodsd.store import Failure, RedisConsumerStore, Views
+from goodsd.store import Failure, RedisConsumerStore, RetryPolicy, Settlement, Views
 
 
 def make_dead(r, items: list[bytes], error: str = "ValueError: bad item") -> None:
@@ -23,14 +23,9 @@ def make_dead(r, items: list[bytes], error: str = "ValueError: bad item") -> Non
         chunk = items[start : start + 1000]
         Views(r, "q").push(chunk)
         claimed = queue.claim("elsewhere-1-aa", len(chunk), 30, 0)
+        failed = tuple(Failure(d, error, final=True) for d in claimed)
         queue.settle(
-            "elsewhere-1-aa",
-            [Failure(d, error, final=True) for d in claimed],
-            0,
-            oldest=claimed[0].claimed,
-            settle_id=f"dead-{start}",
-            retries=3,
-            retry_delay=1,
+            "elsewhere-1-aa", Settlement(f"dead-{start}", failed=failed), RetryPolicy(3, 1)
         )
 
 
