@@ -55,7 +55,7 @@ from goodsd.redisconn import AccessDenied, PasswordError, connect, password
 from goodsd.runner import HandlerLoadError, SetupFailed
 from goodsd.scoreboard import FLAG_PAUSED, FLAG_STANDBY, NO_READING, Scoreboard
 from goodsd.stopsummary import StopSummary
-from goodsd.store import MasterEntry, Overview, Upkeep
+from goodsd.store import MasterEntry, Overview, RetryPolicy, Upkeep
 
 log = logging.getLogger("goodsd.master")
 T = TypeVar("T")
@@ -717,12 +717,12 @@ class Master:
                 remaining.append(rec)
                 continue
             try:
+                consumers = rec.config.consumers
                 count = self.queue_for(rec.config).recover(
                     rec.identity,
-                    current=rec.current,
+                    running=() if rec.current is None else (rec.current,),
                     error=rec.error,
-                    retries=rec.config.consumers.retries,
-                    retry_delay=rec.config.consumers.retry_delay,
+                    policy=RetryPolicy(consumers.retries, consumers.retry_delay),
                 )
             except REDIS_ERRORS as exc:
                 self.redis_quiet_until = self.clock() + REDIS_PAUSE

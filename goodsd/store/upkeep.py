@@ -4,7 +4,7 @@ held (its own at once, other hosts' once their lease is gone), and keep its regi
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 import redis
 
@@ -12,7 +12,10 @@ from goodsd.store import scripts
 from goodsd.store.keys import QueueKeys
 from goodsd.store.records import MasterEntry, decode_hash, deliveries
 from goodsd.store.views import Views
-from goodsd.store.worker import Failure, failure_args, ms
+from goodsd.store.worker import Failure, RetryPolicy, failure_args, ms
+
+# What recovery does to a running item when no policy is given: it goes to the dead list.
+NO_RETRIES = RetryPolicy(retries=0, delay=0.0)
 
 
 class Upkeep:
@@ -39,25 +42,28 @@ class Upkeep:
         self,
         consumer: str,
         *,
-        current: int | None = None,
+        running: Sequence[int] = (),
         error: str = "",
-        retries: int = 0,
-        retry_delay: float = 0.0,
+        policy: RetryPolicy = NO_RETRIES,
         only_if_expired: bool = False,
     ) -> int:
-        """Give a gone consumer's in-flight items back to the pop end and forget it.
+        """Give a gone consumer's in-flight items back to the pop end and forget it (see
+        scripts/recover.lua).
 
-        ``current`` is the position (0 = oldest) of the item the consumer was running when it
-        died; that item counts a failed attempt with ``error``, so an item that kills its
-        worker every time ends in the dead list instead of looping. Returns the number of
-        items handled, or -1 when ``only_if_expired`` and the lease still lives.
+        ``running`` holds the positions (0 = oldest held) of the items it was running when it
+        died; each counts a failed attempt with ``error``, retried by ``policy``, so an item
+        that kills its worker every time ends in the dead list instead of looping. Returns the
+        number of items handled, or -1 when ``only_if_expired`` and the lease still lives.
         """
         keys = self.keys.consumer(consumer)
-        args: list[object] = [int(only_if_expired), consumer, retries, int(retry_delay * 1000)]
-        if current is not None:
+        args: list[object] = [int(only_if_expired), consumer, policy.retries]
+        args.append(int(policy.delay * 1000))
+        if running:
             held = deliveries(*self._held(keys=keys))
-            if current < len(held):
-                args += failure_args(Failure(held[current], error), consumer, time.time())
+            now = time.time()
+            for position in running:
+                if position < len(held):
+                    args += failure_args(Failure(held[position], error), consumer, now)
         return int(self._recover(keys=keys, args=args))
 
     def reap_expired(self, skip: Collection[str] = ()) -> dict[str, int]:
