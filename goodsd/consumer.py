@@ -15,8 +15,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import redis
-
 from goodsd import hostinfo, runner, stopsignal
 from goodsd.config import Config
 from goodsd.forkguard import ForkGuard
@@ -25,10 +23,10 @@ from goodsd.redisconn import GaveUp, until_done
 from goodsd.scoreboard import Scoreboard
 from goodsd.store import (
     MAX_ERROR,
+    ConsumerStore,
     Delivery,
     Failure,
     InFlightLost,
-    RedisConsumerStore,
     Registration,
     RetryPolicy,
     Settlement,
@@ -67,11 +65,11 @@ class Consumer:
         consumer_id: str,
         board: Scoreboard,
         ready: Callable[[], None],
-        client: redis.Redis,
-        clock: Callable[[], float] = time.monotonic,
+        store: ConsumerStore,
+        clock: Callable[[], float],
     ) -> None:
         self.config = config
-        self.client = client  # this process's own connection, made after the fork
+        self.store = store  # the queue, through this process's own connection
         self.guard = ForkGuard()  # ends a copy of this process that a handler forked
         self.cfg = config.consumers
         self.consumer_id = consumer_id
@@ -84,7 +82,6 @@ class Consumer:
         self.failed_count = 0
         self.given_back = 0  # items released unstarted, for the master's stop summary
         self.run_item: Callable[[bytes], None] | None = None
-        self.queue: RedisConsumerStore | None = None
         # A batch claimed together with the previous batch's acks, to run next.
         self.next_batch: list[Delivery] = []
 
@@ -96,14 +93,13 @@ class Consumer:
 
     def initialize(self) -> None:
         """Load the handler (HandlerLoadError propagates: the child exits 78), run setup,
-        connect and register, then tell the master we are ready."""
+        register, then tell the master we are ready."""
         self.guard.install()
         self.run_item = runner.build(self.cfg, self.config.pythonpath)
         if self.cfg.setup:
             runner.run_setup(self.cfg.setup)
             if self.guard.cloned:
                 self.guard.leave()
-        self.queue = RedisConsumerStore(self.client, self.config.queue)
         registration = Registration(
             host=hostinfo.hostname(),
             pid=os.getpid(),
@@ -120,7 +116,6 @@ class Consumer:
 
     def loop(self) -> None:
         """One step: claim a batch (waiting at most CLAIM_BLOCK), run it, settle it."""
-        assert self.queue is not None
         self.beat(self.clock())
         batch, self.next_batch = self.next_batch, []
         if not batch:
@@ -139,8 +134,6 @@ class Consumer:
 
     def shutdown(self) -> None:
         """Give back a batch claimed but not started, then leave the registry."""
-        if self.queue is None:
-            return
         if self.next_batch:
             self.settle(Pending(), release=self.next_batch)
             self.next_batch = []
@@ -226,10 +219,10 @@ class Consumer:
         )
         lease = self.config.supervisor.lease
 
-        def attempt(q: RedisConsumerStore, claim: int) -> list[Delivery]:
+        def attempt(q: ConsumerStore, claim: int) -> list[Delivery]:
             return q.settle(self.consumer_id, settlement, self.policy, claim, lease)
 
-        def resync(q: RedisConsumerStore) -> list[Delivery]:
+        def resync(q: ConsumerStore) -> list[Delivery]:
             attempt(q, 0)
             return q.held(self.consumer_id) if claim_next else []
 
@@ -266,18 +259,17 @@ class Consumer:
 
     def _until_done(
         self,
-        step: Callable[[RedisConsumerStore], T],
-        retry: Callable[[RedisConsumerStore], T] | None = None,
+        step: Callable[[ConsumerStore], T],
+        retry: Callable[[ConsumerStore], T] | None = None,
         patience: float = 0.0,
     ) -> T:
         """Run a Redis step through the shared retry loop; a stop asked for during an outage
         ends the wait (GaveUp) after one more try and ``patience`` seconds: the master gives
         back what this consumer holds."""
-        queue = self.queue
-        assert queue is not None
+        store = self.store
         return until_done(
-            lambda: step(queue),
-            retry=(lambda: retry(queue)) if retry else None,
+            lambda: step(store),
+            retry=(lambda: retry(store)) if retry else None,
             beat=lambda: self.beat(self.clock()),
             stop_requested=lambda: not self.running,
             patience=patience,

@@ -55,7 +55,14 @@ from goodsd.redisconn import AccessDenied, PasswordError, connect, password
 from goodsd.runner import HandlerLoadError, SetupFailed
 from goodsd.scoreboard import FLAG_PAUSED, FLAG_STANDBY, NO_READING, Scoreboard
 from goodsd.stopsummary import StopSummary
-from goodsd.store import MasterEntry, Overview, RetryPolicy, Upkeep
+from goodsd.store import (
+    MasterEntry,
+    Overview,
+    ProducerStore,
+    RedisConsumerStore,
+    RetryPolicy,
+    Upkeep,
+)
 
 log = logging.getLogger("goodsd.master")
 T = TypeVar("T")
@@ -1058,7 +1065,8 @@ def consumer_main(
     ready: Callable[[], None],
     client: redis.Redis,
 ) -> int:
-    worker = consumer_mod.Consumer(config, identity, board, ready, client)
+    store = RedisConsumerStore(client, config.queue)
+    worker = consumer_mod.Consumer(config, identity, board, ready, store, time.monotonic)
     return consumer_mod.run(worker)
 
 
@@ -1069,7 +1077,8 @@ def producer_main(
     ready: Callable[[], None],
     client: redis.Redis,
 ) -> int:
-    worker = producer_mod.Producer(config, identity, board, ready, client)
+    store = ProducerStore(client, config.queue)
+    worker = producer_mod.Producer(config, identity, board, ready, store, time.monotonic)
     return producer_mod.run(worker)
 
 

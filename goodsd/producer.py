@@ -26,8 +26,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import redis
-
 from goodsd import hostinfo, sources, stopsignal
 from goodsd.config import Config
 from goodsd.redisconn import TRANSIENT_ERRORS, until_done
@@ -164,11 +162,11 @@ class Producer:
         producer_id: str,
         board: Scoreboard,
         ready: Callable[[], None],
-        client: redis.Redis,
-        clock: Callable[[], float] = time.monotonic,
+        store: ProducerStore,
+        clock: Callable[[], float],
     ) -> None:
         self.config = config
-        self.client = client  # this process's own connection, made after the fork
+        self.store = store  # the queue, through this process's own connection
         self.cfg = config.producer
         self.producer_id = producer_id
         self.board = board
@@ -190,14 +188,13 @@ class Producer:
         self.reported: tuple[str, bool] | None = None  # (state, holding) last published
         self.report_at = 0.0
         self.identity = ProducerRecord()  # the registry record's fixed part
-        self.queue: ProducerStore | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
     def initialize(self) -> None:
-        """Load the source (HandlerLoadError: the child exits 78), connect, clean up what
-        earlier producers of this host left in the registry, open the source unless this is
-        a singleton standby, then tell the master we are ready."""
+        """Load the source (HandlerLoadError: the child exits 78), clean up what earlier
+        producers of this host left in the registry, open the source unless this is a
+        singleton standby, then tell the master we are ready."""
         self.open_source = sources.load(self.cfg, self.config.pythonpath)
         pid, master_pid = os.getpid(), os.getppid()
         self.identity = ProducerRecord(
@@ -207,7 +204,6 @@ class Producer:
             master_pid=master_pid,
             master_start=hostinfo.process_start(master_pid),
         )
-        self.queue = ProducerStore(self.client, self.config.queue)
         self._until_done(self.forget_stale)
         if not self.cfg.singleton:
             self.activate()
@@ -248,7 +244,6 @@ class Producer:
     def shutdown(self) -> None:
         """Stop the source, push everything taken from it (even past the high watermark:
         stopping must not lose it), free the lock, leave the registry."""
-        assert self.queue is not None
         if self.feed is not None:
             rest = self.feed.stop(FEED_STOP_WAIT)
             if rest:
@@ -399,7 +394,6 @@ class Producer:
         current = (self.state, self.holding)
         if not force and current == self.reported and now < self.report_at:
             return
-        assert self.queue is not None
         record = dataclasses.replace(
             self.identity,
             state=current[0],
@@ -408,16 +402,16 @@ class Producer:
             updated=round(time.time(), 3),
         )
         try:
-            self.queue.report_producer(self.producer_id, record)
+            self.store.report_producer(self.producer_id, record)
         except TRANSIENT_ERRORS as exc:
             log.debug("cannot report state: %s", exc)
             return
         self.reported = current
         self.report_at = now + REPORT_EVERY
 
-    def forget_stale(self, queue: ProducerStore) -> None:
-        stale = stale_producers(queue.producers(), hostinfo.hostname(), hostinfo.process_alive)
-        queue.forget_producers(stale)
+    def forget_stale(self, store: ProducerStore) -> None:
+        stale = stale_producers(store.producers(), hostinfo.hostname(), hostinfo.process_alive)
+        store.forget_producers(stale)
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -425,9 +419,8 @@ class Producer:
         """Run a Redis step through the shared retry loop. Unlike a consumer, a producer keeps
         trying through a stop: the batch it holds exists nowhere else, so it waits for Redis
         until the master's graceful_timeout runs out."""
-        queue = self.queue
-        assert queue is not None
-        return until_done(lambda: step(queue), beat=lambda: self.beat(self.clock()))
+        store = self.store
+        return until_done(lambda: step(store), beat=lambda: self.beat(self.clock()))
 
 
 def run(producer: Producer) -> int:

@@ -22,6 +22,7 @@ from goodsd.store.views import ConsumerLoad, Overview, Views
 from goodsd.store.worker import (
     NOT_HOLDER,
     PUSHED,
+    ConsumerStore,
     Failure,
     InFlightLost,
     ProducerStore,
@@ -39,6 +40,7 @@ __all__ = [
     "TAG_LEN",
     "TAG_MARK",
     "ConsumerLoad",
+    "ConsumerStore",
     "DeadRecord",
     "Delivery",
     "Failure",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import redis
 
@@ -89,8 +89,41 @@ def ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
+class ConsumerStore(Protocol):
+    """What a consumer asks of its queue; ``RedisConsumerStore`` is the real one. Methods that
+    talk to Redis raise redis-py's errors (the consumer's retry loop sorts them out)."""
+
+    def register(self, consumer: str, registration: Registration, lease: float) -> None:
+        """Make the consumer visible and take its lease (``lease`` seconds)."""
+
+    def deregister(self, consumer: str) -> None:
+        """A clean exit: its in-flight list is already empty."""
+
+    def claim(self, consumer: str, batch: int, lease: float, block: float) -> list[Delivery]:
+        """Up to ``batch`` items, oldest first (due retries before the backlog), waiting up to
+        ``block`` seconds while there are none; renews the lease."""
+
+    def settle(
+        self,
+        consumer: str,
+        settlement: Settlement,
+        policy: RetryPolicy,
+        claim_next: int = 0,
+        lease: float = 0.0,
+    ) -> list[Delivery]:
+        """Record ``settlement`` (InFlightLost, changing nothing, when the store no longer
+        holds what the consumer does), then claim up to ``claim_next`` items without waiting;
+        returns them."""
+
+    def held(self, consumer: str) -> list[Delivery]:
+        """What the consumer holds, oldest first."""
+
+    def give_back_all(self, consumer: str) -> int:
+        """Give back everything held and forget the consumer; returns how many items."""
+
+
 class RedisConsumerStore:
-    """One queue as a consumer process sees it, through its own connection."""
+    """One queue as a consumer process sees it, through its own connection (a ConsumerStore)."""
 
     def __init__(self, client: redis.Redis, queue: str) -> None:
         self.client = client
