@@ -1,7 +1,8 @@
 -- A settle, then (unless ARGV[1] is '') the next claim, in one script call: a busy consumer's
 -- whole round trip per batch. See lib/settle.lua and lib/claim.lua.
 -- KEYS: the consumer's (lib/shared.lua)
--- ARGV: the claim's n ('' = no claim), lease_ms, consumer_id, registration; then the settle's
+-- ARGV: the claim's n ('' = no claim), lease_ms, consumer_id, registration; from ARGV[5] on,
+--       the settle's
 -- Returns {settle result} or {settle result, claim result}.
 --#include lib/shared.lua
 --#include lib/claim.lua
