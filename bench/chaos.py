@@ -56,7 +56,7 @@ from goodsd.children import HEARTBEAT_MIN, TIMEOUT_GRACE  # noqa: E402
 from goodsd.config import dump as dump_config  # noqa: E402
 from goodsd.localredis import find_redis_server  # noqa: E402
 from goodsd.ops.demo import start_master  # noqa: E402
-from goodsd.queue import Queue, dead_payload, parse_dead_record  # noqa: E402
+from goodsd.store import DeadRecord, Views  # noqa: E402
 
 QUEUE = "chaos"
 HANDLER = "chaos_handler:handle"
@@ -320,10 +320,10 @@ class Pusher(threading.Thread):
     pushed by the retry. So after the thread ends, `pushed` is exactly the items in Redis.
     """
 
-    def __init__(self, url: str, queue: Queue, items: int, duration: float) -> None:
+    def __init__(self, url: str, queue: Views, items: int, duration: float) -> None:
         super().__init__(name="pusher", daemon=True)
         self.url = url
-        self.keys = (queue.keys["ready"], queue.keys["stats"])
+        self.keys = (queue.keys.ready, queue.keys.stats)
         self.items = items
         self.duration = duration
         self.stopping = threading.Event()
@@ -767,23 +767,23 @@ def tally(pushed: int, runs: dict[str, list[Run]], dead: list[str], chaos: Chaos
     )
 
 
-def drained(queue: Queue) -> bool:
+def drained(queue: Views) -> bool:
     """The ready list, the retry set and every in-flight list are empty. Reads the keys
     themselves, not goodsd's registry of consumers, which is part of what is under test."""
     client = queue.client
-    if client.llen(queue.keys["ready"]) or client.zcard(queue.keys["retry"]):
+    if client.llen(queue.keys.ready) or client.zcard(queue.keys.retry):
         return False
-    pattern = queue.keys["inflight_prefix"] + "*"
+    pattern = queue.keys.inflight("*")
     return not any(client.llen(key) for key in client.scan_iter(match=pattern, count=1000))
 
 
-def leftovers(queue: Queue) -> str:
+def leftovers(queue: Views) -> str:
     """What is still in Redis, for a drain that timed out."""
     client = queue.client
-    pattern = queue.keys["inflight_prefix"] + "*"
+    pattern = queue.keys.inflight("*")
     held = sum(client.llen(key) for key in client.scan_iter(match=pattern, count=1000))
     return (
-        f"ready {client.llen(queue.keys['ready'])}, retry {client.zcard(queue.keys['retry'])},"
+        f"ready {client.llen(queue.keys.ready)}, retry {client.zcard(queue.keys.retry)},"
         f" in flight {held}"
     )
 
@@ -845,7 +845,7 @@ def inject_faults(chaos: Chaos, pusher: Pusher, plan: Plan) -> None:
         time.sleep(TICK)
 
 
-def drain(chaos: Chaos, queue: Queue, plan: Plan) -> None:
+def drain(chaos: Chaos, queue: Views, plan: Plan) -> None:
     """Faults over: one master with the starting config, until the queue is empty."""
     chaos.calm_down()
 
@@ -867,15 +867,15 @@ def drain(chaos: Chaos, queue: Queue, plan: Plan) -> None:
         chaos.anomalies.append(f"{exc}: {leftovers(queue)}")
 
 
-def dead_items(queue: Queue) -> tuple[list[str], list[str]]:
+def dead_items(queue: Views) -> tuple[list[str], list[str]]:
     """(items, `error` of each record) in the dead list, oldest first."""
-    records = queue.client.lrange(queue.keys["dead"], 0, -1)[::-1]
-    items = [dead_payload(raw).decode(errors="replace") for raw in records]
-    return items, [str(parse_dead_record(raw).get("error", "")) for raw in records]
+    records = queue.client.lrange(queue.keys.dead, 0, -1)[::-1]
+    dead = [DeadRecord.decode(raw) for raw in records]
+    return [d.item.decode(errors="replace") for d in dead], [d.error or "" for d in dead]
 
 
 def reckon(
-    plan: Plan, chaos: Chaos, pusher: Pusher, queue: Queue, workdir: Path, timing: Timing
+    plan: Plan, chaos: Chaos, pusher: Pusher, queue: Views, workdir: Path, timing: Timing
 ) -> tuple[int, bool]:
     """Tally and print what became of the items once goodsd has stopped; see `run`."""
     dead, errors = dead_items(queue)
@@ -905,7 +905,7 @@ def run(plan: Plan, workdir: Path) -> tuple[int, bool]:
     with open(workdir / "faults.log", "w") as timeline:
         try:
             server.start()
-            queue = Queue(client_for(server.url), QUEUE)
+            queue = Views(client_for(server.url), QUEUE)
             print(machine(queue.client))
             service.start()
             wait_for(service.is_ready, READY_TIMEOUT, f"goodsd to start; see {service.log_path(1)}")

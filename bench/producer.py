@@ -30,7 +30,7 @@ if str(REPO_DIR) not in sys.path:
 from goodsd.config import dump as dump_config  # noqa: E402
 from goodsd.localredis import LocalRedis  # noqa: E402
 from goodsd.ops.demo import start_master  # noqa: E402
-from goodsd.queue import Queue  # noqa: E402
+from goodsd.store import Views  # noqa: E402
 
 QUEUE = "bench"
 HIGH = 2_000_000_000  # never reached: the bench measures pushing, not pausing
@@ -39,7 +39,7 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
 
 
-def pushed(queue: Queue) -> int:
+def pushed(queue: Views) -> int:
     return queue.stats()["pushed"]
 
 
@@ -54,7 +54,7 @@ def wait_until(predicate, timeout: float, what: str) -> None:
 def measure_goodsd(server: LocalRedis, r: redis.Redis, batch: int, seconds: float) -> float:
     """Items/s one producer pushes with ``batch``, over ``seconds`` after the warm-up."""
     r.flushall()
-    queue = Queue(r, QUEUE)
+    queue = Views(r, QUEUE)
     with tempfile.TemporaryDirectory(prefix="goodsd-bench-") as tmp:
         config = Path(tmp) / "goodsd.yaml"
         config.write_text(

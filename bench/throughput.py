@@ -56,7 +56,7 @@ from cputime import MachineCpu, ProcessGone, machine_seconds, processes_seconds 
 from goodsd.config import dump as dump_config  # noqa: E402
 from goodsd.handlers import noop  # noqa: E402
 from goodsd.localredis import LocalRedis  # noqa: E402
-from goodsd.queue import Queue  # noqa: E402
+from goodsd.store import Views  # noqa: E402
 
 QUEUE = "bench"  # the ready list every design consumes, and goodsd's queue name
 TEMPLATE = "bench:template"  # the prepared backlog, in TEMPLATE_DB; copied to db 0 per run
@@ -319,7 +319,7 @@ class GoodsdPool:
         self.log_path = workdir / f"{name}.log"
         self.config_path.write_text(dump_config(config))
         self.processes = config["consumers"]["processes"]
-        self.queue = Queue(redis.Redis.from_url(redis_url), QUEUE)
+        self.queue = Views(redis.Redis.from_url(redis_url), QUEUE)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH")]))
         env["BENCH_REDIS_URL"] = redis_url
@@ -357,7 +357,7 @@ class GoodsdPool:
         return self.queue.stats()["done"]
 
     def worker_pids(self) -> list[int]:
-        return [int(record["pid"]) for record in self.queue.registered().values()]
+        return [r.pid for r in self.queue.registered().values() if r.pid is not None]
 
     def master_pids(self) -> list[int]:
         return [self.process.pid]

@@ -15,15 +15,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import redis
-
 from goodsd import hostinfo, runner, stopsignal
 from goodsd.config import Config
 from goodsd.forkguard import ForkGuard
 from goodsd.logs import show_item
-from goodsd.queue import MAX_ERROR, Delivery, Failure, InFlightLost, Queue, clip
 from goodsd.redisconn import GaveUp, Outage, until_done
 from goodsd.scoreboard import Scoreboard
+from goodsd.store import (
+    MAX_ERROR,
+    ConsumerStore,
+    Delivery,
+    Failure,
+    InFlightLost,
+    Registration,
+    RetryPolicy,
+    Settlement,
+    clip,
+)
 
 log = logging.getLogger("goodsd.consumer")
 T = TypeVar("T")
@@ -40,13 +48,12 @@ STOP_MARGIN = 1.0
 
 @dataclass
 class Pending:
-    """Outcomes of the current batch not yet written to Redis, in claimed order
-    (None = done), and when the oldest of them was reached."""
+    """Outcomes of the current batch not yet written to Redis, each kind in claimed order,
+    and when the oldest of them was reached."""
 
-    results: list[Failure | None] = field(default_factory=list)
-    done_tags: list[str] = field(default_factory=list)  # done items that had failed before
+    done: list[Delivery] = field(default_factory=list)
+    failed: list[Failure] = field(default_factory=list)
     since: float = 0.0
-    oldest: bytes = b""  # claimed value of the first result: Redis checks it is still there
 
 
 class Consumer:
@@ -58,23 +65,23 @@ class Consumer:
         consumer_id: str,
         board: Scoreboard,
         ready: Callable[[], None],
-        client: redis.Redis,
-        clock: Callable[[], float] = time.monotonic,
+        store: ConsumerStore,
+        clock: Callable[[], float],
     ) -> None:
         self.config = config
-        self.client = client  # this process's own connection, made after the fork
+        self.store = store  # the queue, through this process's own connection
         self.guard = ForkGuard()  # ends a copy of this process that a handler forked
         self.cfg = config.consumers
         self.consumer_id = consumer_id
         self.board = board
         self.ready = ready
         self.clock = clock
+        self.policy = RetryPolicy(self.cfg.retries, self.cfg.retry_delay)
         self.running = True
         self.done_count = 0
         self.failed_count = 0
         self.given_back = 0  # items released unstarted, for the master's stop summary
         self.run_item: Callable[[bytes], None] | None = None
-        self.queue: Queue | None = None
         self.outage = Outage()  # this process's Redis outage, across all its Redis steps
         # A batch claimed together with the previous batch's acks, to run next.
         self.next_batch: list[Delivery] = []
@@ -87,30 +94,29 @@ class Consumer:
 
     def initialize(self) -> None:
         """Load the handler (HandlerLoadError propagates: the child exits 78), run setup,
-        connect and register, then tell the master we are ready."""
+        register, then tell the master we are ready."""
         self.guard.install()
         self.run_item = runner.build(self.cfg, self.config.pythonpath)
         if self.cfg.setup:
             runner.run_setup(self.cfg.setup)
             if self.guard.cloned:
                 self.guard.leave()
-        self.queue = Queue(self.client, self.config.queue)
-        info = {
-            "host": hostinfo.hostname(),
-            "pid": os.getpid(),
-            "proc_start": hostinfo.process_start(os.getpid()),
-            "pidns": hostinfo.pid_namespace(),
-            "master_pid": os.getppid(),
-            "master_start": hostinfo.process_start(os.getppid()),
-            "started": round(time.time(), 3),
-        }
-        self._until_done(lambda q: q.register(self.consumer_id, info, self.config.supervisor.lease))
+        registration = Registration(
+            host=hostinfo.hostname(),
+            pid=os.getpid(),
+            proc_start=hostinfo.process_start(os.getpid()),
+            pidns=hostinfo.pid_namespace(),
+            master_pid=os.getppid(),
+            master_start=hostinfo.process_start(os.getppid()),
+            started=round(time.time(), 3),
+        )
+        lease = self.config.supervisor.lease
+        self._until_done(lambda q: q.register(self.consumer_id, registration, lease))
         self.beat(self.clock())
         self.ready()
 
     def loop(self) -> None:
         """One step: claim a batch (waiting at most CLAIM_BLOCK), run it, settle it."""
-        assert self.queue is not None
         self.beat(self.clock())
         batch, self.next_batch = self.next_batch, []
         if not batch:
@@ -129,8 +135,6 @@ class Consumer:
 
     def shutdown(self) -> None:
         """Give back a batch claimed but not started, then leave the registry."""
-        if self.queue is None:
-            return
         if self.next_batch:
             self.settle(Pending(), release=self.next_batch)
             self.next_batch = []
@@ -151,27 +155,25 @@ class Consumer:
                 self.settle(pending, release=batch[position:])
                 return
             started = clock()
-            if not pending.results:
-                pending.since, pending.oldest = started, delivery.claimed
+            if position == settled:  # nothing pending: this outcome will be the oldest
+                pending.since = started
             elif started - pending.since > FLUSH_AFTER:
-                settled += len(pending.results)
-                if not self.settle(pending):
+                settled = position
+                if not self.settle(pending, kept=len(batch) - position):
                     return  # what was left of the batch went back to the queue
-                pending = Pending(since=started, oldest=delivery.claimed)
+                pending = Pending(since=started)
             busy(started, position - settled)
             try:
                 run_item(delivery.payload)
             except Exception as exc:
                 if guard.cloned:
                     guard.leave()
-                pending.results.append(self.failure(delivery, exc))
+                pending.failed.append(self.failure(delivery, exc))
                 continue
             if guard.cloned:
                 guard.leave()
             self.done_count += 1
-            pending.results.append(None)
-            if delivery.tag:
-                pending.done_tags.append(delivery.tag)
+            pending.done.append(delivery)
         self.settle(pending, claim_next=self.wants_more())
 
     def wants_more(self) -> int:
@@ -195,12 +197,16 @@ class Consumer:
         return Failure(delivery, error)
 
     def settle(
-        self, pending: Pending, release: Sequence[Delivery] = (), claim_next: int = 0
+        self,
+        pending: Pending,
+        release: Sequence[Delivery] = (),
+        claim_next: int = 0,
+        kept: int = 0,
     ) -> bool:
         """Write outcomes, give back ``release`` (and maybe claim the next batch) in one round
-        trip. After a lost reply the settle is repeated harmlessly (same settle id) and what
-        the claim took is read back from the in-flight list, so no claimed item is ever
-        unknown to us.
+        trip; ``kept`` items of the batch stay held (not run yet). After a lost reply the
+        settle is repeated harmlessly (same settle id) and what the claim took is read back
+        from the in-flight list, so no claimed item is ever unknown to us.
 
         When Redis's in-flight list no longer matches ours (a lapsed lease, or a failover that
         lost recent writes), nothing is settled: everything held goes back to the queue (items
@@ -209,25 +215,15 @@ class Consumer:
         Idle first: once settled, the busy position no longer names the right item, and a
         death during the settle must not count an attempt against an item not yet started."""
         self.beat(self.clock())
-        settle_id = secrets.token_hex(8)
+        settlement = Settlement(
+            secrets.token_hex(8), tuple(pending.done), tuple(pending.failed), tuple(release), kept
+        )
+        lease = self.config.supervisor.lease
 
-        oldest = pending.oldest if pending.results else release[0].claimed if release else b""
+        def attempt(q: ConsumerStore, claim: int) -> list[Delivery]:
+            return q.settle(self.consumer_id, settlement, self.policy, claim, lease)
 
-        def attempt(q: Queue, claim: int) -> list[Delivery]:
-            return q.settle(
-                self.consumer_id,
-                pending.results,
-                len(release),
-                oldest=oldest,
-                settle_id=settle_id,
-                retries=self.cfg.retries,
-                retry_delay=self.cfg.retry_delay,
-                claim_next=claim,
-                lease=self.config.supervisor.lease,
-                done_tags=tuple(pending.done_tags),
-            )
-
-        def resync(q: Queue) -> list[Delivery]:
+        def resync(q: ConsumerStore) -> list[Delivery]:
             attempt(q, 0)
             return q.held(self.consumer_id) if claim_next else []
 
@@ -238,11 +234,11 @@ class Consumer:
             self.next_batch = self._until_done(
                 lambda q: attempt(q, claim_next),
                 retry=resync,
-                patience=patience if pending.results else 0.0,
+                patience=patience if pending.done or pending.failed else 0.0,
             )
         except InFlightLost as exc:
             log.warning("%s: giving back everything held and starting afresh", exc)
-            self._until_done(lambda q: q.recover(self.consumer_id))
+            self._until_done(lambda q: q.give_back_all(self.consumer_id))
             self.next_batch = []
             return False
         if release:
@@ -265,18 +261,17 @@ class Consumer:
 
     def _until_done(
         self,
-        step: Callable[[Queue], T],
-        retry: Callable[[Queue], T] | None = None,
+        step: Callable[[ConsumerStore], T],
+        retry: Callable[[ConsumerStore], T] | None = None,
         patience: float = 0.0,
     ) -> T:
         """Run a Redis step through the shared retry loop; a stop asked for during an outage
         ends the wait (GaveUp) after one more try and ``patience`` seconds: the master gives
         back what this consumer holds."""
-        queue = self.queue
-        assert queue is not None
+        store = self.store
         return until_done(
-            lambda: step(queue),
-            retry=(lambda: retry(queue)) if retry else None,
+            lambda: step(store),
+            retry=(lambda: retry(store)) if retry else None,
             beat=lambda: self.beat(self.clock()),
             stop_requested=lambda: not self.running,
             patience=patience,

@@ -53,7 +53,6 @@ from goodsd.exits import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 from goodsd.hostinfo import signal_name
 from goodsd.notify import Notifier
 from goodsd.ops.common import display_url
-from goodsd.queue import Overview, Queue
 from goodsd.redisconn import (
     AccessDenied,
     Outage,
@@ -68,6 +67,14 @@ from goodsd.redisconn import (
 from goodsd.runner import HandlerLoadError, SetupFailed
 from goodsd.scoreboard import FLAG_PAUSED, FLAG_STANDBY, NO_READING, Scoreboard
 from goodsd.stopsummary import StopSummary
+from goodsd.store import (
+    MasterEntry,
+    Overview,
+    ProducerStore,
+    RedisConsumerStore,
+    RetryPolicy,
+    Upkeep,
+)
 
 log = logging.getLogger("goodsd.master")
 T = TypeVar("T")
@@ -180,7 +187,7 @@ class Master:
         self.previous: Config | None = None
         self.previous_generation: dict[Role, int] = {}
         self.generation_seq = max(self.generation.values())
-        self.queues: dict[tuple[RedisConfig, str], Queue] = {}
+        self.queues: dict[tuple[RedisConfig, str], Upkeep] = {}
         self.selector = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe()
         self.timers: dict[str, float] = {}
@@ -195,16 +202,16 @@ class Master:
         self.proven: dict[Role, int] = {}
 
     @property
-    def queue(self) -> Queue:
+    def queue(self) -> Upkeep:
         return self.queue_for(self.config)
 
-    def queue_for(self, config: Config) -> Queue:
+    def queue_for(self, config: Config) -> Upkeep:
         """The master's client for the queue a config names (children of an older config may
         still hold items of another queue or server)."""
         key = (config.redis, config.queue)
         if key not in self.queues:
             client = connect(config.redis, "goodsd-master", socket_timeout=MASTER_SOCKET_TIMEOUT)
-            self.queues[key] = Queue(client, config.queue)
+            self.queues[key] = Upkeep(client, config.queue)
         return self.queues[key]
 
     # -- main loop ----------------------------------------------------------------------
@@ -767,12 +774,12 @@ class Master:
                 remaining.append(rec)
                 continue
             try:
+                consumers = rec.config.consumers
                 count = self.queue_for(rec.config).recover(
                     rec.identity,
-                    current=rec.current,
+                    running=() if rec.current is None else (rec.current,),
                     error=rec.error,
-                    retries=rec.config.consumers.retries,
-                    retry_delay=rec.config.consumers.retry_delay,
+                    policy=RetryPolicy(consumers.retries, consumers.retry_delay),
                 )
             except REDIS_ERRORS as exc:
                 self.redis_quiet_until = self.clock() + REDIS_PAUSE
@@ -863,7 +870,7 @@ class Master:
         leases may still run: requeue their items now instead of waiting."""
         host = hostinfo.hostname()
         known = {c.identity for c in self.children} | {r.identity for r in self.recoveries}
-        registered = self.redis_do("search for leftovers", self.queue.registered)
+        registered = self.redis_do("search for leftovers", self.queue.views.registered)
         if registered is None:
             self.leftovers_unknown = True
             registered = {}
@@ -872,11 +879,11 @@ class Master:
             self.timers["reaper"] = self.clock() + LEFTOVER_RECHECK
             self.timers.pop("leftovers", None)  # no longer due: the loop must not wake for it
         for identity, info in registered.items():
-            if info.get("host") != host or identity in known:
+            if info.host != host or identity in known:
                 continue
-            if info.get("pidns") != self.pidns:
+            if info.pidns != self.pidns:
                 continue  # pids of another namespace or boot cannot be judged: the lease decides
-            if _alive(info, "master_pid", "master_start") or _alive(info, "pid", "proc_start"):
+            if _alive(info.master_pid, info.master_start) or _alive(info.pid, info.proc_start):
                 continue  # its own master answers for it (and blames what it was running)
             self.recoveries.append(Recovery(identity, None, "", self.config))
         self.retry_recoveries()
@@ -991,19 +998,21 @@ class Master:
             role: sum(1 for c in self.children if c.role == role and c.state is State.RUNNING)
             for role in self.generation
         }
-        info = {
-            "host": hostinfo.hostname(),
-            "pid": os.getpid(),
-            "started": round(self.started_wall, 3),
-            "seen": round(time.time(), 3),
-            "version": __version__,
-            "consumers": running[Role.CONSUMER],
-            "producers": running[Role.PRODUCER],
-        }
+        info = MasterEntry(
+            host=hostinfo.hostname(),
+            pid=os.getpid(),
+            started=round(self.started_wall, 3),
+            seen=round(time.time(), 3),
+            version=__version__,
+            consumers=running[Role.CONSUMER],
+            producers=running[Role.PRODUCER],
+        )
         self.redis_do(
             "masters registry", lambda: self.queue.beat_master(self.master_id, info, MASTER_FORGET)
         )
-        overview = self.redis_do("metrics overview", self.queue.overview) if self.exporter else None
+        overview = (
+            self.redis_do("metrics overview", self.queue.views.overview) if self.exporter else None
+        )
         if self.exporter is not None:
             self.exporter.publish(self.metrics_snapshot(overview))
 
@@ -1024,7 +1033,7 @@ class Master:
         )
 
     def read_backlog(self) -> None:
-        self.backlog = self.redis_do("backlog", self.queue.backlog)
+        self.backlog = self.redis_do("backlog", self.queue.views.backlog)
 
     def redis_do(self, what: str, action: Callable[[], T]) -> T | None:
         """One Redis call of the master's housekeeping; None when it failed or was skipped.
@@ -1133,12 +1142,9 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _alive(info: dict[str, object], pid_key: str, start_key: str) -> bool:
+def _alive(pid: int | None, start: int | None) -> bool:
     """Whether the process a registration names (by pid and start time) still runs."""
-    pid, start = info.get(pid_key), info.get(start_key)
-    return isinstance(pid, int) and hostinfo.process_alive(
-        pid, start if isinstance(start, int) else None
-    )
+    return pid is not None and hostinfo.process_alive(pid, start)
 
 
 def _record_only(signum: int, frame: object) -> None:
@@ -1175,7 +1181,8 @@ def consumer_main(
     ready: Callable[[], None],
     client: redis.Redis,
 ) -> int:
-    worker = consumer_mod.Consumer(config, identity, board, ready, client)
+    store = RedisConsumerStore(client, config.queue)
+    worker = consumer_mod.Consumer(config, identity, board, ready, store, time.monotonic)
     return consumer_mod.run(worker)
 
 
@@ -1186,7 +1193,8 @@ def producer_main(
     ready: Callable[[], None],
     client: redis.Redis,
 ) -> int:
-    worker = producer_mod.Producer(config, identity, board, ready, client)
+    store = ProducerStore(client, config.queue)
+    worker = producer_mod.Producer(config, identity, board, ready, store, time.monotonic)
     return producer_mod.run(worker)
 
 

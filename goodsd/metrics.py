@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 
 from goodsd.config import Config, ConfigError, parse_listen
-from goodsd.queue import Overview
+from goodsd.store import Overview
 
 INSTALL_HINT = "needs `pip install goodsd[metrics]` (prometheus-client is not installed)"
 DEADLINE = 5.0  # seconds from accept() to the end of the answer; then the connection is closed

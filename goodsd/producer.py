@@ -5,7 +5,7 @@ Its life is ``initialize()``, then ``loop()`` (one bounded step) until ``running
 then ``shutdown()``. Rules:
 
 - Backpressure is atomic: one script checks the ready list's length and pushes the batch only
-  below ``high_watermark`` (goodsd.queue ``_PUSH``), so racing producers overshoot by at most
+  below ``high_watermark`` (goodsd/store/scripts/push.lua), so racing producers overshoot by at most
   one batch together. At or above it the producer holds its batch and reads the length again
   when, at the rate it has been draining, it should be down to ``low_watermark`` (never sooner
   than POLL_MIN nor later than POLL_MAX) until it is: no spinning, no recursion.
@@ -17,6 +17,7 @@ then ``shutdown()``. Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
@@ -25,14 +26,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import redis
-
 from goodsd import hostinfo, sources, stopsignal
 from goodsd.config import Config
-from goodsd.queue import NOT_HOLDER, PUSHED, Queue
 from goodsd.redisconn import REDIS_ERRORS, Outage, outage_of, until_done
 from goodsd.scoreboard import FLAG_FINISHED, FLAG_PAUSED, FLAG_STANDBY, Scoreboard
 from goodsd.sources import Feed, SourceError
+from goodsd.store import NOT_HOLDER, PUSHED, ProducerRecord, ProducerStore
 
 log = logging.getLogger("goodsd.producer")
 T = TypeVar("T")
@@ -135,7 +134,7 @@ class PauseLog:
 
 
 def stale_producers(
-    records: dict[str, dict[str, object]],
+    records: dict[str, ProducerRecord],
     host: str,
     alive: Callable[[int, int | None], bool],
 ) -> list[str]:
@@ -143,13 +142,13 @@ def stale_producers(
     while its master lives (status shows it finished), any other only while it lives."""
     stale = []
     for producer, record in records.items():
-        if record.get("host") != host:
+        if record.host != host:
             continue
-        if record.get("state") == "finished":
-            pid, start = record.get("master_pid"), record.get("master_start")
+        if record.state == "finished":
+            pid, start = record.master_pid, record.master_start
         else:
-            pid, start = record.get("pid"), record.get("proc_start")
-        if not isinstance(pid, int) or not alive(pid, start if isinstance(start, int) else None):
+            pid, start = record.pid, record.proc_start
+        if pid is None or not alive(pid, start):
             stale.append(producer)
     return stale
 
@@ -163,11 +162,11 @@ class Producer:
         producer_id: str,
         board: Scoreboard,
         ready: Callable[[], None],
-        client: redis.Redis,
-        clock: Callable[[], float] = time.monotonic,
+        store: ProducerStore,
+        clock: Callable[[], float],
     ) -> None:
         self.config = config
-        self.client = client  # this process's own connection, made after the fork
+        self.store = store  # the queue, through this process's own connection
         self.cfg = config.producer
         self.producer_id = producer_id
         self.board = board
@@ -188,26 +187,24 @@ class Producer:
         self.renew_at = 0.0  # when to extend the lock next
         self.reported: tuple[str, bool] | None = None  # (state, holding) last published
         self.report_at = 0.0
-        self.identity: dict[str, object] = {}  # the registry record's fixed part
-        self.queue: Queue | None = None
+        self.identity = ProducerRecord()  # the registry record's fixed part
         self.outage = Outage()  # this process's Redis outage, across all its Redis steps
 
     # -- lifecycle ----------------------------------------------------------------------
 
     def initialize(self) -> None:
-        """Load the source (HandlerLoadError: the child exits 78), connect, clean up what
-        earlier producers of this host left in the registry, open the source unless this is
-        a singleton standby, then tell the master we are ready."""
+        """Load the source (HandlerLoadError: the child exits 78), clean up what earlier
+        producers of this host left in the registry, open the source unless this is a
+        singleton standby, then tell the master we are ready."""
         self.open_source = sources.load(self.cfg, self.config.pythonpath)
         pid, master_pid = os.getpid(), os.getppid()
-        self.identity = {
-            "host": hostinfo.hostname(),
-            "pid": pid,
-            "proc_start": hostinfo.process_start(pid),
-            "master_pid": master_pid,
-            "master_start": hostinfo.process_start(master_pid),
-        }
-        self.queue = Queue(self.client, self.config.queue)
+        self.identity = ProducerRecord(
+            host=hostinfo.hostname(),
+            pid=pid,
+            proc_start=hostinfo.process_start(pid),
+            master_pid=master_pid,
+            master_start=hostinfo.process_start(master_pid),
+        )
         self._until_done(self.forget_stale)
         if not self.cfg.singleton:
             self.activate()
@@ -248,7 +245,6 @@ class Producer:
     def shutdown(self) -> None:
         """Stop the source, push everything taken from it (even past the high watermark:
         stopping must not lose it), free the lock, leave the registry."""
-        assert self.queue is not None
         if self.feed is not None:
             rest = self.feed.stop(FEED_STOP_WAIT)
             if rest:
@@ -401,16 +397,15 @@ class Producer:
         current = (self.state, self.holding)
         if not force and current == self.reported and now < self.report_at:
             return
-        assert self.queue is not None
-        record = {
-            **self.identity,
-            "state": current[0],
-            "pushed": self.pushed,
-            "lock": self.holding,
-            "updated": round(time.time(), 3),
-        }
+        record = dataclasses.replace(
+            self.identity,
+            state=current[0],
+            pushed=self.pushed,
+            lock=self.holding,
+            updated=round(time.time(), 3),
+        )
         try:
-            self.queue.report_producer(self.producer_id, record)
+            self.store.report_producer(self.producer_id, record)
         except REDIS_ERRORS as exc:
             # Said once, like any failed step; a refusal, or no Redis trouble, goes on up.
             self.outage.failed(outage_of(exc), now)
@@ -421,21 +416,20 @@ class Producer:
         self.reported = current
         self.report_at = now + REPORT_EVERY
 
-    def forget_stale(self, queue: Queue) -> None:
-        stale = stale_producers(queue.producers(), hostinfo.hostname(), hostinfo.process_alive)
-        queue.forget_producers(stale)
+    def forget_stale(self, store: ProducerStore) -> None:
+        stale = stale_producers(store.producers(), hostinfo.hostname(), hostinfo.process_alive)
+        store.forget_producers(stale)
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _until_done(self, step: Callable[[Queue], T], what: str = "") -> T:
+    def _until_done(self, step: Callable[[ProducerStore], T], what: str = "") -> T:
         """Run a Redis step through the shared retry loop (``what`` names a step that only
         reads). Unlike a consumer, a producer keeps trying through a stop: the batch it holds
         exists nowhere else, so it waits for Redis until the master's graceful_timeout runs
         out."""
-        queue = self.queue
-        assert queue is not None
+        store = self.store
         return until_done(
-            lambda: step(queue),
+            lambda: step(store),
             beat=lambda: self.beat(self.clock()),
             outage=self.outage,
             what=what,

@@ -21,8 +21,9 @@ from redis.retry import Retry
 
 from goodsd.backoff import backoff_delay
 from goodsd.config import RedisConfig
-from goodsd.queue import Queue, ScriptsReloaded
 from goodsd.scoreboard import REDIS_WAIT_SHIFT
+from goodsd.store import Upkeep
+from goodsd.store.scripts import ScriptsReloaded
 
 log = logging.getLogger("goodsd.redis")
 T = TypeVar("T")
@@ -388,10 +389,11 @@ def _say_stop_waits(patience: float) -> None:
 # -- what goodsd needs Redis to allow ---------------------------------------------------------
 
 # Every command goodsd's master, consumers and producers send for a queue (directly, in
-# pipelines and transactions, and from the Lua scripts in goodsd.queue), each with the keys it
-# is sent for: {name} is a key of Queue.keys; per-process keys ({inflight}, {lease}, {settled},
-# {pushed}) are named by their prefix. Other arguments only make the count right. The operator
-# commands (goodsd dead, push, status) are not here: they report their own refusals.
+# pipelines and transactions, and from the Lua scripts in goodsd/store/scripts), each with the
+# keys it is sent for: {name} is a key of goodsd.store.QueueKeys; per-process keys
+# ({inflight}, {lease}, {settled}, {pushed}) are those of one consumer id. Other arguments only
+# make the count right. The operator commands (goodsd dead, push, status) are not here: they
+# report their own refusals.
 NEEDED_COMMANDS: tuple[str, ...] = (
     # sent directly
     "PING",
@@ -440,9 +442,9 @@ NEEDED_COMMANDS: tuple[str, ...] = (
     "HSETNX {attempts} f v",
     "HSETNX {consumers} f v",
     "HDEL {attempts} f",
-    "LINDEX {inflight} 0",
     "LRANGE {inflight} 0 1",
-    "LTRIM {inflight} 0 1",
+    "LPOS {inflight} v",
+    "LREM {inflight} -1 v",
     "LPUSH {inflight} v",
     "LPUSH {dead} v",
     "LPUSH {ready} v",
@@ -466,11 +468,24 @@ class Probe(NamedTuple):
     keys: tuple[str, ...]
 
 
-def needed_commands(queue: Queue) -> list[Probe]:
+def needed_commands(queue: Upkeep) -> list[Probe]:
     """NEEDED_COMMANDS with the keys of ``queue``."""
+    k = queue.keys
     keys = {
-        name.removesuffix("_prefix"): key + CHECK_ID if name.endswith("_prefix") else key
-        for name, key in queue.keys.items()
+        "ready": k.ready,
+        "consumers": k.consumers,
+        "masters": k.masters,
+        "producers": k.producers,
+        "attempts": k.attempts,
+        "retry": k.retry,
+        "dead": k.dead,
+        "stats": k.stats,
+        "producer_lock": k.producer_lock,
+        "producer_wake": k.producer_wake,
+        "inflight": k.inflight(CHECK_ID),
+        "lease": k.lease(CHECK_ID),
+        "settled": k.settled(CHECK_ID),
+        "pushed": k.pushed(CHECK_ID),
     }
     probes = []
     for command in NEEDED_COMMANDS:
@@ -482,7 +497,7 @@ def needed_commands(queue: Queue) -> list[Probe]:
     return probes
 
 
-def refused_commands(queue: Queue) -> list[str]:
+def refused_commands(queue: Upkeep) -> list[str]:
     """The commands goodsd needs that Redis's ACL refuses to this client's user, as "BLMOVE"
     (the command) or "HINCRBY on <key>" (its keys); [] when all are allowed.
 

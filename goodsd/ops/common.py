@@ -13,21 +13,21 @@ from urllib.parse import urlsplit
 import redis
 
 from goodsd.config import Config, secret_parameter
-from goodsd.queue import Queue
 from goodsd.redisconn import Kind, PasswordError, classify, connect
+from goodsd.store import Views
 
 
 class OpsError(Exception):
     """A command cannot do its job; the CLI prints ``goodsd: <message>`` and exits 1."""
 
 
-def open_queue(cfg: Config, name: str) -> Queue:
+def open_queue(cfg: Config, name: str) -> Views:
     """A connection of its own, named so `CLIENT LIST` shows who is there."""
     try:
         client = connect(cfg.redis, f"goodsd-{name}")
     except PasswordError as exc:
         raise OpsError(str(exc)) from None
-    return Queue(client, cfg.queue)
+    return Views(client, cfg.queue)
 
 
 @contextlib.contextmanager

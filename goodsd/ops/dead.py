@@ -21,7 +21,7 @@ from typing import TextIO
 from goodsd.config import DEFAULT_PATH, Config
 from goodsd.logs import printable
 from goodsd.ops.common import OpsError, open_queue, redis_errors, span, table
-from goodsd.queue import Queue, dead_payload
+from goodsd.store import DeadRecord, Views
 
 # Records per round trip when scanning or requeuing the dead list.
 PAGE = 1000
@@ -65,13 +65,6 @@ def item_from_argument(argument: str) -> bytes:
         ) from None
 
 
-def record_item(record: dict[str, object]) -> bytes:
-    """The item of a parsed dead record, byte for byte."""
-    if isinstance(record.get("item_b64"), str):
-        return base64.b64decode(str(record["item_b64"]))
-    return str(record.get("item", "")).encode("utf-8")
-
-
 def requeue_command(argument: str, config_path: str) -> str:
     """The shell command that requeues the item spelled ``argument``."""
     config = ["-c", config_path] if config_path != DEFAULT_PATH else []
@@ -79,7 +72,7 @@ def requeue_command(argument: str, config_path: str) -> str:
 
 
 def render_list(
-    records: list[dict[str, object]], total: int, now: float, config_path: str = DEFAULT_PATH
+    records: list[DeadRecord], total: int, now: float, config_path: str = DEFAULT_PATH
 ) -> str:
     """Newest first: age, attempts, item (as its requeue argument), last error; then the
     whole requeue command of each item the ITEM column cuts."""
@@ -88,19 +81,17 @@ def render_list(
     rows = []
     commands = []
     for record in records:
-        at = record.get("at")
-        age = span(now - at) + " ago" if isinstance(at, int | float) and at else "?"
-        item = requeue_argument(record_item(record))
+        age = span(now - record.at) + " ago" if record.at else "?"
+        item = requeue_argument(record.item)
         if len(item) > ITEM_WIDTH:
             commands.append("  " + requeue_command(item, config_path))
             item = item[: ITEM_WIDTH - 3] + "..."
-        attempts = record.get("attempts")
         rows.append(
             [
                 age,
-                attempts if isinstance(attempts, int) else "?",
+                record.attempts if record.attempts is not None else "?",
                 item,
-                printable(str(record.get("error", ""))),
+                printable(record.error or ""),
             ]
         )
     lines = table(["WHEN", "ATTEMPTS", "ITEM", "LAST ERROR"], rows, indent="")
@@ -117,13 +108,14 @@ def list_main(cfg: Config, *, limit: int, as_json: bool, out: TextIO = sys.stdou
         total = queue.dead_count()
         records = queue.dead_records(limit)
     if as_json:
-        out.write(json.dumps({"queue": cfg.queue, "dead": total, "records": records}) + "\n")
+        view = {"queue": cfg.queue, "dead": total, "records": [r.fields() for r in records]}
+        out.write(json.dumps(view) + "\n")
     else:
         out.write(render_list(records, total, time.time(), cfg.path))
     return 0
 
 
-def requeue_all(queue: Queue) -> int:
+def requeue_all(queue: Views) -> int:
     """Everything dead now, oldest first; records that die meanwhile wait for the next run
     (they arrive at the other end of the list), so a failing handler cannot keep this busy."""
     todo = queue.dead_count()
@@ -137,20 +129,25 @@ def requeue_all(queue: Queue) -> int:
     return moved
 
 
-def requeue_matching(queue: Queue, items: list[bytes]) -> Counter[bytes]:
+def requeue_matching(queue: Views, items: list[bytes]) -> Counter[bytes]:
     """Every dead record of each item (equal items died as separate copies); returns how many
     were requeued per item."""
     wanted = set(items)
-    found = [record for record in queue.dead_scan(PAGE) if dead_payload(record) in wanted]
+    found = [record for record in queue.dead_scan(PAGE) if _item(record) in wanted]
     moved: Counter[bytes] = Counter()
     for start in range(0, len(found), PAGE):
         chunk = found[start : start + PAGE]
         if queue.requeue_dead(chunk) == len(chunk):
-            moved.update(dead_payload(record) for record in chunk)
+            moved.update(_item(record) for record in chunk)
         else:  # another operator took some of them: count one by one
             for record in chunk:
-                moved[dead_payload(record)] += queue.requeue_dead([record])
+                moved[_item(record)] += queue.requeue_dead([record])
     return moved
+
+
+def _item(raw: bytes) -> bytes:
+    """The item a raw dead record holds, byte for byte: what requeuing it puts back."""
+    return DeadRecord.decode(raw).item
 
 
 def requeue_main(

@@ -26,7 +26,7 @@ from goodsd import config as config_mod
 from goodsd.localredis import LocalRedis, RedisServerMissing, find_redis_server
 from goodsd.ops import status
 from goodsd.ops.common import OpsError, Screen, open_queue, redis_errors
-from goodsd.queue import Queue
+from goodsd.store import Views
 
 QUEUE = "demo"
 # The backlog the producer (or the demo itself, without one) keeps: between these two.
@@ -130,7 +130,7 @@ def stop_master(master: subprocess.Popen[bytes]) -> None:
         master.wait()
 
 
-def top_up(queue: Queue, next_number: int) -> int:
+def top_up(queue: Views, next_number: int) -> int:
     """Without a producer: push items when the backlog is below the low watermark."""
     backlog = queue.backlog()
     if backlog >= LOW_WATERMARK:
@@ -141,7 +141,7 @@ def top_up(queue: Queue, next_number: int) -> int:
 
 
 def live_view(
-    queue: Queue,
+    queue: Views,
     cfg: config_mod.Config,
     master: subprocess.Popen[bytes],
     log_path: Path,

@@ -21,7 +21,7 @@ from typing import BinaryIO, TextIO
 
 from goodsd.config import Config
 from goodsd.ops.common import OpsError, open_queue, redis_errors
-from goodsd.queue import Queue
+from goodsd.store import Views
 
 # The largest item, in bytes. Redis refuses a bulk string over proto-max-bulk-len (512 MiB by
 # default), and a failed item travels to Redis again inside its dead record, as base64 when it
@@ -159,7 +159,7 @@ def read_blocks(stream: BinaryIO) -> Iterator[bytes]:
 
 
 def push_all(
-    queue: Queue, groups: Iterable[list[bytes]], tally: Tally, wait_below: int | None
+    queue: Views, groups: Iterable[list[bytes]], tally: Tally, wait_below: int | None
 ) -> None:
     """Push every item in order; with ``wait_below``, only as many as keep the backlog <= it."""
     delay = WAIT_MIN

@@ -15,7 +15,7 @@ from typing import TextIO
 
 from goodsd.config import Config
 from goodsd.ops.common import OpsError, Screen, display_url, open_queue, redis_errors, span, table
-from goodsd.queue import ConsumerLoad, Overview, Queue
+from goodsd.store import ConsumerLoad, MasterEntry, Overview, ProducerRecord, Views
 
 # A master whose registry entry is older than this is not counted as live (it refreshes it
 # every 2 s; a few missed beats are tolerated).
@@ -50,28 +50,26 @@ def build(
     url: str,
     overview: Overview,
     loads: list[ConsumerLoad],
-    masters: dict[str, dict[str, object]],
-    producers: dict[str, dict[str, object]],
+    masters: dict[str, MasterEntry],
+    producers: dict[str, ProducerRecord],
     rate: dict[str, float] | None,
     now: float,
 ) -> dict[str, object]:
     """The whole view as plain data: what --json prints and what the human view renders."""
     live = []
-    for master_id, record in sorted(
-        masters.items(), key=lambda kv: (str(kv[1].get("host")), kv[0])
-    ):
-        seen = _number(record.get("seen"))
+    for master_id, entry in sorted(masters.items(), key=lambda kv: (str(kv[1].host), kv[0])):
+        seen = entry.seen or 0.0
         if now - seen > LIVE_WITHIN:
             continue
         live.append(
             {
                 "id": master_id,
-                "host": record.get("host"),
-                "pid": record.get("pid"),
-                "version": record.get("version"),
-                "consumers": record.get("consumers"),
-                "producers": record.get("producers"),
-                "up_s": round(now - _number(record.get("started"), now), 1),
+                "host": entry.host,
+                "pid": entry.pid,
+                "version": entry.version,
+                "consumers": entry.consumers,
+                "producers": entry.producers,
+                "up_s": round(now - _or(entry.started, now), 1),
                 "seen_s_ago": round(max(now - seen, 0.0), 1),
             }
         )
@@ -99,22 +97,20 @@ def build(
         "producers": [
             {
                 "id": producer_id,
-                "host": record.get("host"),
-                "pid": record.get("pid"),
-                "state": record.get("state"),
-                "pushed": record.get("pushed"),
-                "lock": bool(record.get("lock")),
-                "updated_s_ago": round(max(now - _number(record.get("updated"), now), 0.0), 1),
+                "host": record.host,
+                "pid": record.pid,
+                "state": record.state,
+                "pushed": record.pushed,
+                "lock": record.lock,
+                "updated_s_ago": round(max(now - _or(record.updated, now), 0.0), 1),
             }
             for producer_id, record in sorted(producers.items())
         ],
     }
 
 
-def _number(value: object, default: float = 0.0) -> float:
-    return (
-        float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
-    )
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 def render(view: dict[str, object]) -> str:
@@ -210,11 +206,11 @@ def _summary(view: dict[str, object]) -> list[str]:
     ]
 
 
-def sample(queue: Queue) -> Sample:
+def sample(queue: Views) -> Sample:
     return Sample(queue.stats(), time.monotonic())
 
 
-def collect(queue: Queue, cfg: Config, before: Sample | None) -> tuple[dict[str, object], Sample]:
+def collect(queue: Views, cfg: Config, before: Sample | None) -> tuple[dict[str, object], Sample]:
     """Read everything once; returns the view and the counters sample for the next rates."""
     overview = queue.overview()
     after = Sample(overview.stats, time.monotonic())
@@ -243,7 +239,7 @@ def main(cfg: Config, *, as_json: bool, watch: float | None, out: TextIO = sys.s
     return watch_loop(queue, cfg, watch, as_json, out)
 
 
-def watch_loop(queue: Queue, cfg: Config, interval: float, as_json: bool, out: TextIO) -> int:
+def watch_loop(queue: Views, cfg: Config, interval: float, as_json: bool, out: TextIO) -> int:
     """Refresh until Ctrl-C; Redis going away shows in the view instead of ending it."""
     screen = None if as_json else Screen(out)
     if screen:

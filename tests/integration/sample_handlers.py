@@ -78,10 +78,11 @@ def dawdle(item: object) -> None:
 
 
 def drift_on_marker(item: object) -> None:
-    """On the item "drift", make every in-flight list disagree with its consumer (an item it
-    never claimed appears at the oldest end), as a Redis failover that lost recent writes
-    would; record every item."""
-    if item == "drift":
+    """The first time it runs the item "drift", make every in-flight list disagree with its
+    consumer (an item it never claimed appears at the oldest end), as a Redis failover that
+    lost recent writes would (once: the item runs again after the consumer starts afresh);
+    record every item."""
+    if item == "drift" and _client().set("test:drifted", 1, nx=True):
         client = _client()
         for key in client.scan_iter("goodsd:{q}:inflight:*"):
             client.rpush(key, "ghost")

@@ -10,7 +10,7 @@ from collections import Counter
 
 from support import wait_for
 
-from goodsd.queue import Queue
+from goodsd.store import Upkeep
 
 INFLIGHT = "goodsd:{q}:inflight:"
 
@@ -186,13 +186,13 @@ def test_live_consumer_whose_lease_ran_out_registers_again(
 
     # When their leases run out while they live (as in a network partition longer than the
     # lease) and another host's master reaps them, requeueing what they hold
-    other_master = Queue(redis_server.client(), "q")
+    other_master = Upkeep(redis_server.client(), "q")
     reaped: dict[str, int] = {}
 
     def reap_both() -> bool:
         for consumer in ids:
             if consumer not in reaped:
-                r.delete(other_master.lease_key(consumer))
+                r.delete(other_master.keys.lease(consumer))
         reaped.update(other_master.reap_expired())
         return reaped.keys() == ids.keys()
 

@@ -12,7 +12,15 @@ import threading
 import pytest
 from support import wait_for
 
-from goodsd.queue import TAG_LEN, TAG_MARK, Failure, Queue
+from goodsd.store import (
+    TAG_LEN,
+    TAG_MARK,
+    Failure,
+    RedisConsumerStore,
+    Registration,
+    RetryPolicy,
+    Settlement,
+)
 
 FORGED_TAG = b"0123456789abcdef"
 
@@ -86,19 +94,11 @@ def test_forged_tags_never_share_attempts_or_lose_bytes(r, make_config, start_da
 
 def test_retries_never_enter_the_ready_list(r):
     # Given a consumer that claimed an item and failed it
-    queue = Queue(r, "q")
-    queue.register("c1", {"host": "h", "pid": 1}, 30)
+    queue = RedisConsumerStore(r, "q")
+    queue.register("c1", Registration(host="h", pid=1), 30)
     r.lpush("q", b"good1")
     [delivery] = queue.claim("c1", 1, 30, 0)
-    queue.settle(
-        "c1",
-        [Failure(delivery, "boom")],
-        0,
-        oldest=delivery.claimed,
-        settle_id="s1",
-        retries=3,
-        retry_delay=0,
-    )
+    queue.settle("c1", Settlement("s1", failed=(Failure(delivery, "boom"),)), RetryPolicy(3, 0))
     # When the retry is due and the next claim takes it
     wait_for(lambda: r.zcard("goodsd:{q}:retry") == 1, 5, "the retry waiting")
     assert r.llen("q") == 0
@@ -111,22 +111,14 @@ def test_retries_never_enter_the_ready_list(r):
 
 def test_a_given_back_retry_keeps_its_attempts(r):
     # Given a retried item claimed again, and a forged copy of its envelope pushed by a stranger
-    queue = Queue(r, "q")
-    queue.register("c1", {"host": "h", "pid": 1}, 30)
+    queue = RedisConsumerStore(r, "q")
+    queue.register("c1", Registration(host="h", pid=1), 30)
     r.lpush("q", b"good1")
     [delivery] = queue.claim("c1", 1, 30, 0)
-    queue.settle(
-        "c1",
-        [Failure(delivery, "boom")],
-        0,
-        oldest=delivery.claimed,
-        settle_id="s1",
-        retries=3,
-        retry_delay=0,
-    )
+    queue.settle("c1", Settlement("s1", failed=(Failure(delivery, "boom"),)), RetryPolicy(3, 0))
     [again] = queue.claim("c1", 1, 30, 0)
     # When the consumer gives it back unstarted (a graceful stop)
-    queue.settle("c1", [], 1, oldest=again.claimed, settle_id="s2", retries=3, retry_delay=0)
+    queue.settle("c1", Settlement("s2", given_back=(again,)), RetryPolicy(3, 0))
     # Then it waits as a retry again, still tagged and counted, not in the ready list
     assert r.llen("q") == 0
     assert r.zrange("goodsd:{q}:retry", 0, -1) == [again.claimed]
@@ -136,19 +128,11 @@ def test_a_given_back_retry_keeps_its_attempts(r):
 def test_a_claim_judges_envelope_shapes_by_what_redis_holds(r):
     # Given hostile items in the ready list, one of them an exact copy of a live retry envelope
     # (something only a program that reads goodsd's own keys could make)
-    queue = Queue(r, "q")
-    queue.register("c1", {"host": "h", "pid": 1}, 30)
+    queue = RedisConsumerStore(r, "q")
+    queue.register("c1", Registration(host="h", pid=1), 30)
     r.lpush("q", b"")
     [empty] = queue.claim("c1", 1, 30, 0)
-    queue.settle(
-        "c1",
-        [Failure(empty, "boom")],
-        0,
-        oldest=empty.claimed,
-        settle_id="s1",
-        retries=3,
-        retry_delay=60,
-    )
+    queue.settle("c1", Settlement("s1", failed=(Failure(empty, "boom"),)), RetryPolicy(3, 60))
     [live] = r.zrange("goodsd:{q}:retry", 0, -1)
     items = hostile_items(200, seed=9)
     r.lpush("q", *items, live)
@@ -163,8 +147,8 @@ def test_a_claim_judges_envelope_shapes_by_what_redis_holds(r):
 
 def test_a_blocking_claim_judges_its_first_item_too(r, redis_server):
     # Given an idle consumer blocked on an empty queue
-    queue = Queue(r, "q")
-    queue.register("c1", {"host": "h", "pid": 1}, 30)
+    queue = RedisConsumerStore(r, "q")
+    queue.register("c1", Registration(host="h", pid=1), 30)
     forged = TAG_MARK + FORGED_TAG + b":payload"
 
     def push_once_blocked() -> None:
@@ -189,19 +173,11 @@ def test_a_blocking_claim_judges_its_first_item_too(r, redis_server):
 @pytest.mark.parametrize("pushed", [[b"b1"], [b"b1", b"b2"]])
 def test_a_retry_that_falls_due_during_a_blocking_claim_is_delivered_whole(r, redis_server, pushed):
     # Given a failed item waiting for its retry, and a consumer blocked on an empty queue
-    queue = Queue(r, "q")
-    queue.register("c1", {"host": "h", "pid": 1}, 30)
+    queue = RedisConsumerStore(r, "q")
+    queue.register("c1", Registration(host="h", pid=1), 30)
     r.lpush("q", b"a")
     [first] = queue.claim("c1", 1, 30, 0)
-    queue.settle(
-        "c1",
-        [Failure(first, "boom")],
-        0,
-        oldest=first.claimed,
-        settle_id="s1",
-        retries=3,
-        retry_delay=0.3,
-    )
+    queue.settle("c1", Settlement("s1", failed=(Failure(first, "boom"),)), RetryPolicy(3, 0.3))
 
     def push_when_due() -> None:
         pusher = redis_server.client()

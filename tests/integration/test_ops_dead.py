@@ -13,24 +13,19 @@ import sys
 import pytest
 from ops_cli import assert_one_line_error, goodsd
 
-from goodsd.queue import Failure, Queue
+from goodsd.store import Failure, RedisConsumerStore, RetryPolicy, Settlement, Views
 
 
 def make_dead(r, items: list[bytes], error: str = "ValueError: bad item") -> None:
     """Kill ``items`` for good, the way a consumer does (one settle per 1000)."""
-    queue = Queue(r, "q")
+    queue = RedisConsumerStore(r, "q")
     for start in range(0, len(items), 1000):
         chunk = items[start : start + 1000]
-        queue.push(chunk)
+        Views(r, "q").push(chunk)
         claimed = queue.claim("elsewhere-1-aa", len(chunk), 30, 0)
+        failed = tuple(Failure(d, error, final=True) for d in claimed)
         queue.settle(
-            "elsewhere-1-aa",
-            [Failure(d, error, final=True) for d in claimed],
-            0,
-            oldest=claimed[0].claimed,
-            settle_id=f"dead-{start}",
-            retries=3,
-            retry_delay=1,
+            "elsewhere-1-aa", Settlement(f"dead-{start}", failed=failed), RetryPolicy(3, 1)
         )
 
 

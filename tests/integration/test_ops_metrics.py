@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import Daemon, wait_for
 
 from goodsd.metrics import DEADLINE, FD_RESERVE, MAX_CONNECTIONS
-from goodsd.queue import Failure, Queue
+from goodsd.store import Failure, RedisConsumerStore, Registration, RetryPolicy, Settlement
 
 # What stalled clients send before they stop: nothing, or part of a request
 STALLS = (
@@ -87,21 +87,13 @@ def test_metrics_match_redis(r, make_config, start_daemon, notify):
     # Given a queue with items ready, one waiting for a retry and two dead (written through
     # the real scripts by a consumer on another host), and a master with one consumer that
     # takes one item and hangs on it
-    queue = Queue(r, "q")
+    queue = RedisConsumerStore(r, "q")
     r.lpush("q", *[f"good{i}" for i in range(3)])
-    queue.register("elsewhere-1-aa", {"host": "elsewhere", "pid": 1}, 60)
+    queue.register("elsewhere-1-aa", Registration(host="elsewhere", pid=1), 60)
     claimed = queue.claim("elsewhere-1-aa", 3, 60, 0)
     failures = [Failure(claimed[0], "boom"), Failure(claimed[1], "bad", final=True)]
     failures.append(Failure(claimed[2], "bad", final=True))
-    queue.settle(
-        "elsewhere-1-aa",
-        failures,
-        0,
-        oldest=claimed[0].claimed,
-        settle_id="s1",
-        retries=3,
-        retry_delay=600,
-    )
+    queue.settle("elsewhere-1-aa", Settlement("s1", failed=tuple(failures)), RetryPolicy(3, 600))
     r.lpush("q", *[f"item{i}" for i in range(30)])
     port = free_port()
     config = make_config(

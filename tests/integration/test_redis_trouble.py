@@ -21,8 +21,8 @@ import redis
 from support import wait_for
 from test_redis_outage import lines, statuses_since
 
-from goodsd.queue import Queue
 from goodsd.redisconn import NEEDED_COMMANDS, refused_commands
+from goodsd.store import Upkeep
 
 # kind label -> (make the session server refuse writes that way, make it accept them again).
 # Too few replicas (NOREPLICAS) is the same mechanism with another reply code: see
@@ -266,7 +266,7 @@ def test_the_start_check_names_any_command_the_acl_refuses(command, r, redis_ser
     acl_user("+@all", "~*", f"-{command.lower().replace(' ', '|')}")
     client = redis.Redis.from_url(as_user(redis_server.url), password=PASSWORD)
     # When goodsd checks its permissions
-    refused = refused_commands(Queue(client, "q"))
+    refused = refused_commands(Upkeep(client, "q"))
     client.close()
     # Then exactly that command is named, and nothing ran
     assert refused == [command]
@@ -278,7 +278,7 @@ def test_the_start_check_names_a_key_the_acl_refuses(r, redis_server, acl_user):
     acl_user("+@all", "~q", "~goodsd:{q}:[^d]*")
     client = redis.Redis.from_url(as_user(redis_server.url), password=PASSWORD)
     # When goodsd checks its permissions
-    refused = refused_commands(Queue(client, "q"))
+    refused = refused_commands(Upkeep(client, "q"))
     client.close()
     # Then the commands it sends for the dead list are named with it, and only those
     assert "LPUSH on goodsd:{q}:dead" in refused
@@ -289,7 +289,7 @@ def test_the_start_check_names_a_key_the_acl_refuses(r, redis_server, acl_user):
 def test_the_start_check_passes_and_runs_nothing_when_all_is_allowed(r, redis_server, acl_user):
     acl_user("+@all", "~*")
     client = redis.Redis.from_url(as_user(redis_server.url), password=PASSWORD)
-    assert refused_commands(Queue(client, "q")) == []
+    assert refused_commands(Upkeep(client, "q")) == []
     client.close()
     assert r.dbsize() == 0
 

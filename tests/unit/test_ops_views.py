@@ -13,7 +13,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from goodsd import cli, metrics
 from goodsd.ops import dead, push, status
 from goodsd.ops.common import OpsError, display_url, span, table
-from goodsd.queue import STAT_FIELDS, ConsumerLoad, Overview, dead_payload
+from goodsd.store import (
+    STAT_FIELDS,
+    ConsumerLoad,
+    DeadRecord,
+    MasterEntry,
+    Overview,
+    ProducerRecord,
+)
 
 NOW = 1_700_000_000.0
 
@@ -74,26 +81,26 @@ def _view(**overrides: object) -> dict[str, object]:
             ConsumerLoad("web2-30-bb", "web2", 30, 2, None),
         ],
         "masters": {
-            "web1-10": {
-                "host": "web1",
-                "pid": 10,
-                "seen": NOW - 1,
-                "started": NOW - 75,
-                "version": "0.1.0",
-                "consumers": 4,
-                "producers": 1,
-            },
-            "old-11": {"host": "old", "pid": 11, "seen": NOW - 600, "started": NOW - 9000},
+            "web1-10": MasterEntry(
+                host="web1",
+                pid=10,
+                seen=NOW - 1,
+                started=NOW - 75,
+                version="0.1.0",
+                consumers=4,
+                producers=1,
+            ),
+            "old-11": MasterEntry(host="old", pid=11, seen=NOW - 600, started=NOW - 9000),
         },
         "producers": {
-            "web1-40": {
-                "host": "web1",
-                "pid": 40,
-                "state": "active",
-                "pushed": 5000,
-                "lock": True,
-                "updated": NOW - 2,
-            },
+            "web1-40": ProducerRecord(
+                host="web1",
+                pid=40,
+                state="active",
+                pushed=5000,
+                lock=True,
+                updated=NOW - 2,
+            ),
         },
         "rate": {"done_per_s": 12.5, "failed_per_s": 0.5, "pushed_per_s": 13.0, "over_s": 1.0},
         "now": NOW,
@@ -158,11 +165,10 @@ def test_status_view_without_workers_says_so():
 
 def test_dead_list_shows_newest_first_with_errors_on_one_line():
     records = [
-        {"item": "good7", "error": "ValueError: bad\nvalue", "attempts": 3, "at": NOW - 30},
-        {"item_b64": base64.b64encode(b"\xff\x00").decode(), "error": "x", "attempts": 1,
-         "at": NOW - 4000},
-        {"item": "z" * 100, "error": "", "attempts": 0, "at": 0},
-    ]  # fmt: skip
+        DeadRecord(item=b"good7", error="ValueError: bad\nvalue", attempts=3, at=NOW - 30),
+        DeadRecord(item=b"\xff\x00", error="x", attempts=1, at=NOW - 4000),
+        DeadRecord(item=b"z" * 100, error="", attempts=0, at=0),
+    ]
     text = dead.render_list(records, total=10, now=NOW)
     lines = text.splitlines()
     assert lines[0].split() == ["WHEN", "ATTEMPTS", "ITEM", "LAST", "ERROR"]
@@ -175,7 +181,7 @@ def test_dead_list_shows_newest_first_with_errors_on_one_line():
 
 
 def test_the_requeue_commands_name_the_config_file_unless_it_is_the_default():
-    records = [{"item_b64": base64.b64encode(bytes(range(64))).decode(), "attempts": 1}]
+    records = [DeadRecord(item=bytes(range(64)), attempts=1)]
     text = dead.render_list(records, total=1, now=NOW, config_path="/srv/my goods.yaml")
     assert text.splitlines()[-1].startswith("  goodsd dead requeue -c '/srv/my goods.yaml' base64:")
 
@@ -238,7 +244,7 @@ def test_empty_dead_list():
     ],
 )
 def test_dead_payload_is_the_item_byte_for_byte(raw, item):
-    assert dead_payload(raw) == item
+    assert DeadRecord.decode(raw).item == item
 
 
 # -- small helpers ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from goodsd.exits import EXIT_FAILURE, EXIT_OK
 from goodsd.producer import POLL_MAX, POLL_MIN, Backpressure, PauseLog, stale_producers
 from goodsd.scoreboard import FLAG_FINISHED, FLAG_PAUSED
 from goodsd.sources import Feed, SourceError
+from goodsd.store import ProducerRecord
 
 # --- backpressure ----------------------------------------------------------------------------
 
@@ -81,7 +82,7 @@ def test_pause_log_keeps_one_pair_per_quiet_period() -> None:
 def test_stale_producers_of_this_host_only() -> None:
     # Given records of live and dead producers, on this host and another
     alive_pids = {10, 20}
-    records = {
+    fields = {
         "live": {"host": "h", "pid": 10, "proc_start": 1, "state": "active"},
         "dead": {"host": "h", "pid": 11, "proc_start": 1, "state": "paused"},
         "elsewhere": {"host": "other", "pid": 11, "state": "active"},
@@ -101,6 +102,7 @@ def test_stale_producers_of_this_host_only() -> None:
         },
         "garbled": {"host": "h"},
     }
+    records = {name: ProducerRecord(**given) for name, given in fields.items()}
     # When the stale ones are picked
     stale = stale_producers(records, "h", lambda pid, start: pid in alive_pids)
     # Then dead producers go, finished ones only with their master, other hosts' stay

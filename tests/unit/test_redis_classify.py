@@ -9,9 +9,9 @@ import pytest
 import redis
 from redis._parsers.base import BaseParser
 
-from goodsd.queue import ScriptsReloaded
 from goodsd.redisconn import REPLY_CODES, Kind, Outage, Trouble, classify, waiting_on
 from goodsd.scoreboard import FLAG_PAUSED, FLAG_STANDBY
+from goodsd.store.scripts import ScriptsReloaded
 
 # Each reply code with a reply Redis really sends for it.
 REPLIES = {

@@ -7,15 +7,14 @@ import json
 
 import pytest
 
-from goodsd.queue import (
+from goodsd.store.records import (
     MAX_ERROR,
     TAG_LEN,
     TAG_MARK,
-    dead_record_head,
+    DeadRecord,
     deliveries,
     from_envelope,
     new_tag,
-    parse_dead_record,
     tagged_value,
 )
 
@@ -71,6 +70,11 @@ def test_only_the_positions_redis_marked_are_unwrapped() -> None:
 # --- dead records -----------------------------------------------------------------------------
 
 
+def dead_head(payload: bytes, error: str, consumer: str, at: float) -> bytes:
+    """The dead record head a consumer writes for ``payload``."""
+    return DeadRecord(item=payload, error=error, at=at, consumer=consumer).head()
+
+
 def complete(head: bytes, attempts: int) -> dict[str, object]:
     """What the settle script does: append the attempts count and the closing brace."""
     return json.loads(head + f"{attempts}}}".encode())
@@ -78,9 +82,7 @@ def complete(head: bytes, attempts: int) -> dict[str, object]:
 
 def test_dead_record_head_plus_attempts_is_one_json_object() -> None:
     # Given a failed UTF-8 item
-    head = dead_record_head(
-        b"good7", "ValueError: cannot handle good7", "host-1-abc", 1700000000.1234
-    )
+    head = dead_head(b"good7", "ValueError: cannot handle good7", "host-1-abc", 1700000000.1234)
     # When the script appends the attempts count
     record = complete(head, 4)
     # Then it is a JSON object with every field
@@ -97,7 +99,7 @@ def test_dead_record_keeps_non_utf8_items_as_base64() -> None:
     # Given an item that is not UTF-8
     payload = b"\xff\xfe\x00binary"
     # When it is dead-lettered
-    record = complete(dead_record_head(payload, "boom", "c", 1.0), 1)
+    record = complete(dead_head(payload, "boom", "c", 1.0), 1)
     # Then the bytes survive exactly, as base64, and there is no "item" field
     assert "item" not in record
     assert base64.b64decode(record["item_b64"]) == payload
@@ -106,16 +108,16 @@ def test_dead_record_keeps_non_utf8_items_as_base64() -> None:
 def test_dead_record_escapes_awkward_errors_and_keeps_unicode() -> None:
     # Given an error with quotes, a newline, a brace and non-ASCII text
     error = "KeyError: 'x' \"quoted\" }\nsecond line — ünïcode ✓"
-    record = complete(dead_record_head("café".encode(), error, "c", 2.0), 10)
+    record = complete(dead_head("café".encode(), error, "c", 2.0), 10)
     # Then the JSON is still valid and every character comes back
     assert record["error"] == error
     assert record["item"] == "café"
     assert record["attempts"] == 10
 
 
-def test_parse_dead_record_reads_what_goodsd_wrote() -> None:
-    raw = dead_record_head(b"good1", "err", "c", 3.0) + b"2}"
-    assert parse_dead_record(raw) == {
+def test_a_dead_record_reads_back_what_goodsd_wrote() -> None:
+    raw = dead_head(b"good1", "err", "c", 3.0) + b"2}"
+    assert DeadRecord.decode(raw).fields() == {
         "item": "good1",
         "error": "err",
         "at": 3.0,
@@ -125,22 +127,17 @@ def test_parse_dead_record_reads_what_goodsd_wrote() -> None:
 
 
 @pytest.mark.parametrize("raw", [b"not json at all", b"[1, 2]", b"42", b'"a string"', b"\xff\xfe"])
-def test_parse_dead_record_shows_foreign_entries_raw(raw: bytes) -> None:
+def test_foreign_dead_entries_are_shown_raw(raw: bytes) -> None:
     # Given an entry some other program pushed onto the dead list
-    record = parse_dead_record(raw)
-    # Then it is shown as its raw text, with empty metadata, instead of failing
-    assert record == {
-        "item": raw.decode("utf-8", "replace"),
-        "error": "",
-        "attempts": 0,
-        "at": 0,
-    }
+    record = DeadRecord.decode(raw)
+    # Then it is shown as its raw bytes, with empty metadata, instead of failing
+    assert record == DeadRecord(item=raw, error="", attempts=0, at=0)
 
 
 def test_an_item_that_json_would_blow_up_is_kept_as_base64() -> None:
     # Given an item of control characters (six bytes each once escaped as JSON)
     payload = b"\x01" * 100_000
-    head = dead_record_head(payload, "boom", "c1", 1.0)
+    head = dead_head(payload, "boom", "c1", 1.0)
     # Then the record keeps it as base64, a third larger at most, and it reads back whole
     assert len(head) < len(payload) * 4 // 3 + 1024
     record = complete(head, 1)
@@ -148,14 +145,14 @@ def test_an_item_that_json_would_blow_up_is_kept_as_base64() -> None:
 
 
 def test_a_huge_error_is_clipped_in_the_dead_record() -> None:
-    record = complete(dead_record_head(b"good1", "x" * 100_000, "c1", 1.0), 1)
+    record = complete(dead_head(b"good1", "x" * 100_000, "c1", 1.0), 1)
     assert len(record["error"]) == MAX_ERROR and record["error"].endswith("...")
 
 
 def test_an_item_of_multibyte_characters_and_controls_stays_within_a_third_more() -> None:
     # Given UTF-8 crafted so that JSON escaping grows it most per byte
     payload = "😀".encode() * 1000 + b"\x01" * 1000
-    head = dead_record_head(payload, "boom", "c1", 1.0)
+    head = dead_head(payload, "boom", "c1", 1.0)
     # Then the record is at most about a third larger than the item
     assert len(head) <= len(payload) * 4 // 3 + 200
     assert base64.b64decode(complete(head, 1)["item_b64"]) == payload

@@ -1,0 +1,290 @@
+"""The values goodsd keeps in Redis besides the items themselves: each has one encoding here and
+one decoding, and no other module knows their fields.
+
+- ``Registration``: a consumer's entry in the consumers hash (who it is, where it runs).
+- ``MasterEntry``: a master's entry in the masters hash (refreshed every few seconds).
+- ``ProducerRecord``: a producer's entry in the producers hash (its state, for status views).
+- ``DeadRecord``: an entry of the dead list (the item, its last error, its attempts).
+- retry envelopes: ``TAG_MARK + <16 hex> + ":" + <item>``, below.
+
+Registry records are flat JSON objects whose keys are the dataclass's field names; a reader
+takes a field only when it has the expected JSON type, so a record some other version (or
+program) wrote never breaks one.
+
+A failed item waits in the retry set inside a retry *envelope*. Its tag (64 random bits) makes
+each delivery distinct, so equal items never merge in the retry set or the attempts hash. Any
+bytes are a valid item, envelope-shaped ones included, so a value counts as a retry only when it
+has the envelope's exact shape *and* the attempts hash holds its tag (``retry_tag`` in
+scripts/lib/shared.lua). Retries never pass through the ready list: a claim moves due ones from
+the retry set straight into the claimer's in-flight list, and an unstarted one given back
+returns to the retry set, due at once. So the ready list holds only what was pushed, and no
+program that can read only the ready list ever sees a live tag it could copy.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import NamedTuple, TypeVar
+
+TAG_MARK = b"\x1egoodsd:"
+TAG_LEN = 16
+# Length of an envelope's head: the mark, the tag and the ":" before the item.
+ENVELOPE_HEAD = len(TAG_MARK) + TAG_LEN + 1
+# Longest error text kept in a dead record (a handler's exception message may be any size).
+MAX_ERROR = 4000
+T = TypeVar("T")
+
+
+class Delivery(NamedTuple):
+    """One claimed item: ``claimed`` is the exact value in the in-flight list, ``payload`` the
+    user's item inside it, ``tag`` the delivery tag when the item failed before (else None).
+    A tuple, not a dataclass: one is made per item on the hot path."""
+
+    claimed: bytes
+    payload: bytes
+    tag: str | None
+
+
+def deliveries(values: list[bytes], retries: list[int]) -> list[Delivery]:
+    """Claimed values as deliveries: ``retries`` holds the 1-based positions of the values that
+    Redis found to be retry envelopes (``retry_tag`` in scripts/lib/shared.lua); every other
+    value is the raw item, taken as it is whatever bytes it holds."""
+    out = [Delivery(value, value, None) for value in values]
+    for position in retries:
+        out[position - 1] = from_envelope(values[position - 1])
+    return out
+
+
+def from_envelope(value: bytes) -> Delivery:
+    """A retry envelope (checked by Redis) as the delivery it carries: tag and exact item."""
+    tag = value[len(TAG_MARK) : len(TAG_MARK) + TAG_LEN].decode("ascii")
+    return Delivery(value, value[ENVELOPE_HEAD:], tag)
+
+
+def new_tag() -> str:
+    """A fresh delivery tag: 16 hex digits, 64 random bits."""
+    return secrets.token_hex(TAG_LEN // 2)
+
+
+def tagged_value(tag: str, payload: bytes) -> bytes:
+    """The retry envelope of ``payload`` under ``tag``; ``from_envelope`` reverses it."""
+    return TAG_MARK + tag.encode("ascii") + b":" + payload
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, saying so."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# -- registry records ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A consumer's entry in the consumers hash: what a master needs to judge, on this host,
+    whether the consumer and its master still run. None: not known (or not written)."""
+
+    host: str | None = None  # the host name it runs on
+    pid: int | None = None  # its process id there
+    proc_start: int | None = None  # its start time in clock ticks since boot (pid reuse)
+    pidns: str | None = None  # boot id and pid namespace: only a peer there can judge pids
+    master_pid: int | None = None  # its master's process id
+    master_start: int | None = None  # its master's start time in clock ticks since boot
+    started: float | None = None  # wall-clock seconds when it registered
+
+    def encode(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Registration | None:
+        """None when ``raw`` is not a JSON object."""
+        obj = _json_object(raw)
+        if obj is None:
+            return None
+        return cls(
+            host=_text(obj, "host"),
+            pid=_int(obj, "pid"),
+            proc_start=_int(obj, "proc_start"),
+            pidns=_text(obj, "pidns"),
+            master_pid=_int(obj, "master_pid"),
+            master_start=_int(obj, "master_start"),
+            started=_number(obj, "started"),
+        )
+
+
+@dataclass(frozen=True)
+class MasterEntry:
+    """A master's entry in the masters hash; ``seen`` tells whether it is still there."""
+
+    host: str | None = None  # the host name it runs on
+    pid: int | None = None  # its process id there
+    started: float | None = None  # wall-clock seconds when it started
+    seen: float | None = None  # wall-clock seconds of its last refresh
+    version: str | None = None  # its goodsd version
+    consumers: int | None = None  # its running consumers
+    producers: int | None = None  # its running producers
+
+    def encode(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> MasterEntry | None:
+        """None when ``raw`` is not a JSON object."""
+        obj = _json_object(raw)
+        if obj is None:
+            return None
+        return cls(
+            host=_text(obj, "host"),
+            pid=_int(obj, "pid"),
+            started=_number(obj, "started"),
+            seen=_number(obj, "seen"),
+            version=_text(obj, "version"),
+            consumers=_int(obj, "consumers"),
+            producers=_int(obj, "producers"),
+        )
+
+
+@dataclass(frozen=True)
+class ProducerRecord:
+    """A producer's entry in the producers hash, for status views and for the clean-up of
+    entries whose producer is gone."""
+
+    host: str | None = None  # the host name it runs on
+    pid: int | None = None  # its process id there
+    proc_start: int | None = None  # its start time in clock ticks since boot
+    master_pid: int | None = None  # its master's process id
+    master_start: int | None = None  # its master's start time in clock ticks since boot
+    state: str | None = None  # active, paused, standby or finished
+    pushed: int | None = None  # items it pushed
+    lock: bool = False  # it holds the singleton lock
+    updated: float | None = None  # wall-clock seconds of this record
+
+    def encode(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> ProducerRecord | None:
+        """None when ``raw`` is not a JSON object."""
+        obj = _json_object(raw)
+        if obj is None:
+            return None
+        return cls(
+            host=_text(obj, "host"),
+            pid=_int(obj, "pid"),
+            proc_start=_int(obj, "proc_start"),
+            master_pid=_int(obj, "master_pid"),
+            master_start=_int(obj, "master_start"),
+            state=_text(obj, "state"),
+            pushed=_int(obj, "pushed"),
+            lock=obj.get("lock") is True,
+            updated=_number(obj, "updated"),
+        )
+
+
+def decode_hash(raw: dict[bytes, bytes], decode: Callable[[bytes], T | None]) -> dict[str, T]:
+    """A registry hash (id -> record) decoded; an entry that is not a record is skipped."""
+    out: dict[str, T] = {}
+    for key, value in raw.items():
+        record = decode(value)
+        if record is not None:
+            out[key.decode("utf-8", "replace")] = record
+    return out
+
+
+# -- dead records ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeadRecord:
+    """An entry of the dead list: the item byte for byte, its last error, when it died (wall
+    clock), the consumer that held it and its failed attempts. None: not in the record."""
+
+    item: bytes
+    error: str | None = None
+    at: float | None = None
+    consumer: str | None = None
+    attempts: int | None = None
+
+    def fields(self) -> dict[str, object]:
+        """The record as its JSON object: the item as ``item`` (text) or, when it is not UTF-8
+        or JSON would blow it up, ``item_b64``; the fields not known are left out."""
+        tail: dict[str, object] = {}
+        if self.error is not None:
+            tail["error"] = clip(self.error, MAX_ERROR)
+        if self.at is not None:
+            tail["at"] = round(self.at, 3)
+        if self.consumer is not None:
+            tail["consumer"] = self.consumer
+        try:
+            text = json.dumps({"item": self.item.decode("utf-8"), **tail}, ensure_ascii=False)
+        except UnicodeDecodeError:
+            text = ""
+        # JSON escapes a control character in six bytes: an item made of them would grow past
+        # what Redis takes in one argument. base64 grows it by a third, whatever it holds.
+        # Judged in bytes: crafted multibyte UTF-8 can make the text short and its bytes long.
+        room = len(self.item) * 4 // 3 + len(json.dumps(tail, ensure_ascii=False).encode()) + 64
+        if text and len(text.encode()) <= room:
+            out = {"item": self.item.decode("utf-8"), **tail}
+        else:
+            out = {"item_b64": base64.b64encode(self.item).decode("ascii"), **tail}
+        if self.attempts is not None:
+            out["attempts"] = self.attempts
+        return out
+
+    def head(self) -> bytes:
+        """The record's JSON up to its attempts count, which only the script that writes it
+        knows: it appends ``<attempts>}``. Needs error, at and consumer, not attempts."""
+        text = json.dumps(self.fields(), ensure_ascii=False)
+        return (text[:-1] + ', "attempts": ').encode("utf-8")
+
+    @classmethod
+    def decode(cls, raw: bytes) -> DeadRecord:
+        """One entry of the dead list. An entry some other program pushed (not one of our JSON
+        records) is its own item, with an empty error and 0 attempts."""
+        obj = _json_object(raw) or {}
+        item_b64, text = obj.get("item_b64"), obj.get("item")
+        if isinstance(item_b64, str):
+            item = base64.b64decode(item_b64)
+        elif isinstance(text, str):
+            item = text.encode("utf-8")
+        else:
+            return cls(item=raw, error="", at=0.0, attempts=0)
+        return cls(
+            item=item,
+            error=_text(obj, "error"),
+            at=_number(obj, "at"),
+            consumer=_text(obj, "consumer"),
+            attempts=_int(obj, "attempts"),
+        )
+
+
+# -- reading JSON fields ---------------------------------------------------------------------
+
+
+def _json_object(raw: bytes) -> dict[str, object] | None:
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _text(obj: dict[str, object], name: str) -> str | None:
+    value = obj.get(name)
+    return value if isinstance(value, str) else None
+
+
+def _int(obj: dict[str, object], name: str) -> int | None:
+    value = obj.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _number(obj: dict[str, object], name: str) -> float | None:
+    value = obj.get(name)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None

@@ -1,0 +1,40 @@
+-- claim(K, n, lease_ms, consumer, registration): moves up to n more items into the in-flight
+-- list, each to the left of what is already held (as LMOVE RIGHT LEFT would): first due
+-- retries, straight from the retry set (they run before the backlog, and never pass through the
+-- ready list), then the oldest ready items. Stamps the lease and puts the registration back
+-- ('' = none) if a reaper removed it (a live consumer whose lease ran out, e.g. in a long Redis
+-- outage, must stay visible to recovery); counts every item now in flight as claimed (in-flight
+-- is empty before every claim, so its length is exactly this claim, including an item BLMOVE
+-- took just before).
+-- One RPOP with a count and one LPUSH instead of an LMOVE per item: same effect, far cheaper.
+-- Returns {values in claimed order, positions (1-based) of the retry envelopes among them}.
+local function claim(K, n, lease_ms, consumer, registration)
+  local claimed, retries = {}, {}
+  if n > 0 then
+    local due = redis.call('ZRANGEBYSCORE', K.retry, '-inf', now, 'LIMIT', 0, n)
+    for _, value in ipairs(due) do
+      redis.call('ZREM', K.retry, value)
+      -- a retry keeps its attempts entry; should Redis have lost it, the envelope still counts
+      redis.call('HSETNX', K.attempts, string.sub(value, 9, 24), 1)
+      redis.call('LPUSH', K.inflight, value)
+      claimed[#claimed + 1] = value
+      retries[#retries + 1] = #claimed
+    end
+    if n > #due then
+      local fresh = redis.call('RPOP', K.ready, n - #due) or {}
+      for first = 1, #fresh, 1000 do
+        redis.call('LPUSH', K.inflight, unpack(fresh, first, math.min(first + 999, #fresh)))
+      end
+      for _, value in ipairs(fresh) do
+        claimed[#claimed + 1] = value
+        if string.byte(value, 1) == 30 and retry_tag(K.attempts, value) then
+          retries[#retries + 1] = #claimed
+        end
+      end
+    end
+  end
+  redis.call('SET', K.lease, consumer, 'PX', lease_ms)
+  if registration ~= '' then redis.call('HSETNX', K.consumers, consumer, registration) end
+  count(K, 'claimed', redis.call('LLEN', K.inflight))
+  return {claimed, retries}
+end

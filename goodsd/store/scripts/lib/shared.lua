@@ -1,0 +1,57 @@
+-- Routines shared by the consumer-side scripts; an entry script includes this file first.
+
+-- Server time in milliseconds, for lease and retry arithmetic: one clock for every host.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+-- A consumer's keys by name: every consumer-side script takes the same KEYS, in the order
+-- goodsd.store.keys.QueueKeys.consumer gives them.
+local function consumer_keys(keys)
+  return {
+    ready = keys[1], inflight = keys[2], lease = keys[3], settled = keys[4],
+    consumers = keys[5], attempts = keys[6], retry = keys[7], dead = keys[8], stats = keys[9],
+  }
+end
+
+-- Adds n (when there is anything to add) to one of the fleet counters.
+local function count(K, field, n)
+  if n > 0 then redis.call('HINCRBY', K.stats, field, n) end
+end
+
+-- The tag of a retry envelope, or nil for any other value. A value is a retry only when it has
+-- the envelope's exact shape and the attempts hash holds its tag: bytes someone pushed that
+-- merely look like an envelope (a made-up or mangled tag) are an ordinary item.
+local function retry_tag(attempts, value)
+  if string.byte(value, 1) ~= 30 or #value < 25 then return nil end
+  if string.sub(value, 1, 8) ~= '\30goodsd:' then return nil end
+  if string.sub(value, 25, 25) ~= ':' then return nil end
+  local tag = string.sub(value, 9, 24)
+  if not string.find(tag, '^[0-9a-f]+$') then return nil end
+  if redis.call('HEXISTS', attempts, tag) == 1 then return tag end
+  return nil
+end
+
+-- An unstarted value back where it came from, to be taken next: a retry to the retry set (due
+-- now; claims take due retries first), anything else to the pop end of the ready list.
+local function give_back(K, value)
+  if retry_tag(K.attempts, value) then
+    redis.call('ZADD', K.retry, now, value)
+  else
+    redis.call('RPUSH', K.ready, value)
+  end
+end
+
+-- One failed attempt of a delivery: counted under its tag; then it waits in the retry set (as
+-- its envelope) until delay_ms from now, or, when final (malformed) or its retries are used up,
+-- goes to the dead list as its record's head completed with the attempts count. The one place
+-- that decides "retry or dead", for settles and for recovery alike. Returns true when dead.
+local function fail_delivery(K, tag, envelope, head, final, retries, delay_ms)
+  local attempts = redis.call('HINCRBY', K.attempts, tag, 1)
+  if final or attempts > retries then
+    redis.call('HDEL', K.attempts, tag)
+    redis.call('LPUSH', K.dead, head .. attempts .. '}')
+    return true
+  end
+  redis.call('ZADD', K.retry, now + delay_ms, envelope)
+  return false
+end

@@ -1,0 +1,44 @@
+-- Gives a consumer's whole in-flight list back (give_back: retries to the retry set, due now,
+-- the rest to the pop end of the ready list, oldest nearest to it) and forgets the consumer.
+-- With ARGV[1] = '1' only when its lease is gone (the reaper, racing other masters); then
+-- returns -1, changing nothing, while the lease lives.
+-- The items it was running when it died count a failed attempt instead (fail_delivery): each
+-- is named by its claimed value (the first held value equal to it, newest first), with its
+-- tag, envelope, record head and final flag. Returns how many items it handled.
+-- KEYS: the consumer's (lib/shared.lua)
+-- ARGV: only_if_expired, consumer_id, retries, retry_delay_ms, then 5 per running item:
+--       claimed value, tag, envelope, record head, final
+--#include lib/shared.lua
+local K = consumer_keys(KEYS)
+if ARGV[1] == '1' and redis.call('EXISTS', K.lease) == 1 then return -1 end
+local retries, delay = tonumber(ARGV[3]), tonumber(ARGV[4])
+-- claimed value -> the argument positions of the running items that hold it
+local running = {}
+for a = 5, #ARGV, 5 do
+  local positions = running[ARGV[a]] or {}
+  positions[#positions + 1] = a
+  running[ARGV[a]] = positions
+end
+local items = redis.call('LRANGE', K.inflight, 0, -1)
+local moved, failed, dead = 0, 0, 0
+for _, item in ipairs(items) do
+  local positions = running[item]
+  if positions and #positions > 0 then
+    local a = table.remove(positions)
+    failed = failed + 1
+    local final = ARGV[a + 4] == '1'
+    if fail_delivery(K, ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], final, retries, delay) then
+      dead = dead + 1
+    end
+  else
+    give_back(K, item)
+    moved = moved + 1
+  end
+end
+redis.call('DEL', K.inflight, K.lease, K.settled)
+redis.call('HDEL', K.consumers, ARGV[2])
+count(K, 'requeued', moved)
+count(K, 'failed', failed)
+count(K, 'retried', failed - dead)
+count(K, 'dead', dead)
+return moved + failed

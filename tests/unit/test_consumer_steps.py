@@ -1,0 +1,133 @@
+"""A consumer driven one ``loop()`` step at a time on the in-memory store (tests/memory_store.py)
+with a fake clock: its delivery rules without Redis or processes."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from memory_store import FakeClock, MemoryConsumerStore
+
+from goodsd.config import Config, ConsumersConfig
+from goodsd.consumer import CLAIM_BLOCK, FLUSH_AFTER, Consumer
+from goodsd.scoreboard import Scoreboard
+from goodsd.store import DeadRecord
+
+ME = "host-1-aa"
+HANDLED: list[str] = []  # every item the handler was called with, in order
+ACTIONS: dict[str, Callable[[], None]] = {}  # item -> what its next call does besides
+
+
+def handle(item: str) -> None:
+    """The consumers' handler (``test_consumer_steps:handle``)."""
+    HANDLED.append(item)
+    ACTIONS.pop(item, lambda: None)()
+
+
+def fail() -> None:
+    raise ValueError("cannot handle it")
+
+
+@pytest.fixture
+def clock() -> Iterator[FakeClock]:
+    HANDLED.clear()
+    ACTIONS.clear()
+    yield FakeClock()
+
+
+@pytest.fixture
+def store(clock: FakeClock) -> MemoryConsumerStore:
+    return MemoryConsumerStore(clock, clock.sleep)
+
+
+def started(store: MemoryConsumerStore, clock: FakeClock, **consumers: Any) -> Consumer:
+    """A consumer of ``store``, initialized: handler loaded, registered."""
+    settings = ConsumersConfig(processes=1, handler=f"{__name__}:handle", **consumers)
+    config = Config(queue="q", consumers=settings)
+    worker = Consumer(config, ME, Scoreboard(), lambda: None, store, clock)
+    worker.initialize()
+    return worker
+
+
+def test_a_failed_item_runs_again_once_its_retry_delay_has_passed(store, clock):
+    # Given three items, the second of which fails once, retried after 5 s
+    store.push(b"good1", b"good2", b"good3")
+    ACTIONS["good2"] = fail
+    worker = started(store, clock, retries=3, retry_delay=5.0)
+    # When the consumer takes a step
+    worker.loop()
+    # Then all three ran, and the failed one waits for its retry; nothing is held
+    assert HANDLED == ["good1", "good2", "good3"]
+    assert len(store.retry) == 1 and store.held(ME) == []
+    # When it steps again before the delay is over, it waits for items and gets none
+    worker.loop()
+    assert HANDLED == ["good1", "good2", "good3"]
+    assert clock.now - 1_700_000_000.0 == CLAIM_BLOCK
+    # When the delay is over, the next step runs it again, and this time it is done
+    clock.advance(5.0)
+    worker.loop()
+    assert HANDLED == ["good1", "good2", "good3", "good2"]
+    assert store.retry == {} and store.attempts == {} and store.held(ME) == []
+    assert (store.stats["done"], store.stats["failed"], store.stats["retried"]) == (3, 1, 1)
+
+
+def test_a_malformed_item_goes_to_the_dead_list_at_once(store, clock):
+    # Given an item that is not UTF-8 among good ones, and retries to spare
+    store.push(b"good1", b"bad\xff", b"good2")
+    worker = started(store, clock, retries=3, decode="utf-8")
+    # When the consumer takes a step
+    worker.loop()
+    # Then the good ones ran, and the malformed one is dead after one attempt, never retried
+    assert HANDLED == ["good1", "good2"]
+    [dead] = [DeadRecord.decode(raw) for raw in store.dead]
+    assert (dead.item, dead.attempts, dead.consumer) == (b"bad\xff", 1, ME)
+    assert dead.error is not None and dead.error.startswith("malformed: not UTF-8")
+    assert store.retry == {} and store.held(ME) == []
+
+
+def test_a_stop_mid_batch_gives_back_the_items_not_started(store, clock):
+    # Given four items, and a stop asked while the second runs (as SIGTERM does)
+    store.push(b"good1", b"good2", b"good3", b"good4")
+    worker = started(store, clock, batch=10)
+    ACTIONS["good2"] = lambda: setattr(worker, "running", False)
+    # When the consumer takes a step
+    worker.loop()
+    # Then the second item finishes, the last two go back unstarted, next in line, oldest
+    # first, and nothing is held; after shutdown the consumer has left the registry
+    assert HANDLED == ["good1", "good2"]
+    assert list(reversed(store.ready)) == [b"good3", b"good4"]
+    assert store.held(ME) == [] and worker.given_back == 2
+    assert (store.stats["done"], store.stats["requeued"]) == (2, 2)
+    worker.shutdown()
+    assert ME not in store.registrations
+
+
+def test_slow_items_are_acked_as_they_go(store, clock):
+    # Given three items that take longer than FLUSH_AFTER each
+    store.push(b"good1", b"good2", b"good3")
+    held_during_last: list[list[bytes]] = []
+    ACTIONS["good1"] = ACTIONS["good2"] = lambda: clock.advance(FLUSH_AFTER * 2)
+    ACTIONS["good3"] = lambda: held_during_last.append([d.payload for d in store.held(ME)])
+    worker = started(store, clock, batch=10)
+    # When the consumer takes a step
+    worker.loop()
+    # Then by the time the last one runs, the first two are done and no longer held
+    assert held_during_last == [[b"good3"]]
+    assert store.stats["done"] == 3 and store.held(ME) == []
+
+
+def test_a_consumer_out_of_step_gives_back_everything_and_starts_afresh(store, clock):
+    # Given two items, and a value the consumer never claimed slipped into its list meanwhile
+    store.push(b"good1", b"good2")
+    ACTIONS["good1"] = lambda: store.inflight[ME].append(b"ghost")
+    worker = started(store, clock)
+    # When it takes a step, nothing is settled: everything held goes back, the stranger too
+    worker.loop()
+    assert list(reversed(store.ready)) == [b"ghost", b"good1", b"good2"]
+    assert store.stats["done"] == 0 and store.held(ME) == []
+    # And the next step runs them all, once more for the two it ran before
+    worker.loop()
+    assert HANDLED == ["good1", "good2", "ghost", "good1", "good2"]
+    assert store.stats["done"] == 3 and store.ready == deque() and store.held(ME) == []
