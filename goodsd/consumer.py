@@ -53,6 +53,7 @@ class Pending:
 
     done: list[Delivery] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
+    cut: list[Delivery] = field(default_factory=list)  # failed once a stop began: given back
     since: float = 0.0
 
 
@@ -168,7 +169,10 @@ class Consumer:
             except Exception as exc:
                 if guard.cloned:
                     guard.leave()
-                pending.failed.append(self.failure(delivery, exc))
+                if self.running:
+                    pending.failed.append(self.failure(delivery, exc))
+                else:  # the stop may be what failed it (see stop_cut)
+                    pending.cut.append(self.stop_cut(delivery, exc))
                 continue
             if guard.cloned:
                 guard.leave()
@@ -183,6 +187,18 @@ class Consumer:
         if self.cfg.max_items:
             return max(0, min(self.cfg.batch, self.cfg.max_items - self.handled))
         return self.cfg.batch
+
+    def stop_cut(self, delivery: Delivery, exc: Exception) -> Delivery:
+        """An item whose handler failed after a stop began is given back, no attempt counted:
+        the stop may be what failed it (a TERM sent to a whole process group or cgroup, as
+        ``systemctl kill`` does, also reaches the handler's own processes)."""
+        log.info(
+            "handler failed on %s during the stop (%s: %s): given back, no attempt counted",
+            show_item(delivery.payload),
+            type(exc).__name__,
+            exc,
+        )
+        return delivery
 
     def failure(self, delivery: Delivery, exc: Exception) -> Failure:
         """What a raising handler makes of its item: a retry, or dead at once if malformed."""
@@ -215,8 +231,9 @@ class Consumer:
         Idle first: once settled, the busy position no longer names the right item, and a
         death during the settle must not count an attempt against an item not yet started."""
         self.beat(self.clock())
+        release = (*pending.cut, *release)
         settlement = Settlement(
-            secrets.token_hex(8), tuple(pending.done), tuple(pending.failed), tuple(release), kept
+            secrets.token_hex(8), tuple(pending.done), tuple(pending.failed), release, kept
         )
         lease = self.config.supervisor.lease
 

@@ -137,3 +137,12 @@ def print_to_stderr(item: object) -> None:
     import sys
 
     print("trouble with", item, file=sys.stderr)
+
+
+def run_sleep(item: object) -> None:
+    """Record that the item started, run `sleep 2` as a child process, record it done."""
+    import subprocess
+
+    _client().rpush("test:started", str(item))
+    subprocess.run(["sleep", "2"], check=True)
+    record(item)

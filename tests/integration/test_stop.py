@@ -104,3 +104,21 @@ def test_a_second_term_to_the_master_cuts_items_and_loses_none(
     assert daemon.wait_exit(10) == 0
     assert r.lrange("q", 0, -1) == [b"good1"]
     assert r.hlen("goodsd:{q}:attempts") == 0
+
+
+def test_an_item_whose_own_process_a_group_stop_killed_goes_back_unblamed(
+    r, make_config, start_daemon, notify
+):
+    # Given a consumer whose handler is waiting on a program it started
+    config = make_config(consumers={"processes": 1, "handler": "sample_handlers:run_sleep"})
+    daemon = start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    r.lpush("q", "good1")
+    wait_for(lambda: r.llen("test:started") == 1, 10, "the item started")
+    # When the stop reaches the whole process group, that program included
+    group_term(daemon)
+    # Then goodsd exits 0 and the item is back in the queue, no attempt counted
+    assert daemon.wait_exit(15) == 0
+    assert r.lrange("q", 0, -1) == [b"good1"]
+    assert r.hlen("goodsd:{q}:attempts") == 0 and r.zcard("goodsd:{q}:retry") == 0
+    assert "given back, no attempt counted" in daemon.log()
