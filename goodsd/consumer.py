@@ -169,7 +169,7 @@ class Consumer:
             except Exception as exc:
                 if guard.cloned:
                     guard.leave()
-                if self.running:
+                if self.running or isinstance(exc, runner.MalformedItem):
                     pending.failed.append(self.failure(delivery, exc))
                 else:  # the stop may be what failed it (see stop_cut)
                     pending.cut.append(self.stop_cut(delivery, exc))
