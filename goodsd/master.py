@@ -16,7 +16,6 @@ import resource
 import secrets
 import selectors
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,9 +25,8 @@ import redis
 
 from goodsd import __version__, codestamp, hostinfo, logs, metrics, output, proctitle
 from goodsd import config as config_mod
-from goodsd import consumer as consumer_mod
-from goodsd import producer as producer_mod
 from goodsd.backoff import backoff_delay
+from goodsd.child import child_main, consumer_identity
 from goodsd.children import (
     IDLE,
     Child,
@@ -54,7 +52,6 @@ from goodsd.hostinfo import signal_name
 from goodsd.notify import Notifier
 from goodsd.ops.common import display_url
 from goodsd.redisconn import (
-    AccessDenied,
     Outage,
     PasswordError,
     classify,
@@ -64,14 +61,11 @@ from goodsd.redisconn import (
     refused_commands,
     waiting_on,
 )
-from goodsd.runner import HandlerLoadError, SetupFailed
 from goodsd.scoreboard import FLAG_PAUSED, FLAG_STANDBY, NO_READING, Scoreboard
 from goodsd.stopsummary import StopSummary
 from goodsd.store import (
     MasterEntry,
     Overview,
-    ProducerStore,
-    RedisConsumerStore,
     RetryPolicy,
     Upkeep,
 )
@@ -277,7 +271,7 @@ class Master:
         self.kill_overdue_stoppers(now)
         self.manage_children()
         self.every("leases", self.config.supervisor.lease / 3, self.renew_leases)
-        self.every("reaper", self.config.supervisor.lease / 2, self.reap_leftovers)
+        self.every("leftover check", self.config.supervisor.lease / 2, self.recover_leftovers)
         self.every("recover", RECOVER_EVERY, self.retry_recoveries)
         if self.leftovers_unknown:  # Redis was away at the last look: look again soon
             self.every("leftovers", RECOVER_EVERY, self.recover_own_host)
@@ -856,13 +850,13 @@ class Master:
             if renewed is None:  # failed or skipped: try again next tick, not a third lease on
                 self.timers["leases"] = now + TICK
 
-    def reap_leftovers(self) -> None:
-        """Requeue what dead consumers hold: this host's at once, other hosts' once their
-        lease is gone."""
+    def recover_leftovers(self) -> None:
+        """Recover what dead consumers hold (give it back to the queue): this host's at once,
+        other hosts' once their lease is gone."""
         self.recover_own_host()
         own = {c.identity for c in self.children if c.pid}  # alive: this master answers for them
-        reaped = self.redis_do("lease reaper", lambda: self.queue.reap_expired(skip=own)) or {}
-        for identity, count in reaped.items():
+        recovered = self.redis_do("lease check", lambda: self.queue.recover_expired(own)) or {}
+        for identity, count in recovered.items():
             log.warning("lease of %s expired: requeued %d item(s)", identity, count)
 
     def recover_own_host(self) -> None:
@@ -876,7 +870,7 @@ class Master:
             registered = {}
         elif self.leftovers_unknown:  # the first look that reached Redis: look again shortly,
             self.leftovers_unknown = False  # for children that were still dying at this one
-            self.timers["reaper"] = self.clock() + LEFTOVER_RECHECK
+            self.timers["leftover check"] = self.clock() + LEFTOVER_RECHECK
             self.timers.pop("leftovers", None)  # no longer due: the loop must not wake for it
         for identity, info in registered.items():
             if info.host != host or identity in known:
@@ -1160,91 +1154,3 @@ def _kill(pid: int, signum: int) -> None:
         pass
     except PermissionError as exc:  # not ours any more: log, never take the master down
         log.error("cannot signal pid %d: %s", pid, exc)
-
-
-def consumer_identity(pid: int, token: str) -> str:
-    return f"{hostinfo.hostname()}-{pid}-{token}"
-
-
-def die_with_parent(master_pid: int) -> None:
-    """SIGKILL this child when the master dies, however it dies; the master's successor (or
-    any master, once the lease runs out) requeues what it held."""
-    hostinfo.set_parent_death_signal(signal.SIGKILL)
-    if os.getppid() != master_pid:
-        os._exit(EXIT_FAILURE)
-
-
-def consumer_main(
-    config: Config,
-    identity: str,
-    board: Scoreboard,
-    ready: Callable[[], None],
-    client: redis.Redis,
-) -> int:
-    store = RedisConsumerStore(client, config.queue)
-    worker = consumer_mod.Consumer(config, identity, board, ready, store, time.monotonic)
-    return consumer_mod.run(worker)
-
-
-def producer_main(
-    config: Config,
-    identity: str,
-    board: Scoreboard,
-    ready: Callable[[], None],
-    client: redis.Redis,
-) -> int:
-    store = ProducerStore(client, config.queue)
-    worker = producer_mod.Producer(config, identity, board, ready, store, time.monotonic)
-    return producer_mod.run(worker)
-
-
-# role -> the function a child of that role runs after fork; returns its exit code
-ROLE_MAIN: dict[Role, Callable[[Config, str, Scoreboard, Callable[[], None], redis.Redis], int]] = {
-    Role.CONSUMER: consumer_main,
-    Role.PRODUCER: producer_main,
-}
-
-
-def child_main(
-    config: Config, child: Child, events_w: int, token: str, master_pid: int, log_target: str
-) -> int:
-    """Everything a child does after fork; returns its exit code."""
-    die_with_parent(master_pid)
-    proctitle.set_title(proctitle.child_title(child.role, child.index, config.queue))
-    logs.setup(
-        config.logging.level,
-        config.logging.format,
-        f"{child.role} {child.index} pid {os.getpid()}",
-        target=log_target,
-    )
-    output.capture_stdout()
-    child_log = logging.getLogger(f"goodsd.{child.role}")
-    before = set(sys.modules)  # what the master had loaded: everything else is this child's
-
-    def send_event(event: str) -> None:
-        os.write(events_w, event.encode() + b"\n")
-
-    def ready() -> None:
-        send_event("code " + codestamp.encode(codestamp.loaded_since(before)))
-        send_event("ready")
-
-    assert child.board is not None
-    try:
-        # The client first: it reads the password; then the password leaves the environment,
-        # before any user code runs, so nothing a handler starts inherits it.
-        client = connect(config.redis, f"goodsd-{child.role}-{os.getpid()}")
-        os.environ.pop("GOODSD_REDIS_PASSWORD", None)
-        return ROLE_MAIN[child.role](
-            config, consumer_identity(os.getpid(), token), child.board, ready, client
-        )
-    except (HandlerLoadError, AccessDenied, PasswordError) as exc:
-        child_log.error("%s", exc)
-        what = "handler cannot be loaded" if isinstance(exc, HandlerLoadError) else "cannot start"
-        with contextlib.suppress(OSError):
-            send_event(f"error {what}: " + " ".join(str(exc).split()))
-        return EXIT_CONFIG
-    except SetupFailed:
-        return EXIT_FAILURE  # logged already, with the user's traceback
-    except Exception:
-        child_log.exception("%s crashed", child.role)
-        return EXIT_FAILURE

@@ -66,7 +66,7 @@ class Upkeep:
                     args += failure_args(Failure(held[position], error), consumer, now)
         return int(self._recover(keys=keys, args=args))
 
-    def reap_expired(self, skip: Collection[str] = ()) -> dict[str, int]:
+    def recover_expired(self, skip: Collection[str] = ()) -> dict[str, int]:
         """Requeue the in-flight items of every registered consumer whose lease is gone
         (a dead host), except ``skip``: a master's own live children, whose leases may have
         lapsed only because Redis was away. Safe to run from every master at once: the

@@ -193,7 +193,7 @@ def test_live_consumer_whose_lease_ran_out_registers_again(
         for consumer in ids:
             if consumer not in reaped:
                 r.delete(other_master.keys.lease(consumer))
-        reaped.update(other_master.reap_expired())
+        reaped.update(other_master.recover_expired())
         return reaped.keys() == ids.keys()
 
     wait_for(reap_both, 5, "both consumers reaped")

@@ -1,6 +1,6 @@
 -- Gives a consumer's whole in-flight list back (give_back: retries to the retry set, due now,
 -- the rest to the pop end of the ready list, oldest nearest to it) and forgets the consumer.
--- With ARGV[1] = '1' only when its lease is gone (the reaper, racing other masters); then
+-- With ARGV[1] = '1' only when its lease is gone (a lease check, racing other masters); then
 -- returns -1, changing nothing, while the lease lives.
 -- The items it was running when it died count a failed attempt instead (fail_delivery): each
 -- is named by its claimed value (the first held value equal to it, newest first), with its
