@@ -268,6 +268,29 @@ def _restrict(path: str) -> str:
     return f"restrict it: chmod 0640 {quoted}; chown root:goodsd {quoted}"
 
 
+class PasswordFileError(Exception):
+    """A password file goodsd cannot use; the message names the file and why."""
+
+
+def read_password_file(path: str) -> tuple[str, int]:
+    """The password in ``path`` (UTF-8, surrounding whitespace stripped) and the file's mode.
+    The one reader of password files, for the config check and for every process that then
+    reads it: only a regular file (a FIFO is refused, never waited on) of at most
+    MAX_PASSWORD_BYTES, holding text. Raises PasswordFileError."""
+    try:
+        fd, info = _open_regular(path)
+        try:
+            data = os.read(fd, MAX_PASSWORD_BYTES + 1)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise PasswordFileError(f"cannot read {path}: {err.strerror or err}") from None
+    problem = _password_problem(data)
+    if problem:
+        raise PasswordFileError(f"{path}: {problem}")
+    return data.decode("utf-8").strip(), info.st_mode
+
+
 def _password_file_warnings(cfg: Config) -> tuple[str, ...]:
     """Check now that ``redis.password_file`` can be read, as every goodsd process will at
     its start; raises ConfigError at its line otherwise. Warns when other users can read it."""
@@ -276,18 +299,10 @@ def _password_file_warnings(cfg: Config) -> tuple[str, ...]:
         return ()
     key = "redis.password_file"
     try:
-        fd, info = _open_regular(name)
-        try:
-            data = os.read(fd, MAX_PASSWORD_BYTES + 1)
-        finally:
-            os.close(fd)
-    except OSError as err:
-        reason = f"cannot read {name}: {err.strerror or err}"
-        raise ConfigError(cfg.path, cfg.lines.get(key), key, reason) from None
-    problem = _password_problem(data)
-    if problem:
-        raise ConfigError(cfg.path, cfg.lines.get(key), key, f"{name}: {problem}")
-    if info.st_mode & stat.S_IROTH:
+        _, mode = read_password_file(name)
+    except PasswordFileError as err:
+        raise ConfigError(cfg.path, cfg.lines.get(key), key, str(err)) from None
+    if mode & stat.S_IROTH:
         return (
             f"redis.password_file {name} can be read by every user on this host; {_restrict(name)}",
         )

@@ -20,7 +20,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from goodsd.backoff import backoff_delay
-from goodsd.config import RedisConfig
+from goodsd.config import PasswordFileError, RedisConfig, read_password_file
 from goodsd.scoreboard import REDIS_WAIT_SHIFT
 from goodsd.store import Upkeep
 from goodsd.store.scripts import ScriptsReloaded
@@ -59,14 +59,9 @@ def password(cfg: RedisConfig, environ: Mapping[str, str]) -> str | None:
 
 def _read_secret(path: str, what: str) -> str:
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as exc:
-        raise PasswordError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    try:
-        return data.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise PasswordError(f"{what} {path} is not UTF-8 text") from None
+        return read_password_file(path)[0]
+    except PasswordFileError as exc:
+        raise PasswordError(f"{what}: {exc}") from None
 
 
 def without_secrets(environ: Mapping[str, str]) -> dict[str, str]:
