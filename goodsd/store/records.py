@@ -27,8 +27,8 @@ import base64
 import json
 import secrets
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import NamedTuple, TypeVar
+from dataclasses import asdict, dataclass, fields
+from typing import NamedTuple, Self, TypeVar
 
 TAG_MARK = b"\x1egoodsd:"
 TAG_LEN = 16
@@ -83,8 +83,26 @@ def clip(text: str, limit: int) -> str:
 # -- registry records ------------------------------------------------------------------------
 
 
+class _Record:
+    """A registry record: a frozen dataclass whose fields are all it stores, as one JSON
+    object. Each field is read back by its declared type; a value of another type (written by
+    another version, or by hand) reads as not known."""
+
+    def encode(self) -> str:
+        return json.dumps(asdict(self))  # type: ignore[call-overload]
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Self | None:
+        """None when ``raw`` is not a JSON object."""
+        obj = _json_object(raw)
+        if obj is None:
+            return None
+        values = {f.name: _READERS[str(f.type)](obj, f.name) for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**values)
+
+
 @dataclass(frozen=True)
-class Registration:
+class Registration(_Record):
     """A consumer's entry in the consumers hash: what a master needs to judge, on this host,
     whether the consumer and its master still run. None: not known (or not written)."""
 
@@ -96,28 +114,9 @@ class Registration:
     master_start: int | None = None  # its master's start time in clock ticks since boot
     started: float | None = None  # wall-clock seconds when it registered
 
-    def encode(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def decode(cls, raw: bytes) -> Registration | None:
-        """None when ``raw`` is not a JSON object."""
-        obj = _json_object(raw)
-        if obj is None:
-            return None
-        return cls(
-            host=_text(obj, "host"),
-            pid=_int(obj, "pid"),
-            proc_start=_int(obj, "proc_start"),
-            pidns=_text(obj, "pidns"),
-            master_pid=_int(obj, "master_pid"),
-            master_start=_int(obj, "master_start"),
-            started=_number(obj, "started"),
-        )
-
 
 @dataclass(frozen=True)
-class MasterEntry:
+class MasterEntry(_Record):
     """A master's entry in the masters hash; ``seen`` tells whether it is still there."""
 
     host: str | None = None  # the host name it runs on
@@ -128,28 +127,9 @@ class MasterEntry:
     consumers: int | None = None  # its running consumers
     producers: int | None = None  # its running producers
 
-    def encode(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def decode(cls, raw: bytes) -> MasterEntry | None:
-        """None when ``raw`` is not a JSON object."""
-        obj = _json_object(raw)
-        if obj is None:
-            return None
-        return cls(
-            host=_text(obj, "host"),
-            pid=_int(obj, "pid"),
-            started=_number(obj, "started"),
-            seen=_number(obj, "seen"),
-            version=_text(obj, "version"),
-            consumers=_int(obj, "consumers"),
-            producers=_int(obj, "producers"),
-        )
-
 
 @dataclass(frozen=True)
-class ProducerRecord:
+class ProducerRecord(_Record):
     """A producer's entry in the producers hash, for status views and for the clean-up of
     entries whose producer is gone."""
 
@@ -162,27 +142,6 @@ class ProducerRecord:
     pushed: int | None = None  # items it pushed
     lock: bool = False  # it holds the singleton lock
     updated: float | None = None  # wall-clock seconds of this record
-
-    def encode(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def decode(cls, raw: bytes) -> ProducerRecord | None:
-        """None when ``raw`` is not a JSON object."""
-        obj = _json_object(raw)
-        if obj is None:
-            return None
-        return cls(
-            host=_text(obj, "host"),
-            pid=_int(obj, "pid"),
-            proc_start=_int(obj, "proc_start"),
-            master_pid=_int(obj, "master_pid"),
-            master_start=_int(obj, "master_start"),
-            state=_text(obj, "state"),
-            pushed=_int(obj, "pushed"),
-            lock=obj.get("lock") is True,
-            updated=_number(obj, "updated"),
-        )
 
 
 def decode_hash(raw: dict[bytes, bytes], decode: Callable[[bytes], T | None]) -> dict[str, T]:
@@ -288,3 +247,16 @@ def _number(obj: dict[str, object], name: str) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     return None
+
+
+def _flag(obj: dict[str, object], name: str) -> bool:
+    return obj.get(name) is True
+
+
+# a record field's declared type -> how it is read from the JSON object
+_READERS: dict[str, Callable[[dict[str, object], str], object]] = {
+    "str | None": _text,
+    "int | None": _int,
+    "float | None": _number,
+    "bool": _flag,
+}
