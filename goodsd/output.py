@@ -107,8 +107,9 @@ class _BinaryStdout(io.RawIOBase):
         self._relay.flush()
 
 
-class LoggedStdout(io.TextIOBase):
-    """A worker's ``sys.stdout``: each line printed becomes a log line (see module doc)."""
+class LoggedStream(io.TextIOBase):
+    """A worker's ``sys.stdout`` or ``sys.stderr``: each line written becomes a log line (see
+    module doc)."""
 
     def __init__(self, relay: LineRelay) -> None:
         super().__init__()
@@ -136,8 +137,8 @@ def capture_stdout() -> None:
     file descriptors 1 and 2 (``os.write``, C code, programs a handler starts without
     capturing their output) is not Python's to see and reaches the journal as it is."""
     logging.getLogger(LOGGER).setLevel(logging.INFO)
-    sys.stdout = LoggedStdout(LineRelay(log_line))
-    sys.stderr = LoggedStdout(LineRelay(_StderrLines(sys.__stderr__ or sys.stderr)))
+    sys.stdout = LoggedStream(LineRelay(log_line))
+    sys.stderr = LoggedStream(LineRelay(_StderrLines(sys.__stderr__ or sys.stderr)))
 
 
 def flush_everything() -> None:
