@@ -967,7 +967,7 @@ class Master:
                 self.notifier.ready(self.status_text())
             return
         settled = roll_settled(self.children, wanted, self.generation)
-        if settled and self.reload_proven():
+        if settled and self.previous is not None and self.reload_proven():
             self.previous = None  # nothing left to go back to
         if self.reload_pending and (settled or roll_stuck(self.children, self.generation)):
             self.reload_pending = False
