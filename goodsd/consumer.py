@@ -305,5 +305,5 @@ def run(consumer: Consumer) -> int:
             consumer.loop()
         consumer.shutdown()
     except GaveUp as exc:
-        log.warning("%s: exiting; the master gives back the items held", exc)
+        log.warning("%s: exiting; the master requeues the items held", exc)
     return 0

@@ -90,8 +90,8 @@ CHILD_IGNORED = (signal.SIGHUP, signal.SIGINT, signal.SIGTTIN, signal.SIGTTOU)
 TICK = 0.5
 # How often STATUS= is refreshed (and the backlog read from Redis).
 STATUS_EVERY = 2.0
-# How often the master retries giving back items of gone consumers while Redis is away.
-RECOVER_EVERY = 1.0
+# How often the master tries again what Redis did not answer: requeues, the access check.
+RETRY_EVERY = 1.0
 # The first search for leftovers of a crashed run is repeated this soon after start, to catch
 # its children that were still dying at the first look.
 LEFTOVER_RECHECK = 1.0
@@ -142,8 +142,8 @@ class Rates:
 
 
 @dataclass
-class Recovery:
-    """In-flight items of a gone consumer still to be given back (Redis may be away)."""
+class Requeue:
+    """In-flight items of a gone consumer still to be requeued (Redis may be away)."""
 
     identity: str  # the consumer id whose in-flight list is to be emptied
     current: int | None  # position of the item it was running when it died, if its fault
@@ -167,7 +167,7 @@ class Master:
     reload_error: str = ""
     exit_code: int = EXIT_OK
     spawn_seq: int = 0
-    recoveries: list[Recovery] = field(default_factory=list)
+    requeues: list[Requeue] = field(default_factory=list)
     rates: Rates = field(default_factory=Rates)
     backlog: int | None = None
     restarts: int = 0  # children restarted after they exited, for metrics
@@ -226,7 +226,7 @@ class Master:
         self.master_id = f"{hostinfo.hostname()}-{os.getpid()}"
         self.started_wall = time.time()
         self.install_signals()
-        self.recover_own_host()
+        self.requeue_own_host()
         self.read_backlog()
         log.info(
             "goodsd master %d starting: queue %r, %d consumer(s)",
@@ -271,10 +271,10 @@ class Master:
         self.kill_overdue_stoppers(now)
         self.manage_children()
         self.every("leases", self.config.supervisor.lease / 3, self.renew_leases)
-        self.every("leftover check", self.config.supervisor.lease / 2, self.recover_leftovers)
-        self.every("recover", RECOVER_EVERY, self.retry_recoveries)
+        self.every("leftover check", self.config.supervisor.lease / 2, self.requeue_leftovers)
+        self.every("requeue", RETRY_EVERY, self.retry_requeues)
         if self.leftovers_unknown:  # Redis was away at the last look: look again soon
-            self.every("leftovers", RECOVER_EVERY, self.recover_own_host)
+            self.every("leftovers", RETRY_EVERY, self.requeue_own_host)
         else:
             self.timers.pop("leftovers", None)  # a timer left behind would wake the loop at once
         self.every("status", STATUS_EVERY, self.refresh_status)
@@ -638,7 +638,7 @@ class Master:
                 self.child_exited(child, status)
 
     def child_exited(self, child: Child, status: int) -> None:
-        """Take in a child's last state, give back what it held, then carry out the plan
+        """Take in a child's last state, requeue what it held, then carry out the plan
         for its slot (``plan_exit``)."""
         now = self.clock()
         text, code, sig = describe_exit(status)
@@ -654,7 +654,7 @@ class Master:
             self.rates.retired_total += reading.done + reading.failed
             if self.stop_summary is not None:
                 self.stop_summary.consumer_exited(child.identity, reading)
-            self.queue_recovery(child, reading.busy_since, reading.position, text)
+            self.queue_requeue(child, reading.busy_since, reading.position, text)
         supervisor = self.config.supervisor
         plan = plan_exit(
             child,
@@ -748,7 +748,7 @@ class Master:
         self.manage_children()
         self.maybe_ready()
 
-    def queue_recovery(self, child: Child, busy_since: float, position: int, how: str) -> None:
+    def queue_requeue(self, child: Child, busy_since: float, position: int, how: str) -> None:
         current = position if busy_since and position >= 0 else None
         if child.kill_reason:
             error = f"worker killed: {child.kill_reason}"
@@ -756,20 +756,18 @@ class Master:
             error = f"worker {how} while running this item"
         if child.state is State.STOPPING and not child.kill_reason:
             current = None  # a stop, not the item's fault
-        self.recoveries.append(
-            Recovery(child.identity, current, error, child.config or self.config)
-        )
-        self.retry_recoveries()
+        self.requeues.append(Requeue(child.identity, current, error, child.config or self.config))
+        self.retry_requeues()
 
-    def retry_recoveries(self) -> None:
-        remaining: list[Recovery] = []
-        for rec in self.recoveries:
+    def retry_requeues(self) -> None:
+        remaining: list[Requeue] = []
+        for rec in self.requeues:
             if self.clock() < self.redis_quiet_until:
                 remaining.append(rec)
                 continue
             try:
                 consumers = rec.config.consumers
-                count = self.queue_for(rec.config).recover(
+                count = self.queue_for(rec.config).requeue(
                     rec.identity,
                     running=() if rec.current is None else (rec.current,),
                     error=rec.error,
@@ -786,7 +784,7 @@ class Master:
                 log.warning("requeued %d in-flight item(s) of %s", count, rec.identity)
                 if self.stop_summary is not None:
                     self.stop_summary.requeued(rec.identity, count)
-        self.recoveries = remaining
+        self.requeues = remaining
 
     def enforce_liveness(self, now: float) -> None:
         for child in self.children:
@@ -850,20 +848,20 @@ class Master:
             if renewed is None:  # failed or skipped: try again next tick, not a third lease on
                 self.timers["leases"] = now + TICK
 
-    def recover_leftovers(self) -> None:
-        """Recover what dead consumers hold (give it back to the queue): this host's at once,
-        other hosts' once their lease is gone."""
-        self.recover_own_host()
+    def requeue_leftovers(self) -> None:
+        """Requeue what dead consumers hold: this host's at once, other hosts' once their lease
+        is gone."""
+        self.requeue_own_host()
         own = {c.identity for c in self.children if c.pid}  # alive: this master answers for them
-        recovered = self.redis_do("lease check", lambda: self.queue.recover_expired(own)) or {}
-        for identity, count in recovered.items():
+        requeued = self.redis_do("lease check", lambda: self.queue.requeue_expired(own)) or {}
+        for identity, count in requeued.items():
             log.warning("lease of %s expired: requeued %d item(s)", identity, count)
 
-    def recover_own_host(self) -> None:
+    def requeue_own_host(self) -> None:
         """After a crash of a previous master on this host, its consumers are gone but their
         leases may still run: requeue their items now instead of waiting."""
         host = hostinfo.hostname()
-        known = {c.identity for c in self.children} | {r.identity for r in self.recoveries}
+        known = {c.identity for c in self.children} | {r.identity for r in self.requeues}
         registered = self.redis_do("search for leftovers", self.queue.views.registered)
         if registered is None:
             self.leftovers_unknown = True
@@ -879,8 +877,8 @@ class Master:
                 continue  # pids of another namespace or boot cannot be judged: the lease decides
             if _alive(info.master_pid, info.master_start) or _alive(info.pid, info.proc_start):
                 continue  # its own master answers for it (and blames what it was running)
-            self.recoveries.append(Recovery(identity, None, "", self.config))
-        self.retry_recoveries()
+            self.requeues.append(Requeue(identity, None, "", self.config))
+        self.retry_requeues()
 
     def check_redis(self) -> bool:
         """Before the first READY=1: check that Redis lets goodsd run every command it needs
@@ -919,12 +917,12 @@ class Master:
 
     def redis_ready(self) -> bool:
         """Whether Redis's permissions were checked, as the first READY=1 requires. While Redis
-        is away the check is tried again every RECOVER_EVERY; a refusal stops the service with
+        is away the check is tried again every RETRY_EVERY; a refusal stops the service with
         exit code 78."""
         now = self.clock()
         if self.access_checked or now < max(self.access_check_at, self.redis_quiet_until):
             return self.access_checked
-        self.access_check_at = now + RECOVER_EVERY
+        self.access_check_at = now + RETRY_EVERY
         if not self.check_redis():
             self.exit_code = EXIT_CONFIG
             self.begin_stop()
@@ -1089,9 +1087,9 @@ class Master:
 
     def close(self) -> None:
         self.redis_quiet_until = 0.0  # a last try at everything
-        self.retry_recoveries()
+        self.retry_requeues()
         if self.stop_summary is not None:
-            log.info("%s", self.stop_summary.line(rec.identity for rec in self.recoveries))
+            log.info("%s", self.stop_summary.line(rec.identity for rec in self.requeues))
         self.redis_do(
             "leaving the masters registry", lambda: self.queue.forget_master(self.master_id)
         )

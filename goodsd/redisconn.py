@@ -314,7 +314,7 @@ def _outage_word(trouble: Trouble) -> str:
 
 class GaveUp(Exception):
     """A stop was asked for while Redis was away; what the process holds stays in Redis, and
-    its master gives it back once Redis returns."""
+    its master requeues it once Redis returns."""
 
 
 def until_done(

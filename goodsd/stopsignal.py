@@ -6,7 +6,7 @@ A TERM often reaches a child twice for one stop: ``kill -TERM -- -PGID`` (``syst
 supervisord's ``stopasgroup``, init scripts) hits the child and the master together, and the
 master then relays the stop to its children. So a child never takes a second TERM as "stop now":
 only a deliberate second stop request to the master may cut items, and the master does that
-with SIGKILL (what the children held is given back by the master).
+with SIGKILL (what the children held is requeued by the master).
 """
 
 from __future__ import annotations

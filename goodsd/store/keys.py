@@ -6,7 +6,7 @@ All of a queue's keys share the hash tag ``{<queue>}``, so they sit in one Clust
 |--------------------------------------|--------|----------------------------------------------|
 | ``<queue>``                          | list   | ready items; anyone may LPUSH; we pop right  |
 | ``goodsd:{<queue>}:inflight:<id>``   | list   | items one consumer claimed, not yet settled  |
-| ``goodsd:{<queue>}:lease:<id>``      | string | the consumer's lease (PX); gone: recovered   |
+| ``goodsd:{<queue>}:lease:<id>``      | string | the consumer's lease (PX); gone: requeued    |
 | ``goodsd:{<queue>}:settled:<id>``    | string | id of its last settle, so a retry is a no-op |
 | ``goodsd:{<queue>}:consumers``       | hash   | consumer id -> JSON {host, pid, started...}  |
 | ``goodsd:{<queue>}:masters``         | hash   | master id (host-pid) -> JSON {host, seen...} |

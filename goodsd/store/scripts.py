@@ -20,7 +20,7 @@ _INCLUDE = re.compile(r"^--#include (\S+)$", re.MULTILINE)
 _NAMES = (
     "claim",
     "settle",
-    "recover",
+    "requeue",
     "held",
     "push",
     "lock_acquire",

@@ -1,5 +1,5 @@
-"""What a master does to a queue: keep its live consumers' leases, give back what gone ones
-held (its own at once, other hosts' once their lease is gone), and keep its registry entry."""
+"""What a master does to a queue: keep its live consumers' leases, requeue what gone ones held
+(its own at once, other hosts' once their lease is gone), and keep its registry entry."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from goodsd.store.records import MasterEntry, decode_hash, deliveries
 from goodsd.store.views import Views
 from goodsd.store.worker import Failure, RetryPolicy, failure_args, ms
 
-# What recovery does to a running item when no policy is given: it goes to the dead list.
+# What a requeue does to a running item when no policy is given: it goes to the dead list.
 NO_RETRIES = RetryPolicy(retries=0, delay=0.0)
 
 
@@ -25,7 +25,7 @@ class Upkeep:
         self.client = client
         self.keys = QueueKeys.of(queue)
         self.views = Views(client, queue)
-        self._recover = scripts.register(client, "recover")
+        self._requeue = scripts.register(client, "requeue")
         self._held = scripts.register(client, "held")
 
     def renew_leases(self, consumers: list[str], lease: float) -> int:
@@ -38,7 +38,7 @@ class Upkeep:
         pipe.execute()
         return len(consumers)
 
-    def recover(
+    def requeue(
         self,
         consumer: str,
         *,
@@ -47,8 +47,8 @@ class Upkeep:
         policy: RetryPolicy = NO_RETRIES,
         only_if_expired: bool = False,
     ) -> int:
-        """Give a gone consumer's in-flight items back to the pop end and forget it (see
-        scripts/recover.lua).
+        """Requeue a gone consumer's in-flight items (back to the pop end) and forget it (see
+        scripts/requeue.lua).
 
         ``running`` holds the positions (0 = oldest held) of the items it was running when it
         died; each counts a failed attempt with ``error``, retried by ``policy``, so an item
@@ -64,21 +64,21 @@ class Upkeep:
             for position in running:
                 if position < len(held):
                     args += failure_args(Failure(held[position], error), consumer, now)
-        return int(self._recover(keys=keys, args=args))
+        return int(self._requeue(keys=keys, args=args))
 
-    def recover_expired(self, skip: Collection[str] = ()) -> dict[str, int]:
+    def requeue_expired(self, skip: Collection[str] = ()) -> dict[str, int]:
         """Requeue the in-flight items of every registered consumer whose lease is gone
         (a dead host), except ``skip``: a master's own live children, whose leases may have
         lapsed only because Redis was away. Safe to run from every master at once: the
         check is in the script."""
-        reaped: dict[str, int] = {}
+        requeued: dict[str, int] = {}
         for consumer in self.views.registered():
             if consumer in skip:
                 continue
-            count = self.recover(consumer, only_if_expired=True)
+            count = self.requeue(consumer, only_if_expired=True)
             if count >= 0:
-                reaped[consumer] = count
-        return reaped
+                requeued[consumer] = count
+        return requeued
 
     def beat_master(self, master: str, entry: MasterEntry, forget_after: float) -> None:
         """Write a master's registry entry, and drop entries not refreshed for ``forget_after``

@@ -133,13 +133,13 @@ class RedisConsumerStore:
         self._consumer_keys: dict[str, list[str]] = {}
         self._claim = scripts.register(client, "claim")
         self._settle = scripts.register(client, "settle")
-        self._recover = scripts.register(client, "recover")
+        self._requeue = scripts.register(client, "requeue")
         self._held = scripts.register(client, "held")
         # the scripts sent inside pipelines, by hash only: they must be loaded beforehand
         self._pipelined = (self._claim,)
 
     def register(self, consumer: str, registration: Registration, lease: float) -> None:
-        """Make the consumer visible (for status and for recovery by host) and take its lease."""
+        """Make the consumer visible (for status and for requeue by host) and take its lease."""
         self._registrations[consumer] = registration.encode()
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(self.keys.consumers, consumer, self._registrations[consumer])
@@ -228,9 +228,9 @@ class RedisConsumerStore:
         return deliveries(*self._held(keys=self._keys_of(consumer)))
 
     def give_back_all(self, consumer: str) -> int:
-        """Give back everything the consumer holds (see scripts/recover.lua) and forget it, so
+        """Give back everything the consumer holds (see scripts/requeue.lua) and forget it, so
         that it starts afresh; its next claim registers it again. Returns how many items."""
-        return int(self._recover(keys=self._keys_of(consumer), args=[0, consumer, 0, 0]))
+        return int(self._requeue(keys=self._keys_of(consumer), args=[0, consumer, 0, 0]))
 
 
 def settlement_args(

@@ -193,14 +193,14 @@ def test_live_consumer_whose_lease_ran_out_registers_again(
         for consumer in ids:
             if consumer not in reaped:
                 r.delete(other_master.keys.lease(consumer))
-        reaped.update(other_master.recover_expired())
+        reaped.update(other_master.requeue_expired())
         return reaped.keys() == ids.keys()
 
     wait_for(reap_both, 5, "both consumers reaped")
     assert r.hlen("goodsd:{q}:consumers") == 0
 
     # Then the consumers carry on and register again, so a later crash of theirs stays
-    # recoverable by any master
+    # requeueable by any master
     wait_for(lambda: registered_pids(r) == ids, 5, "both consumers registered again")
     # And every item is handled, duplicates only among those they held when reaped
     wait_for(lambda: set(handled(r)) == set(items), 20, "every item handled")

@@ -55,7 +55,7 @@ def test_a_stop_during_an_outage_still_records_what_is_done(
     successor.stop()
 
 
-def test_a_master_started_during_an_outage_recovers_as_soon_as_redis_answers(
+def test_a_master_started_during_an_outage_requeues_as_soon_as_redis_answers(
     r, redis_server, make_config, start_daemon, notify
 ):
     # Given two consumers each stuck in an item, with leases far longer than the test, and

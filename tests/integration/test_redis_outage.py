@@ -108,7 +108,7 @@ def test_consumers_outliving_their_lease_in_an_outage_carry_on(
     # Then every item is still handled, by the same consumers
     wait_for(lambda: set(lines(out)) == set(items), 20, "every item handled")
     assert daemon.children() == consumers
-    # And both are registered, so that any master could recover their items later
+    # And both are registered, so that any master could requeue their items later
     wait_for(
         lambda: (
             sorted(json.loads(v)["pid"] for v in r.hvals("goodsd:{q}:consumers"))

@@ -1,6 +1,6 @@
 """The consumer store's contract (goodsd.store.ConsumerStore), run against the real store on a
 real redis-server and against the in-memory stand-in the unit tests use (tests/memory_store.py),
-so the two cannot drift apart. Recovery by a master (Upkeep) is checked on Redis only."""
+so the two cannot drift apart. Requeues by a master (Upkeep) is checked on Redis only."""
 
 from __future__ import annotations
 
@@ -269,17 +269,17 @@ def test_a_consumer_leaves_the_registry_when_it_deregisters(h):
     assert h.registered() == set()
 
 
-# -- recovery by a master (Redis only) -------------------------------------------------------
+# -- requeues by a master (Redis only) -------------------------------------------------------
 
 
-def test_recovery_counts_a_failed_attempt_for_each_item_that_was_running(r):
+def test_a_requeue_counts_a_failed_attempt_for_each_item_that_was_running(r):
     # Given a consumer that died holding three items, running the first and the last
     store = RedisConsumerStore(r, "q")
     store.register("c1", Registration(host="h", pid=1), 30)
     r.lpush("q", b"good1", b"good2", b"good3")
     store.claim("c1", 3, 30, 0)
-    # When its master recovers them, naming the two that were running
-    count = Upkeep(r, "q").recover("c1", running=[0, 2], error="worker died", policy=POLICY)
+    # When its master requeues them, naming the two that were running
+    count = Upkeep(r, "q").requeue("c1", running=[0, 2], error="worker died", policy=POLICY)
     # Then each of those counts a failed attempt and waits for its retry, the other is back
     # at the pop end, and the consumer is forgotten
     assert count == 3

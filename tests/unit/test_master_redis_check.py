@@ -9,7 +9,7 @@ import redis
 from goodsd import master as master_mod
 from goodsd.config import parse
 from goodsd.exits import EXIT_CONFIG
-from goodsd.master import RECOVER_EVERY, Master
+from goodsd.master import RETRY_EVERY, Master
 from goodsd.notify import Notifier
 
 
@@ -47,10 +47,10 @@ def test_a_redis_away_at_start_is_checked_once_it_answers_still_before_ready(
         "consumers: none; waiting for redis at unix:///nonexistent/redis.sock: unreachable ("
     )
     # Then READY=1 waits while Redis is away
-    now[0] += RECOVER_EVERY
+    now[0] += RETRY_EVERY
     assert not master.redis_ready() and not master.stopping
     # And once Redis answers with the refusal, the service stops with exit code 78
-    now[0] += RECOVER_EVERY
+    now[0] += RETRY_EVERY
     assert not master.redis_ready()
     assert master.stopping and master.exit_code == EXIT_CONFIG
 
@@ -59,7 +59,7 @@ def test_a_redis_that_allows_everything_lets_ready_through(monkeypatch: pytest.M
     away = redis.ConnectionError("Error 111 connecting to /nonexistent/redis.sock. Refused.")
     master, now = a_master([away, []], monkeypatch)
     assert master.check_redis()
-    now[0] += RECOVER_EVERY
+    now[0] += RETRY_EVERY
     assert master.redis_ready() and not master.stopping
     assert "waiting for redis" not in master.status_text()
 

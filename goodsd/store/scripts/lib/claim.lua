@@ -3,7 +3,7 @@
 -- retries, straight from the retry set (they run before the backlog, and never pass through the
 -- ready list), then the oldest ready items. Stamps the lease and puts the registration back
 -- ('' = none) if a lease check removed it (a live consumer whose lease ran out, e.g. in a long Redis
--- outage, must stay visible to recovery); counts every item now in flight as claimed (in-flight
+-- outage, must stay visible to a requeue); counts every item now in flight as claimed (in-flight
 -- is empty before every claim, so its length is exactly this claim, including an item BLMOVE
 -- took just before).
 -- One RPOP with a count and one LPUSH instead of an LMOVE per item: same effect, far cheaper.

@@ -11,7 +11,7 @@
 -- Idempotent: a retry after a lost reply finds its settle id already recorded and returns 0,
 -- changing nothing. Returns -1, changing nothing, when the list is no longer what the consumer
 -- holds: it holds more or fewer values than those settled and kept, or a value acted on by
--- value is not there (its lease lapsed and a lease check recovered them, or Redis lost recent writes in
+-- value is not there (its lease lapsed and a lease check requeued them, or Redis lost recent writes in
 -- a failover); the consumer then gives back whatever it holds and starts afresh. Else returns
 -- how many values it settled.
 -- When nothing stays held, the done values are not looked for, one by one, on the hot path:

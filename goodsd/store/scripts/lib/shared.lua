@@ -44,7 +44,7 @@ end
 -- One failed attempt of a delivery: counted under its tag; then it waits in the retry set (as
 -- its envelope) until delay_ms from now, or, when final (malformed) or its retries are used up,
 -- goes to the dead list as its record's head completed with the attempts count. The one place
--- that decides "retry or dead", for settles and for recovery alike. Returns true when dead.
+-- that decides "retry or dead", for settles and for requeues alike. Returns true when dead.
 local function fail_delivery(K, tag, envelope, head, final, retries, delay_ms)
   local attempts = redis.call('HINCRBY', K.attempts, tag, 1)
   if final or attempts > retries then
