@@ -27,7 +27,7 @@ from goodsd.children import (
     overdue,
 )
 from goodsd.config import Config, RedisConfig
-from goodsd.redisconn import Outage, classify, connect, waiting_on
+from goodsd.redisconn import Outage, classify, connect, refusal, refused_commands, waiting_on
 from goodsd.scoreboard import Reading
 from goodsd.store import Registration, RetryPolicy, Upkeep
 
@@ -165,6 +165,8 @@ class Housekeeping:
         self.quiet_until = 0.0  # monotonic time until which Redis housekeeping waits
         self.outage = Outage()  # the master's own trouble with Redis, if any
         self.requeues: list[Requeue] = []  # waiting for Redis, oldest first
+        self.access_checked = False  # Redis was found to allow every command goodsd needs
+        self.access_check_at = 0.0  # monotonic time of the next check while Redis is away
 
     def queue_for(self, config: Config) -> Upkeep:
         """The master's client for the queue a config names (children of an older config may
@@ -240,6 +242,45 @@ class Housekeeping:
                 done.append((rec.identity, count))
         self.requeues = remaining
         return done
+
+    def check_access(self, queue: Upkeep) -> bool:
+        """Check that Redis lets goodsd run every command it needs (``refused_commands``),
+        and warn about settings that can lose items. A Redis that does not answer yet is no
+        refusal: ``access_check_due`` says when to check again. Returns False when Redis
+        refuses goodsd (its login, an ACL permission, its socket), logged here."""
+        now = self.clock()
+        self.access_check_at = now + RETRY_EVERY
+        try:
+            refused = refused_commands(queue)
+        except REDIS_ERRORS as exc:
+            trouble = classify(exc)
+            if trouble is None:  # an answer the check did not expect: do not hold up the start
+                log.warning("cannot check redis permissions: %s", exc)
+                self.access_checked = True
+                return True
+            if trouble.kind.fatal:
+                log.critical("%s; exiting", refusal(trouble))
+                return False
+            self.outage.failed(trouble, now, "access check")
+            self.quiet_until = now + REDIS_PAUSE  # (a silent server: see ``do``)
+            return True
+        if refused:
+            user = queue.client.connection_pool.connection_kwargs.get("username")
+            log.critical(
+                "redis refuses commands goodsd needs (add them to the ACL of redis user %r): "
+                "%s; exiting",
+                user or "default",
+                ", ".join(refused),
+            )
+            return False
+        self.outage.succeeded(now, "access check")
+        self.access_checked = True
+        warn_about_settings(queue.client)
+        return True
+
+    def access_check_due(self) -> bool:
+        """Whether an access check that Redis did not answer is due again."""
+        return self.clock() >= max(self.access_check_at, self.quiet_until)
 
     def waiting(self) -> set[str]:
         """Consumer ids whose requeue waits for Redis."""

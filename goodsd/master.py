@@ -48,8 +48,6 @@ from goodsd.exits import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 from goodsd.hostinfo import signal_name
 from goodsd.housekeeping import (
     LEFTOVER_RECHECK,
-    REDIS_ERRORS,
-    REDIS_PAUSE,
     RETRY_EVERY,
     Housekeeping,
     Requeue,
@@ -57,11 +55,10 @@ from goodsd.housekeeping import (
     leftovers,
     overdue_children,
     requeue_of,
-    warn_about_settings,
 )
 from goodsd.notify import Notifier
 from goodsd.ops.common import display_url
-from goodsd.redisconn import PasswordError, classify, password, refusal, refused_commands
+from goodsd.redisconn import PasswordError, password
 from goodsd.reloader import Reloader
 from goodsd.scoreboard import NO_READING, Scoreboard
 from goodsd.stopsummary import StopSummary
@@ -132,8 +129,6 @@ class Master:
         self.selector = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe()
         self.timers: dict[str, float] = {}  # name -> monotonic time its action is next due
-        self.access_checked = False  # Redis was found to allow every command goodsd needs
-        self.access_check_at = 0.0  # monotonic time of the next check while Redis is away
         self.pidns = hostinfo.pid_namespace()
         # True until a search for this host's dead consumers has reached Redis.
         self.leftovers_unknown = True
@@ -693,52 +688,20 @@ class Master:
         self.retry_requeues()
 
     def check_redis(self) -> bool:
-        """Before the first READY=1: check that Redis lets goodsd run every command it needs
-        (``refused_commands``), and warn about settings that can lose items. A Redis that does
-        not answer yet is no refusal: ``redis_ready`` checks again until it does. Returns
-        False when Redis refuses goodsd (its login, an ACL permission, its socket): logged
-        here, and the service exits 78."""
-        now = self.clock()
-        try:
-            refused = refused_commands(self.queue)
-        except REDIS_ERRORS as exc:
-            trouble = classify(exc)
-            if trouble is None:  # an answer the check did not expect: do not hold up the start
-                log.warning("cannot check redis permissions: %s", exc)
-                self.access_checked = True
-                return True
-            if trouble.kind.fatal:
-                log.critical("%s; exiting", refusal(trouble))
-                return False
-            self.redis.outage.failed(trouble, now, "access check")
-            self.redis.quiet_until = now + REDIS_PAUSE  # (a silent server: see Housekeeping.do)
-            return True
-        if refused:
-            user = self.queue.client.connection_pool.connection_kwargs.get("username")
-            log.critical(
-                "redis refuses commands goodsd needs (add them to the ACL of redis user %r): "
-                "%s; exiting",
-                user or "default",
-                ", ".join(refused),
-            )
-            return False
-        self.redis.outage.succeeded(now, "access check")
-        self.access_checked = True
-        warn_about_settings(self.queue.client)
-        return True
+        """The access check before the first READY=1 (``Housekeeping.check_access``); False
+        when Redis refuses goodsd: the service then exits 78."""
+        return self.redis.check_access(self.queue)
 
     def redis_ready(self) -> bool:
         """Whether Redis's permissions were checked, as the first READY=1 requires. While Redis
         is away the check is tried again every RETRY_EVERY; a refusal stops the service with
         exit code 78."""
-        now = self.clock()
-        if self.access_checked or now < max(self.access_check_at, self.redis.quiet_until):
-            return self.access_checked
-        self.access_check_at = now + RETRY_EVERY
+        if self.redis.access_checked or not self.redis.access_check_due():
+            return self.redis.access_checked
         if not self.check_redis():
             self.exit_code = EXIT_CONFIG
             self.begin_stop()
-        return self.access_checked
+        return self.redis.access_checked
 
     # -- systemd and operators (made by goodsd.reporting) ---------------------------------
 
