@@ -16,13 +16,13 @@ Starts its own redis-server (unix socket) and measures, in one run, for each sle
   reads of the queue; with 1 ms handlers the workers would mostly idle); in full mode also
   `arq-defaults`, `max_jobs` 10 and `poll_delay` 0.5 s, as arq comes.
 The handlers are bench/sleep_handlers.py, the same functions for every design. By default
-(`--count incr`) each sleeps, then makes one `INCR` of a Redis counter, which is what every
-row's rate is read from: identical work and an identical count for all. That INCR is a round
-trip and costs more CPU than the sleep; `--count queue` runs handlers that only sleep and
-counts each design's own way (goodsd: its `done` counter; Dramatiq: messages its ack deletes;
-arq: jobs it takes off its queue when they have run). A goodsd that does not know
-`consumers.concurrency` exits 78 on such a config; its rows print "n/a (no concurrency
-support)" and the rest run on.
+(`--count queue`) they only sleep, and each design is counted its own way (goodsd: its `done`
+counter, acked items; Dramatiq: messages its ack deletes; arq: jobs it takes off its queue when
+they have run). `--count incr` adds one `INCR` of a Redis counter after each sleep, an
+identical count for all read from one place; that round trip costs more CPU than the sleep
+(about 70 us per item here), so it measures the counter as much as the design. A goodsd that
+does not know `consumers.concurrency` exits 78 on such a config; its rows print "n/a (no
+concurrency support)" and the rest run on.
 
 The peers run in their own virtualenv, bench/.peers-venv, created on first use with the pinned
 versions in PEER_PACKAGES (never dependencies of goodsd), against the same redis-server, each
@@ -169,7 +169,7 @@ class Setup:
     sleep_ms: int
     k: int  # goodsd: consumers.concurrency; dramatiq: threads; arq: max_jobs (per process)
     code: Path | None = None  # the checkout whose goodsd runs; goodsd rows only
-    count: str = "incr"  # how items are counted: "incr" or "queue" (see --count)
+    count: str = "queue"  # how items are counted: "queue" or "incr" (see --count)
 
     def __str__(self) -> str:
         return f"{self.design} {self.kind} {self.sleep_ms}ms K={self.k}"
@@ -801,9 +801,9 @@ def parse_args(argv: Sequence[str] | None) -> Plan:
     parser.add_argument(
         "--count",
         choices=sorted(COUNTING),
-        default="incr",
-        help="incr: handlers INCR a counter after the sleep (default); queue: handlers only"
-        " sleep, items are counted from each design's own bookkeeping",
+        default="queue",
+        help="queue: handlers only sleep, items are counted from each design's own bookkeeping"
+        " (default); incr: handlers INCR a counter after the sleep",
     )
     parser.add_argument(
         "--designs",
