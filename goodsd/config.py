@@ -422,7 +422,7 @@ def url_has_password(url: str) -> bool:
 
 _Parse = Callable[[object], object]
 
-# What values each parser takes, in words, for the generated goodsd.yaml(5) (see ``keys``).
+# What values each parser takes, in words, for the generated goodsd.yaml(5): see described_keys.
 _KINDS: dict[_Parse, str] = {}
 
 
@@ -854,14 +854,14 @@ _SECTIONS: dict[str, tuple[type, dict[str, _Parse]]] = {
 
 @dataclass(frozen=True)
 class KeyInfo:
-    """One key of the config file, as the generated goodsd.yaml(5) describes it."""
+    """One key of the config file, as goodsd.yaml(5) describes it (see described_keys)."""
 
     key: str  # dotted, e.g. "consumers.batch"
     default: object  # the value when the file leaves the key out (a tuple for lists)
     kind: str  # what values it takes, in words: "integer, 1 to 10000"
 
 
-def keys() -> list[KeyInfo]:
+def described_keys() -> list[KeyInfo]:
     """Every key of the config file in schema order, with its default and what it takes."""
     defaults = Config()
     found = [
