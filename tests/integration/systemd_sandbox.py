@@ -66,10 +66,12 @@ class Sandbox:
         self.directory = directory
         self.journal_copy = journal_copy
 
-    def up(self, venv: Path) -> None:
+    def up(self, venv: Path | None = None) -> None:
+        """Boot it; ``venv``, a directory of the host, is bound read-only at the same path."""
+        bind = {"SANDBOX_BIND": f"{venv}:{venv}:ro"} if venv else {}
         boot = subprocess.run(
             [str(SANDBOX_SH), "up", str(self.directory)],
-            env={**os.environ, "SANDBOX_BIND": f"{venv}:{venv}:ro"},
+            env={**os.environ, **bind},
             capture_output=True,
             text=True,
             timeout=60,
