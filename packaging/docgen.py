@@ -1,8 +1,11 @@
 """Generate goodsd's man pages and shell completion from the code's own definitions.
 
-    python packaging/docgen.py OUTDIR
+    python packaging/docgen.py OUTDIR            writes all of the below into OUTDIR
+    python packaging/docgen.py --man-dir DIR     the man pages into DIR/man1 and DIR/man5
+                                                 (an install by hand; needs no shtab)
 
-writes into OUTDIR:
+with the goodsd of this source tree, and its dependencies from the running interpreter
+(/opt/goodsd/bin/python, say). The files:
 
 - ``goodsd.1``: every command and option from the argparse parser (goodsd.cli.build_parser),
   with each command's description and exit codes (its --help epilog); the exit codes of
@@ -396,7 +399,16 @@ def completion(parser: argparse.ArgumentParser, shell: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
+    if len(argv) == 2 and argv[0] == "--man-dir":
+        man = Path(argv[1])
+        for section, name, text in (
+            ("man1", "goodsd.1", goodsd_1(cli.build_parser())),
+            ("man5", "goodsd.yaml.5", goodsd_yaml_5(readme_meanings(README.read_text()))),
+        ):
+            (man / section).mkdir(parents=True, exist_ok=True)
+            (man / section / name).write_text(text)
+        return 0
+    if len(argv) != 1 or argv[0].startswith("-"):
         print(__doc__.split("\n\n")[1], file=sys.stderr)
         return 2
     out = Path(argv[0])

@@ -86,6 +86,9 @@ def build_venv(work: Path) -> Path:
     )
     for name in ("pyproject.toml", "setup.cfg", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, source / name)
+    # the wheel's data files (pyproject.toml, tool.setuptools.data-files)
+    for name in ("config", "packaging"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     venv = Path(tempfile.mkdtemp(prefix="goodsd-test-", dir="/opt"))
     try:
         venv.chmod(0o755)  # the service user must reach it

@@ -200,3 +200,13 @@ def test_zsh_completion_names_every_command(pages: Path) -> None:
     for words, _ in every_parser():
         if words:
             assert words[-1] in text, words
+
+
+def test_man_dir_puts_the_pages_where_man_looks(tmp_path: Path) -> None:
+    # When the pages are generated for an install by hand
+    assert docgen.main(["--man-dir", str(tmp_path)]) == 0
+    # Then they are in the sections' directories, and nothing else is written
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == [
+        "man1/goodsd.1",
+        "man5/goodsd.yaml.5",
+    ]
