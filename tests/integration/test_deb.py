@@ -62,10 +62,18 @@ APT = (
     "-o",
     "APT::Sandbox::User=root",
 )
-# A handler that takes a little time, so that items are in flight when the upgrade restarts
-# the service. Under /srv: the unit hides /home and /root and has its own /tmp.
+# A handler that takes as long as the file DELAY says (read per item), so that the upgrade
+# restarts the service in the middle of the work however long apt takes, and the rest then goes
+# quickly. Under /srv: the unit hides /home and /root and has its own /tmp.
 HANDLERS = "/srv/goodsd-deb-test"
-SLOW_HANDLER = "import time\n\n\ndef handle(item):\n    time.sleep(0.05)\n"
+DELAY = f"{HANDLERS}/delay"
+SLOW_HANDLER = f"""import time
+from pathlib import Path
+
+
+def handle(item):
+    time.sleep(float(Path({DELAY!r}).read_text()))
+"""
 # Redis for the sandbox: its unix socket for the group redis (as the README sets it up), no
 # eviction, no final snapshot (an unwritable /var/lib/redis would keep it from stopping).
 REDIS_CONF = f"""
@@ -216,6 +224,7 @@ def test_install_run_reload_upgrade_remove_and_purge_the_package(
     # Given a config of the operator's (two consumers, a handler under /srv) and the drop-in
     # that lets the service reach Redis's socket
     box.write(f"{HANDLERS}/slow.py", SLOW_HANDLER, group="root", mode="0644")
+    box.write(DELAY, "0.01", group="root", mode="0644")
     box.write("/etc/goodsd.yaml", config(2))
     box.write(f"/etc/systemd/system/{UNIT}.d/local.conf", DROPIN, group="root", mode="0644")
     box.run("systemctl", "daemon-reload")
@@ -243,7 +252,8 @@ def test_install_run_reload_upgrade_remove_and_purge_the_package(
 
     # When items are pushed and, while they are being handled, the package is upgraded to a
     # rebuilt one of a higher version
-    # (600 items of 50 ms on three consumers: 10 s of work)
+    # (600 items of 200 ms on three consumers: 40 s of work)
+    box.write(DELAY, "0.2", group="root", mode="0644")
     box.run("goodsd", "push", *(f"late{i}" for i in range(600)))
     box.wait(lambda: done(box) > 20, 10, "the consumers at work before the upgrade")
     since = box.journal_from_now()
@@ -260,10 +270,15 @@ def test_install_run_reload_upgrade_remove_and_purge_the_package(
         15,
         "the new master in the masters registry",
     )
-    # And the old master stopped gracefully in the middle of the work (its stop summary)
+    # And the old master stopped gracefully in the middle of the work: its consumers finished
+    # their current items or gave them back (its stop summary)
     journal = box.journal(UNIT, since, "-o", "cat")
-    assert re.search(r"stopped: \d+ item\(s\) finished during the stop", journal), journal
+    summary = re.search(
+        r"stopped: (\d+) item\(s\) finished during the stop .*, (\d+) given back", journal
+    )
+    assert summary and int(summary[1]) + int(summary[2]) > 0, journal
     assert done(box) < 620
+    box.write(DELAY, "0", group="root", mode="0644")
     # And nothing was lost: every item pushed is done, none is left waiting, in flight or dead
     box.wait(lambda: done(box) == 620, 40, "all 620 items done after the upgrade")
     counts = json.loads(box.run("goodsd", "status", "--json").stdout)
