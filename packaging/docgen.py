@@ -105,7 +105,7 @@ FILES = [
     ("/etc/goodsd/NAME.yaml", "The config file of goodsd@NAME.service, one more pool."),
     ("/opt/goodsd", "The program: a virtualenv with goodsd and its Python dependencies."),
     (
-        "/usr/lib/systemd/system/goodsd.service, goodsd@.service",
+        "/lib/systemd/system/goodsd.service, goodsd@.service",
         "The units. Local settings go in a drop-in (systemctl edit goodsd), never in the "
         "units, which an upgrade replaces.",
     ),
