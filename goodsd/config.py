@@ -422,6 +422,19 @@ def url_has_password(url: str) -> bool:
 
 _Parse = Callable[[object], object]
 
+# What values each parser takes, in words, for the generated goodsd.yaml(5): see described_keys.
+_KINDS: dict[_Parse, str] = {}
+
+
+def _kind(text: str) -> Callable[[_Parse], _Parse]:
+    """Decorator: record ``text`` as what the parser takes ("integer, 0 to 1024")."""
+
+    def mark(parse: _Parse) -> _Parse:
+        _KINDS[parse] = text
+        return parse
+
+    return mark
+
 
 def _describe(value: object) -> str:
     """Name a YAML value the way the user wrote it, for 'expected X, got Y' messages."""
@@ -501,6 +514,7 @@ def _nonempty_string(value: object) -> str:
     return text
 
 
+@_kind("boolean (true or false)")
 def _boolean(value: object) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"expected true or false, got {_describe(value)}")
@@ -508,6 +522,7 @@ def _boolean(value: object) -> bool:
 
 
 def _integer(low: int, high: int) -> _Parse:
+    @_kind(f"integer, {low} to {high}")
     def parse(value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"expected an integer, got {_describe(value)}")
@@ -522,6 +537,7 @@ def _duration(low: float = 0.0, *, high: float, above: bool = False) -> _Parse:
     """A duration from low (exclusive when ``above``: a zero timeout would mean 'never wait')
     to high."""
 
+    @_kind(f"duration, {'above' if above else 'at least'} {_span(low)}, at most {_span(high)}")
     def parse(value: object) -> float:
         seconds = parse_duration(value)
         if above and seconds <= low:
@@ -538,6 +554,7 @@ def _duration(low: float = 0.0, *, high: float, above: bool = False) -> _Parse:
 def _choice(*options: str) -> _Parse:
     """One of a few words, case-insensitive, stored lower so comparisons stay simple."""
 
+    @_kind("one of " + ", ".join(options))
     def parse(value: object) -> str:
         text = _string(value)
         if text.lower() not in options:
@@ -549,7 +566,12 @@ def _choice(*options: str) -> _Parse:
 
 def _optional(parse: _Parse) -> _Parse:
     """Allow null, for keys whose default is 'not set'."""
-    return lambda value: None if value is None else parse(value)
+
+    @_kind(f"{_KINDS.get(parse, 'a value')}, or null")
+    def optional(value: object) -> object:
+        return None if value is None else parse(value)
+
+    return optional
 
 
 def _strings(value: object) -> tuple[str, ...]:
@@ -566,6 +588,7 @@ def _strings(value: object) -> tuple[str, ...]:
 _ABSOLUTE = "must be an absolute path (the service runs in /, where a relative one means nothing)"
 
 
+@_kind("list of absolute paths")
 def _absolute_paths(value: object) -> tuple[str, ...]:
     paths = _strings(value)
     for number, path in enumerate(paths, start=1):
@@ -574,6 +597,7 @@ def _absolute_paths(value: object) -> tuple[str, ...]:
     return paths
 
 
+@_kind("absolute path")
 def _absolute_path(value: object) -> str:
     path = _nonempty_string(value)
     if not os.path.isabs(path):
@@ -581,6 +605,7 @@ def _absolute_path(value: object) -> str:
     return path
 
 
+@_kind("list of strings: the program, then its arguments")
 def _command(value: object) -> tuple[str, ...]:
     """argv as a list: goodsd never splits a string, so quoting can't surprise anyone."""
     if not isinstance(value, list) or not value:
@@ -598,6 +623,7 @@ def _command(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+@_kind('string "module.path:callable"')
 def _callable_ref(value: object) -> str:
     """'module.path:callable'; checked here so a typo fails at `check`, not in every child."""
     text = _string(value)
@@ -608,6 +634,7 @@ def _callable_ref(value: object) -> str:
     return text
 
 
+@_kind("string, no whitespace, no { or }")
 def _queue_name(value: object) -> str:
     name = _nonempty_string(value)
     if any(char.isspace() for char in name):
@@ -659,6 +686,7 @@ _HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _HOST_NAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
 
 
+@_kind("URL: redis://, rediss:// or unix://")
 def _redis_url(value: object) -> str:
     """Check the URL the way redis-py will read it in goodsd.redisconn.connect: its shape, its
     host, each query parameter, then redis-py's own parsing and connection class (which
@@ -737,6 +765,7 @@ def _redis_py_reason(exc: Exception, parts: SplitResult) -> str:
     return f"redis-py cannot use it: {message}"
 
 
+@_kind('string "HOST:PORT" or "[IPv6]:PORT"')
 def _listen(value: object) -> str:
     text = _string(value)
     parse_listen(text)
@@ -821,6 +850,29 @@ _SECTIONS: dict[str, tuple[type, dict[str, _Parse]]] = {
     ),
     "metrics": (MetricsConfig, {"listen": _optional(_listen)}),
 }
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """One key of the config file, as goodsd.yaml(5) describes it (see described_keys)."""
+
+    key: str  # dotted, e.g. "consumers.batch"
+    default: object  # the value when the file leaves the key out (a tuple for lists)
+    kind: str  # what values it takes, in words: "integer, 1 to 10000"
+
+
+def described_keys() -> list[KeyInfo]:
+    """Every key of the config file in schema order, with its default and what it takes."""
+    defaults = Config()
+    found = [
+        KeyInfo(name, getattr(defaults, name), _KINDS.get(p, "")) for name, p in _TOP_KEYS.items()
+    ]
+    for section, (_, schema) in _SECTIONS.items():
+        values = getattr(defaults, section)
+        for name, parse in schema.items():
+            found.append(KeyInfo(f"{section}.{name}", getattr(values, name), _KINDS.get(parse, "")))
+    return found
+
 
 # --- reading YAML ----------------------------------------------------------------------------
 
