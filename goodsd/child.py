@@ -101,7 +101,7 @@ def child_main(
     try:
         # The client first: it reads the password; then the password leaves the environment,
         # before any user code runs, so nothing a handler starts inherits it.
-        client = connect(config.redis, f"goodsd-{child.role}-{os.getpid()}")
+        client = connect(config.redis, f"goodsd-{child.role}-{os.getpid()}", queue=config.queue)
         os.environ.pop("GOODSD_REDIS_PASSWORD", None)
         return ROLE_MAIN[child.role](
             config, consumer_identity(os.getpid(), token), child.board, ready, client

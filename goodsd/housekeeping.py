@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import redis
 
+from goodsd import deployment, redisurl
 from goodsd.children import (
     TIMEOUT_GRACE,
     Child,
@@ -27,6 +28,7 @@ from goodsd.children import (
     overdue,
 )
 from goodsd.config import Config, RedisConfig
+from goodsd.ops.common import display_url
 from goodsd.redisconn import Outage, classify, connect, waiting_on
 from goodsd.scoreboard import Reading
 from goodsd.store import Registration, RetryPolicy, Upkeep
@@ -172,7 +174,12 @@ class Housekeeping:
         on the first call."""
         key = (config.redis, config.queue)
         if key not in self.queues:
-            client = connect(config.redis, "goodsd-master", socket_timeout=MASTER_SOCKET_TIMEOUT)
+            client = connect(
+                config.redis,
+                "goodsd-master",
+                queue=config.queue,
+                socket_timeout=MASTER_SOCKET_TIMEOUT,
+            )
             self.queues[key] = Upkeep(client, config.queue)
         return self.queues[key]
 
@@ -244,6 +251,18 @@ class Housekeeping:
     def waiting(self) -> set[str]:
         """Consumer ids whose requeue waits for Redis."""
         return {rec.identity for rec in self.requeues}
+
+    def wrong_form(self, config: Config) -> str | None:
+        """Why ``redis.url`` does not suit the server it reaches (a redis:// URL at a Cluster
+        node or a replica; see goodsd.deployment), or None, also when the server cannot say."""
+        queue = self.queue_for(config)
+        try:
+            told = deployment.facts(queue.client)
+        except REDIS_ERRORS as exc:
+            log.debug("cannot ask redis what it is: %s", exc)
+            return None
+        target = redisurl.parse(config.redis.url)
+        return deployment.wrong_form(target, told, display_url(config.redis.url))
 
 
 def warn_about_settings(client: redis.Redis) -> None:

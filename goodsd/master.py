@@ -722,6 +722,9 @@ class Master:
                 ", ".join(refused),
             )
             return False
+        if problem := self.redis.wrong_form(self.config):
+            log.critical("%s; exiting", problem)
+            return False
         self.redis.outage.succeeded(now, "access check")
         self.access_checked = True
         warn_about_settings(self.queue.client)

@@ -19,9 +19,13 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from goodsd import redisurl
 from goodsd.backoff import backoff_delay
+from goodsd.clusterslot import NotACluster, slot_client
 from goodsd.config import PasswordFileError, RedisConfig, read_password_file
+from goodsd.redisurl import Deployment
 from goodsd.scoreboard import REDIS_WAIT_SHIFT
+from goodsd.sentinels import NotASentinel, primary_client
 from goodsd.store import Upkeep
 from goodsd.store.scripts import ScriptsReloaded
 
@@ -30,6 +34,10 @@ T = TypeVar("T")
 
 # Name of the systemd credential (LoadCredential=redis-password:...) read when present.
 CREDENTIAL_NAME = "redis-password"
+# The same for the password of Sentinel itself.
+SENTINEL_CREDENTIAL_NAME = "redis-sentinel-password"
+# How long a sentinel, or a cluster node asked who serves a slot, may take to answer.
+ASK_TIMEOUT = 2.0
 # Everything a Redis call can raise that may be Redis trouble; ``classify`` tells which it is.
 REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OSError)
 
@@ -69,9 +77,31 @@ def without_secrets(environ: Mapping[str, str]) -> dict[str, str]:
     return {key: value for key, value in environ.items() if key not in SECRET_ENVIRONMENT}
 
 
-def connect(cfg: RedisConfig, name: str, *, socket_timeout: float = 10.0) -> redis.Redis:
+def sentinel_password(cfg: RedisConfig, environ: Mapping[str, str]) -> str | None:
+    """The password for Sentinel itself (not for the data nodes): ``redis.sentinel_password_file``,
+    else the systemd credential ``redis-sentinel-password``; None when neither is set. Raises
+    PasswordError like ``password``."""
+    if cfg.sentinel_password_file:
+        return _read_secret(cfg.sentinel_password_file, "redis.sentinel_password_file")
+    credentials = environ.get("CREDENTIALS_DIRECTORY")
+    if credentials:
+        path = os.path.join(credentials, SENTINEL_CREDENTIAL_NAME)
+        if os.path.exists(path):
+            return _read_secret(path, f"the credential {SENTINEL_CREDENTIAL_NAME}")
+    return None
+
+
+def connect(
+    cfg: RedisConfig, name: str, *, queue: str = "", socket_timeout: float = 10.0
+) -> redis.Redis:
     """A client that fails fast on a dead server (timeouts) instead of hanging a worker.
-    Blocking calls must wait less than ``socket_timeout``."""
+    Blocking calls must wait less than ``socket_timeout``. Built, not connected: it connects
+    on its first call.
+
+    Whatever the URL's form, the client is a single-server redis-py client: for a Sentinel
+    URL its connections go to the primary the sentinels name (asked on every connect); for a
+    Cluster URL to the node serving ``queue``'s slot (which the URL needs), see
+    goodsd.clusterslot. So goodsd's scripts, pipelines and transactions work alike on all."""
     kwargs: dict[str, object] = {
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": min(socket_timeout, 5.0),
@@ -84,7 +114,38 @@ def connect(cfg: RedisConfig, name: str, *, socket_timeout: float = 10.0) -> red
     secret = password(cfg, os.environ)
     if secret is not None:
         kwargs["password"] = secret
-    return redis.Redis.from_url(cfg.url, **kwargs)
+    target = redisurl.parse(cfg.url)
+    if target.deployment is Deployment.SERVER:
+        return redis.Redis.from_url(cfg.url, **kwargs)
+    # as in from_url, what the URL says wins over goodsd's defaults (the password file)
+    options = {**kwargs, **target.options}
+    ask = {
+        key: value
+        for key, value in options.items()
+        if key.startswith("ssl_") or key in ("username", "password", "retry")
+    }
+    ask.update(socket_timeout=min(socket_timeout, ASK_TIMEOUT))
+    ask.update(socket_connect_timeout=min(socket_timeout, ASK_TIMEOUT))
+    if target.deployment is Deployment.SENTINEL:
+        sentinel_kwargs = {
+            **{k: v for k, v in ask.items() if k not in ("username", "password")},
+            "ssl": target.tls,
+        }
+        if cfg.sentinel_username:
+            sentinel_kwargs["username"] = cfg.sentinel_username
+        if (secret := sentinel_password(cfg, os.environ)) is not None:
+            sentinel_kwargs["password"] = secret
+        return primary_client(
+            target.nodes,
+            target.service,
+            tls=target.tls,
+            sentinel_kwargs=sentinel_kwargs,
+            db=target.db,
+            **options,
+        )
+    if not queue:
+        raise ValueError("a cluster client serves one queue: give its name")
+    return slot_client(target.nodes, queue, tls=target.tls, ask=ask, **options)
 
 
 # -- what a Redis error means ----------------------------------------------------------------
@@ -108,6 +169,10 @@ class Kind(enum.Enum):
     LOGIN_REFUSED = (10, "login refused", True, False)
     NO_PERMISSION = (11, "ACL permission denied", True, False)
     SOCKET_DENIED = (12, "socket permission denied", True, False)
+    SLOT_MOVED = (13, "cluster slot moved", False, False)
+    SLOT_MIGRATING = (14, "cluster slot migrating", False, False)
+    CLUSTER_DOWN = (15, "cluster down", False, False)
+    WRONG_FORM = (16, "redis.url names another kind of deployment", True, False)
 
     def __init__(self, code: int, label: str, fatal: bool, reads_work: bool) -> None:
         self.code = code
@@ -141,7 +206,10 @@ REPLY_CODES: dict[str, Kind] = {
     "MASTERDOWN": Kind.PRIMARY_DOWN,
     "LOADING": Kind.LOADING,
     "BUSY": Kind.BUSY,
-    "TRYAGAIN": Kind.BUSY,
+    "MOVED": Kind.SLOT_MOVED,
+    "ASK": Kind.SLOT_MIGRATING,
+    "TRYAGAIN": Kind.SLOT_MIGRATING,
+    "CLUSTERDOWN": Kind.CLUSTER_DOWN,
     "NOPERM": Kind.NO_PERMISSION,
     "WRONGPASS": Kind.LOGIN_REFUSED,
     "NOAUTH": Kind.LOGIN_REFUSED,
@@ -151,6 +219,8 @@ REPLY_CODES: dict[str, Kind] = {
 # redis-py makes a refused login and a loading server kinds of ConnectionError).
 ERROR_CLASSES: tuple[tuple[type[BaseException], Kind], ...] = (
     (ScriptsReloaded, Kind.RESTARTED),
+    (NotACluster, Kind.WRONG_FORM),
+    (NotASentinel, Kind.WRONG_FORM),
     (redis.AuthenticationError, Kind.LOGIN_REFUSED),
     (redis.exceptions.AuthorizationError, Kind.LOGIN_REFUSED),
     (redis.exceptions.BusyLoadingError, Kind.LOADING),

@@ -8,9 +8,12 @@ import errno
 import pytest
 import redis
 from redis._parsers.base import BaseParser
+from redis.sentinel import MasterNotFoundError
 
+from goodsd.clusterslot import NotACluster, SlotNotServed
 from goodsd.redisconn import REPLY_CODES, Kind, Outage, Trouble, classify, waiting_on
 from goodsd.scoreboard import FLAG_PAUSED, FLAG_STANDBY
+from goodsd.sentinels import NotASentinel
 from goodsd.store.scripts import ScriptsReloaded
 
 # Each reply code with a reply Redis really sends for it.
@@ -26,7 +29,12 @@ REPLIES = {
     "WRONGPASS": "WRONGPASS invalid username-password pair or user is disabled.",
     "NOAUTH": "NOAUTH Authentication required.",
     "UNBLOCKED": "UNBLOCKED force unblock from blocking operation, instance state changed",
+    "MOVED": "MOVED 5798 127.0.0.1:7002",
+    "ASK": "ASK 5798 127.0.0.1:7002",
+    "CLUSTERDOWN": "CLUSTERDOWN The cluster is down",
 }
+# Codes Redis sends instead of running a command, never from inside a script.
+REDIRECTS = {"MOVED", "ASK"}
 
 
 def parsed(reply: str) -> redis.RedisError:
@@ -65,8 +73,15 @@ def test_every_reply_code_has_a_real_reply_here():
     assert set(REPLIES) == set(REPLY_CODES)
 
 
-@pytest.mark.parametrize("wrapping", WRAPPINGS)
-@pytest.mark.parametrize("code", sorted(REPLY_CODES))
+@pytest.mark.parametrize(
+    ("code", "wrapping"),
+    [
+        (code, wrapping)
+        for code in sorted(REPLY_CODES)
+        for wrapping in WRAPPINGS
+        if not (code in REDIRECTS and wrapping.startswith("in a script"))
+    ],
+)
 def test_a_reply_code_decides_however_it_is_wrapped(code: str, wrapping: str):
     # Given the error redis-py raises for a reply with this code, wrapped as it may come
     exc = WRAPPINGS[wrapping](REPLIES[code])
@@ -123,6 +138,11 @@ def test_other_replies_are_no_redis_trouble(reply: str):
         (redis.exceptions.AuthorizationError("denied"), Kind.LOGIN_REFUSED),
         (redis.exceptions.BusyLoadingError("Redis is loading"), Kind.LOADING),
         (ScriptsReloaded("redis had forgotten goodsd's scripts; loaded again"), Kind.RESTARTED),
+        (NotACluster("127.0.0.1:6379 is not a cluster node: use a redis:// URL"),
+         Kind.WRONG_FORM),
+        (NotASentinel("no host of the URL answered as a sentinel"), Kind.WRONG_FORM),
+        (SlotNotServed("no node serves slot 5798"), Kind.UNREACHABLE),
+        (MasterNotFoundError("no primary 'goods' found"), Kind.UNREACHABLE),
     ],
 )  # fmt: skip
 def test_errors_that_are_not_replies_by_class(exc: BaseException, kind: Kind):
@@ -169,7 +189,7 @@ def test_other_failed_connects_are_outages(number: int, target: str):
 
 def test_only_refusals_are_fatal_and_only_write_refusals_leave_reads_working():
     fatal = {kind for kind in Kind if kind.fatal}
-    assert fatal == {Kind.LOGIN_REFUSED, Kind.NO_PERMISSION, Kind.SOCKET_DENIED}
+    assert fatal == {Kind.LOGIN_REFUSED, Kind.NO_PERMISSION, Kind.SOCKET_DENIED, Kind.WRONG_FORM}
     reads_work = {kind for kind in Kind if kind.reads_work}
     assert reads_work == {Kind.OUT_OF_MEMORY, Kind.READ_ONLY, Kind.NO_REPLICAS}
 
