@@ -245,7 +245,12 @@ def classify(exc: BaseException) -> Trouble | None:
     such as WRONGTYPE or a failing script: a bug, not the server's state)."""
     detail = str(exc)
     if isinstance(exc, redis.ResponseError):
-        kind = REPLY_CODES.get(reply_code(exc))
+        code = reply_code(exc)
+        kind = REPLY_CODES.get(code)
+        if code and code not in detail:  # redis-py keeps only the rest ("3387 10.0.0.7:7001")
+            note = _PIPELINE_NOTE.match(detail)
+            at = note.end() if note else 0
+            detail = f"{detail[:at]}{code} {detail[at:]}"
         return Trouble(kind, detail) if kind else None
     if (path := denied_socket(exc)) is not None:
         return Trouble(Kind.SOCKET_DENIED, path)

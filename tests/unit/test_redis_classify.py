@@ -202,3 +202,20 @@ def test_the_kind_a_child_waits_out_survives_its_scoreboard_flags(kind: Kind, st
     assert waiting_on(flags) is kind
     assert flags & 0xFF == state
     assert waiting_on(state) is None
+
+
+@pytest.mark.parametrize(
+    ("exc", "detail"),
+    [
+        (parsed("MOVED 5798 127.0.0.1:7002"), "MOVED 5798 127.0.0.1:7002"),
+        (
+            in_pipeline(parsed("ASK 5798 127.0.0.1:7002")),
+            "Command # 2 (HSET h a 1) of pipeline caused error: ASK 5798 127.0.0.1:7002",
+        ),
+    ],
+)
+def test_a_redirect_is_told_with_its_code(exc: redis.RedisError, detail: str):
+    # Given a redirect, of which redis-py keeps only the slot and the address
+    # Then what goodsd says of it names the redirect too
+    trouble = classify(exc)
+    assert trouble is not None and trouble.detail == detail
