@@ -50,7 +50,7 @@ def consumer_main(
     ready: Callable[[], None],
     client: redis.Redis,
 ) -> int:
-    store = RedisConsumerStore(client, config.queue)
+    store = RedisConsumerStore(client, config.queue, config.redis.wait_replicas)
     worker = consumer_mod.Consumer(config, identity, board, ready, store, time.monotonic)
     return consumer_mod.run(worker)
 
@@ -62,7 +62,7 @@ def producer_main(
     ready: Callable[[], None],
     client: redis.Redis,
 ) -> int:
-    store = ProducerStore(client, config.queue)
+    store = ProducerStore(client, config.queue, config.redis.wait_replicas)
     worker = producer_mod.Producer(config, identity, board, ready, store, time.monotonic)
     return producer_mod.run(worker)
 

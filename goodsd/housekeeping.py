@@ -265,8 +265,10 @@ class Housekeeping:
         return deployment.wrong_form(target, told, display_url(config.redis.url))
 
 
-def warn_about_settings(client: redis.Redis) -> None:
-    """Warn about a Redis too old for goodsd, or one that may evict items."""
+def warn_about_settings(client: redis.Redis, cfg: RedisConfig | None = None) -> None:
+    """Warn about a Redis too old for goodsd, one that may evict items, and (given ``cfg``,
+    the redis settings it was reached with) a primary whose failover can lose acknowledged
+    writes, or that has fewer replicas than ``redis.wait_replicas`` waits for."""
     try:
         info = client.info("server")
     except REDIS_ERRORS as exc:  # INFO may be refused to goodsd's user
@@ -284,3 +286,36 @@ def warn_about_settings(client: redis.Redis) -> None:
         )
     if policy and policy != "noeviction":
         log.warning("redis maxmemory-policy is %s: items may be evicted; use noeviction", policy)
+    if cfg is not None:
+        try:
+            replication = client.info("replication")
+        except REDIS_ERRORS as exc:
+            log.debug("cannot read redis replication: %s", exc)
+            return
+        for warning in replication_warnings(replication, cfg):
+            log.warning("%s", warning)
+
+
+def replication_warnings(replication: Mapping[str, object], cfg: RedisConfig) -> list[str]:
+    """What a primary's INFO replication says that can lose items in a failover: it takes
+    writes that no replica has (``min-replicas-to-write`` 0; INFO shows
+    ``min_slaves_good_slaves`` only when it is set) while it has replicas or Sentinel may fail
+    it over; or it has fewer replicas than ``redis.wait_replicas``."""
+    if replication.get("role") != "master":
+        return []
+    replicas = int(str(replication.get("connected_slaves", 0)))
+    sentinel = redisurl.parse(cfg.url).deployment is redisurl.Deployment.SENTINEL
+    warnings = []
+    if (sentinel or replicas) and "min_slaves_good_slaves" not in replication:
+        warnings.append(
+            f"the redis primary (with {replicas} replica(s)) takes writes that no replica has "
+            "acknowledged: a failover can lose them (pushed items, acks); set "
+            "min-replicas-to-write 1 with at least two replicas, and redis.wait_replicas: 1 "
+            "(see 'Redis deployments' in the README)"
+        )
+    if cfg.wait_replicas > replicas:
+        warnings.append(
+            f"redis.wait_replicas is {cfg.wait_replicas} but the redis primary has {replicas} "
+            "replica(s): pushes and settles wait until enough replicas acknowledge them"
+        )
+    return warnings

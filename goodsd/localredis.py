@@ -349,3 +349,127 @@ class LocalCluster:
         for node in self.nodes:
             with node.client() as client:
                 client.flushall()
+
+
+class LocalSentinels:
+    """A primary, its replicas and the sentinels that watch them, private redis-servers on
+    127.0.0.1 in one temp dir; used as a context manager. ``url`` is goodsd's
+    redis+sentinel:// URL for them. Replication starts at once (diskless, no delay) and the
+    sentinels take a primary for down after a second, so a failover takes a few seconds."""
+
+    def __init__(
+        self,
+        replicas: int = 2,
+        sentinels: int = 3,
+        *,
+        service: str = "goods",
+        settings: tuple[str, ...] = (),
+    ) -> None:
+        self.service = service
+        self.settings = settings  # more redis-server arguments for the primary and replicas
+        self.directory = tempfile.mkdtemp(prefix="goodsd-sentinel-", dir="/tmp")
+        self.replica_count = replicas
+        self.sentinel_count = sentinels
+        self.servers: list[LocalRedis] = []  # the first is the primary at start
+        self.sentinel_ports: list[int] = []
+        self._sentinels: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{self.service}"
+
+    def __enter__(self) -> LocalSentinels:
+        try:
+            self.start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for process in self._sentinels:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+        for server in self.servers:
+            server.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start them all; return once every replica is in sync and every sentinel knows the
+        primary, its replicas and the other sentinels."""
+        replication = ("--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0")
+        primary = self._server("primary", (*replication, *self.settings))
+        for number in range(self.replica_count):
+            following = ("--replicaof", "127.0.0.1", str(primary.tcp_port))
+            self._server(f"replica{number}", (*replication, *self.settings, *following))
+        for number in range(self.sentinel_count):
+            self._start_sentinel(number, primary.tcp_port)
+        deadline = time.monotonic() + timeout
+        while not self._settled():
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"sentinels not settled within {timeout:g}s")
+            time.sleep(0.05)
+
+    def _server(self, name: str, settings: tuple[str, ...]) -> LocalRedis:
+        directory = os.path.join(self.directory, name)
+        os.mkdir(directory)
+        for _ in range(20):  # a port taken meanwhile by someone else: try another
+            server = LocalRedis(directory, tcp_port=free_tcp_port(), settings=settings)
+            try:
+                server.start()
+            except RuntimeError:
+                continue
+            self.servers.append(server)
+            return server
+        raise RuntimeError(f"no free port for {name}")
+
+    def _start_sentinel(self, number: int, primary_port: int) -> None:
+        directory = os.path.join(self.directory, f"sentinel{number}")
+        os.mkdir(directory)
+        port = free_tcp_port()
+        conf = os.path.join(directory, "sentinel.conf")
+        with open(conf, "w") as out:
+            out.write(
+                f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
+                f"logfile {os.path.join(directory, 'sentinel.log')}\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {primary_port} 2\n"
+                f"sentinel down-after-milliseconds {self.service} 1000\n"
+                f"sentinel failover-timeout {self.service} 5000\n"
+            )
+        process = subprocess.Popen(
+            [find_redis_server(), conf, "--sentinel"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self._sentinels.append(process)
+        self.sentinel_ports.append(port)
+
+    def sentinel(self, number: int = 0) -> redis.Redis:
+        """A client of one sentinel."""
+        return redis.Redis(port=self.sentinel_ports[number], socket_timeout=2.0)
+
+    def _settled(self) -> bool:
+        for number in range(self.sentinel_count):
+            try:
+                with self.sentinel(number) as client:
+                    state = client.sentinel_master(self.service)
+            except redis.RedisError:
+                return False
+            if state["num-slaves"] < self.replica_count:
+                return False
+            if state["num-other-sentinels"] < self.sentinel_count - 1:
+                return False
+        with self.primary().client() as client:
+            info = client.info("replication")
+        online = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+        return len(online) == self.replica_count and all(r.get("state") == "online" for r in online)
+
+    def primary(self) -> LocalRedis:
+        """The server the sentinels name primary now."""
+        with self.sentinel() as client:
+            _, port = client.sentinel_get_master_addr_by_name(self.service)
+        return next(s for s in self.servers if s.tcp_port == int(port))

@@ -700,7 +700,7 @@ class Master:
         here, and the service exits 78."""
         now = self.clock()
         try:
-            refused = refused_commands(self.queue)
+            refused = refused_commands(self.queue, waits=self.config.redis.wait_replicas > 0)
         except REDIS_ERRORS as exc:
             trouble = classify(exc)
             if trouble is None:  # an answer the check did not expect: do not hold up the start
@@ -727,7 +727,7 @@ class Master:
             return False
         self.redis.outage.succeeded(now, "access check")
         self.access_checked = True
-        warn_about_settings(self.queue.client)
+        warn_about_settings(self.queue.client, self.config.redis)
         return True
 
     def redis_ready(self) -> bool:

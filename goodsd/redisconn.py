@@ -215,6 +215,8 @@ REPLY_CODES: dict[str, Kind] = {
     "NOAUTH": Kind.LOGIN_REFUSED,
     "UNBLOCKED": Kind.UNBLOCKED,
 }
+# Cluster replies whose code redis-py drops, leaving what alone tells nothing ("3387 h:7001").
+REDIRECTS = frozenset({"MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"})
 # Errors that are not an error reply, by class; the first match decides (subclasses first:
 # redis-py makes a refused login and a loading server kinds of ConnectionError).
 ERROR_CLASSES: tuple[tuple[type[BaseException], Kind], ...] = (
@@ -247,7 +249,7 @@ def classify(exc: BaseException) -> Trouble | None:
     if isinstance(exc, redis.ResponseError):
         code = reply_code(exc)
         kind = REPLY_CODES.get(code)
-        if code and code not in detail:  # redis-py keeps only the rest ("3387 10.0.0.7:7001")
+        if code in REDIRECTS:  # redis-py keeps only the rest ("3387 10.0.0.7:7001")
             note = _PIPELINE_NOTE.match(detail)
             at = note.end() if note else 0
             detail = f"{detail[:at]}{code} {detail[at:]}"
@@ -321,6 +323,10 @@ BACKOFF_BASE = 0.1
 BACKOFF_MAX = 5.0
 # Longest sleep between heartbeats while backing off.
 BEAT_EVERY = 0.25
+# Troubles whose reply settles them, so the next attempt can come at once rather than after
+# a delay grown during the outage before: a Redis that forgot the scripts has them again, a
+# moved slot's new node is known. (One base delay all the same, never a tight loop.)
+SETTLED_KINDS = frozenset({Kind.RESTARTED, Kind.SLOT_MOVED})
 # While an outage lasts, at most one line per this many seconds says it still does.
 OUTAGE_LOG_EVERY = 60.0
 
@@ -356,6 +362,8 @@ class Outage:
                 trouble.summary,
             )
         self.trouble = trouble
+        if trouble.kind in SETTLED_KINDS:
+            return BACKOFF_BASE
         return backoff_delay(self.failures, BACKOFF_BASE, BACKOFF_MAX)
 
     def succeeded(self, now: float, what: str = "") -> bool:
@@ -503,6 +511,8 @@ NEEDED_COMMANDS: tuple[str, ...] = (
     "DEL {producer_lock}",
     "DEL {producer_wake}",
     "EXISTS {lease}",
+    "PEXPIRE {settled} 1",
+    "PEXPIRE {pushed} 1",
     "PEXPIRE {producer_lock} 1",
     "PEXPIRE {producer_wake} 1",
     "PTTL {producer_lock}",
@@ -525,6 +535,8 @@ NEEDED_COMMANDS: tuple[str, ...] = (
     "ZRANGEBYSCORE {retry} 0 1 LIMIT 0 1",
     "ZREM {retry} v",
 )
+# Commands goodsd sends only with ``redis.wait_replicas`` set.
+NEEDED_FOR_WAITING: tuple[str, ...] = ("WAIT 0 0",)
 # The consumer id in the per-process keys of the check (any id will do: nothing runs).
 CHECK_ID = "access-check"
 
@@ -538,8 +550,9 @@ class Probe(NamedTuple):
     keys: tuple[str, ...]
 
 
-def needed_commands(queue: Upkeep) -> list[Probe]:
-    """NEEDED_COMMANDS with the keys of ``queue``."""
+def needed_commands(queue: Upkeep, *, waits: bool = False) -> list[Probe]:
+    """NEEDED_COMMANDS with the keys of ``queue`` (and NEEDED_FOR_WAITING with ``waits``:
+    ``redis.wait_replicas`` is set)."""
     k = queue.keys
     keys = {
         "ready": k.ready,
@@ -558,7 +571,7 @@ def needed_commands(queue: Upkeep) -> list[Probe]:
         "pushed": k.pushed(CHECK_ID),
     }
     probes = []
-    for command in NEEDED_COMMANDS:
+    for command in (*NEEDED_COMMANDS, *(NEEDED_FOR_WAITING if waits else ())):
         words = command.split()
         args = tuple(keys[w[1:-1]] if w.startswith("{") else w for w in words)
         named = tuple(keys[w[1:-1]] for w in words if w.startswith("{"))
@@ -567,7 +580,7 @@ def needed_commands(queue: Upkeep) -> list[Probe]:
     return probes
 
 
-def refused_commands(queue: Upkeep) -> list[str]:
+def refused_commands(queue: Upkeep, *, waits: bool = False) -> list[str]:
     """The commands goodsd needs that Redis's ACL refuses to this client's user, as "BLMOVE"
     (the command) or "HINCRBY on <key>" (its keys); [] when all are allowed.
 
@@ -587,7 +600,7 @@ def refused_commands(queue: Upkeep) -> list[str]:
             if _acl_refused(exc):
                 return ["MULTI"]
             raise  # no transaction: the commands would run, so none is sent
-        probes = needed_commands(queue)
+        probes = needed_commands(queue, waits=waits)
         connection.send_packed_command(connection.pack_commands([p.args for p in probes]))
         refused = set()
         for probe in probes:

@@ -27,7 +27,7 @@ def open_queue(cfg: Config, name: str) -> Views:
         client = connect(cfg.redis, f"goodsd-{name}", queue=cfg.queue)
     except PasswordError as exc:
         raise OpsError(str(exc)) from None
-    return Views(client, cfg.queue)
+    return Views(client, cfg.queue, cfg.redis.wait_replicas)
 
 
 @contextlib.contextmanager
