@@ -270,15 +270,11 @@ def warn_about_settings(client: redis.Redis, cfg: RedisConfig | None = None) -> 
     the redis settings it was reached with) a primary whose failover can lose acknowledged
     writes, or that has fewer replicas than ``redis.wait_replicas`` waits for."""
     try:
-        info = client.info("server")
+        info = client.info()  # the default sections: server, memory, replication...
     except REDIS_ERRORS as exc:  # INFO may be refused to goodsd's user
         log.debug("cannot read the redis version: %s", exc)
         return
-    try:
-        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
-    except REDIS_ERRORS as exc:  # CONFIG may be disabled on managed servers
-        log.debug("cannot read redis settings: %s", exc)
-        policy = None
+    policy = info.get("maxmemory_policy")  # (CONFIG GET would need @admin)
     version = tuple(int(p) for p in str(info.get("redis_version", "0")).split(".")[:2])
     if version < (6, 2):
         log.error(
@@ -287,35 +283,5 @@ def warn_about_settings(client: redis.Redis, cfg: RedisConfig | None = None) -> 
     if policy and policy != "noeviction":
         log.warning("redis maxmemory-policy is %s: items may be evicted; use noeviction", policy)
     if cfg is not None:
-        try:
-            replication = client.info("replication")
-        except REDIS_ERRORS as exc:
-            log.debug("cannot read redis replication: %s", exc)
-            return
-        for warning in replication_warnings(replication, cfg):
+        for warning in deployment.replication_warnings(info, cfg):
             log.warning("%s", warning)
-
-
-def replication_warnings(replication: Mapping[str, object], cfg: RedisConfig) -> list[str]:
-    """What a primary's INFO replication says that can lose items in a failover: it takes
-    writes that no replica has (``min-replicas-to-write`` 0; INFO shows
-    ``min_slaves_good_slaves`` only when it is set) while it has replicas or Sentinel may fail
-    it over; or it has fewer replicas than ``redis.wait_replicas``."""
-    if replication.get("role") != "master":
-        return []
-    replicas = int(str(replication.get("connected_slaves", 0)))
-    sentinel = redisurl.parse(cfg.url).deployment is redisurl.Deployment.SENTINEL
-    warnings = []
-    if (sentinel or replicas) and "min_slaves_good_slaves" not in replication:
-        warnings.append(
-            f"the redis primary (with {replicas} replica(s)) takes writes that no replica has "
-            "acknowledged: a failover can lose them (pushed items, acks); set "
-            "min-replicas-to-write 1 with at least two replicas, and redis.wait_replicas: 1 "
-            "(see 'Redis deployments' in the README)"
-        )
-    if cfg.wait_replicas > replicas:
-        warnings.append(
-            f"redis.wait_replicas is {cfg.wait_replicas} but the redis primary has {replicas} "
-            "replica(s): pushes and settles wait until enough replicas acknowledge them"
-        )
-    return warnings

@@ -364,9 +364,11 @@ class LocalSentinels:
         *,
         service: str = "goods",
         settings: tuple[str, ...] = (),
+        sentinel_password: str | None = None,
     ) -> None:
         self.service = service
         self.settings = settings  # more redis-server arguments for the primary and replicas
+        self.sentinel_password = sentinel_password  # the sentinels' requirepass, if any
         self.directory = tempfile.mkdtemp(prefix="goodsd-sentinel-", dir="/tmp")
         self.replica_count = replicas
         self.sentinel_count = sentinels
@@ -438,6 +440,8 @@ class LocalSentinels:
                 f"sentinel down-after-milliseconds {self.service} 1000\n"
                 f"sentinel failover-timeout {self.service} 5000\n"
             )
+            if self.sentinel_password:
+                out.write(f"requirepass {self.sentinel_password}\n")
         process = subprocess.Popen(
             [find_redis_server(), conf, "--sentinel"],
             stdin=subprocess.DEVNULL,
@@ -450,7 +454,9 @@ class LocalSentinels:
 
     def sentinel(self, number: int = 0) -> redis.Redis:
         """A client of one sentinel."""
-        return redis.Redis(port=self.sentinel_ports[number], socket_timeout=2.0)
+        return redis.Redis(
+            port=self.sentinel_ports[number], password=self.sentinel_password, socket_timeout=2.0
+        )
 
     def _settled(self) -> bool:
         for number in range(self.sentinel_count):

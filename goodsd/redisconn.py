@@ -10,6 +10,7 @@ import errno
 import logging
 import os
 import re
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -173,6 +174,7 @@ class Kind(enum.Enum):
     SLOT_MIGRATING = (14, "cluster slot migrating", False, False)
     CLUSTER_DOWN = (15, "cluster down", False, False)
     WRONG_FORM = (16, "redis.url names another kind of deployment", True, False)
+    TLS_REFUSED = (17, "TLS handshake failed", True, False)
 
     def __init__(self, code: int, label: str, fatal: bool, reads_work: bool) -> None:
         self.code = code
@@ -256,6 +258,8 @@ def classify(exc: BaseException) -> Trouble | None:
         return Trouble(kind, detail) if kind else None
     if (path := denied_socket(exc)) is not None:
         return Trouble(Kind.SOCKET_DENIED, path)
+    if failed_handshake(exc):
+        return Trouble(Kind.TLS_REFUSED, detail)
     for cls, kind in ERROR_CLASSES:
         if isinstance(exc, cls):
             return Trouble(kind, detail)
@@ -288,6 +292,18 @@ def denied_socket(exc: BaseException) -> str | None:
         return None
     match = _SOCKET_PATH.search(str(exc))
     return match.group(1) if match else None
+
+
+def failed_handshake(exc: BaseException) -> bool:
+    """Whether ``exc`` is a connect that failed in its TLS handshake: a certificate the other
+    side does not trust (or none where one is required), or no TLS at all on the other end.
+    The config (the URL's ssl_* settings) or the server's certificates must change."""
+    if not isinstance(exc, redis.ConnectionError):
+        return False
+    cause = exc.__cause__ or exc.__context__
+    # a connection closed or cut mid-handshake (a server restarting) is an outage
+    cut = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+    return isinstance(cause, ssl.SSLError) and not isinstance(cause, cut)
 
 
 class AccessDenied(Exception):

@@ -95,6 +95,13 @@ def test_a_queue_on_another_node_works_end_to_end(fresh_cluster, tmp_path, start
         10,
         "metrics to show both dead items",
     )
+    # And check --redis names the node serving the queue's slot
+    checked = goodsd(config, "check", "--redis")
+    assert checked.returncode == 0, checked.stderr
+    assert (
+        f"deployment: cluster node 127.0.0.1:{cluster.nodes[2].tcp_port} serves slot "
+        f"{queue_slot(queue)} of queue {queue!r} (3 primaries; 0 replica(s) of this one)"
+    ) in checked.stdout, checked.stdout
     # And every key of the queue is on the node serving its slot, none elsewhere
     with cluster.nodes[2].client() as node:
         assert node.exists(queue) == 0 and node.exists(f"goodsd:{{{queue}}}:stats") == 1

@@ -158,3 +158,39 @@ def test_a_failover_loses_nothing_acknowledged_and_restarts_nobody(
     assert re.search(r"\[consumer \d pid \d+\] redis unavailable", log), log
     assert re.search(r"\[consumer \d pid \d+\] redis available again", log), log
     assert daemon.stop() == 0
+
+
+@pytest.fixture
+def sentinels_with_a_password(make_sentinels) -> LocalSentinels:
+    return make_sentinels(sentinel_password="watch-word")
+
+
+def test_sentinels_own_login_and_check_redis(sentinels_with_a_password, tmp_path, start_daemon):
+    group = sentinels_with_a_password
+    secret = tmp_path / "sentinel-password"
+    secret.write_text("watch-word\n")
+    secret.chmod(0o600)
+    # Given the sentinels' own password in redis.sentinel_password_file
+    config = write_config(
+        tmp_path, group.url, redis={"url": group.url, "sentinel_password_file": str(secret)}
+    )
+    # When goodsd checks Redis as the service would
+    checked = goodsd(config, "check", "--redis")
+    # Then it names the primary the sentinels name, and finds nothing wrong
+    assert checked.returncode == 0, checked.stderr
+    primary = group.primary().tcp_port
+    assert (
+        f"deployment: primary 127.0.0.1:{primary}, named 'goods' by the sentinels (3 in the "
+        "url), with 2 replica(s)" in checked.stdout
+    ), checked.stdout
+    assert NO_REPLICA_WARNING in checked.stderr
+    # When the password is wrong, then goodsd refuses to start (exit 78), saying why
+    secret.write_text("wrong-word\n")
+    daemon = start_daemon(config)
+    assert daemon.wait_exit(20) == 78
+    assert "sentinel refused goodsd's login" in daemon.log(), daemon.log()
+    # And a URL that names data nodes as sentinels is refused too
+    wrong = write_config(tmp_path, f"redis+sentinel://127.0.0.1:{primary}/goods")
+    checked = goodsd(wrong, "check", "--redis")
+    assert checked.returncode == 78
+    assert "no host of the URL answered as a sentinel" in checked.stderr, checked.stderr

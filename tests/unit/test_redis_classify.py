@@ -4,6 +4,7 @@ really raises for every reply code it may meet, however redis-py or Lua wrapped 
 from __future__ import annotations
 
 import errno
+import ssl
 
 import pytest
 import redis
@@ -189,7 +190,13 @@ def test_other_failed_connects_are_outages(number: int, target: str):
 
 def test_only_refusals_are_fatal_and_only_write_refusals_leave_reads_working():
     fatal = {kind for kind in Kind if kind.fatal}
-    assert fatal == {Kind.LOGIN_REFUSED, Kind.NO_PERMISSION, Kind.SOCKET_DENIED, Kind.WRONG_FORM}
+    assert fatal == {
+        Kind.LOGIN_REFUSED,
+        Kind.NO_PERMISSION,
+        Kind.SOCKET_DENIED,
+        Kind.WRONG_FORM,
+        Kind.TLS_REFUSED,
+    }
     reads_work = {kind for kind in Kind if kind.reads_work}
     assert reads_work == {Kind.OUT_OF_MEMORY, Kind.READ_ONLY, Kind.NO_REPLICAS}
 
@@ -219,3 +226,43 @@ def test_a_redirect_is_told_with_its_code(exc: redis.RedisError, detail: str):
     # Then what goodsd says of it names the redirect too
     trouble = classify(exc)
     assert trouble is not None and trouble.detail == detail
+
+
+def failed_connect(cause: BaseException) -> redis.ConnectionError:
+    """What redis-py raises when a connect (or its first read) fails with ``cause``."""
+    try:
+        try:
+            raise cause
+        except OSError as exc:
+            raise redis.ConnectionError(f"Error connecting to 10.0.0.5:6380. {exc}") from None
+    except redis.ConnectionError as exc:
+        return exc
+
+
+@pytest.mark.parametrize(
+    "cause",
+    [
+        ssl.SSLCertVerificationError(1, "certificate verify failed: unable to get local issuer"),
+        ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"),
+        ssl.SSLError(1, "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate"),
+    ],
+)
+def test_a_tls_handshake_refused_is_a_refusal(cause: BaseException):
+    # Given a connect whose TLS handshake failed: a certificate not trusted, none given, or no
+    # TLS on the other end
+    trouble = classify(failed_connect(cause))
+    # Then it is a refusal no retry can fix
+    assert trouble is not None and trouble.kind is Kind.TLS_REFUSED and trouble.kind.fatal
+
+
+@pytest.mark.parametrize(
+    "cause",
+    [
+        ssl.SSLEOFError(8, "EOF occurred in violation of protocol"),
+        ssl.SSLZeroReturnError(6, "TLS/SSL connection has been closed"),
+        ConnectionResetError(104, "Connection reset by peer"),
+    ],
+)
+def test_a_tls_connection_cut_is_an_outage(cause: BaseException):
+    trouble = classify(failed_connect(cause))
+    assert trouble is not None and trouble.kind is Kind.UNREACHABLE
