@@ -26,11 +26,14 @@ NO_REPLICA_WARNING = "takes writes that no replica has acknowledged"
 
 @pytest.fixture
 def make_sentinels() -> Iterator[Callable[..., LocalSentinels]]:
-    """make_sentinels(settings=()) -> a started LocalSentinels, stopped after the test."""
+    """make_sentinels(settings=(), sentinel_password=None) -> a started LocalSentinels,
+    stopped after the test."""
     started: list[LocalSentinels] = []
 
-    def make(settings: tuple[str, ...] = ()) -> LocalSentinels:
-        group = LocalSentinels(settings=settings)
+    def make(
+        settings: tuple[str, ...] = (), sentinel_password: str | None = None
+    ) -> LocalSentinels:
+        group = LocalSentinels(settings=settings, sentinel_password=sentinel_password)
         started.append(group)
         return group.__enter__()
 
