@@ -22,11 +22,13 @@ configuration runs `--runs` times, in rounds (every configuration once per round
 that comes and goes on a shared machine hits them all alike; a row shows the median and range.
 
 Run: python bench/throughput.py [--runs N] [--quick] [--window S] [--code DIR ...]
+     [--redis server|cluster|replicas [--wait-replicas N]]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import multiprocessing
 import os
@@ -53,9 +55,11 @@ if str(REPO_DIR) not in sys.path:
 
 from cputime import MachineCpu, ProcessGone, machine_seconds, processes_seconds  # noqa: E402
 
+from goodsd.config import RedisConfig  # noqa: E402
 from goodsd.config import dump as dump_config  # noqa: E402
 from goodsd.handlers import noop  # noqa: E402
-from goodsd.localredis import LocalRedis  # noqa: E402
+from goodsd.localredis import LocalCluster, LocalRedis, LocalSentinels  # noqa: E402
+from goodsd.redisconn import connect  # noqa: E402
 from goodsd.store import Views  # noqa: E402
 
 QUEUE = "bench"  # the ready list every design consumes, and goodsd's queue name
@@ -92,6 +96,8 @@ class Plan:
     codes: tuple[Path, ...]  # checkouts whose goodsd to run, side by side
     latency: tuple[tuple[int, int], ...]  # (processes, batch) of each latency row
     latency_samples: int  # per run
+    redis: str = "server"  # "server", "cluster" (queue on a node of 3), "replicas" (2 of them)
+    wait_replicas: int = 0  # goodsd's redis.wait_replicas
 
 
 @dataclass(frozen=True)
@@ -189,20 +195,65 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(POLL)
 
 
-def build_template(server: LocalRedis, items: int) -> None:
-    """The backlog every run starts on, built once: `good0`, `good1`, ... in TEMPLATE_DB."""
-    r = server.client(db=TEMPLATE_DB)
-    r.delete(TEMPLATE)
+class BenchRedis:
+    """Where a bench runs: ``url`` is goodsd's ``redis.url``; ``node`` the server that holds
+    the queue (its CPU is counted). On one server the backlog is kept in TEMPLATE_DB; a
+    cluster node has only db 0, so there it is a key of the queue's slot, kept across runs."""
+
+    def __init__(self, url: str, node: LocalRedis, cluster: bool) -> None:
+        self.url = url
+        self.node = node
+        self.cluster = cluster
+        self.template = "{" + QUEUE + "}:template" if cluster else TEMPLATE
+        self.template_db = 0 if cluster else TEMPLATE_DB
+
+    @property
+    def pid(self) -> int | None:
+        return self.node.pid
+
+    def client(self, **kwargs: object) -> redis.Redis:
+        """A client of the node holding the queue."""
+        return self.node.client(**kwargs)
+
+
+@contextlib.contextmanager
+def bench_redis(kind: str) -> Iterator[BenchRedis]:
+    """One private redis-server (``server``); a cluster of 3 with the queue on one of its
+    nodes (``cluster``); or a primary with 2 replicas (``replicas``, for wait_replicas)."""
+    if kind == "cluster":
+        with LocalCluster(3) as cluster:
+            yield BenchRedis(cluster.url, cluster.serving(QUEUE), cluster=True)
+    elif kind == "replicas":
+        with LocalSentinels(2, 1) as group:
+            primary = group.primary()
+            yield BenchRedis(primary.url, primary, cluster=False)
+    else:
+        with LocalRedis() as server:
+            yield BenchRedis(server.url, server, cluster=False)
+
+
+def build_template(server: BenchRedis, items: int) -> None:
+    """The backlog every run starts on, built once: `good0`, `good1`, ... (see BenchRedis)."""
+    r = server.client(db=server.template_db)
+    r.delete(server.template)
     pipe = r.pipeline(transaction=False)
     for start in range(0, items, PUSH_CHUNK):
-        pipe.lpush(TEMPLATE, *(f"good{i}" for i in range(start, min(start + PUSH_CHUNK, items))))
+        chunk = (f"good{i}" for i in range(start, min(start + PUSH_CHUNK, items)))
+        pipe.lpush(server.template, *chunk)
         if len(pipe) >= 100:
             pipe.execute()
     pipe.execute()
 
 
-def fresh_backlog(server: LocalRedis) -> None:
+def fresh_backlog(server: BenchRedis) -> None:
     """An empty db 0 holding only a full backlog; COPY takes milliseconds even for millions."""
+    if server.cluster:
+        r = server.client()
+        others = [key for key in r.scan_iter(count=1000) if key != server.template.encode()]
+        if others:
+            r.delete(*others)
+        r.copy(server.template, QUEUE)
+        return
     server.client().flushdb()
     server.client(db=TEMPLATE_DB).copy(TEMPLATE, QUEUE, destination_db="0")
 
@@ -319,7 +370,7 @@ class GoodsdPool:
         self.log_path = workdir / f"{name}.log"
         self.config_path.write_text(dump_config(config))
         self.processes = config["consumers"]["processes"]
-        self.queue = Views(redis.Redis.from_url(redis_url), QUEUE)
+        self.queue = Views(connect(RedisConfig(redis_url), "bench", queue=QUEUE), QUEUE)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH")]))
         env["BENCH_REDIS_URL"] = redis_url
@@ -391,10 +442,13 @@ class GoodsdPool:
         return f"--- {self.log_path} (last {lines} lines) ---\n" + "\n".join(text[-lines:])
 
 
-def goodsd_config(url: str, processes: int, batch: int, handler: str) -> dict[str, Any]:
-    """A goodsd config as YAML data: defaults but for the queue, processes, batch, handler."""
+def goodsd_config(
+    url: str, processes: int, batch: int, handler: str, wait_replicas: int = 0
+) -> dict[str, Any]:
+    """A goodsd config as YAML data: defaults but for the queue, processes, batch, handler
+    (and redis.wait_replicas, when set)."""
     return {
-        "redis": {"url": url},
+        "redis": {"url": url, **({"wait_replicas": wait_replicas} if wait_replicas else {})},
         "queue": QUEUE,
         "pythonpath": [str(BENCH_DIR)],
         "consumers": {"processes": processes, "batch": batch, "handler": handler},
@@ -402,12 +456,14 @@ def goodsd_config(url: str, processes: int, batch: int, handler: str) -> dict[st
     }
 
 
-def start_pool(setup: Setup, server: LocalRedis, workdir: Path) -> Pool:
+def start_pool(setup: Setup, server: BenchRedis, workdir: Path, plan: Plan) -> Pool:
     """Start the processes of ``setup``: forked loops for classic and bare, else goodsd."""
     if setup.code is None:
         return ForkedPool(setup, server.url)
     assert setup.batch is not None
-    config = goodsd_config(server.url, setup.processes, setup.batch, "goodsd.handlers:noop")
+    config = goodsd_config(
+        server.url, setup.processes, setup.batch, "goodsd.handlers:noop", plan.wait_replicas
+    )
     name = f"{setup.design}-p{setup.processes}-b{setup.batch}".replace(":", "-")
     return GoodsdPool(workdir, name, setup.code, config, server.url)
 
@@ -425,12 +481,12 @@ def read(pool: Pool, server_pid: int) -> Reading:
     return Reading(time.perf_counter(), pool.handled(), workers, master, redis_cpu, own, machine)
 
 
-def measure(setup: Setup, server: LocalRedis, workdir: Path, plan: Plan) -> Sample:
+def measure(setup: Setup, server: BenchRedis, workdir: Path, plan: Plan) -> Sample:
     """One run of ``setup``: start on a full backlog, warm up, measure one window, stop."""
     fresh_backlog(server)
     server_pid = server.pid
     assert server_pid is not None
-    pool = start_pool(setup, server, workdir)
+    pool = start_pool(setup, server, workdir, plan)
     problems: list[str] = []
     try:
         pool.wait_ready()
@@ -450,7 +506,7 @@ def measure(setup: Setup, server: LocalRedis, workdir: Path, plan: Plan) -> Samp
 
 
 def measure_latency(
-    setup: Setup, server: LocalRedis, workdir: Path, samples: int
+    setup: Setup, server: BenchRedis, workdir: Path, samples: int
 ) -> tuple[float, float]:
     """Push single timestamped items on an idle queue; return the p50 and p99 pickup delays
     in ms (push to handler call)."""
@@ -544,7 +600,7 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def describe_machine(server: LocalRedis) -> list[str]:
+def describe_machine(server: BenchRedis, plan: Plan) -> list[str]:
     """Lines naming the machine (CPUs, model, kernel) and the software versions."""
     version = server.client().info("server")["redis_version"]
     usable = len(os.sched_getaffinity(0))
@@ -552,7 +608,8 @@ def describe_machine(server: LocalRedis) -> list[str]:
         f"machine: {os.cpu_count()} CPUs ({usable} usable by this process), {cpu_model()},"
         f" Linux {platform.release()}",
         f"software: Python {platform.python_version()}, {client_library()},"
-        f" redis-server {version} on a unix socket",
+        f" redis-server {version} {REDIS_KINDS[plan.redis]}"
+        + (f"; redis.wait_replicas {plan.wait_replicas}" if plan.wait_replicas else ""),
     ]
 
 
@@ -564,6 +621,14 @@ def client_library() -> str:
         return f"{described} (hiredis {importlib.metadata.version('hiredis')})"
     except importlib.metadata.PackageNotFoundError:
         return f"{described} WITHOUT hiredis (replies parsed in Python: slower)"
+
+
+# What each --redis stands for, as the header says it.
+REDIS_KINDS = {
+    "server": "on a unix socket",
+    "cluster": "on TCP, the queue on one node of a 3-node cluster (redis+cluster://)",
+    "replicas": "on TCP, a primary with 2 replicas",
+}
 
 
 def describe_plan(plan: Plan) -> str:
@@ -717,6 +782,21 @@ def parse_args(argv: Sequence[str] | None) -> Plan:
         help="which to measure, of classic,bare,goodsd,latency (default all)",
     )
     parser.add_argument(
+        "--redis",
+        choices=sorted(REDIS_KINDS),
+        default="server",
+        help="server (default): one on a unix socket; cluster: the queue on a node of a"
+        " 3-node cluster; replicas: a primary with 2 replicas (goodsd rows only, but for"
+        " server)",
+    )
+    parser.add_argument(
+        "--wait-replicas",
+        type=int,
+        default=0,
+        metavar="N",
+        help="goodsd's redis.wait_replicas (with --redis replicas)",
+    )
+    parser.add_argument(
         "--code",
         type=checkout,
         action="append",
@@ -732,6 +812,10 @@ def parse_args(argv: Sequence[str] | None) -> Plan:
     window = args.window or (0.5 if args.quick else 1.0)
     if runs < 1 or window <= 0 or args.backlog < 1:
         parser.error("--runs, --window and --backlog must be positive")
+    if args.redis != "server" and set(designs) != {"goodsd"}:
+        parser.error("--redis cluster and replicas measure goodsd only: add --designs goodsd")
+    if args.wait_replicas and args.redis != "replicas":
+        parser.error("--wait-replicas needs --redis replicas")
     latency = ((1, 100),) if args.quick else ((1, 100), (4, 100))
     return Plan(
         runs=runs,
@@ -744,10 +828,12 @@ def parse_args(argv: Sequence[str] | None) -> Plan:
         codes=tuple(args.code or (REPO_DIR,)),
         latency=latency if "latency" in designs else (),
         latency_samples=100 if args.quick else 300,
+        redis=args.redis,
+        wait_replicas=args.wait_replicas,
     )
 
 
-def run_all(plan: Plan, server: LocalRedis, workdir: Path, results: Results) -> None:
+def run_all(plan: Plan, server: BenchRedis, workdir: Path, results: Results) -> None:
     """Every throughput run, round by round, then every latency run."""
     if any(d in plan.designs for d in ("classic", "bare", "goodsd")):
         build_template(server, plan.backlog)
@@ -767,8 +853,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = Results()
     load_before = load_average()
     status = 0
-    with LocalRedis() as server, tempfile.TemporaryDirectory(prefix="goodsd-bench-") as tmp:
-        header = describe_machine(server)
+    with (
+        bench_redis(plan.redis) as server,
+        tempfile.TemporaryDirectory(prefix="goodsd-bench-") as tmp,
+    ):
+        header = describe_machine(server, plan)
         try:
             run_all(plan, server, Path(tmp), results)
         except BenchError as exc:
