@@ -97,7 +97,7 @@ class Plan:
     latency: tuple[tuple[int, int], ...]  # (processes, batch) of each latency row
     latency_samples: int  # per run
     redis: str = "server"  # "server", "cluster" (queue on a node of 3), "replicas" (2 of them)
-    wait_replicas: int = 0  # goodsd's redis.wait_replicas
+    wait_replicas: tuple[int, ...] = (0,)  # goodsd's redis.wait_replicas, each a row
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,7 @@ class Setup:
     processes: int
     batch: int | None  # None for classic, which takes one item per round trip
     code: Path | None = None  # the checkout whose goodsd runs; goodsd rows only
+    wait_replicas: int = 0  # goodsd's redis.wait_replicas
 
     def __str__(self) -> str:
         batch = f" b={self.batch}" if self.batch is not None else ""
@@ -462,7 +463,7 @@ def start_pool(setup: Setup, server: BenchRedis, workdir: Path, plan: Plan) -> P
         return ForkedPool(setup, server.url)
     assert setup.batch is not None
     config = goodsd_config(
-        server.url, setup.processes, setup.batch, "goodsd.handlers:noop", plan.wait_replicas
+        server.url, setup.processes, setup.batch, "goodsd.handlers:noop", setup.wait_replicas
     )
     name = f"{setup.design}-p{setup.processes}-b{setup.batch}".replace(":", "-")
     return GoodsdPool(workdir, name, setup.code, config, server.url)
@@ -544,11 +545,11 @@ def percentile(values: Sequence[float], pct: int) -> float:
 # --- what runs, and in which order ----------------------------------------------------------
 
 
-def code_label(code: Path, codes: Sequence[Path]) -> str:
-    """``goodsd`` for this checkout alone; ``goodsd:<dir name>`` when checkouts are compared."""
-    if codes == (REPO_DIR,):
-        return "goodsd"
-    return f"goodsd:{code.name}"
+def code_label(code: Path, codes: Sequence[Path], wait_replicas: int = 0) -> str:
+    """``goodsd`` for this checkout alone; ``goodsd:<dir name>`` when checkouts are compared;
+    `` wait N`` after it for ``redis.wait_replicas: N``."""
+    label = "goodsd" if codes == (REPO_DIR,) else f"goodsd:{code.name}"
+    return f"{label} wait {wait_replicas}" if wait_replicas else label
 
 
 def setups(plan: Plan) -> list[Setup]:
@@ -562,8 +563,9 @@ def setups(plan: Plan) -> list[Setup]:
                 rows.append(Setup("bare", processes, batch))
             if "goodsd" in plan.designs:
                 rows += [
-                    Setup(code_label(code, plan.codes), processes, batch, code)
+                    Setup(code_label(code, plan.codes, wait), processes, batch, code, wait)
                     for code in plan.codes
+                    for wait in plan.wait_replicas
                 ]
     return rows
 
@@ -609,7 +611,11 @@ def describe_machine(server: BenchRedis, plan: Plan) -> list[str]:
         f" Linux {platform.release()}",
         f"software: Python {platform.python_version()}, {client_library()},"
         f" redis-server {version} {REDIS_KINDS[plan.redis]}"
-        + (f"; redis.wait_replicas {plan.wait_replicas}" if plan.wait_replicas else ""),
+        + (
+            f"; redis.wait_replicas {', '.join(map(str, plan.wait_replicas))}"
+            if plan.wait_replicas != (0,)
+            else ""
+        ),
     ]
 
 
@@ -755,6 +761,17 @@ def int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def wait_list(text: str) -> tuple[int, ...]:
+    """``--wait-replicas`` argument: "0,1" -> (0, 1); each 0 or more."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if min(values) < 0:
+        raise argparse.ArgumentTypeError(f"each number must be at least 0: {text!r}")
+    return values
+
+
 def checkout(text: str) -> Path:
     """``--code`` argument: the resolved path of a goodsd checkout."""
     path = Path(text).resolve()
@@ -791,10 +808,10 @@ def parse_args(argv: Sequence[str] | None) -> Plan:
     )
     parser.add_argument(
         "--wait-replicas",
-        type=int,
-        default=0,
-        metavar="N",
-        help="goodsd's redis.wait_replicas (with --redis replicas)",
+        type=wait_list,
+        default=(0,),
+        metavar="N[,N...]",
+        help="goodsd's redis.wait_replicas, each a row (with --redis replicas; default 0)",
     )
     parser.add_argument(
         "--code",
@@ -814,7 +831,7 @@ def parse_args(argv: Sequence[str] | None) -> Plan:
         parser.error("--runs, --window and --backlog must be positive")
     if args.redis != "server" and set(designs) != {"goodsd"}:
         parser.error("--redis cluster and replicas measure goodsd only: add --designs goodsd")
-    if args.wait_replicas and args.redis != "replicas":
+    if args.wait_replicas != (0,) and args.redis != "replicas":
         parser.error("--wait-replicas needs --redis replicas")
     latency = ((1, 100),) if args.quick else ((1, 100), (4, 100))
     return Plan(

@@ -384,6 +384,8 @@ def check_as_user(args: argparse.Namespace) -> int:
     # service's files, not where this interpreter lives (the import probe judges that).
     for url in ("redis://localhost/0", "unix:///run/redis.sock"):
         config_mod.parse(f"redis: {{url: '{url}'}}\nconsumers: {{processes: 0}}\n")
+    if args.redis:
+        import goodsd.deployment  # noqa: F401 - (see above)
     sys.stdout.flush()
     pid = os.fork()
     if pid == 0:
