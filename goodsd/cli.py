@@ -281,7 +281,34 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"  producers: {p.processes} x {feed}")
     for spec in import_specs(cfg):
         print(f"  imported {spec}")
-    return 0
+    return redis_check(cfg) if args.redis else 0
+
+
+def redis_check(cfg: Config) -> int:
+    """``check --redis``: connect as the service would and report on the server, one line
+    each (see goodsd.deployment.report); warnings on stderr; exit 78 on any problem."""
+    from goodsd.deployment import report
+    from goodsd.redisconn import PasswordError, connect
+
+    try:
+        client = connect(cfg.redis, "goodsd-check", queue=cfg.queue, socket_timeout=5.0)
+    except PasswordError as exc:
+        print(f"{cfg.path}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        found = report(cfg, client)
+    finally:
+        client.close()
+    if found.lines:
+        print(f"redis at {display_url(cfg.redis.url)}:")
+    for line in found.lines:
+        print(f"  {line}")
+    prefix = "<4>" if logs.under_journal(os.environ) else ""
+    for warning in found.warnings:
+        print(f"{prefix}goodsd: warning: {warning}", file=sys.stderr)
+    for problem in found.problems:
+        print(f"{cfg.path}: {problem}", file=sys.stderr)
+    return EXIT_CONFIG if found.problems else 0
 
 
 def command_problem(cfg: Config) -> str | None:
@@ -358,6 +385,8 @@ def check_as_user(args: argparse.Namespace) -> int:
     # service's files, not where this interpreter lives (the import probe judges that).
     for url in ("redis://localhost/0", "unix:///run/redis.sock"):
         config_mod.parse(f"redis: {{url: '{url}'}}\nconsumers: {{processes: 0}}\n")
+    if args.redis:
+        import goodsd.deployment  # noqa: F401 - (see above)
     sys.stdout.flush()
     pid = os.fork()
     if pid == 0:
@@ -744,6 +773,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"give up on importing handler, setup and source after SECONDS "
         f"(default {IMPORT_TIMEOUT:g})",
+    )
+    check.add_argument(
+        "--redis",
+        action="store_true",
+        help="also connect to redis as the service would, and report on it",
     )
     check.set_defaults(func=cmd_check)
     add_ops_commands(sub, common)

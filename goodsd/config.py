@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import errno
-import ipaddress
 import math
 import os
 import re
@@ -25,7 +24,7 @@ from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 import redis
 import yaml
-from redis.connection import URL_QUERY_ARGUMENT_PARSERS
+from redis.connection import URL_QUERY_ARGUMENT_PARSERS, Connection, SSLConnection
 from yaml.events import (
     AliasEvent,
     CollectionEndEvent,
@@ -37,6 +36,9 @@ from yaml.events import (
 from yaml.nodes import MappingNode, Node, ScalarNode
 from yaml.reader import ReaderError
 from yaml.tokens import ScalarToken
+
+from goodsd import redisurl
+from goodsd.redisurl import Deployment
 
 DEFAULT_PATH = "/etc/goodsd.yaml"
 # The largest config file read. A full goodsd config is a few KiB; the limit keeps a wrong path
@@ -77,6 +79,11 @@ class ConfigError(Exception):
 class RedisConfig:
     url: str = "redis://127.0.0.1:6379/0"
     password_file: str | None = None
+    # Sentinel's own login, apart from the data nodes' (only with a redis+sentinel:// URL)
+    sentinel_username: str | None = None
+    sentinel_password_file: str | None = None
+    # replicas that must acknowledge a push or a settle before it counts (WAIT); 0: none
+    wait_replicas: int = 0
 
 
 @dataclass(frozen=True)
@@ -292,21 +299,25 @@ def read_password_file(path: str) -> tuple[str, int]:
 
 
 def _password_file_warnings(cfg: Config) -> tuple[str, ...]:
-    """Check now that ``redis.password_file`` can be read, as every goodsd process will at
-    its start; raises ConfigError at its line otherwise. Warns when other users can read it."""
-    name = cfg.redis.password_file
-    if not name:
-        return ()
-    key = "redis.password_file"
-    try:
-        _, mode = read_password_file(name)
-    except PasswordFileError as err:
-        raise ConfigError(cfg.path, cfg.lines.get(key), key, str(err)) from None
-    if mode & stat.S_IROTH:
-        return (
-            f"redis.password_file {name} can be read by every user on this host; {_restrict(name)}",
-        )
-    return ()
+    """Check now that ``redis.password_file`` and ``redis.sentinel_password_file`` can be read,
+    as every goodsd process will at its start; raises ConfigError at the key's line otherwise.
+    Warns when other users can read one."""
+    warnings = []
+    for key, name in (
+        ("redis.password_file", cfg.redis.password_file),
+        ("redis.sentinel_password_file", cfg.redis.sentinel_password_file),
+    ):
+        if not name:
+            continue
+        try:
+            _, mode = read_password_file(name)
+        except PasswordFileError as err:
+            raise ConfigError(cfg.path, cfg.lines.get(key), key, str(err)) from None
+        if mode & stat.S_IROTH:
+            warnings.append(
+                f"{key} {name} can be read by every user on this host; {_restrict(name)}"
+            )
+    return tuple(warnings)
 
 
 def _password_problem(data: bytes) -> str:
@@ -682,15 +693,13 @@ _URL_TEXT_SETTINGS = frozenset(
         "ssl_ciphers",
     }
 )
-_HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
-_HOST_NAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
 
 
 @_kind("URL: redis://, rediss:// or unix://")
 def _redis_url(value: object) -> str:
-    """Check the URL the way redis-py will read it in goodsd.redisconn.connect: its shape, its
-    host, each query parameter, then redis-py's own parsing and connection class (which
-    connect to nothing). Messages never echo the URL, since it may hold a password."""
+    """Check the URL the way goodsd.redisconn.connect will read it: its shape, its hosts, each
+    query parameter, then redis-py's own parsing and connection class (which connect to
+    nothing). Messages never echo the URL, since it may hold a password."""
     url = _string(value)
     if any(char.isspace() or not char.isprintable() for char in url):
         raise ValueError(
@@ -698,7 +707,8 @@ def _redis_url(value: object) -> str:
         )
     if "#" in url:  # redis-py drops what follows, often the rest of a password
         raise ValueError("must not contain '#' (percent-encode it as %23)")
-    parts = _url_shape(url)
+    target = redisurl.parse(url)
+    parts = _url_shape(url) if target.deployment is Deployment.SERVER else urlsplit(url)
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name in _SET_BY_GOODSD:
             raise ValueError(f"query parameter {name}: set by goodsd")
@@ -710,21 +720,23 @@ def _redis_url(value: object) -> str:
         if name == "db" and not (value.isascii() and value.isdigit()):
             raise ValueError("query parameter db: must be a database number, e.g. db=0")
     try:
-        pool = redis.ConnectionPool.from_url(url)
-        pool.connection_class(**pool.connection_kwargs)
+        if target.deployment is Deployment.SERVER:
+            pool = redis.ConnectionPool.from_url(url)
+            pool.connection_class(**pool.connection_kwargs)
+        else:
+            (SSLConnection if target.tls else Connection)(**target.options)
     except Exception as exc:  # whatever redis-py raises for a URL it cannot use
         raise ValueError(_redis_py_reason(exc, parts)) from None
     return url
 
 
 def _url_shape(url: str) -> SplitResult:
-    """Scheme, host, port and database of a Redis URL, checked; raises ValueError."""
+    """Scheme, host, port and database of a one-server Redis URL, checked; raises
+    ValueError."""
     try:
         parts = urlsplit(url)
     except ValueError:  # e.g. an unclosed [ of an IPv6 host
         raise ValueError("not a valid URL") from None
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ValueError("must start with redis://, rediss:// or unix://")
     if parts.scheme == "unix":
         if parts.hostname or not parts.path.startswith("/"):
             raise ValueError("unix:// needs an absolute socket path, e.g. unix:///run/redis.sock")
@@ -735,20 +747,12 @@ def _url_shape(url: str) -> SplitResult:
         raise ValueError("port must be a number between 0 and 65535") from None
     if not parts.hostname:
         raise ValueError("needs a host, e.g. redis://127.0.0.1:6379/0")
-    if not _host_or_address(unquote(parts.hostname)):
+    if not redisurl.host_or_address(unquote(parts.hostname)):
         raise ValueError("the host must be a host name or an IP address")
     database = parts.path.lstrip("/")
     if database and not (database.isascii() and database.isdigit()):
         raise ValueError("the path must be a database number, e.g. redis://127.0.0.1:6379/0")
     return parts
-
-
-def _host_or_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return len(host) <= 253 and _HOST_NAME.fullmatch(host) is not None
-    return True
 
 
 def _redis_py_reason(exc: Exception, parts: SplitResult) -> str:
@@ -758,7 +762,8 @@ def _redis_py_reason(exc: Exception, parts: SplitResult) -> str:
         return f"query parameter {unexpected[1]}: not taken by a {parts.scheme}:// connection"
     message = str(exc)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    secrets = [parts.username, parts.password, *(v for n, v in query if secret_parameter(n))]
+    userinfo = parts.netloc.rpartition("@")[0]
+    secrets = [userinfo, *userinfo.split(":"), *(v for n, v in query if secret_parameter(n))]
     shown = [text for s in secrets if s for text in (s, unquote(s))]
     if not message or len(message) > 200 or any(text in message for text in shown):
         return f"redis-py cannot use it ({type(exc).__name__})"
@@ -794,6 +799,8 @@ RETRIES_MAX = 1_000_000
 MAX_ITEMS_MAX = 1_000_000_000
 # The most items a Redis list can hold.
 LIST_MAX = 2**32 - 1
+# More replicas than any primary has: a larger number could never be met.
+WAIT_REPLICAS_MAX = 100
 
 _TOP_KEYS: dict[str, _Parse] = {
     "queue": _queue_name,
@@ -803,7 +810,13 @@ _TOP_KEYS: dict[str, _Parse] = {
 _SECTIONS: dict[str, tuple[type, dict[str, _Parse]]] = {
     "redis": (
         RedisConfig,
-        {"url": _redis_url, "password_file": _optional(_absolute_path)},
+        {
+            "url": _redis_url,
+            "password_file": _optional(_absolute_path),
+            "sentinel_username": _optional(_nonempty_string),
+            "sentinel_password_file": _optional(_absolute_path),
+            "wait_replicas": _integer(0, WAIT_REPLICAS_MAX),
+        },
     ),
     "consumers": (
         ConsumersConfig,
@@ -1119,6 +1132,12 @@ class _Builder:
     def check_relations(self, config: Config) -> None:
         """Rules that involve two keys; blame the key the user actually wrote."""
         consumers, producer = config.consumers, config.producer
+        sentinel = redisurl.parse(config.redis.url).deployment is Deployment.SENTINEL
+        for key in ("sentinel_username", "sentinel_password_file"):
+            if getattr(config.redis, key) is not None and not sentinel:
+                dotted = f"redis.{key}"
+                reason = "only for a redis+sentinel:// or rediss+sentinel:// url"
+                raise self.error(self.value_lines.get(dotted), dotted, reason)
         self.one_of("consumers", "handler", "command", config, consumers.processes > 0)
         self.one_of("producer", "source", "command", config, producer.processes > 0)
         if producer.low_watermark >= producer.high_watermark:
