@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
@@ -27,8 +27,9 @@ REPO_DIR = BENCH_DIR.parent
 if str(REPO_DIR) not in sys.path:
     sys.path.insert(0, str(REPO_DIR))
 
+from goodsd.config import RedisConfig  # noqa: E402
 from goodsd.config import dump as dump_config  # noqa: E402
-from goodsd.localredis import LocalRedis  # noqa: E402
+from goodsd.redisconn import connect  # noqa: E402
 from goodsd.store import Views  # noqa: E402
 
 POLL = 0.005  # seconds between polls while waiting for something
@@ -66,8 +67,10 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 class GoodsdPool:
     """One `python -m goodsd run` in its own session, output to a log file, run from the
     checkout ``code`` (its goodsd package, and its directory as the working directory, since
-    ``python -m`` puts that first on the path). ``env`` is added to the daemon's environment;
-    ``BENCH_REDIS_URL`` is always set to ``redis_url``."""
+    ``python -m`` puts that first on the path). ``redis_url`` is the config's ``redis.url``, of
+    any form goodsd takes (a Cluster one too: the pool's own client goes to the node serving
+    the config's queue). ``env`` is added to the daemon's environment; ``BENCH_REDIS_URL`` is
+    always set to ``redis_url``."""
 
     def __init__(
         self,
@@ -82,7 +85,8 @@ class GoodsdPool:
         self.log_path = workdir / f"{name}.log"
         self.config_path.write_text(dump_config(config))
         self.processes = config["consumers"]["processes"]
-        self.queue = Views(redis.Redis.from_url(redis_url), config["queue"])
+        queue = config["queue"]
+        self.queue = Views(connect(RedisConfig(redis_url), "bench", queue=queue), queue)
         environ = {
             k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))
         }
@@ -176,15 +180,29 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def describe_machine(server: LocalRedis) -> list[str]:
-    """Lines naming the machine (CPUs, model, kernel) and the software versions."""
+class RedisServer(Protocol):
+    """What a bench runs on, as far as describing it goes: a LocalRedis, a node of a cluster
+    or a primary, or a wrapper around one."""
+
+    def client(self, **kwargs: object) -> redis.Redis: ...
+
+
+def describe_machine(
+    server: RedisServer, where: str = "on a unix socket", wait_replicas: Sequence[int] = ()
+) -> list[str]:
+    """Lines naming the machine (CPUs, model, kernel) and the software versions: the version
+    of ``server``'s redis-server, then ``where`` it runs (how it is reached, what kind of
+    deployment), then goodsd's ``redis.wait_replicas`` values when any row sets one."""
     version = server.client().info("server")["redis_version"]
     usable = len(os.sched_getaffinity(0))
+    waits = (
+        f"; redis.wait_replicas {', '.join(map(str, wait_replicas))}" if any(wait_replicas) else ""
+    )
     return [
         f"machine: {os.cpu_count()} CPUs ({usable} usable by this process), {cpu_model()},"
         f" Linux {platform.release()}",
         f"software: Python {platform.python_version()}, {client_library()},"
-        f" redis-server {version} on a unix socket",
+        f" redis-server {version} {where}{waits}",
     ]
 
 
@@ -229,8 +247,8 @@ def checkout(text: str) -> Path:
     return path
 
 
-def code_label(code: Path, codes: Sequence[Path]) -> str:
-    """``goodsd`` for this checkout alone; ``goodsd:<dir name>`` when checkouts are compared."""
-    if tuple(codes) == (REPO_DIR,):
-        return "goodsd"
-    return f"goodsd:{code.name}"
+def code_label(code: Path, codes: Sequence[Path], wait_replicas: int = 0) -> str:
+    """``goodsd`` for this checkout alone; ``goodsd:<dir name>`` when checkouts are compared;
+    `` wait N`` after it for ``redis.wait_replicas: N``."""
+    label = "goodsd" if tuple(codes) == (REPO_DIR,) else f"goodsd:{code.name}"
+    return f"{label} wait {wait_replicas}" if wait_replicas else label
