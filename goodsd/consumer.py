@@ -20,7 +20,7 @@ from goodsd.config import Config
 from goodsd.forkguard import ForkGuard
 from goodsd.logs import show_item
 from goodsd.redisconn import GaveUp, Outage, until_done
-from goodsd.scoreboard import Scoreboard
+from goodsd.scoreboard import IDLE_SINCE, Scoreboard
 from goodsd.store import (
     MAX_ERROR,
     ConsumerStore,
@@ -32,6 +32,7 @@ from goodsd.store import (
     Settlement,
     clip,
 )
+from goodsd.store.records import fingerprint
 
 log = logging.getLogger("goodsd.consumer")
 T = TypeVar("T")
@@ -163,7 +164,7 @@ class Consumer:
                 if not self.settle(pending, kept=len(batch) - position):
                     return  # what was left of the batch went back to the queue
                 pending = Pending(since=started)
-            busy(started, position - settled)
+            busy(started, fingerprint(delivery.claimed))
             try:
                 run_item(delivery.payload)
             except Exception as exc:
@@ -228,8 +229,8 @@ class Consumer:
         lost recent writes), nothing is settled: everything held goes back to the queue (items
         already done here may run again) and this returns False; the batch is abandoned.
 
-        Idle first: once settled, the busy position no longer names the right item, and a
-        death during the settle must not count an attempt against an item not yet started."""
+        Idle first: if the process dies during the settle, the item it last ran must not count
+        a failed attempt."""
         self.beat(self.clock())
         release = (*pending.cut, *release)
         settlement = Settlement(
@@ -265,11 +266,11 @@ class Consumer:
 
     # -- helpers ------------------------------------------------------------------------
 
-    def beat(self, now: float, busy_since: float = 0.0, position: int = -1) -> None:
+    def beat(self, now: float) -> None:
+        """Heartbeat and counters; slot 0 idle (between items)."""
         self.board.write(
             heartbeat=now,
-            busy_since=busy_since,
-            position=position,
+            busy_since=IDLE_SINCE,
             done=self.done_count,
             failed=self.failed_count,
             given_back=self.given_back,

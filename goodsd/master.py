@@ -525,7 +525,9 @@ class Master:
         token = secrets.token_hex(3)
         master_pid = os.getpid()
         try:
-            child.board = Scoreboard()
+            child.board = Scoreboard(
+                self.config.consumers.concurrency if child.role == Role.CONSUMER else 1
+            )
             events_r, events_w = os.pipe()
         except OSError as exc:
             self.spawn_failed(child, exc)
@@ -654,7 +656,7 @@ class Master:
             self.rates.retired_total += reading.done + reading.failed
             if self.stop_summary is not None:
                 self.stop_summary.consumer_exited(child.identity, reading)
-            self.queue_requeue(child, reading.busy_since, reading.position, text)
+            self.queue_requeue(child, reading.busy_since, reading.item, text)
         supervisor = self.config.supervisor
         plan = plan_exit(
             child,
