@@ -1,0 +1,175 @@
+"""Where a consumer's items run when it runs several at once (``consumers.concurrency`` above
+1): slots that take deliveries from the main thread and report each one's outcome back.
+
+- ThreadSlots: one thread per slot, for a plain ``def`` handler and for a command (the command
+  handler is thread-safe: each call waits for its own program, killed at the timeout).
+- TaskSlots: asyncio tasks on the process's one event loop (goodsd.eventloop), for an
+  ``async def`` handler; each item is cancelled at the timeout.
+
+Each slot owns one scoreboard slot while it runs an item, and is its only writer: it shows the
+item's fingerprint and start, and is idle again before the outcome is reported (a death after
+that must not blame an item that finished). The main thread owns Redis; outcomes reach it as
+lists of Outcome on one queue, so that it can wait for the next one with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import NamedTuple, Protocol
+
+from goodsd.eventloop import EventLoop
+from goodsd.forkguard import ForkGuard
+from goodsd.scoreboard import Scoreboard
+from goodsd.store import Delivery
+from goodsd.store.records import fingerprint
+
+
+class Outcome(NamedTuple):
+    """How one item ended: ``error`` None means done. An error that is no Exception (the
+    handler called sys.exit()) ends the process, as it does with one item at a time."""
+
+    delivery: Delivery
+    error: BaseException | None
+
+
+# Where outcomes go: a thread-safe put of a list of them (queue.SimpleQueue.put).
+Report = Callable[[list[Outcome]], None]
+
+
+class Slots(Protocol):
+    """Runs up to ``size`` items at once."""
+
+    size: int
+
+    def start(self, deliveries: Sequence[Delivery]) -> None:
+        """Run ``deliveries``, at most as many as slots are free (the caller counts)."""
+
+    def close(self) -> None:
+        """Stop taking items; called when none runs."""
+
+
+class ThreadSlots:
+    """``size`` threads, each owning one scoreboard slot, taking deliveries from one queue
+    and running them with ``run_item`` (decode, then handle; raises on failure)."""
+
+    def __init__(
+        self,
+        size: int,
+        run_item: Callable[[bytes], None],
+        board: Scoreboard,
+        guard: ForkGuard,
+        report: Report,
+    ) -> None:
+        self.size = size
+        self.run_item = run_item
+        self.board = board
+        self.guard = guard
+        self.report = report
+        self.work: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()  # None: end
+        self.threads = [
+            threading.Thread(target=self._serve, args=(slot,), name=f"slot {slot}", daemon=True)
+            for slot in range(size)
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def start(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            self.work.put(delivery)
+
+    def _serve(self, slot: int) -> None:
+        """One slot's thread: run what comes, until told to end."""
+        busy, idle, run_item, guard = self.board.busy, self.board.idle, self.run_item, self.guard
+        clock, take, report = time.monotonic, self.work.get, self.report
+        while (delivery := take()) is not None:
+            busy(clock(), fingerprint(delivery.claimed), slot)
+            try:
+                run_item(delivery.payload)
+            except Exception as exc:
+                error: BaseException | None = exc
+            except BaseException as exc:  # sys.exit(): the process ends, this item blamed
+                report([Outcome(delivery, exc)])
+                return
+            else:
+                error = None
+            idle(slot)
+            if guard.cloned:  # a handler forked and its child came back here
+                guard.leave()
+            report([Outcome(delivery, error)])
+
+    def close(self) -> None:
+        """End every thread (each finishes its item first; none runs one now)."""
+        for _ in self.threads:
+            self.work.put(None)
+
+
+class TaskSlots:
+    """Up to ``size`` asyncio tasks on ``event_loop`` (serving in its own thread), each
+    running one item with ``call`` (decode, then the handler's coroutine) under the item
+    timeout, and owning a scoreboard slot meanwhile. Outcomes finished in one pass of the loop
+    are reported together (one wake-up of the main thread for many)."""
+
+    def __init__(
+        self,
+        size: int,
+        call: Callable[[bytes], Awaitable[None]],
+        event_loop: EventLoop,
+        board: Scoreboard,
+        guard: ForkGuard,
+        report: Report,
+    ) -> None:
+        self.size = size
+        self.call = call
+        self.event_loop = event_loop
+        self.board = board
+        self.guard = guard
+        self.report = report
+        # The rest is the loop thread's alone.
+        self.free = list(range(size - 1, -1, -1))  # slots not running a task; slot 0 first
+        self.tasks: set[asyncio.Task[None]] = set()  # the running ones (the loop keeps weak refs)
+        self.finished: list[Outcome] = []  # reported at the end of the loop's current pass
+        event_loop.serve()
+
+    def start(self, deliveries: Sequence[Delivery]) -> None:
+        """Hand ``deliveries`` to the loop, in one wake-up of it."""
+        self.event_loop.loop.call_soon_threadsafe(self._spawn, list(deliveries))
+
+    def _spawn(self, deliveries: list[Delivery]) -> None:
+        loop = self.event_loop.loop
+        for delivery in deliveries:
+            task = loop.create_task(self._run(delivery, self.free.pop()))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, delivery: Delivery, slot: int) -> None:
+        self.board.busy(time.monotonic(), fingerprint(delivery.claimed), slot)
+        try:
+            await self.event_loop.timed(self.call(delivery.payload), delivery)
+        except (Exception, asyncio.CancelledError) as exc:  # a handler may raise either
+            error: BaseException | None = exc
+        except BaseException as exc:  # sys.exit(): the process ends, this item blamed
+            self._finish(Outcome(delivery, exc))
+            return
+        else:
+            error = None
+        self.board.idle(slot)
+        self.free.append(slot)
+        if self.guard.cloned:  # a handler forked and its child came back here
+            self.guard.leave()
+        self._finish(Outcome(delivery, error))
+
+    def _finish(self, outcome: Outcome) -> None:
+        if not self.finished:
+            self.event_loop.loop.call_soon(self._send)
+        self.finished.append(outcome)
+
+    def _send(self) -> None:
+        finished, self.finished = self.finished, []
+        self.report(finished)
+
+    def close(self) -> None:
+        """Nothing to end: the loop is closed with the process's EventLoop."""
