@@ -364,6 +364,8 @@ def _finishing(
     def finish(result: object) -> None:
         if inspect.isawaitable(result):
             if awaited is None:
+                if inspect.iscoroutine(result):
+                    result.close()  # not run: no "never awaited" warning for it
                 raise TypeError("the handler returned an awaitable, and nothing here runs one")
             awaited(result)
 
