@@ -85,6 +85,7 @@ class Child:
     restart_at: float = 0.0  # BACKOFF: when to start again
     stop_deadline: float = 0.0  # STOPPING: when SIGKILL follows
     kill_reason: str = ""  # why the master SIGKILLed it, empty otherwise
+    blamed: tuple[int, ...] = ()  # the items it was killed for (past their timeout)
     board: Scoreboard | None = None  # its shared liveness record
     events: int = -1  # read end of its event pipe, -1 when closed
     config: Config | None = None  # the snapshot its current process was started with

@@ -2,14 +2,19 @@
 
 Signal handlers do nothing; ``signal.set_wakeup_fd`` writes each signal's number into a pipe,
 and the loop, blocked in ``select`` on that pipe and on every child's event pipe, wakes at once
-and dispatches to ``handle_<signal>``. Decisions come from ``goodsd.children`` (pure); this
-module carries them out.
+and dispatches to ``handle_<signal>``. The loop decides nothing itself; it carries out what its
+parts decide:
+
+- ``goodsd.children``: what to spawn and retire, what a child's exit leads to (pure);
+- ``goodsd.reloader``: which roles a reload rolls, when it has proven itself, going back;
+- ``goodsd.housekeeping``: whom to kill, whose leases to renew, what to requeue and blame,
+  and the Redis calls for that, which never stall the loop;
+- ``goodsd.reporting``: the STATUS= line, the masters registry entry, the metrics snapshot.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import resource
@@ -18,12 +23,8 @@ import selectors
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TypeVar
 
-import redis
-
-from goodsd import __version__, codestamp, hostinfo, logs, metrics, output, proctitle
+from goodsd import codestamp, hostinfo, logs, metrics, output, proctitle, reporting
 from goodsd import config as config_mod
 from goodsd.backoff import backoff_delay
 from goodsd.child import child_main, consumer_identity
@@ -36,42 +37,34 @@ from goodsd.children import (
     State,
     all_running,
     describe_exit,
-    heartbeat_timeout,
-    keeps_lease,
     next_deadline,
-    overdue,
     plan_exit,
-    proven_roles,
     reconcile,
     roll_settled,
     roll_stuck,
 )
-from goodsd.config import Config, ConfigError, RedisConfig
+from goodsd.config import Config, ConfigError
 from goodsd.exits import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 from goodsd.hostinfo import signal_name
+from goodsd.housekeeping import (
+    LEFTOVER_RECHECK,
+    RETRY_EVERY,
+    Housekeeping,
+    Requeue,
+    lease_holders,
+    leftovers,
+    overdue_children,
+    requeue_of,
+)
 from goodsd.notify import Notifier
 from goodsd.ops.common import display_url
-from goodsd.redisconn import (
-    Outage,
-    PasswordError,
-    classify,
-    connect,
-    password,
-    refusal,
-    refused_commands,
-    waiting_on,
-)
-from goodsd.scoreboard import FLAG_PAUSED, FLAG_STANDBY, NO_READING, Scoreboard
+from goodsd.redisconn import PasswordError, password
+from goodsd.reloader import Reloader
+from goodsd.scoreboard import NO_READING, Scoreboard
 from goodsd.stopsummary import StopSummary
-from goodsd.store import (
-    MasterEntry,
-    Overview,
-    RetryPolicy,
-    Upkeep,
-)
+from goodsd.store import Upkeep
 
 log = logging.getLogger("goodsd.master")
-T = TypeVar("T")
 
 HANDLED_SIGNALS = (
     signal.SIGTERM,
@@ -90,33 +83,8 @@ CHILD_IGNORED = (signal.SIGHUP, signal.SIGINT, signal.SIGTTIN, signal.SIGTTOU)
 TICK = 0.5
 # How often STATUS= is refreshed (and the backlog read from Redis).
 STATUS_EVERY = 2.0
-# How often the master tries again what Redis did not answer: requeues, the access check.
-RETRY_EVERY = 1.0
-# The first search for leftovers of a crashed run is repeated this soon after start, to catch
-# its children that were still dying at the first look.
-LEFTOVER_RECHECK = 1.0
-# The master's Redis calls are all short; a frozen server must not stall its loop for long.
-MASTER_SOCKET_TIMEOUT = 2.0
-# Any trouble with Redis, as seen by the master: log it, carry on, try again later.
-REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OSError)
-# After a failed Redis call the master skips its other Redis housekeeping this long.
-REDIS_PAUSE = 1.0
 # A master's registry entry not refreshed for this long is deleted by any other master.
 MASTER_FORGET = 3600.0
-
-
-def role_settings(config: Config, role: Role) -> tuple[object, ...]:
-    """What a child of ``role`` was started with; a change means rolling its children."""
-    common = (
-        config.redis,
-        config.queue,
-        config.pythonpath,
-        config.logging,
-        config.supervisor.lease,
-    )
-    if role == Role.CONSUMER:
-        return (*common, dataclasses.replace(config.consumers, processes=0))
-    return (*common, dataclasses.replace(config.producer, processes=0))
 
 
 def wanted_counts(config: Config, extra_consumers: int) -> dict[Role, int]:
@@ -126,87 +94,52 @@ def wanted_counts(config: Config, extra_consumers: int) -> dict[Role, int]:
     }
 
 
-@dataclass
-class Rates:
-    """Items/s over the last status interval, from the children's scoreboard counters."""
-
-    last_total: int = 0
-    last_time: float = 0.0
-    retired_total: int = 0  # counts of children that are gone, so totals never go back
-    per_second: float = 0.0
-
-    def update(self, total: int, now: float) -> None:
-        if self.last_time and now > self.last_time:
-            self.per_second = max(0.0, (total - self.last_total) / (now - self.last_time))
-        self.last_total, self.last_time = total, now
-
-
-@dataclass
-class Requeue:
-    """In-flight items of a gone consumer still to be requeued (Redis may be away)."""
-
-    identity: str  # the consumer id whose in-flight list is to be emptied
-    current: int | None  # position of the item it was running when it died, if its fault
-    error: str  # recorded as that item's failure
-    config: Config  # the config it ran with: which Redis, which queue, how many retries
-    attempts: int = 0  # failed tries so far, to log the first one only
-
-
-@dataclass
 class Master:
-    config: Config
-    notifier: Notifier
-    clock: Callable[[], float] = time.monotonic
-    log_target: str = logs.STDERR  # where this master and its children log
-    children: list[Child] = field(default_factory=list)
-    generation: dict[Role, int] = field(default_factory=lambda: dict.fromkeys(Role, 1))
-    extra_consumers: int = 0  # SIGTTIN minus SIGTTOU since the last reload
-    stopping: bool = False
-    ready_sent: bool = False
-    reload_pending: bool = False  # a READY=1 is owed for a reload
-    reload_error: str = ""
-    exit_code: int = EXIT_OK
-    spawn_seq: int = 0
-    requeues: list[Requeue] = field(default_factory=list)
-    rates: Rates = field(default_factory=Rates)
-    backlog: int | None = None
-    restarts: int = 0  # children restarted after they exited, for metrics
-    stop_summary: StopSummary | None = None  # what the stop under way did with items in hand
+    """The loop that owns the parts: it forks, reaps and handles signals, and carries out
+    what ``Reloader`` (reload and rollback), ``Housekeeping`` (leases, requeues, liveness)
+    and ``goodsd.reporting`` (STATUS=, registry, metrics) decide. ``clock`` is monotonic
+    seconds; ``log_target`` is where this master and its children log."""
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        config: Config,
+        notifier: Notifier,
+        clock: Callable[[], float] = time.monotonic,
+        log_target: str = logs.STDERR,
+    ) -> None:
+        self.config = config
+        self.notifier = notifier
+        self.clock = clock
+        self.log_target = log_target
+        self.children: list[Child] = []
+        self.reloader = Reloader()
+        self.redis = Housekeeping(clock)
+        self.extra_consumers = 0  # SIGTTIN minus SIGTTOU since the last reload
+        self.stopping = False
+        self.ready_sent = False
+        self.exit_code = EXIT_OK
+        self.spawn_seq = 0  # children started so far: the next one's ``seq``
+        self.rates = reporting.Rates()
+        self.backlog: int | None = None  # the ready list's length at the last look
+        self.restarts = 0  # children restarted after they exited, for metrics
+        self.stop_summary: StopSummary | None = None  # what a stop under way did with items
         self.exporter: metrics.Exporter | None = None
         self.master_id = ""  # its entry in the masters registry: host-pid
         self.started_wall = 0.0
-        # The config and generations to go back to while a reload's roll is not settled.
-        self.previous: Config | None = None
-        self.previous_generation: dict[Role, int] = {}
-        self.generation_seq = max(self.generation.values())
-        self.queues: dict[tuple[RedisConfig, str], Upkeep] = {}
         self.selector = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe()
-        self.timers: dict[str, float] = {}
-        self.redis_quiet_until = 0.0  # monotonic time until which Redis housekeeping waits
-        self.redis_outage = Outage()  # the master's own trouble with Redis, if any
-        self.access_checked = False  # Redis was found to allow every command goodsd needs
-        self.access_check_at = 0.0  # monotonic time of the next check while Redis is away
+        self.timers: dict[str, float] = {}  # name -> monotonic time its action is next due
         self.pidns = hostinfo.pid_namespace()
         # True until a search for this host's dead consumers has reached Redis.
         self.leftovers_unknown = True
-        # role -> the latest generation of it whose children proved themselves after a reload
-        self.proven: dict[Role, int] = {}
 
     @property
     def queue(self) -> Upkeep:
-        return self.queue_for(self.config)
+        return self.redis.queue_for(self.config)
 
-    def queue_for(self, config: Config) -> Upkeep:
-        """The master's client for the queue a config names (children of an older config may
-        still hold items of another queue or server)."""
-        key = (config.redis, config.queue)
-        if key not in self.queues:
-            client = connect(config.redis, "goodsd-master", socket_timeout=MASTER_SOCKET_TIMEOUT)
-            self.queues[key] = Upkeep(client, config.queue)
-        return self.queues[key]
+    @property
+    def generation(self) -> dict[Role, int]:
+        return self.reloader.generation
 
     # -- main loop ----------------------------------------------------------------------
 
@@ -267,7 +200,7 @@ class Master:
     def tick(self) -> None:
         now = self.clock()
         self.reap()
-        self.enforce_liveness(now)
+        self.kill_overdue(now)
         self.kill_overdue_stoppers(now)
         self.manage_children()
         self.every("leases", self.config.supervisor.lease / 3, self.renew_leases)
@@ -344,30 +277,6 @@ class Master:
             else:
                 self.reject_reload(f"cannot apply the new config: {_reason(exc)}")
 
-    def prepare(self, path: str) -> Config:
-        """The new config, read and validated, with everything it needs that can fail early:
-        its password, its Redis client (built, not connected: the URL read as the client will
-        read it) and its metrics address. Raises whatever went wrong."""
-        new = config_mod.load(path)
-        for warning in new.warnings:
-            log.warning("%s", warning)
-        password(new.redis, os.environ)
-        self.queue_for(new)
-        self.exporter = metrics.reconfigure(self.exporter, new)
-        return new
-
-    def refuse_reload(self, exc: Exception) -> None:
-        """A new config that cannot run: keep the old one, say why in the log and STATUS=."""
-        self.reload_error = _reason(exc)
-        expected = isinstance(exc, ConfigError | OSError | PasswordError)
-        log.error(
-            "reload rejected, keeping the running config: %s",
-            self.reload_error,
-            exc_info=None if expected else exc,
-        )
-        if self.ready_sent:
-            self.notifier.ready(self.status_text())
-
     def handle_ttin(self) -> None:
         self.extra_consumers += 1
         log.info("SIGTTIN: one consumer more (%d wanted)", self.wanted()[Role.CONSUMER])
@@ -379,40 +288,45 @@ class Master:
         log.info("SIGTTOU: one consumer fewer (%d wanted)", self.wanted()[Role.CONSUMER])
         self.manage_children()
 
-    # -- reload -------------------------------------------------------------------------
+    # -- reload (decided by self.reloader) ------------------------------------------------
+
+    def prepare(self, path: str) -> Config:
+        """The new config, read and validated, with everything it needs that can fail early:
+        its password, its Redis client (built, not connected: the URL read as the client will
+        read it) and its metrics address. Raises whatever went wrong."""
+        new = config_mod.load(path)
+        for warning in new.warnings:
+            log.warning("%s", warning)
+        password(new.redis, os.environ)
+        self.redis.queue_for(new)
+        self.exporter = metrics.reconfigure(self.exporter, new)
+        return new
+
+    def refuse_reload(self, exc: Exception) -> None:
+        """A new config that cannot run: keep the old one, say why in the log and STATUS=."""
+        self.reloader.error = _reason(exc)
+        expected = isinstance(exc, ConfigError | OSError | PasswordError)
+        log.error(
+            "reload rejected, keeping the running config: %s",
+            self.reloader.error,
+            exc_info=None if expected else exc,
+        )
+        if self.ready_sent:
+            self.notifier.ready(self.status_text())
 
     def apply_config(self, new: Config) -> None:
         """Put a valid config in force: resize pools, roll roles whose settings changed."""
         old = self.config
-        rolled = [role for role in self.generation if self.must_roll(role, old, new)]
+        rolled = self.reloader.rolls(old, new, self.children)
+        for role, why in rolled.items():
+            log.info("%s: rolling %s children", why, role)
         # From here on nothing can fail half way: the new config is put in force whole.
-        if self.previous is None:  # the first reload of a roll: the state to go back to
-            self.previous = old
-            self.previous_generation = dict(self.generation)
-        for role in rolled:
-            self.generation_seq += 1
-            self.generation[role] = self.generation_seq
-        self.keep_finished(old, new)
+        self.reloader.put_in_force(old, new, rolled, self.children, ready_sent=self.ready_sent)
         self.config = new
         self.extra_consumers = 0
-        self.reload_error = ""
         self.setup_logging(new)
-        self.reload_pending = self.ready_sent
         self.manage_children()
         self.maybe_ready()
-
-    def must_roll(self, role: str, old: Config, new: Config) -> bool:
-        """Whether the role's children must roll for ``new``: a setting they run with changed,
-        or code they loaded changed on disk; says which in the log."""
-        if role_settings(old, role) != role_settings(new, role):
-            log.info("%s settings changed: rolling %s children", role, role)
-            return True
-        changed_code = self.changed_code(role)
-        if changed_code:
-            shown = ", ".join(changed_code[:3]) + (", ..." if len(changed_code) > 3 else "")
-            log.info("%s code changed on disk (%s): rolling %s children", role, shown, role)
-            return True
-        return False
 
     def setup_logging(self, config: Config) -> None:
         """The master's logging as ``config`` says; a failure (a syslog socket gone, say) keeps
@@ -424,65 +338,16 @@ class Master:
         except (OSError, ValueError) as exc:
             log.error("cannot set up logging as configured (%s): logging goes on as before", exc)
 
-    def changed_code(self, role: str) -> list[str]:
-        """Files of code that the role's current children loaded and that changed on disk
-        since (see goodsd.codestamp); they all load the same code, so one manifest is checked
-        once."""
-        seen: set[str] = set()
-        changed: list[str] = []
-        for child in self.children:
-            if child.role != role or child.generation != self.generation[role]:
-                continue
-            todo = {p: s for p, s in child.code.items() if p not in seen}
-            seen.update(todo)
-            changed += codestamp.changed(todo)
-        return changed
-
-    def keep_finished(self, old: Config, new: Config) -> None:
-        """Producers whose source is exhausted stay finished across a change that keeps their
-        source (e.g. new watermarks), so a finite source is not run again; a new source runs."""
-        same = (old.queue, old.producer.source, old.producer.command) == (
-            new.queue,
-            new.producer.source,
-            new.producer.command,
-        )
-        for child in self.children:
-            if same and child.role == Role.PRODUCER and child.state is State.FINISHED:
-                child.generation = self.generation[Role.PRODUCER]
-
-    def can_roll_back(self, child: Child) -> bool:
-        """Whether ``child`` runs settings a reload brought in, which undoing it would drop,
-        and that reload has not proven itself yet (see ``proven_roles``)."""
-        return (
-            self.previous is not None
-            and child.generation == self.generation[child.role]
-            and child.generation != self.previous_generation.get(child.role)
-            and self.proven.get(child.role) != child.generation
-        )
-
-    def reload_proven(self) -> bool:
-        """Every role a reload changed has proven itself; the readings of this moment are
-        noted, for a proof is kept once seen (a child that handled items may crash later)."""
-        done = {c: c.board.read().done for c in self.children if c.board is not None}
-        for role in proven_roles(self.children, self.generation, self.previous_generation, done):
-            self.proven[role] = self.generation[role]
-        return all(self.proven.get(role) == gen for role, gen in self.generation.items())
-
     def reject_reload(self, reason: str) -> None:
         """The reloaded config's children cannot load their code, or crash before the reload
         proved itself: go back to the previous config (its children may still be serving, or
         start again)."""
-        assert self.previous is not None
         log.error("reload failed, going back to the previous config: %s", reason)
-        rejected, self.config = self.config, self.previous
-        self.generation = dict(self.previous_generation)
-        self.keep_finished(rejected, self.config)
-        self.previous = None
-        self.reload_error = reason
+        self.config = self.reloader.roll_back(self.config, self.children, reason)
         self.setup_logging(self.config)
         self.manage_children()
-        if self.reload_pending:
-            self.reload_pending = False
+        if self.reloader.pending:
+            self.reloader.pending = False
             self.notifier.ready(self.status_text())
 
     # -- children -----------------------------------------------------------------------
@@ -557,7 +422,7 @@ class Master:
         child.move_to(State.STARTING)  # (new)/BACKOFF -> STARTING
         child.started_at = self.clock()
         child.ready_at = 0.0
-        child.kill_reason = ""
+        child.kill_reason, child.blamed = "", ()
         child.last_error = ""
         child.code, child.unread = {}, b""
         child.events = events_r
@@ -656,14 +521,14 @@ class Master:
             self.rates.retired_total += reading.done + reading.failed
             if self.stop_summary is not None:
                 self.stop_summary.consumer_exited(child.identity, reading)
-            self.queue_requeue(child, reading.busy_since, reading.item, text)
+            self.requeue(requeue_of(child, reading, text, self.config))
         supervisor = self.config.supervisor
         plan = plan_exit(
             child,
             code,
             now,
             ready_sent=self.ready_sent,
-            can_roll_back=self.can_roll_back(child),
+            can_roll_back=self.reloader.can_roll_back(child),
             base=supervisor.restart_delay,
             cap=supervisor.restart_delay_max,
             flags=reading.flags,
@@ -750,62 +615,26 @@ class Master:
         self.manage_children()
         self.maybe_ready()
 
-    def queue_requeue(self, child: Child, busy_since: float, position: int, how: str) -> None:
-        current = position if busy_since and position >= 0 else None
-        if child.kill_reason:
-            error = f"worker killed: {child.kill_reason}"
-        else:
-            error = f"worker {how} while running this item"
-        if child.state is State.STOPPING and not child.kill_reason:
-            current = None  # a stop, not the item's fault
-        self.requeues.append(Requeue(child.identity, current, error, child.config or self.config))
-        self.retry_requeues()
+    # -- Redis housekeeping (decided by goodsd.housekeeping) -----------------------------
+
+    def requeue(self, requeue: Requeue) -> None:
+        """Requeue a gone consumer's items now, or once Redis takes it."""
+        self.report_requeued(self.redis.requeue(requeue))
 
     def retry_requeues(self) -> None:
-        remaining: list[Requeue] = []
-        for rec in self.requeues:
-            if self.clock() < self.redis_quiet_until:
-                remaining.append(rec)
-                continue
-            try:
-                consumers = rec.config.consumers
-                count = self.queue_for(rec.config).requeue(
-                    rec.identity,
-                    running=() if rec.current is None else (rec.current,),
-                    error=rec.error,
-                    policy=RetryPolicy(consumers.retries, consumers.retry_delay),
-                )
-            except REDIS_ERRORS as exc:
-                self.redis_quiet_until = self.clock() + REDIS_PAUSE
-                rec.attempts += 1
-                if rec.attempts == 1:
-                    log.warning("cannot requeue items of %s yet: %s", rec.identity, exc)
-                remaining.append(rec)
-                continue
-            if count:
-                log.warning("requeued %d in-flight item(s) of %s", count, rec.identity)
-                if self.stop_summary is not None:
-                    self.stop_summary.requeued(rec.identity, count)
-        self.requeues = remaining
+        self.report_requeued(self.redis.retry_requeues())
 
-    def enforce_liveness(self, now: float) -> None:
-        for child in self.children:
-            if child.board is None or not child.pid or child.config is None:
-                continue
-            reading = child.board.read()
-            reason = overdue(
-                child,
-                reading.heartbeat,
-                reading.busy_since,
-                now,
-                child.config.consumers.timeout if child.role == Role.CONSUMER else None,
-                heartbeat_timeout(child.config.supervisor.lease),
-                waiting_on_redis=waiting_on(reading.flags) is not None,
-            )
-            if reason:
-                log.error("killing %s: %s", child.name, reason)
-                child.kill_reason = reason
-                _kill(child.pid, signal.SIGKILL)
+    def report_requeued(self, requeued: list[tuple[str, int]]) -> None:
+        for identity, count in requeued:
+            log.warning("requeued %d in-flight item(s) of %s", count, identity)
+            if self.stop_summary is not None:
+                self.stop_summary.requeued(identity, count)
+
+    def kill_overdue(self, now: float) -> None:
+        for child, reason, blamed in overdue_children(self.children, now):
+            log.error("killing %s: %s", child.name, reason)
+            child.kill_reason, child.blamed = reason, blamed
+            _kill(child.pid, signal.SIGKILL)
 
     def kill_overdue_stoppers(self, now: float) -> None:
         for child in self.children:
@@ -828,43 +657,24 @@ class Master:
             child.move_to(State.STOPPING)  # -> STOPPING, already killed
             child.stop_deadline = float("inf")
 
-    # -- Redis housekeeping --------------------------------------------------------------
-
     def renew_leases(self) -> None:
         """Keep leases only for children that are alive and not hung."""
-        now = self.clock()
-        live: dict[tuple[RedisConfig, str], tuple[Config, list[str]]] = {}
-        for child in self.children:
-            cfg = child.config
-            if child.role != Role.CONSUMER or child.board is None or cfg is None:
-                continue
-            heartbeat, busy_since, *_ = child.board.read()
-            limit = heartbeat_timeout(cfg.supervisor.lease)
-            if keeps_lease(child, heartbeat, busy_since, now, cfg.consumers.timeout, limit):
-                live.setdefault((cfg.redis, cfg.queue), (cfg, []))[1].append(child.identity)
-        for cfg, identities in live.values():
-            queue, lease = self.queue_for(cfg), cfg.supervisor.lease
-            renewed = self.redis_do(
-                "lease renewal", lambda q=queue, i=identities, t=lease: q.renew_leases(i, t)
-            )
-            if renewed is None:  # failed or skipped: try again next tick, not a third lease on
-                self.timers["leases"] = now + TICK
+        if not self.redis.renew_leases(lease_holders(self.children, self.clock())):
+            self.timers["leases"] = self.clock() + TICK  # again next tick, not a third lease on
 
     def requeue_leftovers(self) -> None:
         """Requeue what dead consumers hold: this host's at once, other hosts' once their lease
         is gone."""
         self.requeue_own_host()
         own = {c.identity for c in self.children if c.pid}  # alive: this master answers for them
-        requeued = self.redis_do("lease check", lambda: self.queue.requeue_expired(own)) or {}
+        requeued = self.redis.do("lease check", lambda: self.queue.requeue_expired(own)) or {}
         for identity, count in requeued.items():
             log.warning("lease of %s expired: requeued %d item(s)", identity, count)
 
     def requeue_own_host(self) -> None:
         """After a crash of a previous master on this host, its consumers are gone but their
         leases may still run: requeue their items now instead of waiting."""
-        host = hostinfo.hostname()
-        known = {c.identity for c in self.children} | {r.identity for r in self.requeues}
-        registered = self.redis_do("search for leftovers", self.queue.views.registered)
+        registered = self.redis.do("search for leftovers", self.queue.views.registered)
         if registered is None:
             self.leftovers_unknown = True
             registered = {}
@@ -872,87 +682,30 @@ class Master:
             self.leftovers_unknown = False  # for children that were still dying at this one
             self.timers["leftover check"] = self.clock() + LEFTOVER_RECHECK
             self.timers.pop("leftovers", None)  # no longer due: the loop must not wake for it
-        for identity, info in registered.items():
-            if info.host != host or identity in known:
-                continue
-            if info.pidns != self.pidns:
-                continue  # pids of another namespace or boot cannot be judged: the lease decides
-            if _alive(info.master_pid, info.master_start) or _alive(info.pid, info.proc_start):
-                continue  # its own master answers for it (and blames what it was running)
-            self.requeues.append(Requeue(identity, None, "", self.config))
+        known = {c.identity for c in self.children} | self.redis.waiting()
+        for identity in leftovers(
+            registered, known, host=hostinfo.hostname(), pidns=self.pidns, alive=_alive
+        ):
+            self.redis.requeues.append(Requeue(identity, (), "", self.config))
         self.retry_requeues()
 
     def check_redis(self) -> bool:
-        """Before the first READY=1: check that Redis lets goodsd run every command it needs
-        (``refused_commands``), and warn about settings that can lose items. A Redis that does
-        not answer yet is no refusal: ``redis_ready`` checks again until it does. Returns
-        False when Redis refuses goodsd (its login, an ACL permission, its socket): logged
-        here, and the service exits 78."""
-        now = self.clock()
-        try:
-            refused = refused_commands(self.queue)
-        except REDIS_ERRORS as exc:
-            trouble = classify(exc)
-            if trouble is None:  # an answer the check did not expect: do not hold up the start
-                log.warning("cannot check redis permissions: %s", exc)
-                self.access_checked = True
-                return True
-            if trouble.kind.fatal:
-                log.critical("%s; exiting", refusal(trouble))
-                return False
-            self.redis_outage.failed(trouble, now, "access check")
-            self.redis_quiet_until = now + REDIS_PAUSE  # (a silent server: see redis_do)
-            return True
-        if refused:
-            user = self.queue.client.connection_pool.connection_kwargs.get("username")
-            log.critical(
-                "redis refuses commands goodsd needs (add them to the ACL of redis user %r): "
-                "%s; exiting",
-                user or "default",
-                ", ".join(refused),
-            )
-            return False
-        self.redis_outage.succeeded(now, "access check")
-        self.access_checked = True
-        self.warn_about_settings()
-        return True
+        """The access check before the first READY=1 (``Housekeeping.check_access``); False
+        when Redis refuses goodsd: the service then exits 78."""
+        return self.redis.check_access(self.queue)
 
     def redis_ready(self) -> bool:
         """Whether Redis's permissions were checked, as the first READY=1 requires. While Redis
         is away the check is tried again every RETRY_EVERY; a refusal stops the service with
         exit code 78."""
-        now = self.clock()
-        if self.access_checked or now < max(self.access_check_at, self.redis_quiet_until):
-            return self.access_checked
-        self.access_check_at = now + RETRY_EVERY
+        if self.redis.access_checked or not self.redis.access_check_due():
+            return self.redis.access_checked
         if not self.check_redis():
             self.exit_code = EXIT_CONFIG
             self.begin_stop()
-        return self.access_checked
+        return self.redis.access_checked
 
-    def warn_about_settings(self) -> None:
-        """Warn about a Redis too old for goodsd, or one that may evict items."""
-        try:
-            info = self.queue.client.info("server")
-        except REDIS_ERRORS as exc:  # INFO may be refused to goodsd's user
-            log.debug("cannot read the redis version: %s", exc)
-            return
-        try:
-            policy = self.queue.client.config_get("maxmemory-policy").get("maxmemory-policy")
-        except REDIS_ERRORS as exc:  # CONFIG may be disabled on managed servers
-            log.debug("cannot read redis settings: %s", exc)
-            policy = None
-        version = tuple(int(p) for p in str(info.get("redis_version", "0")).split(".")[:2])
-        if version < (6, 2):
-            log.error(
-                "redis %s is too old: goodsd needs 6.2 or later (BLMOVE)", info.get("redis_version")
-            )
-        if policy and policy != "noeviction":
-            log.warning(
-                "redis maxmemory-policy is %s: items may be evicted; use noeviction", policy
-            )
-
-    # -- systemd ------------------------------------------------------------------------
+    # -- systemd and operators (made by goodsd.reporting) ---------------------------------
 
     def maybe_ready(self) -> None:
         """READY=1 once the wanted children all run; after a reload, once the roll is over
@@ -966,21 +719,19 @@ class Master:
                 log.info("ready: %s", self.status_text())
                 self.notifier.ready(self.status_text())
             return
+        reloader = self.reloader
         settled = roll_settled(self.children, wanted, self.generation)
-        if settled and self.previous is not None and self.reload_proven():
-            self.previous = None  # nothing left to go back to
-        if self.reload_pending and (settled or roll_stuck(self.children, self.generation)):
-            self.reload_pending = False
+        if settled and reloader.previous is not None:
+            # Scoreboards are read only while a reload can still be undone.
+            done = {c: c.board.read().done for c in self.children if c.board is not None}
+            reloader.note_proofs(self.children, done)
+        if reloader.pending and (settled or roll_stuck(self.children, self.generation)):
+            reloader.pending = False
             log.info("reload complete: %s", self.status_text())
             self.notifier.ready(self.status_text())
 
     def refresh_status(self) -> None:
-        total = self.rates.retired_total
-        for child in self.children:
-            if child.board is not None and child.role == Role.CONSUMER:
-                reading = child.board.read()
-                total += reading.done + reading.failed
-        self.rates.update(total, self.clock())
+        self.rates.update(self.children, self.clock())
         self.read_backlog()
         self.notifier.status(self.status_text())
         self.publish_status()
@@ -988,111 +739,49 @@ class Master:
     def publish_status(self) -> None:
         """Tell operators about this master: its registry entry (for `goodsd status`) and,
         with metrics on, a fresh snapshot for the exporter."""
-        running = {
-            role: sum(1 for c in self.children if c.role == role and c.state is State.RUNNING)
-            for role in self.generation
-        }
-        info = MasterEntry(
+        entry = reporting.master_entry(
+            self.children,
             host=hostinfo.hostname(),
             pid=os.getpid(),
-            started=round(self.started_wall, 3),
-            seen=round(time.time(), 3),
-            version=__version__,
-            consumers=running[Role.CONSUMER],
-            producers=running[Role.PRODUCER],
+            started=self.started_wall,
+            seen=time.time(),
         )
-        self.redis_do(
-            "masters registry", lambda: self.queue.beat_master(self.master_id, info, MASTER_FORGET)
+        self.redis.do(
+            "masters registry", lambda: self.queue.beat_master(self.master_id, entry, MASTER_FORGET)
         )
-        overview = (
-            self.redis_do("metrics overview", self.queue.views.overview) if self.exporter else None
-        )
-        if self.exporter is not None:
-            self.exporter.publish(self.metrics_snapshot(overview))
-
-    def metrics_snapshot(self, overview: Overview | None) -> metrics.Snapshot:
-        counts = {(role, state.value): 0 for role in self.generation for state in State}
-        paused = False
-        for child in self.children:
-            counts[(child.role, child.state.value)] += 1
-            if child.role == Role.PRODUCER and child.board is not None:
-                paused = paused or bool(child.board.read().flags & FLAG_PAUSED)
-        return metrics.Snapshot(
-            queue=self.config.queue,
-            overview=overview,
-            children=tuple((role, state, n) for (role, state), n in counts.items()),
-            restarts=self.restarts,
-            producer_paused=paused,
-            reload_ok=not self.reload_error,
+        if self.exporter is None:
+            return
+        overview = self.redis.do("metrics overview", self.queue.views.overview)
+        self.exporter.publish(
+            reporting.metrics_snapshot(
+                self.children,
+                queue=self.config.queue,
+                overview=overview,
+                restarts=self.restarts,
+                reload_ok=not self.reloader.error,
+            )
         )
 
     def read_backlog(self) -> None:
-        self.backlog = self.redis_do("backlog", self.queue.views.backlog)
-
-    def redis_do(self, what: str, action: Callable[[], T]) -> T | None:
-        """One Redis call of the master's housekeeping; None when it failed or was skipped.
-        After a failure the next calls are skipped for REDIS_PAUSE: against a silent server
-        each would wait out its timeout, and the loop (signals, watchdog) must not stall."""
-        now = self.clock()
-        if now < self.redis_quiet_until:
-            return None
-        try:
-            result = action()
-        except REDIS_ERRORS as exc:
-            self.redis_quiet_until = now + REDIS_PAUSE
-            log.debug("%s skipped: %s", what, exc)
-            if (trouble := classify(exc)) is not None:
-                self.redis_outage.failed(trouble, now, what)  # said once, and in STATUS=
-            return None
-        self.redis_outage.succeeded(now, what)
-        return result
+        self.backlog = self.redis.do("backlog", self.queue.views.backlog)
 
     def status_text(self) -> str:
-        """One line: children by role and state, backlog, rate, producer paused, last error."""
-        now = self.clock()
-        parts = []
-        for role in self.generation:
-            mine = [c for c in self.children if c.role == role]
-            if not mine and role != Role.CONSUMER:
-                continue
-            counts = [(s, sum(1 for c in mine if c.state is s)) for s in State]
-            detail = ", ".join(f"{n} {s.value}" for s, n in counts if n) or "none"
-            waits = [c.restart_at - now for c in mine if c.state is State.BACKOFF]
-            if waits:
-                detail += f" (next restart in {max(0.0, min(waits)):.1f}s)"
-            parts.append(f"{role}s: {detail}")
-            flags = [c.board.read().flags for c in mine if c.board]
-            if role == Role.PRODUCER and flags:
-                if any(f & FLAG_PAUSED for f in flags):
-                    parts.append("producer paused")
-                elif all(f & FLAG_STANDBY for f in flags):
-                    parts.append("producer standby (another instance holds the lock)")
-                else:
-                    parts.append("producer pushing")
-        trouble = self.redis_outage.trouble
-        if trouble is not None:
-            where = display_url(self.config.redis.url)
-            parts.append(f"waiting for redis at {where}: {trouble.summary}")
-        elif waits := self.children_waiting():
-            parts.append(f"waiting for redis ({', '.join(waits)})")
-        if self.backlog is not None or trouble is None:
-            parts.append(f"backlog {self.backlog if self.backlog is not None else '?'}")
-        parts.append(f"{self.rates.per_second:.0f} items/s")
-        if self.reload_error:
-            parts.append(f"last reload failed: {self.reload_error}")
-        return "; ".join(parts)
-
-    def children_waiting(self) -> list[str]:
-        """The kinds of Redis trouble the children wait out, from their scoreboards."""
-        kinds = {waiting_on(c.board.read().flags) for c in self.children if c.board}
-        return sorted(kind.label for kind in kinds if kind is not None)
+        """One line for STATUS=: see ``goodsd.reporting.status_text``."""
+        seen = reporting.Situation(
+            redis_url=display_url(self.config.redis.url),
+            trouble=self.redis.outage.trouble,
+            backlog=self.backlog,
+            per_second=self.rates.per_second,
+            reload_error=self.reloader.error,
+        )
+        return reporting.status_text(self.children, self.generation, self.clock(), seen)
 
     def close(self) -> None:
-        self.redis_quiet_until = 0.0  # a last try at everything
+        self.redis.quiet_until = 0.0  # a last try at everything
         self.retry_requeues()
         if self.stop_summary is not None:
-            log.info("%s", self.stop_summary.line(rec.identity for rec in self.requeues))
-        self.redis_do(
+            log.info("%s", self.stop_summary.line(self.redis.waiting()))
+        self.redis.do(
             "leaving the masters registry", lambda: self.queue.forget_master(self.master_id)
         )
         if self.exporter is not None:

@@ -143,11 +143,14 @@ def print_to_stderr(item: object) -> None:
 
 
 def run_sleep(item: object) -> None:
-    """Record that the item started, run `sleep 2` as a child process, record it done."""
+    """Run `sleep 2` as a child process, record that the item started once it runs (so a
+    stop seen after that reaches it too), wait for it, record the item done."""
     import subprocess
 
-    _client().rpush("test:started", str(item))
-    subprocess.run(["sleep", "2"], check=True)
+    with subprocess.Popen(["sleep", "2"]) as proc:
+        _client().rpush("test:started", str(item))
+        if proc.wait():
+            raise subprocess.CalledProcessError(proc.returncode, proc.args)
     record(item)
 
 

@@ -29,8 +29,9 @@ from goodsd.children import (
 )
 from goodsd.config import Config, ConsumersConfig, SupervisorConfig
 from goodsd.exits import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
-from goodsd.master import role_settings, wanted_counts
+from goodsd.master import wanted_counts
 from goodsd.notify import status_line
+from goodsd.reloader import role_settings
 
 GEN = {"consumer": 1, "producer": 1}
 WANT_TWO = {"consumer": 2, "producer": 0}

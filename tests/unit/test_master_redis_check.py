@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from goodsd import master as master_mod
+from goodsd import housekeeping
 from goodsd.config import parse
 from goodsd.exits import EXIT_CONFIG
 from goodsd.master import RETRY_EVERY, Master
@@ -30,7 +30,7 @@ def a_master(answers: list[object], monkeypatch: pytest.MonkeyPatch) -> tuple[Ma
             raise answer
         return answer
 
-    monkeypatch.setattr(master_mod, "refused_commands", check)
+    monkeypatch.setattr(housekeeping, "refused_commands", check)
     return master, now
 
 
