@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from goodsd import runner
 from goodsd.config import Config
 from goodsd.consumer import CLAIM_BLOCK, FLUSH_AFTER, Consumer, Pending
+from goodsd.eventloop import ItemTimeout
 from goodsd.logs import show_item
 from goodsd.scoreboard import Scoreboard
 from goodsd.slots import Outcome, Slots, TaskSlots, ThreadSlots
@@ -284,25 +285,61 @@ class ConcurrentConsumer(Consumer):
     def watch_event_loop(self) -> None:
         """Warn, once per episode, when the event loop is blocked (a handler running blocking
         code in a coroutine stops every item of this process), naming the item whose task
-        blocks it. Its items' timeouts cannot fire meanwhile; the master still kills the
-        process once an item runs past its timeout and grace."""
-        lag = self.event_loop.blocked_for(time.monotonic())
+        blocks it. No task's timeout can fire meanwhile: once an item of an async handler is
+        past its timeout, the worker gives up on the loop (``abandon_blocked_loop``) rather
+        than wait for the master to kill it for the overdue items, innocent ones among them."""
+        now = time.monotonic()  # the loop stamps real monotonic time
+        lag = self.event_loop.blocked_for(now)
         if lag < LOOP_LAG_WARN:
             if self.loop_blocked:
                 log.info("the event loop runs again")
                 self.loop_blocked = False
             return
-        if self.loop_blocked:
-            return
-        self.loop_blocked = True
-        item = self.event_loop.blocking_item()
-        log.warning(
-            "the event loop has been blocked for %.1fs by %s: an async handler is running "
-            "blocking code (waiting without await, or long CPU work), which stops every item "
-            "of this process; await instead, or use a plain def handler (threads)",
-            lag,
-            f"item {show_item(item.payload)}" if item else "code outside any item's task",
+        blocker = self.event_loop.blocking_item()
+        if not self.loop_blocked:
+            self.loop_blocked = True
+            log.warning(
+                "the event loop has been blocked for %.1fs by %s: an async handler is running "
+                "blocking code (waiting without await, or long CPU work), which stops every "
+                "item of this process; await instead, or use a plain def handler (threads)",
+                lag,
+                describe(blocker),
+            )
+        if not (self.running and isinstance(self.slots, TaskSlots)):
+            return  # a stop under way ends at graceful_timeout anyway
+        oldest = self.board.read().busy_since
+        if oldest and now - oldest > self.cfg.timeout:
+            self.abandon_blocked_loop(blocker, lag)
+
+    def abandon_blocked_loop(self, blocker: Delivery | None, lag: float) -> None:
+        """The loop is blocked and an item is past its timeout: no task can be cancelled.
+        The item blocking the loop counts a failed attempt; everything else held goes back
+        to the queue, no attempt counted (the items running beside it did nothing wrong);
+        then the worker stops, leaving the loop to the process's exit, and is replaced."""
+        log.error(
+            "the event loop is still blocked by %s, and items are past their timeout (%gs) "
+            "that cannot be cancelled meanwhile: giving it up as failed and everything else "
+            "back, and exiting to be replaced",
+            describe(blocker),
+            self.cfg.timeout,
         )
+        culprit = self.in_slots.pop(id(blocker), None) if blocker is not None else None
+        pending, self.pending = self.pending, Pending()
+        if culprit is not None:
+            timeout = ItemTimeout(f"blocked the event loop for {lag:.1f}s, past the timeout")
+            pending.failed.append(self.failure(culprit, timeout))
+        release = [*self.in_slots.values(), *self.unstarted]
+        self.in_slots.clear()  # their outcomes, should the loop run again, go nowhere
+        self.unstarted.clear()
+        self.record(
+            Settlement(
+                secrets.token_hex(8),
+                tuple(pending.done),
+                tuple(pending.failed),
+                (*pending.cut, *release),
+            )
+        )
+        self.running = False
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -315,3 +352,8 @@ class ConcurrentConsumer(Consumer):
             given_back=self.given_back,
             flags=self.outage.flags,
         )
+
+
+def describe(item: Delivery | None) -> str:
+    """An item for a log line about the event loop."""
+    return f"item {show_item(item.payload)}" if item else "code outside any item's task"

@@ -138,13 +138,16 @@ class EventLoop:
         return self.items.get(task) if task is not None else None
 
     def close(self) -> None:
-        """Stop the loop (its thread too) and close it; what still runs on it is dropped."""
+        """Stop the loop (its thread too) and close it; what still runs on it is dropped.
+        A loop that a handler blocks is left to the process's exit."""
         if self._loop is None:
             return
         if self.thread is not None:
+            if self.blocked_for(time.monotonic()):
+                return
             self._loop.call_soon_threadsafe(self._loop.stop)
             self.thread.join(CLOSE_WAIT)
-            if self.thread.is_alive():  # blocked by a handler: the process exit ends it
+            if self.thread.is_alive():
                 return
         self._loop.close()
 

@@ -260,3 +260,35 @@ def test_an_async_handler_one_item_at_a_time_runs_to_completion(
     wait_for(lambda: r.llen("test:handled") == 2, 10, "both items handled")
     assert sorted(handled(r)) == ["good1", "good2"]
     assert "never awaited" not in daemon.log()
+
+
+def test_a_loop_blocked_past_the_timeout_fails_its_blocker_alone(
+    r, make_config, start_daemon, notify
+):
+    # Given one consumer running async items with a 1 s timeout and no retries, one of
+    # which blocks the loop for 4 s
+    config = make_config(
+        consumers={
+            "handler": "sample_handlers:block_loop_on_marker",
+            "setup": "sample_handlers:connect_async",
+            "processes": 1,
+            "concurrency": 10,
+            "timeout": "1s",
+            "retries": 0,
+        }
+    )
+    daemon = start_daemon(config, notify=notify, env={"TEST_ITEM_SECONDS": "4"})
+    notify.wait("READY", "1")
+    # When that item comes among others, which then cannot run on
+    r.lpush("q", "good1", "block", "good2")
+    # Then once they are past their timeout the worker gives up on its loop: the blocker is
+    # dead after one attempt, the others go back unblamed and a replacement does them; the
+    # master kills nobody
+    wait_for(lambda: r.llen("goodsd:{q}:dead") == 1, 10, "the blocker dead")
+    [record] = dead_records(r)
+    assert record["item"] == "block" and record["attempts"] == 1
+    assert str(record["error"]).startswith("ItemTimeout: blocked the event loop for ")
+    wait_for(lambda: sorted(handled(r)) == ["good1", "good2"], 10, "the others handled")
+    assert r.hlen("goodsd:{q}:attempts") == 0
+    daemon.wait_log(r"consumer 0 \(pid \d+\) ready", count=2)
+    assert "killing" not in daemon.log()
