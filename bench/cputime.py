@@ -65,3 +65,22 @@ def machine_seconds() -> MachineCpu:
         steal=steal / TICKS_PER_SECOND,
         idle=(idle + iowait) / TICKS_PER_SECOND,
     )
+
+
+def descendants(pid: int) -> list[int]:
+    """The pids below ``pid``: its children, theirs, and so on (from
+    ``/proc/<pid>/task/<tid>/children``). A process that exits meanwhile is left out with its
+    subtree; [] when ``pid`` itself has exited."""
+    found: list[int] = []
+    try:
+        threads = list((PROC / str(pid) / "task").iterdir())
+    except FileNotFoundError:
+        return found
+    for thread in threads:
+        try:
+            children = [int(child) for child in (thread / "children").read_text().split()]
+        except FileNotFoundError:
+            continue
+        for child in children:
+            found += [child, *descendants(child)]
+    return found

@@ -27,14 +27,9 @@ Run: python bench/throughput.py [--runs N] [--quick] [--window S] [--code DIR ..
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import multiprocessing
-import os
-import platform
 import queue
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,12 +46,21 @@ REPO_DIR = BENCH_DIR.parent
 if str(REPO_DIR) not in sys.path:
     sys.path.insert(0, str(REPO_DIR))
 
+from benchlib import (  # noqa: E402
+    READY_TIMEOUT,
+    BenchError,
+    GoodsdPool,
+    checkout,
+    code_label,
+    describe_machine,
+    int_list,
+    load_average,
+    spread,
+)
 from cputime import MachineCpu, ProcessGone, machine_seconds, processes_seconds  # noqa: E402
 
-from goodsd.config import dump as dump_config  # noqa: E402
 from goodsd.handlers import noop  # noqa: E402
 from goodsd.localredis import LocalRedis  # noqa: E402
-from goodsd.store import Views  # noqa: E402
 
 QUEUE = "bench"  # the ready list every design consumes, and goodsd's queue name
 TEMPLATE = "bench:template"  # the prepared backlog, in TEMPLATE_DB; copied to db 0 per run
@@ -64,9 +68,6 @@ TEMPLATE_DB = 1
 LATENCY_LIST = "bench:latency"
 
 PUSH_CHUNK = 1_000  # items per LPUSH while building the template
-POLL = 0.005  # seconds between polls while waiting for something
-READY_TIMEOUT = 30.0  # seconds for a design's processes to come up
-STOP_TIMEOUT = 45.0  # seconds for goodsd to stop on SIGTERM (graceful_timeout is 30 s)
 LATENCY_WARMUP = 20  # samples dropped first: each child's first item opens its connection
 LATENCY_GAP = 0.002  # seconds between latency samples, so each one meets an idle queue
 GOAL_RATIO = 50.0  # goodsd batch 100 vs classic, same process count
@@ -170,23 +171,6 @@ class Results:
             if (setup.design, setup.processes, setup.batch) == (design, processes, batch):
                 return statistics.median(s.items_per_second for s in samples)
         return None
-
-
-class BenchError(RuntimeError):
-    """A run did not finish or misbehaved; the message says which and why."""
-
-
-class WaitTimeout(BenchError):
-    """Something expected did not happen in time."""
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `predicate` every POLL seconds; raise WaitTimeout naming `what` on timeout."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            raise WaitTimeout(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(POLL)
 
 
 def build_template(server: LocalRedis, items: int) -> None:
@@ -307,90 +291,6 @@ class ForkedPool:
         return []
 
 
-class GoodsdPool:
-    """One `python -m goodsd run` in its own session, output to a log file, run from the
-    checkout ``code`` (its goodsd package, and its directory as the working directory, since
-    ``python -m`` puts that first on the path)."""
-
-    def __init__(
-        self, workdir: Path, name: str, code: Path, config: dict[str, Any], redis_url: str
-    ) -> None:
-        self.config_path = workdir / f"{name}.yaml"
-        self.log_path = workdir / f"{name}.log"
-        self.config_path.write_text(dump_config(config))
-        self.processes = config["consumers"]["processes"]
-        self.queue = Views(redis.Redis.from_url(redis_url), QUEUE)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH")]))
-        env["BENCH_REDIS_URL"] = redis_url
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "goodsd", "run", "-c", str(self.config_path)],
-                cwd=code,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-
-    def check_alive(self) -> None:
-        """Fail at once, with its log, if the daemon has exited."""
-        code = self.process.poll()
-        if code is not None:
-            raise BenchError(f"goodsd exited with status {code}\n{self.log_tail()}")
-
-    def wait_ready(self) -> None:
-        """Wait until every consumer has registered (each starts claiming right after)."""
-
-        def registered() -> bool:
-            self.check_alive()
-            return len(self.queue.registered()) >= self.processes
-
-        try:
-            wait_for(registered, READY_TIMEOUT, f"{self.processes} goodsd consumers to register")
-        except WaitTimeout as exc:
-            raise BenchError(f"{exc}\n{self.log_tail()}") from None
-
-    def handled(self) -> int:
-        self.check_alive()
-        return self.queue.stats()["done"]
-
-    def worker_pids(self) -> list[int]:
-        return [r.pid for r in self.queue.registered().values() if r.pid is not None]
-
-    def master_pids(self) -> list[int]:
-        return [self.process.pid]
-
-    def stop(self) -> list[str]:
-        """SIGTERM, wait, and report what did not go to plan (exit status, stray children,
-        failed items)."""
-        problems: list[str] = []
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                problems.append(f"goodsd did not stop within {STOP_TIMEOUT:g}s of SIGTERM")
-        if self.process.returncode not in (0, None):
-            problems.append(f"goodsd exited with status {self.process.returncode}")
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass  # Nothing left in its session: the clean case.
-        else:
-            problems.append("goodsd left processes behind in its session; killed them")
-        self.process.wait()
-        stats = self.queue.stats()
-        if stats.get("failed") or stats.get("dead"):
-            problems.append(f"no-op items failed: stats {stats}")
-        return problems
-
-    def log_tail(self, lines: int = 30) -> str:
-        text = self.log_path.read_text(errors="replace").splitlines()
-        return f"--- {self.log_path} (last {lines} lines) ---\n" + "\n".join(text[-lines:])
-
-
 def goodsd_config(url: str, processes: int, batch: int, handler: str) -> dict[str, Any]:
     """A goodsd config as YAML data: defaults but for the queue, processes, batch, handler."""
     return {
@@ -488,13 +388,6 @@ def percentile(values: Sequence[float], pct: int) -> float:
 # --- what runs, and in which order ----------------------------------------------------------
 
 
-def code_label(code: Path, codes: Sequence[Path]) -> str:
-    """``goodsd`` for this checkout alone; ``goodsd:<dir name>`` when checkouts are compared."""
-    if codes == (REPO_DIR,):
-        return "goodsd"
-    return f"goodsd:{code.name}"
-
-
 def setups(plan: Plan) -> list[Setup]:
     """Every throughput row, grouped by process count: classic, then bare and goodsd by batch."""
     rows: list[Setup] = []
@@ -531,41 +424,6 @@ def rounds(plan: Plan) -> Iterator[tuple[int, Setup]]:
 # --- reporting ------------------------------------------------------------------------------
 
 
-def load_average() -> str:
-    """The 1, 5 and 15 minute load averages, as printed."""
-    return " ".join(f"{value:.2f}" for value in os.getloadavg())
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.partition(":")[2].strip()
-    return platform.processor() or "unknown CPU"
-
-
-def describe_machine(server: LocalRedis) -> list[str]:
-    """Lines naming the machine (CPUs, model, kernel) and the software versions."""
-    version = server.client().info("server")["redis_version"]
-    usable = len(os.sched_getaffinity(0))
-    return [
-        f"machine: {os.cpu_count()} CPUs ({usable} usable by this process), {cpu_model()},"
-        f" Linux {platform.release()}",
-        f"software: Python {platform.python_version()}, {client_library()},"
-        f" redis-server {version} on a unix socket",
-    ]
-
-
-def client_library() -> str:
-    """redis-py's version, and hiredis's: without it, redis-py parses replies in Python,
-    which costs every design dearly per item."""
-    described = f"redis-py {importlib.metadata.version('redis')}"
-    try:
-        return f"{described} (hiredis {importlib.metadata.version('hiredis')})"
-    except importlib.metadata.PackageNotFoundError:
-        return f"{described} WITHOUT hiredis (replies parsed in Python: slower)"
-
-
 def describe_plan(plan: Plan) -> str:
     """One line saying what each run timed."""
     return (
@@ -573,11 +431,6 @@ def describe_plan(plan: Plan) -> str:
         f" window, {plan.warmup:g} s after all its processes are up, on a backlog of"
         f" {plan.backlog:,} items"
     )
-
-
-def spread(values: Sequence[float]) -> str:
-    """``min-max`` of ``values``, with thousands separators."""
-    return f"{min(values):,.0f}-{max(values):,.0f}"
 
 
 def throughput_row(results: Results, setup: Setup, samples: Sequence[Sample], width: int) -> str:
@@ -675,29 +528,6 @@ def goal_lines(results: Results) -> list[str]:
 
 
 # --- main -----------------------------------------------------------------------------------
-
-
-def int_list(text: str) -> tuple[int, ...]:
-    """ "1,2,4" -> (1, 2, 4); each at least 1."""
-    try:
-        values = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not a comma-separated list of numbers: {text!r}"
-        ) from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"each number must be at least 1: {text!r}")
-    return values
-
-
-def checkout(text: str) -> Path:
-    """``--code`` argument: the resolved path of a goodsd checkout."""
-    path = Path(text).resolve()
-    if not (path / "goodsd" / "__main__.py").is_file():
-        raise argparse.ArgumentTypeError(
-            f"{text}: not a checkout of goodsd (no goodsd/__main__.py)"
-        )
-    return path
 
 
 def parse_args(argv: Sequence[str] | None) -> Plan:
