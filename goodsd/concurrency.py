@@ -147,7 +147,7 @@ class ConcurrentConsumer(Consumer):
             self.beat(now)
             self.watch_event_loop()
             self.take(self.wait(self.wait_time(now, 0)))
-            if self.settle_due(now, 0):
+            if self.settle_due(self.clock(), 0):
                 self.flush()
         if self.pending:
             self.flush()

@@ -3,6 +3,9 @@
 Its life is ``initialize()``, then ``loop()`` (one step) until ``running`` turns false, then
 ``shutdown()``. Delivery rules: an item leaves its in-flight list only when settled (done,
 failed into retry/dead, or given back), so a crash at any point loses nothing.
+
+This is the loop of one item at a time (``consumers.concurrency: 1``), in the main thread;
+goodsd.concurrency builds on it to run several at once.
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ session) belongs to the loop it was made on. So a process has at most one, made 
   (goodsd.slots.TaskSlots), and a thread whose sync handler returned an awaitable hands it over
   and waits for it (``run``).
 
-Every item's awaitable runs under the item timeout (``timed``): at ``consumers.timeout`` it is
-cancelled and fails with ItemTimeout. A handler that blocks the loop (sync code in an
+An item's awaitable run by ``run`` runs under the item timeout (``timed``): at
+``consumers.timeout`` it is cancelled and fails with ItemTimeout. (Task slots keep the same
+timeout their own, cheaper way.) A handler that blocks the loop (sync code in an
 ``async def``) stops every task of the process; while the loop serves, it stamps the time every
 STAMP_EVERY, so another thread can tell for how long it has not (``blocked_for``) and which
 item's task holds it (``blocking_item``).

@@ -21,11 +21,14 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple, Protocol
 
-from goodsd.eventloop import EventLoop
+from goodsd.eventloop import EventLoop, ItemTimeout
 from goodsd.forkguard import ForkGuard
 from goodsd.scoreboard import Scoreboard
 from goodsd.store import Delivery
 from goodsd.store.records import fingerprint
+
+# How often task slots look for items past their timeout: a timeout fires up to this late.
+EXPIRE_EVERY = 0.1
 
 
 class Outcome(NamedTuple):
@@ -109,9 +112,14 @@ class ThreadSlots:
 
 class TaskSlots:
     """Up to ``size`` asyncio tasks on ``event_loop`` (serving in its own thread), each
-    running one item with ``call`` (decode, then the handler's coroutine) under the item
-    timeout, and owning a scoreboard slot meanwhile. Outcomes finished in one pass of the loop
-    are reported together (one wake-up of the main thread for many)."""
+    running one item with ``call`` (decode, then the handler's coroutine) and owning a
+    scoreboard slot meanwhile. Outcomes finished in one pass of the loop are reported together
+    (one wake-up of the main thread for many).
+
+    The item timeout is kept by one sweep of the slots every EXPIRE_EVERY, which cancels each
+    task past its deadline, rather than by a timer per item (``asyncio.timeout`` costs about
+    as much CPU as the rest of an item's bookkeeping); a timeout fires up to EXPIRE_EVERY
+    late."""
 
     def __init__(
         self,
@@ -125,14 +133,20 @@ class TaskSlots:
         self.size = size
         self.call = call
         self.event_loop = event_loop
+        self.timeout = event_loop.timeout
         self.board = board
         self.guard = guard
         self.report = report
         # The rest is the loop thread's alone.
         self.free = list(range(size - 1, -1, -1))  # slots not running a task; slot 0 first
-        self.tasks: set[asyncio.Task[None]] = set()  # the running ones (the loop keeps weak refs)
+        # Per slot: its task (a strong reference: the loop keeps only weak ones), and the loop
+        # time by which its item must end (0.0: none, or cancelled already).
+        self.tasks: list[asyncio.Task[None] | None] = [None] * size
+        self.deadlines = [0.0] * size
+        self.expired: set[asyncio.Task[None]] = set()  # cancelled at their deadline
         self.finished: list[Outcome] = []  # reported at the end of the loop's current pass
         event_loop.serve()
+        event_loop.loop.call_soon_threadsafe(self._expire)
 
     def start(self, deliveries: Sequence[Delivery]) -> None:
         """Hand ``deliveries`` to the loop, in one wake-up of it."""
@@ -140,15 +154,19 @@ class TaskSlots:
 
     def _spawn(self, deliveries: list[Delivery]) -> None:
         loop = self.event_loop.loop
+        deadline = loop.time() + self.timeout
         for delivery in deliveries:
-            task = loop.create_task(self._run(delivery, self.free.pop()))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            slot = self.free.pop()
+            self.deadlines[slot] = deadline
+            self.tasks[slot] = loop.create_task(self._run(delivery, slot))
 
     async def _run(self, delivery: Delivery, slot: int) -> None:
+        task, items = self.tasks[slot], self.event_loop.items
+        assert task is not None
+        items[task] = delivery  # for EventLoop.blocking_item
         self.board.busy(time.monotonic(), fingerprint(delivery.claimed), slot)
         try:
-            await self.event_loop.timed(self.call(delivery.payload), delivery)
+            await self.call(delivery.payload)
         except (Exception, asyncio.CancelledError) as exc:  # a handler may raise either
             error: BaseException | None = exc
         except BaseException as exc:  # sys.exit(): the process ends, this item blamed
@@ -156,11 +174,34 @@ class TaskSlots:
             return
         else:
             error = None
+        if task in self.expired:
+            self.expired.discard(task)
+            error = ItemTimeout(
+                f"timed out after {self.timeout:g}s and was cancelled"
+                if error
+                else f"timed out after {self.timeout:g}s; it ignored its cancellation"
+            )
+        del items[task]
+        self.tasks[slot] = None
+        self.deadlines[slot] = 0.0
         self.board.idle(slot)
         self.free.append(slot)
         if self.guard.cloned:  # a handler forked and its child came back here
             self.guard.leave()
         self._finish(Outcome(delivery, error))
+
+    def _expire(self) -> None:
+        """Cancel every task past its deadline (once), then come back in EXPIRE_EVERY."""
+        loop = self.event_loop.loop
+        now = loop.time()
+        for slot, deadline in enumerate(self.deadlines):
+            if deadline and deadline <= now:
+                self.deadlines[slot] = 0.0
+                task = self.tasks[slot]
+                if task is not None:
+                    self.expired.add(task)
+                    task.cancel()
+        loop.call_later(EXPIRE_EVERY, self._expire)
 
     def _finish(self, outcome: Outcome) -> None:
         if not self.finished:

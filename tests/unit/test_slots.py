@@ -120,6 +120,25 @@ def test_task_slots_run_items_as_tasks_and_cut_one_at_its_timeout() -> None:
     loop.close()
 
 
+def test_a_task_that_swallows_its_cancellation_still_times_out() -> None:
+    # Given task slots with a 0.2 s timeout, whose handler ignores being cancelled
+    loop = EventLoop(timeout=0.2)
+    outcomes = Outcomes()
+
+    async def call(raw: bytes) -> None:
+        try:
+            await asyncio.sleep(WAIT)
+        except asyncio.CancelledError:
+            return
+
+    TaskSlots(2, call, loop, Scoreboard(2), ForkGuard(), outcomes.queue.put).start([item("a")])
+    # Then its item fails with the timeout all the same
+    [ended] = outcomes.take(1)
+    assert isinstance(ended.error, ItemTimeout)
+    assert str(ended.error) == "timed out after 0.2s; it ignored its cancellation"
+    loop.close()
+
+
 def test_an_item_that_swallows_its_cancellation_still_times_out(event_loop) -> None:
     async def stubborn() -> str:
         try:
