@@ -320,9 +320,10 @@ def build(
 
 def build_async(
     cfg: ConsumersConfig, pythonpath: tuple[str, ...]
-) -> Callable[[bytes], Awaitable[None]] | None:
-    """The per-item coroutine function of an async handler (``async def``, or an object with
-    an ``async def __call__``): decode, then await the handler. None for any other handler: a
+) -> Callable[[bytes], Awaitable[object]] | None:
+    """For an async handler (``async def``, or an object with an ``async def __call__``): the
+    per-item function that decodes the item and returns the handler's coroutine, to be
+    awaited (no coroutine of its own: one less per item). None for any other handler: a
     command, or a plain function (run in threads; see ``build``). Raises as ``build`` does."""
     if cfg.command:
         return None
@@ -331,10 +332,8 @@ def build_async(
         return None
     decode = decoder(cfg.decode)
 
-    async def call_item(raw: bytes) -> None:
-        result = handler(decode(raw))
-        if inspect.isawaitable(result):
-            await result
+    def call_item(raw: bytes) -> Awaitable[object]:
+        return handler(decode(raw))  # type: ignore[return-value]  # a coroutine (is_async)
 
     return call_item
 

@@ -112,7 +112,7 @@ class ThreadSlots:
 
 class TaskSlots:
     """Up to ``size`` asyncio tasks on ``event_loop`` (serving in its own thread), each
-    running one item with ``call`` (decode, then the handler's coroutine) and owning a
+    running one item with ``call`` (decode, then make the handler's coroutine) and owning a
     scoreboard slot meanwhile. Outcomes finished in one pass of the loop are reported together
     (one wake-up of the main thread for many).
 
@@ -124,7 +124,7 @@ class TaskSlots:
     def __init__(
         self,
         size: int,
-        call: Callable[[bytes], Awaitable[None]],
+        call: Callable[[bytes], Awaitable[object]],
         event_loop: EventLoop,
         board: Scoreboard,
         guard: ForkGuard,
