@@ -236,3 +236,10 @@ async def record_async(item: object) -> None:
     await asyncio.sleep(0)
     async with redis.asyncio.Redis.from_url(os.environ["TEST_REDIS_URL"]) as client:
         await client.rpush("test:handled", str(item))
+
+
+def fail_first_attempt(item: object) -> None:
+    """Fail the first attempt at each distinct item; record the others."""
+    if _client().set(f"test:tried:{item}", 1, nx=True):
+        raise ValueError(f"first attempt at {item}")
+    record(item)

@@ -84,6 +84,36 @@ def test_commands_run_many_at_once_each_item_once(r, tmp_path, make_config, star
     assert int(r.hget("goodsd:{q}:stats", "done")) == len(items)
 
 
+def test_retries_and_the_dead_list_work_as_one_at_a_time(r, make_config, start_daemon, notify):
+    # Given one consumer running 10 items at once, decoding JSON, whose handler fails the first
+    # attempt at each item, retried after 100 ms
+    config = make_config(
+        consumers={
+            "handler": "sample_handlers:fail_first_attempt",
+            "processes": 1,
+            "concurrency": 10,
+            "decode": "json",
+            "retry_delay": "100ms",
+        }
+    )
+    daemon = start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    # When 30 items arrive, one of them not JSON, and two of them equal
+    items = [f'"good{i}"' for i in range(28)] + ['"good0"', "not json"]
+    r.lpush("q", *items)
+    # Then every good one is done after one retry (the two equal ones as two deliveries), and
+    # the bad one is dead at once without retries
+    wait_for(lambda: r.llen("test:handled") == 29, 20, "every good item handled")
+    assert sorted(handled(r)) == sorted(["good0", *(f"good{i}" for i in range(28))])
+    [record] = dead_records(r)
+    assert record["item"] == "not json" and record["attempts"] == 1
+    assert str(record["error"]).startswith("malformed: not JSON")
+    wait_for(lambda: nothing_held(r), 5, "nothing held")
+    assert r.hlen("goodsd:{q}:attempts") == 0 and r.zcard("goodsd:{q}:retry") == 0
+    assert int(r.hget("goodsd:{q}:stats", "retried")) == 28
+    assert daemon.stop() == 0
+
+
 RELEASED = {
     "threads": {"handler": "sample_handlers:record_when_released"},
     "tasks": {
