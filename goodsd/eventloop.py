@@ -21,7 +21,6 @@ item's task holds it (``blocking_item``).
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 import time
 from collections.abc import Awaitable
@@ -29,7 +28,6 @@ from typing import TypeVar
 
 from goodsd.store import Delivery
 
-log = logging.getLogger("goodsd.consumer")
 T = TypeVar("T")
 
 # How often the serving loop stamps the time: the finest lag it can show.
@@ -50,8 +48,8 @@ class EventLoop:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None  # the loop's own thread, once it serves
         self.stamp = 0.0  # monotonic time of the serving loop's latest stamp
-        # The item each task is running, for blocking_item(): set and read on the loop's
-        # thread, read from others (a dict lookup, atomic under the GIL).
+        # The item each task slot's task is running, for blocking_item(): kept by the task
+        # slots on the loop's thread, read from others (a dict lookup, atomic under the GIL).
         self.items: dict[asyncio.Task[object], Delivery] = {}
         self._serving = threading.Lock()
 
@@ -61,20 +59,20 @@ class EventLoop:
             self._loop = asyncio.new_event_loop()
         return self._loop
 
-    def run(self, awaitable: Awaitable[T], delivery: Delivery | None = None) -> T:
+    def run(self, awaitable: Awaitable[T]) -> T:
         """Run ``awaitable`` to completion under the item timeout, from any thread: here while
         the loop does not serve, else on the loop's thread while this thread waits. Raises what
         it raises, or ItemTimeout."""
         if self.thread is None:
-            return self.loop.run_until_complete(self.timed(awaitable, delivery))
-        return asyncio.run_coroutine_threadsafe(self.timed(awaitable, delivery), self.loop).result()
+            return self.loop.run_until_complete(self.timed(awaitable))
+        return asyncio.run_coroutine_threadsafe(self.timed(awaitable), self.loop).result()
 
-    def run_served(self, awaitable: Awaitable[T], delivery: Delivery | None = None) -> T:
+    def run_served(self, awaitable: Awaitable[T]) -> T:
         """``run``, on the loop's own thread (started now if it does not serve yet): what a
         thread running a sync handler does with the awaitable it returned, as other threads
         may be doing at the same time."""
         self.serve()
-        return self.run(awaitable, delivery)
+        return self.run(awaitable)
 
     def run_setup(self, awaitable: Awaitable[T]) -> T:
         """Run an async setup to completion on the loop, with no time limit (a setup may wait
@@ -83,12 +81,9 @@ class EventLoop:
             return self.loop.run_until_complete(_awaited(awaitable))
         return asyncio.run_coroutine_threadsafe(_awaited(awaitable), self.loop).result()
 
-    async def timed(self, awaitable: Awaitable[T], delivery: Delivery | None = None) -> T:
+    async def timed(self, awaitable: Awaitable[T]) -> T:
         """Await ``awaitable``, cancelling it at the item timeout (ItemTimeout then, even if
-        it swallowed the cancellation). Its task runs ``delivery`` meanwhile."""
-        task = asyncio.current_task()
-        if task is not None and delivery is not None:
-            self.items[task] = delivery
+        it swallowed the cancellation)."""
         try:
             async with asyncio.timeout(self.timeout) as limit:
                 result = await awaitable
@@ -96,9 +91,6 @@ class EventLoop:
             if limit.expired():
                 raise ItemTimeout(f"timed out after {self.timeout:g}s and was cancelled") from exc
             raise
-        finally:
-            if task is not None:
-                self.items.pop(task, None)
         if limit.expired():
             raise ItemTimeout(f"timed out after {self.timeout:g}s; it ignored its cancellation")
         return result

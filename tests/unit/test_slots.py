@@ -185,23 +185,23 @@ def test_setup_and_items_share_the_loop_in_either_mode(event_loop) -> None:
 
 
 def test_a_blocked_loop_is_seen_with_the_item_that_blocks_it(event_loop) -> None:
-    # Given a serving loop, and an item whose coroutine blocks it (sync code in a coroutine)
+    # Given task slots, and an item whose coroutine blocks the loop (sync code in a coroutine)
     release = threading.Event()
-    event_loop.serve()
+    outcomes = Outcomes()
 
-    async def blocking() -> None:
-        release.wait(WAIT)
+    async def call(raw: bytes) -> None:
+        if raw == b"blocker":
+            release.wait(WAIT)
 
-    future = asyncio.run_coroutine_threadsafe(
-        event_loop.timed(blocking(), item("blocker")), event_loop.loop
-    )
+    slots = TaskSlots(2, call, event_loop, Scoreboard(2), ForkGuard(), outcomes.queue.put)
+    slots.start([item("blocker")])
     # Then another thread sees the lag grow and which item's task holds the loop
     eventually(lambda: event_loop.blocked_for(time.monotonic()) > 0.2, "the lag seen")
     blocker = event_loop.blocking_item()
     assert blocker is not None and blocker.payload == b"blocker"
     # And once it lets go, the loop is on time again
     release.set()
-    future.result(WAIT)
+    outcomes.take(1)
     eventually(lambda: event_loop.blocked_for(time.monotonic()) == 0.0, "the loop on time")
     assert event_loop.blocking_item() is None
 
