@@ -22,14 +22,21 @@ configuration runs `--runs` times, in rounds (every configuration once per round
 that comes and goes on a shared machine hits them all alike; a row shows the median and range.
 
 Run: python bench/throughput.py [--runs N] [--quick] [--window S] [--code DIR ...]
+     [--redis server|cluster|replicas [--wait-replicas N]]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.metadata
 import multiprocessing
+import os
+import platform
 import queue
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,21 +53,14 @@ REPO_DIR = BENCH_DIR.parent
 if str(REPO_DIR) not in sys.path:
     sys.path.insert(0, str(REPO_DIR))
 
-from benchlib import (  # noqa: E402
-    READY_TIMEOUT,
-    BenchError,
-    GoodsdPool,
-    checkout,
-    code_label,
-    describe_machine,
-    int_list,
-    load_average,
-    spread,
-)
 from cputime import MachineCpu, ProcessGone, machine_seconds, processes_seconds  # noqa: E402
 
+from goodsd.config import RedisConfig  # noqa: E402
+from goodsd.config import dump as dump_config  # noqa: E402
 from goodsd.handlers import noop  # noqa: E402
-from goodsd.localredis import LocalRedis  # noqa: E402
+from goodsd.localredis import LocalCluster, LocalRedis, LocalSentinels  # noqa: E402
+from goodsd.redisconn import connect  # noqa: E402
+from goodsd.store import Views  # noqa: E402
 
 QUEUE = "bench"  # the ready list every design consumes, and goodsd's queue name
 TEMPLATE = "bench:template"  # the prepared backlog, in TEMPLATE_DB; copied to db 0 per run
@@ -68,6 +68,9 @@ TEMPLATE_DB = 1
 LATENCY_LIST = "bench:latency"
 
 PUSH_CHUNK = 1_000  # items per LPUSH while building the template
+POLL = 0.005  # seconds between polls while waiting for something
+READY_TIMEOUT = 30.0  # seconds for a design's processes to come up
+STOP_TIMEOUT = 45.0  # seconds for goodsd to stop on SIGTERM (graceful_timeout is 30 s)
 LATENCY_WARMUP = 20  # samples dropped first: each child's first item opens its connection
 LATENCY_GAP = 0.002  # seconds between latency samples, so each one meets an idle queue
 GOAL_RATIO = 50.0  # goodsd batch 100 vs classic, same process count
@@ -93,6 +96,8 @@ class Plan:
     codes: tuple[Path, ...]  # checkouts whose goodsd to run, side by side
     latency: tuple[tuple[int, int], ...]  # (processes, batch) of each latency row
     latency_samples: int  # per run
+    redis: str = "server"  # "server", "cluster" (queue on a node of 3), "replicas" (2 of them)
+    wait_replicas: tuple[int, ...] = (0,)  # goodsd's redis.wait_replicas, each a row
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,7 @@ class Setup:
     processes: int
     batch: int | None  # None for classic, which takes one item per round trip
     code: Path | None = None  # the checkout whose goodsd runs; goodsd rows only
+    wait_replicas: int = 0  # goodsd's redis.wait_replicas
 
     def __str__(self) -> str:
         batch = f" b={self.batch}" if self.batch is not None else ""
@@ -173,20 +179,82 @@ class Results:
         return None
 
 
-def build_template(server: LocalRedis, items: int) -> None:
-    """The backlog every run starts on, built once: `good0`, `good1`, ... in TEMPLATE_DB."""
-    r = server.client(db=TEMPLATE_DB)
-    r.delete(TEMPLATE)
+class BenchError(RuntimeError):
+    """A run did not finish or misbehaved; the message says which and why."""
+
+
+class WaitTimeout(BenchError):
+    """Something expected did not happen in time."""
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `predicate` every POLL seconds; raise WaitTimeout naming `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(POLL)
+
+
+class BenchRedis:
+    """Where a bench runs: ``url`` is goodsd's ``redis.url``; ``node`` the server that holds
+    the queue (its CPU is counted). On one server the backlog is kept in TEMPLATE_DB; a
+    cluster node has only db 0, so there it is a key of the queue's slot, kept across runs."""
+
+    def __init__(self, url: str, node: LocalRedis, cluster: bool) -> None:
+        self.url = url
+        self.node = node
+        self.cluster = cluster
+        self.template = "{" + QUEUE + "}:template" if cluster else TEMPLATE
+        self.template_db = 0 if cluster else TEMPLATE_DB
+
+    @property
+    def pid(self) -> int | None:
+        return self.node.pid
+
+    def client(self, **kwargs: object) -> redis.Redis:
+        """A client of the node holding the queue."""
+        return self.node.client(**kwargs)
+
+
+@contextlib.contextmanager
+def bench_redis(kind: str) -> Iterator[BenchRedis]:
+    """One private redis-server (``server``); a cluster of 3 with the queue on one of its
+    nodes (``cluster``); or a primary with 2 replicas (``replicas``, for wait_replicas)."""
+    if kind == "cluster":
+        with LocalCluster(3) as cluster:
+            yield BenchRedis(cluster.url, cluster.serving(QUEUE), cluster=True)
+    elif kind == "replicas":
+        with LocalSentinels(2, 1) as group:
+            primary = group.primary()
+            yield BenchRedis(primary.url, primary, cluster=False)
+    else:
+        with LocalRedis() as server:
+            yield BenchRedis(server.url, server, cluster=False)
+
+
+def build_template(server: BenchRedis, items: int) -> None:
+    """The backlog every run starts on, built once: `good0`, `good1`, ... (see BenchRedis)."""
+    r = server.client(db=server.template_db)
+    r.delete(server.template)
     pipe = r.pipeline(transaction=False)
     for start in range(0, items, PUSH_CHUNK):
-        pipe.lpush(TEMPLATE, *(f"good{i}" for i in range(start, min(start + PUSH_CHUNK, items))))
+        chunk = (f"good{i}" for i in range(start, min(start + PUSH_CHUNK, items)))
+        pipe.lpush(server.template, *chunk)
         if len(pipe) >= 100:
             pipe.execute()
     pipe.execute()
 
 
-def fresh_backlog(server: LocalRedis) -> None:
+def fresh_backlog(server: BenchRedis) -> None:
     """An empty db 0 holding only a full backlog; COPY takes milliseconds even for millions."""
+    if server.cluster:
+        r = server.client()
+        others = [key for key in r.scan_iter(count=1000) if key != server.template.encode()]
+        if others:
+            r.delete(*others)
+        r.copy(server.template, QUEUE)
+        return
     server.client().flushdb()
     server.client(db=TEMPLATE_DB).copy(TEMPLATE, QUEUE, destination_db="0")
 
@@ -291,10 +359,97 @@ class ForkedPool:
         return []
 
 
-def goodsd_config(url: str, processes: int, batch: int, handler: str) -> dict[str, Any]:
-    """A goodsd config as YAML data: defaults but for the queue, processes, batch, handler."""
+class GoodsdPool:
+    """One `python -m goodsd run` in its own session, output to a log file, run from the
+    checkout ``code`` (its goodsd package, and its directory as the working directory, since
+    ``python -m`` puts that first on the path)."""
+
+    def __init__(
+        self, workdir: Path, name: str, code: Path, config: dict[str, Any], redis_url: str
+    ) -> None:
+        self.config_path = workdir / f"{name}.yaml"
+        self.log_path = workdir / f"{name}.log"
+        self.config_path.write_text(dump_config(config))
+        self.processes = config["consumers"]["processes"]
+        self.queue = Views(connect(RedisConfig(redis_url), "bench", queue=QUEUE), QUEUE)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH")]))
+        env["BENCH_REDIS_URL"] = redis_url
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "goodsd", "run", "-c", str(self.config_path)],
+                cwd=code,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+
+    def check_alive(self) -> None:
+        """Fail at once, with its log, if the daemon has exited."""
+        code = self.process.poll()
+        if code is not None:
+            raise BenchError(f"goodsd exited with status {code}\n{self.log_tail()}")
+
+    def wait_ready(self) -> None:
+        """Wait until every consumer has registered (each starts claiming right after)."""
+
+        def registered() -> bool:
+            self.check_alive()
+            return len(self.queue.registered()) >= self.processes
+
+        try:
+            wait_for(registered, READY_TIMEOUT, f"{self.processes} goodsd consumers to register")
+        except WaitTimeout as exc:
+            raise BenchError(f"{exc}\n{self.log_tail()}") from None
+
+    def handled(self) -> int:
+        self.check_alive()
+        return self.queue.stats()["done"]
+
+    def worker_pids(self) -> list[int]:
+        return [r.pid for r in self.queue.registered().values() if r.pid is not None]
+
+    def master_pids(self) -> list[int]:
+        return [self.process.pid]
+
+    def stop(self) -> list[str]:
+        """SIGTERM, wait, and report what did not go to plan (exit status, stray children,
+        failed items)."""
+        problems: list[str] = []
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                problems.append(f"goodsd did not stop within {STOP_TIMEOUT:g}s of SIGTERM")
+        if self.process.returncode not in (0, None):
+            problems.append(f"goodsd exited with status {self.process.returncode}")
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # Nothing left in its session: the clean case.
+        else:
+            problems.append("goodsd left processes behind in its session; killed them")
+        self.process.wait()
+        stats = self.queue.stats()
+        if stats.get("failed") or stats.get("dead"):
+            problems.append(f"no-op items failed: stats {stats}")
+        return problems
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return f"--- {self.log_path} (last {lines} lines) ---\n" + "\n".join(text[-lines:])
+
+
+def goodsd_config(
+    url: str, processes: int, batch: int, handler: str, wait_replicas: int = 0
+) -> dict[str, Any]:
+    """A goodsd config as YAML data: defaults but for the queue, processes, batch, handler
+    (and redis.wait_replicas, when set)."""
     return {
-        "redis": {"url": url},
+        "redis": {"url": url, **({"wait_replicas": wait_replicas} if wait_replicas else {})},
         "queue": QUEUE,
         "pythonpath": [str(BENCH_DIR)],
         "consumers": {"processes": processes, "batch": batch, "handler": handler},
@@ -302,12 +457,14 @@ def goodsd_config(url: str, processes: int, batch: int, handler: str) -> dict[st
     }
 
 
-def start_pool(setup: Setup, server: LocalRedis, workdir: Path) -> Pool:
+def start_pool(setup: Setup, server: BenchRedis, workdir: Path, plan: Plan) -> Pool:
     """Start the processes of ``setup``: forked loops for classic and bare, else goodsd."""
     if setup.code is None:
         return ForkedPool(setup, server.url)
     assert setup.batch is not None
-    config = goodsd_config(server.url, setup.processes, setup.batch, "goodsd.handlers:noop")
+    config = goodsd_config(
+        server.url, setup.processes, setup.batch, "goodsd.handlers:noop", setup.wait_replicas
+    )
     name = f"{setup.design}-p{setup.processes}-b{setup.batch}".replace(":", "-")
     return GoodsdPool(workdir, name, setup.code, config, server.url)
 
@@ -325,12 +482,12 @@ def read(pool: Pool, server_pid: int) -> Reading:
     return Reading(time.perf_counter(), pool.handled(), workers, master, redis_cpu, own, machine)
 
 
-def measure(setup: Setup, server: LocalRedis, workdir: Path, plan: Plan) -> Sample:
+def measure(setup: Setup, server: BenchRedis, workdir: Path, plan: Plan) -> Sample:
     """One run of ``setup``: start on a full backlog, warm up, measure one window, stop."""
     fresh_backlog(server)
     server_pid = server.pid
     assert server_pid is not None
-    pool = start_pool(setup, server, workdir)
+    pool = start_pool(setup, server, workdir, plan)
     problems: list[str] = []
     try:
         pool.wait_ready()
@@ -350,7 +507,7 @@ def measure(setup: Setup, server: LocalRedis, workdir: Path, plan: Plan) -> Samp
 
 
 def measure_latency(
-    setup: Setup, server: LocalRedis, workdir: Path, samples: int
+    setup: Setup, server: BenchRedis, workdir: Path, samples: int
 ) -> tuple[float, float]:
     """Push single timestamped items on an idle queue; return the p50 and p99 pickup delays
     in ms (push to handler call)."""
@@ -388,6 +545,13 @@ def percentile(values: Sequence[float], pct: int) -> float:
 # --- what runs, and in which order ----------------------------------------------------------
 
 
+def code_label(code: Path, codes: Sequence[Path], wait_replicas: int = 0) -> str:
+    """``goodsd`` for this checkout alone; ``goodsd:<dir name>`` when checkouts are compared;
+    `` wait N`` after it for ``redis.wait_replicas: N``."""
+    label = "goodsd" if codes == (REPO_DIR,) else f"goodsd:{code.name}"
+    return f"{label} wait {wait_replicas}" if wait_replicas else label
+
+
 def setups(plan: Plan) -> list[Setup]:
     """Every throughput row, grouped by process count: classic, then bare and goodsd by batch."""
     rows: list[Setup] = []
@@ -399,8 +563,9 @@ def setups(plan: Plan) -> list[Setup]:
                 rows.append(Setup("bare", processes, batch))
             if "goodsd" in plan.designs:
                 rows += [
-                    Setup(code_label(code, plan.codes), processes, batch, code)
+                    Setup(code_label(code, plan.codes, wait), processes, batch, code, wait)
                     for code in plan.codes
+                    for wait in plan.wait_replicas
                 ]
     return rows
 
@@ -424,6 +589,54 @@ def rounds(plan: Plan) -> Iterator[tuple[int, Setup]]:
 # --- reporting ------------------------------------------------------------------------------
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as printed."""
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def describe_machine(server: BenchRedis, plan: Plan) -> list[str]:
+    """Lines naming the machine (CPUs, model, kernel) and the software versions."""
+    version = server.client().info("server")["redis_version"]
+    usable = len(os.sched_getaffinity(0))
+    return [
+        f"machine: {os.cpu_count()} CPUs ({usable} usable by this process), {cpu_model()},"
+        f" Linux {platform.release()}",
+        f"software: Python {platform.python_version()}, {client_library()},"
+        f" redis-server {version} {REDIS_KINDS[plan.redis]}"
+        + (
+            f"; redis.wait_replicas {', '.join(map(str, plan.wait_replicas))}"
+            if plan.wait_replicas != (0,)
+            else ""
+        ),
+    ]
+
+
+def client_library() -> str:
+    """redis-py's version, and hiredis's: without it, redis-py parses replies in Python,
+    which costs every design dearly per item."""
+    described = f"redis-py {importlib.metadata.version('redis')}"
+    try:
+        return f"{described} (hiredis {importlib.metadata.version('hiredis')})"
+    except importlib.metadata.PackageNotFoundError:
+        return f"{described} WITHOUT hiredis (replies parsed in Python: slower)"
+
+
+# What each --redis stands for, as the header says it.
+REDIS_KINDS = {
+    "server": "on a unix socket",
+    "cluster": "on TCP, the queue on one node of a 3-node cluster (redis+cluster://)",
+    "replicas": "on TCP, a primary with 2 replicas",
+}
+
+
 def describe_plan(plan: Plan) -> str:
     """One line saying what each run timed."""
     return (
@@ -431,6 +644,11 @@ def describe_plan(plan: Plan) -> str:
         f" window, {plan.warmup:g} s after all its processes are up, on a backlog of"
         f" {plan.backlog:,} items"
     )
+
+
+def spread(values: Sequence[float]) -> str:
+    """``min-max`` of ``values``, with thousands separators."""
+    return f"{min(values):,.0f}-{max(values):,.0f}"
 
 
 def throughput_row(results: Results, setup: Setup, samples: Sequence[Sample], width: int) -> str:
@@ -530,6 +748,40 @@ def goal_lines(results: Results) -> list[str]:
 # --- main -----------------------------------------------------------------------------------
 
 
+def int_list(text: str) -> tuple[int, ...]:
+    """ "1,2,4" -> (1, 2, 4); each at least 1."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of numbers: {text!r}"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"each number must be at least 1: {text!r}")
+    return values
+
+
+def wait_list(text: str) -> tuple[int, ...]:
+    """``--wait-replicas`` argument: "0,1" -> (0, 1); each 0 or more."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if min(values) < 0:
+        raise argparse.ArgumentTypeError(f"each number must be at least 0: {text!r}")
+    return values
+
+
+def checkout(text: str) -> Path:
+    """``--code`` argument: the resolved path of a goodsd checkout."""
+    path = Path(text).resolve()
+    if not (path / "goodsd" / "__main__.py").is_file():
+        raise argparse.ArgumentTypeError(
+            f"{text}: not a checkout of goodsd (no goodsd/__main__.py)"
+        )
+    return path
+
+
 def parse_args(argv: Sequence[str] | None) -> Plan:
     """The command line as a Plan; argparse exits 2 on a bad one."""
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
@@ -547,6 +799,21 @@ def parse_args(argv: Sequence[str] | None) -> Plan:
         help="which to measure, of classic,bare,goodsd,latency (default all)",
     )
     parser.add_argument(
+        "--redis",
+        choices=sorted(REDIS_KINDS),
+        default="server",
+        help="server (default): one on a unix socket; cluster: the queue on a node of a"
+        " 3-node cluster; replicas: a primary with 2 replicas (goodsd rows only, but for"
+        " server)",
+    )
+    parser.add_argument(
+        "--wait-replicas",
+        type=wait_list,
+        default=(0,),
+        metavar="N[,N...]",
+        help="goodsd's redis.wait_replicas, each a row (with --redis replicas; default 0)",
+    )
+    parser.add_argument(
         "--code",
         type=checkout,
         action="append",
@@ -562,6 +829,10 @@ def parse_args(argv: Sequence[str] | None) -> Plan:
     window = args.window or (0.5 if args.quick else 1.0)
     if runs < 1 or window <= 0 or args.backlog < 1:
         parser.error("--runs, --window and --backlog must be positive")
+    if args.redis != "server" and set(designs) != {"goodsd"}:
+        parser.error("--redis cluster and replicas measure goodsd only: add --designs goodsd")
+    if args.wait_replicas != (0,) and args.redis != "replicas":
+        parser.error("--wait-replicas needs --redis replicas")
     latency = ((1, 100),) if args.quick else ((1, 100), (4, 100))
     return Plan(
         runs=runs,
@@ -574,10 +845,12 @@ def parse_args(argv: Sequence[str] | None) -> Plan:
         codes=tuple(args.code or (REPO_DIR,)),
         latency=latency if "latency" in designs else (),
         latency_samples=100 if args.quick else 300,
+        redis=args.redis,
+        wait_replicas=args.wait_replicas,
     )
 
 
-def run_all(plan: Plan, server: LocalRedis, workdir: Path, results: Results) -> None:
+def run_all(plan: Plan, server: BenchRedis, workdir: Path, results: Results) -> None:
     """Every throughput run, round by round, then every latency run."""
     if any(d in plan.designs for d in ("classic", "bare", "goodsd")):
         build_template(server, plan.backlog)
@@ -597,8 +870,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = Results()
     load_before = load_average()
     status = 0
-    with LocalRedis() as server, tempfile.TemporaryDirectory(prefix="goodsd-bench-") as tmp:
-        header = describe_machine(server)
+    with (
+        bench_redis(plan.redis) as server,
+        tempfile.TemporaryDirectory(prefix="goodsd-bench-") as tmp,
+    ):
+        header = describe_machine(server, plan)
         try:
             run_all(plan, server, Path(tmp), results)
         except BenchError as exc:

@@ -52,7 +52,7 @@ def consumer_main(
     ready: Callable[[], None],
     client: redis.Redis,
 ) -> int:
-    store = RedisConsumerStore(client, config.queue)
+    store = RedisConsumerStore(client, config.queue, config.redis.wait_replicas)
     # One item at a time: the plain loop, with no thread and no event loop running.
     kind = Consumer if config.consumers.concurrency == 1 else ConcurrentConsumer
     worker = kind(config, identity, board, ready, store, time.monotonic)
@@ -66,7 +66,7 @@ def producer_main(
     ready: Callable[[], None],
     client: redis.Redis,
 ) -> int:
-    store = ProducerStore(client, config.queue)
+    store = ProducerStore(client, config.queue, config.redis.wait_replicas)
     worker = producer_mod.Producer(config, identity, board, ready, store, time.monotonic)
     return producer_mod.run(worker)
 
@@ -105,7 +105,7 @@ def child_main(
     try:
         # The client first: it reads the password; then the password leaves the environment,
         # before any user code runs, so nothing a handler starts inherits it.
-        client = connect(config.redis, f"goodsd-{child.role}-{os.getpid()}")
+        client = connect(config.redis, f"goodsd-{child.role}-{os.getpid()}", queue=config.queue)
         os.environ.pop("GOODSD_REDIS_PASSWORD", None)
         return ROLE_MAIN[child.role](
             config, consumer_identity(os.getpid(), token), child.board, ready, client

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 from collections.abc import Callable, Sequence
 from typing import IO
 from urllib.parse import unquote, urlsplit
@@ -281,7 +282,34 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"  producers: {p.processes} x {feed}")
     for spec in import_specs(cfg):
         print(f"  imported {spec}")
-    return 0
+    return redis_check(cfg) if args.redis else 0
+
+
+def redis_check(cfg: Config) -> int:
+    """``check --redis``: connect as the service would and report on the server, one line
+    each (see goodsd.deployment.report); warnings on stderr; exit 78 on any problem."""
+    from goodsd.deployment import report
+    from goodsd.redisconn import PasswordError, connect
+
+    try:
+        client = connect(cfg.redis, "goodsd-check", queue=cfg.queue, socket_timeout=5.0)
+    except PasswordError as exc:
+        print(f"{cfg.path}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        found = report(cfg, client)
+    finally:
+        client.close()
+    if found.lines:
+        print(f"redis at {display_url(cfg.redis.url)}:")
+    for line in found.lines:
+        print(f"  {line}")
+    prefix = "<4>" if logs.under_journal(os.environ) else ""
+    for warning in found.warnings:
+        print(f"{prefix}goodsd: warning: {warning}", file=sys.stderr)
+    for problem in found.problems:
+        print(f"{cfg.path}: {problem}", file=sys.stderr)
+    return EXIT_CONFIG if found.problems else 0
 
 
 def command_problem(cfg: Config) -> str | None:
@@ -358,6 +386,8 @@ def check_as_user(args: argparse.Namespace) -> int:
     # service's files, not where this interpreter lives (the import probe judges that).
     for url in ("redis://localhost/0", "unix:///run/redis.sock"):
         config_mod.parse(f"redis: {{url: '{url}'}}\nconsumers: {{processes: 0}}\n")
+    if args.redis:
+        import goodsd.deployment  # noqa: F401 - (see above)
     sys.stdout.flush()
     pid = os.fork()
     if pid == 0:
@@ -447,10 +477,55 @@ def _seconds(text: str) -> float:
     return value
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps each line of a description or epilog on its own, so paragraphs and the exit code
+    lists (``"  N   meaning"``, see _exit_codes) keep their lines; a code's meaning wraps under
+    itself."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        lines = []
+        for line in text.splitlines():
+            code, _, meaning = line.strip().partition(" ")
+            if line.startswith("  ") and code.isdigit():
+                first, rest = f"{indent}  {code:<4}", indent + " " * 6
+            else:
+                first, rest, meaning = indent, indent, line
+            lines.append(
+                textwrap.fill(meaning.strip(), width, initial_indent=first, subsequent_indent=rest)
+                if meaning.strip()
+                else ""
+            )
+        return "\n".join(lines)
+
+
+# Every command's --help ends with its exit codes (the man page shows the same lists).
+_FORMAT = _HelpFormatter
+_EXIT_USAGE = "  2   bad command-line arguments"
+_EXIT_CONFIG = "  78  bad config file (the message names its file, line and key)"
+
+
+def _exit_codes(*lines: str) -> str:
+    """An epilog listing exit codes, one ``"  N   meaning"`` line each."""
+    return "exit status:\n" + "\n".join(lines)
+
+
 def add_ops_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """push, status, dead, demo: the operator's commands."""
     push = sub.add_parser(
-        "push", parents=[common], help="push items (arguments, or one per line from stdin)"
+        "push",
+        parents=[common],
+        help="push items (arguments, or one per line from stdin)",
+        description="Push items into the ready list: the arguments, or else one item per line "
+        "of stdin (line endings removed, empty lines skipped, bytes kept as they are), 10,000 "
+        "per round trip, after what is already waiting. Items over 383 MiB are refused.",
+        epilog=_exit_codes(
+            "  0   every item was pushed",
+            "  1   Redis unreachable or failing (the message says how many went in), "
+            "an item over the limit, or interrupted",
+            _EXIT_USAGE,
+            _EXIT_CONFIG,
+        ),
+        formatter_class=_FORMAT,
     )
     push.add_argument("items", nargs="*", metavar="ITEM", help="items; none: read stdin lines")
     push.add_argument(
@@ -461,7 +536,21 @@ def add_ops_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentP
     )
     push.set_defaults(func=cmd_push)
 
-    status = sub.add_parser("status", parents=[common], help="the queue and its workers")
+    status = sub.add_parser(
+        "status",
+        parents=[common],
+        help="the queue and its workers",
+        description="Show the queue (backlog, in flight, retry waiting, dead), rates over one "
+        "second, the fleet's counters, and every master, consumer and producer registered in "
+        "Redis.",
+        epilog=_exit_codes(
+            "  0   shown (with --watch: stopped with Ctrl-C)",
+            "  1   Redis unreachable or failing",
+            _EXIT_USAGE,
+            _EXIT_CONFIG,
+        ),
+        formatter_class=_FORMAT,
+    )
     status.add_argument("--json", action="store_true", help="one JSON object instead of text")
     status.add_argument(
         "--watch",
@@ -473,26 +562,82 @@ def add_ops_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentP
     )
     status.set_defaults(func=cmd_status)
 
-    dead = sub.add_parser("dead", help="items that used up their attempts")
+    dead = sub.add_parser(
+        "dead",
+        help="items that used up their attempts",
+        description="Look at the dead list (items that used up their retries, or could not be "
+        "decoded), give its items another run, or delete it.",
+        epilog=_exit_codes(
+            "  0   done", "  1   see the action's --help", _EXIT_USAGE, _EXIT_CONFIG
+        ),
+        formatter_class=_FORMAT,
+    )
     dead_sub = dead.add_subparsers(dest="dead_command", required=True, metavar="ACTION")
-    listing = dead_sub.add_parser("list", parents=[common], help="newest dead items first")
+    listing = dead_sub.add_parser(
+        "list",
+        parents=[common],
+        help="newest dead items first",
+        description="List dead records, newest first: when, attempts, the item (as requeue "
+        "takes it back: base64:... for any item that is not plain text) and the last error.",
+        epilog=_exit_codes(
+            "  0   listed", "  1   Redis unreachable or failing", _EXIT_USAGE, _EXIT_CONFIG
+        ),
+        formatter_class=_FORMAT,
+    )
     listing.add_argument("--limit", type=_count(1), default=20, metavar="N", help="default 20")
     listing.add_argument("--json", action="store_true", help="one JSON object instead of text")
     listing.set_defaults(func=cmd_dead_list)
     requeue = dead_sub.add_parser(
-        "requeue", parents=[common], help="back to the ready list, attempts reset"
+        "requeue",
+        parents=[common],
+        help="back to the ready list, attempts reset",
+        description="Put dead items back at the pop end of the ready list, so they run next, "
+        "attempts counted from zero: every dead copy of each ITEM, or --all. Each record is "
+        "removed and its item pushed in one atomic step.",
+        epilog=_exit_codes(
+            "  0   every item requeued",
+            "  1   an item not found, an argument that is not valid base64, or Redis "
+            "unreachable or failing",
+            "  2   bad command-line arguments (neither or both of --all and ITEM)",
+            _EXIT_CONFIG,
+        ),
+        formatter_class=_FORMAT,
     )
     requeue.add_argument(
         "items", nargs="*", metavar="ITEM", help="dead items to requeue (base64:B64 = B64's bytes)"
     )
     requeue.add_argument("--all", action="store_true", help="every dead item")
     requeue.set_defaults(func=cmd_dead_requeue, parser=requeue)
-    purge = dead_sub.add_parser("purge", parents=[common], help="delete all dead items")
+    purge = dead_sub.add_parser(
+        "purge",
+        parents=[common],
+        help="delete all dead items",
+        description="Delete the dead list. Asks on a terminal; without one, refuses unless "
+        "given --yes, so a script never deletes by accident.",
+        epilog=_exit_codes(
+            "  0   deleted (or nothing to delete)",
+            "  1   refused or declined, or Redis unreachable or failing",
+            _EXIT_USAGE,
+            _EXIT_CONFIG,
+        ),
+        formatter_class=_FORMAT,
+    )
     purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     purge.set_defaults(func=cmd_dead_purge)
 
     demo = sub.add_parser(
-        "demo", help="watch goodsd work: private redis, producer, consumers, live view"
+        "demo",
+        help="watch goodsd work: private redis, producer, consumers, live view",
+        description="Start a private redis-server (from PATH) in a temp dir, a goodsd master "
+        "with consumers running goodsd.handlers:demo and a producer with goodsd.sources:counter, "
+        "and redraw a live view until Ctrl-C, which stops everything and removes the temp dir. "
+        "Reads no config file.",
+        epilog=_exit_codes(
+            "  0   stopped with Ctrl-C, nothing left running",
+            "  1   no redis-server on PATH, or the master exited on its own",
+            _EXIT_USAGE,
+        ),
+        formatter_class=_FORMAT,
     )
     demo.add_argument("--consumers", type=_count(1), default=4, metavar="N", help="default 4")
     demo.add_argument(
@@ -505,11 +650,51 @@ def add_ops_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentP
     demo.set_defaults(func=cmd_demo)
 
 
+def version_text() -> str:
+    """What ``goodsd --version`` prints: goodsd's version, then the redis-py (and hiredis)
+    and Python it runs with, and where that Python is, since a venv or a package pins them."""
+    import platform
+
+    import redis
+
+    try:
+        import hiredis
+
+        parser = f" with hiredis {hiredis.__version__}"
+    except ImportError:
+        parser = ", without hiredis"
+    return (
+        f"goodsd {__version__}\n"
+        f"redis-py {redis.__version__}{parser}\n"
+        f"Python {platform.python_version()} ({sys.executable})"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="goodsd", description="A supervised pool of worker processes for a Redis list."
+        prog="goodsd",
+        description="A supervised pool of worker processes for a Redis list: consumers claim "
+        "items atomically, run a handler and ack; optional producers fill the list; a master "
+        "supervises them under systemd. Each command has its own --help.",
+        epilog=_exit_codes(
+            "  0   clean stop (run), or the command did its job",
+            "  1   anything else: Redis unreachable or failing, an item not found, a purge "
+            "refused, a locked pidfile",
+            _EXIT_USAGE,
+            "  78  bad config, a handler, setup or source that cannot be loaded, an unreadable "
+            "password file, a Redis that refuses the login, a command goodsd needs (ACL) or its "
+            "unix socket, a metrics address that cannot be served",
+        )
+        + f"\n\nconfig: -c PATH, else $GOODSD_CONFIG, else {config_mod.DEFAULT_PATH}; "
+        "see goodsd(1) and goodsd.yaml(5)",
+        formatter_class=_FORMAT,
     )
-    parser.add_argument("--version", action="version", version=f"goodsd {__version__}")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=version_text(),
+        help="print goodsd's version and the redis-py and Python versions it runs with",
+    )
     parser.add_argument(
         "-c",
         "--config",
@@ -525,7 +710,26 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"config file (default: $GOODSD_CONFIG, else {config_mod.DEFAULT_PATH})",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = sub.add_parser("run", parents=[common], help="run the master in the foreground")
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run the master in the foreground",
+        description="Run the master: it starts the consumers and producers the config asks "
+        "for, supervises them and reports to systemd (Type=notify). In the foreground logs go "
+        "to stderr; --detach daemonizes without systemd after checking the config, the "
+        "imports, the pidfile and the log file. Signals: TERM/INT stop gracefully (a second "
+        "one kills the children), HUP reloads the config, TTIN/TTOU add or remove a consumer.",
+        epilog=_exit_codes(
+            "  0   clean stop",
+            "  1   a pidfile another goodsd holds, a log file that cannot be opened, no "
+            "/dev/log to detach to without --logfile, or an unexpected failure",
+            _EXIT_USAGE,
+            "  78  bad config, a handler, setup or source that cannot be loaded, an unreadable "
+            "password file, a Redis that refuses the login, a command goodsd needs (ACL) or its "
+            "unix socket, a metrics address that cannot be served",
+        ),
+        formatter_class=_FORMAT,
+    )
     run.add_argument(
         "--detach", action="store_true", help="daemonize (without systemd); needs --pidfile"
     )
@@ -534,7 +738,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--logfile", metavar="PATH", help="with --detach: append logs here (default: syslog)"
     )
     run.set_defaults(func=cmd_run)
-    check = sub.add_parser("check", parents=[common], help="validate config, import handler")
+    check = sub.add_parser(
+        "check",
+        parents=[common],
+        help="validate config, import handler",
+        description="Validate the config file and import the handler, setup and source it "
+        "names (in a throwaway interpreter), check that commands and setpriv can be found, that "
+        "the metrics address can be served and that a Redis unix socket may be opened. Sends "
+        "Redis nothing. Prints a summary, and warnings about secrets other users can read.",
+        epilog=_exit_codes(
+            "  0   the config is valid and everything it names imports",
+            "  2   bad command-line arguments, an unknown --as-user or --group, --as-user "
+            "without root",
+            "  78  the config is invalid, or something it names does not import within "
+            "--import-timeout",
+        ),
+        formatter_class=_FORMAT,
+    )
     check.add_argument(
         "--as-user",
         metavar="USER",
@@ -554,6 +774,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"give up on importing handler, setup and source after SECONDS "
         f"(default {IMPORT_TIMEOUT:g})",
+    )
+    check.add_argument(
+        "--redis",
+        action="store_true",
+        help="also connect to redis as the service would, and report on it",
     )
     check.set_defaults(func=cmd_check)
     add_ops_commands(sub, common)

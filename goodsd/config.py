@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import errno
-import ipaddress
 import math
 import os
 import re
@@ -25,7 +24,7 @@ from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 import redis
 import yaml
-from redis.connection import URL_QUERY_ARGUMENT_PARSERS
+from redis.connection import URL_QUERY_ARGUMENT_PARSERS, Connection, SSLConnection
 from yaml.events import (
     AliasEvent,
     CollectionEndEvent,
@@ -37,6 +36,9 @@ from yaml.events import (
 from yaml.nodes import MappingNode, Node, ScalarNode
 from yaml.reader import ReaderError
 from yaml.tokens import ScalarToken
+
+from goodsd import redisurl
+from goodsd.redisurl import Deployment
 
 DEFAULT_PATH = "/etc/goodsd.yaml"
 # The largest config file read. A full goodsd config is a few KiB; the limit keeps a wrong path
@@ -77,6 +79,11 @@ class ConfigError(Exception):
 class RedisConfig:
     url: str = "redis://127.0.0.1:6379/0"
     password_file: str | None = None
+    # Sentinel's own login, apart from the data nodes' (only with a redis+sentinel:// URL)
+    sentinel_username: str | None = None
+    sentinel_password_file: str | None = None
+    # replicas that must acknowledge a push or a settle before it counts (WAIT); 0: none
+    wait_replicas: int = 0
 
 
 @dataclass(frozen=True)
@@ -293,21 +300,25 @@ def read_password_file(path: str) -> tuple[str, int]:
 
 
 def _password_file_warnings(cfg: Config) -> tuple[str, ...]:
-    """Check now that ``redis.password_file`` can be read, as every goodsd process will at
-    its start; raises ConfigError at its line otherwise. Warns when other users can read it."""
-    name = cfg.redis.password_file
-    if not name:
-        return ()
-    key = "redis.password_file"
-    try:
-        _, mode = read_password_file(name)
-    except PasswordFileError as err:
-        raise ConfigError(cfg.path, cfg.lines.get(key), key, str(err)) from None
-    if mode & stat.S_IROTH:
-        return (
-            f"redis.password_file {name} can be read by every user on this host; {_restrict(name)}",
-        )
-    return ()
+    """Check now that ``redis.password_file`` and ``redis.sentinel_password_file`` can be read,
+    as every goodsd process will at its start; raises ConfigError at the key's line otherwise.
+    Warns when other users can read one."""
+    warnings = []
+    for key, name in (
+        ("redis.password_file", cfg.redis.password_file),
+        ("redis.sentinel_password_file", cfg.redis.sentinel_password_file),
+    ):
+        if not name:
+            continue
+        try:
+            _, mode = read_password_file(name)
+        except PasswordFileError as err:
+            raise ConfigError(cfg.path, cfg.lines.get(key), key, str(err)) from None
+        if mode & stat.S_IROTH:
+            warnings.append(
+                f"{key} {name} can be read by every user on this host; {_restrict(name)}"
+            )
+    return tuple(warnings)
 
 
 def _password_problem(data: bytes) -> str:
@@ -423,6 +434,19 @@ def url_has_password(url: str) -> bool:
 
 _Parse = Callable[[object], object]
 
+# What values each parser takes, in words, for the generated goodsd.yaml(5): see described_keys.
+_KINDS: dict[_Parse, str] = {}
+
+
+def _kind(text: str) -> Callable[[_Parse], _Parse]:
+    """Decorator: record ``text`` as what the parser takes ("integer, 0 to 1024")."""
+
+    def mark(parse: _Parse) -> _Parse:
+        _KINDS[parse] = text
+        return parse
+
+    return mark
+
 
 def _describe(value: object) -> str:
     """Name a YAML value the way the user wrote it, for 'expected X, got Y' messages."""
@@ -502,6 +526,7 @@ def _nonempty_string(value: object) -> str:
     return text
 
 
+@_kind("boolean (true or false)")
 def _boolean(value: object) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"expected true or false, got {_describe(value)}")
@@ -509,6 +534,7 @@ def _boolean(value: object) -> bool:
 
 
 def _integer(low: int, high: int) -> _Parse:
+    @_kind(f"integer, {low} to {high}")
     def parse(value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"expected an integer, got {_describe(value)}")
@@ -523,6 +549,7 @@ def _duration(low: float = 0.0, *, high: float, above: bool = False) -> _Parse:
     """A duration from low (exclusive when ``above``: a zero timeout would mean 'never wait')
     to high."""
 
+    @_kind(f"duration, {'above' if above else 'at least'} {_span(low)}, at most {_span(high)}")
     def parse(value: object) -> float:
         seconds = parse_duration(value)
         if above and seconds <= low:
@@ -539,6 +566,7 @@ def _duration(low: float = 0.0, *, high: float, above: bool = False) -> _Parse:
 def _choice(*options: str) -> _Parse:
     """One of a few words, case-insensitive, stored lower so comparisons stay simple."""
 
+    @_kind("one of " + ", ".join(options))
     def parse(value: object) -> str:
         text = _string(value)
         if text.lower() not in options:
@@ -550,7 +578,12 @@ def _choice(*options: str) -> _Parse:
 
 def _optional(parse: _Parse) -> _Parse:
     """Allow null, for keys whose default is 'not set'."""
-    return lambda value: None if value is None else parse(value)
+
+    @_kind(f"{_KINDS.get(parse, 'a value')}, or null")
+    def optional(value: object) -> object:
+        return None if value is None else parse(value)
+
+    return optional
 
 
 def _strings(value: object) -> tuple[str, ...]:
@@ -567,6 +600,7 @@ def _strings(value: object) -> tuple[str, ...]:
 _ABSOLUTE = "must be an absolute path (the service runs in /, where a relative one means nothing)"
 
 
+@_kind("list of absolute paths")
 def _absolute_paths(value: object) -> tuple[str, ...]:
     paths = _strings(value)
     for number, path in enumerate(paths, start=1):
@@ -575,6 +609,7 @@ def _absolute_paths(value: object) -> tuple[str, ...]:
     return paths
 
 
+@_kind("absolute path")
 def _absolute_path(value: object) -> str:
     path = _nonempty_string(value)
     if not os.path.isabs(path):
@@ -582,6 +617,7 @@ def _absolute_path(value: object) -> str:
     return path
 
 
+@_kind("list of strings: the program, then its arguments")
 def _command(value: object) -> tuple[str, ...]:
     """argv as a list: goodsd never splits a string, so quoting can't surprise anyone."""
     if not isinstance(value, list) or not value:
@@ -599,6 +635,7 @@ def _command(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+@_kind('string "module.path:callable"')
 def _callable_ref(value: object) -> str:
     """'module.path:callable'; checked here so a typo fails at `check`, not in every child."""
     text = _string(value)
@@ -609,6 +646,7 @@ def _callable_ref(value: object) -> str:
     return text
 
 
+@_kind("string, no whitespace, no { or }")
 def _queue_name(value: object) -> str:
     name = _nonempty_string(value)
     if any(char.isspace() for char in name):
@@ -656,14 +694,13 @@ _URL_TEXT_SETTINGS = frozenset(
         "ssl_ciphers",
     }
 )
-_HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
-_HOST_NAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
 
 
+@_kind("URL: redis://, rediss:// or unix://")
 def _redis_url(value: object) -> str:
-    """Check the URL the way redis-py will read it in goodsd.redisconn.connect: its shape, its
-    host, each query parameter, then redis-py's own parsing and connection class (which
-    connect to nothing). Messages never echo the URL, since it may hold a password."""
+    """Check the URL the way goodsd.redisconn.connect will read it: its shape, its hosts, each
+    query parameter, then redis-py's own parsing and connection class (which connect to
+    nothing). Messages never echo the URL, since it may hold a password."""
     url = _string(value)
     if any(char.isspace() or not char.isprintable() for char in url):
         raise ValueError(
@@ -671,7 +708,8 @@ def _redis_url(value: object) -> str:
         )
     if "#" in url:  # redis-py drops what follows, often the rest of a password
         raise ValueError("must not contain '#' (percent-encode it as %23)")
-    parts = _url_shape(url)
+    target = redisurl.parse(url)
+    parts = _url_shape(url) if target.deployment is Deployment.SERVER else urlsplit(url)
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name in _SET_BY_GOODSD:
             raise ValueError(f"query parameter {name}: set by goodsd")
@@ -683,21 +721,23 @@ def _redis_url(value: object) -> str:
         if name == "db" and not (value.isascii() and value.isdigit()):
             raise ValueError("query parameter db: must be a database number, e.g. db=0")
     try:
-        pool = redis.ConnectionPool.from_url(url)
-        pool.connection_class(**pool.connection_kwargs)
+        if target.deployment is Deployment.SERVER:
+            pool = redis.ConnectionPool.from_url(url)
+            pool.connection_class(**pool.connection_kwargs)
+        else:
+            (SSLConnection if target.tls else Connection)(**target.options)
     except Exception as exc:  # whatever redis-py raises for a URL it cannot use
         raise ValueError(_redis_py_reason(exc, parts)) from None
     return url
 
 
 def _url_shape(url: str) -> SplitResult:
-    """Scheme, host, port and database of a Redis URL, checked; raises ValueError."""
+    """Scheme, host, port and database of a one-server Redis URL, checked; raises
+    ValueError."""
     try:
         parts = urlsplit(url)
     except ValueError:  # e.g. an unclosed [ of an IPv6 host
         raise ValueError("not a valid URL") from None
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ValueError("must start with redis://, rediss:// or unix://")
     if parts.scheme == "unix":
         if parts.hostname or not parts.path.startswith("/"):
             raise ValueError("unix:// needs an absolute socket path, e.g. unix:///run/redis.sock")
@@ -708,20 +748,12 @@ def _url_shape(url: str) -> SplitResult:
         raise ValueError("port must be a number between 0 and 65535") from None
     if not parts.hostname:
         raise ValueError("needs a host, e.g. redis://127.0.0.1:6379/0")
-    if not _host_or_address(unquote(parts.hostname)):
+    if not redisurl.host_or_address(unquote(parts.hostname)):
         raise ValueError("the host must be a host name or an IP address")
     database = parts.path.lstrip("/")
     if database and not (database.isascii() and database.isdigit()):
         raise ValueError("the path must be a database number, e.g. redis://127.0.0.1:6379/0")
     return parts
-
-
-def _host_or_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return len(host) <= 253 and _HOST_NAME.fullmatch(host) is not None
-    return True
 
 
 def _redis_py_reason(exc: Exception, parts: SplitResult) -> str:
@@ -731,13 +763,15 @@ def _redis_py_reason(exc: Exception, parts: SplitResult) -> str:
         return f"query parameter {unexpected[1]}: not taken by a {parts.scheme}:// connection"
     message = str(exc)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    secrets = [parts.username, parts.password, *(v for n, v in query if secret_parameter(n))]
+    userinfo = parts.netloc.rpartition("@")[0]
+    secrets = [userinfo, *userinfo.split(":"), *(v for n, v in query if secret_parameter(n))]
     shown = [text for s in secrets if s for text in (s, unquote(s))]
     if not message or len(message) > 200 or any(text in message for text in shown):
         return f"redis-py cannot use it ({type(exc).__name__})"
     return f"redis-py cannot use it: {message}"
 
 
+@_kind('string "HOST:PORT" or "[IPv6]:PORT"')
 def _listen(value: object) -> str:
     text = _string(value)
     parse_listen(text)
@@ -769,6 +803,8 @@ MAX_ITEMS_MAX = 1_000_000_000
 CONCURRENCY_MAX = 10_000
 # The most items a Redis list can hold.
 LIST_MAX = 2**32 - 1
+# More replicas than any primary has: a larger number could never be met.
+WAIT_REPLICAS_MAX = 100
 
 _TOP_KEYS: dict[str, _Parse] = {
     "queue": _queue_name,
@@ -778,7 +814,13 @@ _TOP_KEYS: dict[str, _Parse] = {
 _SECTIONS: dict[str, tuple[type, dict[str, _Parse]]] = {
     "redis": (
         RedisConfig,
-        {"url": _redis_url, "password_file": _optional(_absolute_path)},
+        {
+            "url": _redis_url,
+            "password_file": _optional(_absolute_path),
+            "sentinel_username": _optional(_nonempty_string),
+            "sentinel_password_file": _optional(_absolute_path),
+            "wait_replicas": _integer(0, WAIT_REPLICAS_MAX),
+        },
     ),
     "consumers": (
         ConsumersConfig,
@@ -826,6 +868,29 @@ _SECTIONS: dict[str, tuple[type, dict[str, _Parse]]] = {
     ),
     "metrics": (MetricsConfig, {"listen": _optional(_listen)}),
 }
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """One key of the config file, as goodsd.yaml(5) describes it (see described_keys)."""
+
+    key: str  # dotted, e.g. "consumers.batch"
+    default: object  # the value when the file leaves the key out (a tuple for lists)
+    kind: str  # what values it takes, in words: "integer, 1 to 10000"
+
+
+def described_keys() -> list[KeyInfo]:
+    """Every key of the config file in schema order, with its default and what it takes."""
+    defaults = Config()
+    found = [
+        KeyInfo(name, getattr(defaults, name), _KINDS.get(p, "")) for name, p in _TOP_KEYS.items()
+    ]
+    for section, (_, schema) in _SECTIONS.items():
+        values = getattr(defaults, section)
+        for name, parse in schema.items():
+            found.append(KeyInfo(f"{section}.{name}", getattr(values, name), _KINDS.get(parse, "")))
+    return found
+
 
 # --- reading YAML ----------------------------------------------------------------------------
 
@@ -1072,6 +1137,12 @@ class _Builder:
     def check_relations(self, config: Config) -> None:
         """Rules that involve two keys; blame the key the user actually wrote."""
         consumers, producer = config.consumers, config.producer
+        sentinel = redisurl.parse(config.redis.url).deployment is Deployment.SENTINEL
+        for key in ("sentinel_username", "sentinel_password_file"):
+            if getattr(config.redis, key) is not None and not sentinel:
+                dotted = f"redis.{key}"
+                reason = "only for a redis+sentinel:// or rediss+sentinel:// url"
+                raise self.error(self.value_lines.get(dotted), dotted, reason)
         self.one_of("consumers", "handler", "command", config, consumers.processes > 0)
         self.one_of("producer", "source", "command", config, producer.processes > 0)
         if producer.low_watermark >= producer.high_watermark:

@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import redis
 
+from goodsd import deployment, redisurl
 from goodsd.children import (
     TIMEOUT_GRACE,
     Child,
@@ -27,6 +28,7 @@ from goodsd.children import (
     overdue,
 )
 from goodsd.config import Config, RedisConfig
+from goodsd.ops.common import display_url
 from goodsd.redisconn import Outage, classify, connect, refusal, refused_commands, waiting_on
 from goodsd.scoreboard import Reading
 from goodsd.store import Registration, RetryPolicy, Upkeep
@@ -170,7 +172,12 @@ class Housekeeping:
         on the first call."""
         key = (config.redis, config.queue)
         if key not in self.queues:
-            client = connect(config.redis, "goodsd-master", socket_timeout=MASTER_SOCKET_TIMEOUT)
+            client = connect(
+                config.redis,
+                "goodsd-master",
+                queue=config.queue,
+                socket_timeout=MASTER_SOCKET_TIMEOUT,
+            )
             self.queues[key] = Upkeep(client, config.queue)
         return self.queues[key]
 
@@ -239,15 +246,17 @@ class Housekeeping:
         self.requeues = remaining
         return done
 
-    def check_access(self, queue: Upkeep) -> bool:
-        """Check that Redis lets goodsd run every command it needs (``refused_commands``),
-        and warn about settings that can lose items. A Redis that does not answer yet is no
-        refusal: ``access_check_due`` says when to check again. Returns False when Redis
-        refuses goodsd (its login, an ACL permission, its socket), logged here."""
+    def check_access(self, queue: Upkeep, config: Config) -> bool:
+        """Check that Redis lets goodsd run every command it needs (``refused_commands``) and
+        that ``config``'s URL form suits the server (``wrong_form``), and warn about settings
+        that can lose items. A Redis that does not answer yet is no refusal:
+        ``access_check_due`` says when to check again. Returns False when Redis refuses
+        goodsd (its login, an ACL permission, its socket) or the URL form is wrong, logged
+        here."""
         now = self.clock()
         self.access_check_at = now + RETRY_EVERY
         try:
-            refused = refused_commands(queue)
+            refused = refused_commands(queue, waits=config.redis.wait_replicas > 0)
         except REDIS_ERRORS as exc:
             trouble = classify(exc)
             if trouble is None:  # an answer the check did not expect: do not hold up the start
@@ -269,9 +278,12 @@ class Housekeeping:
                 ", ".join(refused),
             )
             return False
+        if problem := self.wrong_form(config):
+            log.critical("%s; exiting", problem)
+            return False
         self.outage.succeeded(now, "access check")
         self.access_checked = True
-        warn_about_settings(queue.client)
+        warn_about_settings(queue.client, config.redis)
         return True
 
     def access_check_due(self) -> bool:
@@ -282,19 +294,29 @@ class Housekeeping:
         """Consumer ids whose requeue waits for Redis."""
         return {rec.identity for rec in self.requeues}
 
+    def wrong_form(self, config: Config) -> str | None:
+        """Why ``redis.url`` does not suit the server it reaches (a redis:// URL at a Cluster
+        node or a replica; see goodsd.deployment), or None, also when the server cannot say."""
+        queue = self.queue_for(config)
+        try:
+            told = deployment.facts(queue.client)
+        except REDIS_ERRORS as exc:
+            log.debug("cannot ask redis what it is: %s", exc)
+            return None
+        target = redisurl.parse(config.redis.url)
+        return deployment.wrong_form(target, told, display_url(config.redis.url))
 
-def warn_about_settings(client: redis.Redis) -> None:
-    """Warn about a Redis too old for goodsd, or one that may evict items."""
+
+def warn_about_settings(client: redis.Redis, cfg: RedisConfig | None = None) -> None:
+    """Warn about a Redis too old for goodsd, one that may evict items, and (given ``cfg``,
+    the redis settings it was reached with) a primary whose failover can lose acknowledged
+    writes, or that has fewer replicas than ``redis.wait_replicas`` waits for."""
     try:
-        info = client.info("server")
+        info = client.info()  # the default sections: server, memory, replication...
     except REDIS_ERRORS as exc:  # INFO may be refused to goodsd's user
         log.debug("cannot read the redis version: %s", exc)
         return
-    try:
-        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
-    except REDIS_ERRORS as exc:  # CONFIG may be disabled on managed servers
-        log.debug("cannot read redis settings: %s", exc)
-        policy = None
+    policy = info.get("maxmemory_policy")  # (CONFIG GET would need @admin)
     version = tuple(int(p) for p in str(info.get("redis_version", "0")).split(".")[:2])
     if version < (6, 2):
         log.error(
@@ -302,3 +324,6 @@ def warn_about_settings(client: redis.Redis) -> None:
         )
     if policy and policy != "noeviction":
         log.warning("redis maxmemory-policy is %s: items may be evicted; use noeviction", policy)
+    if cfg is not None:
+        for warning in deployment.replication_warnings(info, cfg):
+            log.warning("%s", warning)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -17,6 +18,8 @@ from pathlib import Path
 from types import TracebackType
 
 import redis
+
+from goodsd.clusterslot import queue_slot
 
 # Linux limits sun_path to 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
@@ -51,7 +54,12 @@ class LocalRedis:
     """
 
     def __init__(
-        self, directory: str | None = None, *, tcp_port: int = 0, log_name: str = "redis.log"
+        self,
+        directory: str | None = None,
+        *,
+        tcp_port: int = 0,
+        log_name: str = "redis.log",
+        settings: tuple[str, ...] = (),
     ) -> None:
         # mkdtemp in /tmp, not $TMPDIR: a long TMPDIR would push the socket path over the limit.
         self._owns_directory = directory is None
@@ -64,6 +72,7 @@ class LocalRedis:
             )
         self.log_path = os.path.join(self.directory, log_name)
         self.tcp_port = tcp_port
+        self.settings = settings  # more redis-server arguments, e.g. ("--appendonly", "yes")
         if tcp_port:
             self.url = f"redis://127.0.0.1:{tcp_port}"
         else:
@@ -114,6 +123,7 @@ class LocalRedis:
         ]  # fmt: skip
         if self.tcp_port:
             argv += ["--bind", "127.0.0.1"]
+        argv += self.settings
         # stdout/stderr go to the log as well: errors before redis opens its logfile land there.
         with open(self.log_path, "ab") as log:
             # Own session: a ^C in the terminal must not kill Redis under a running daemon.
@@ -205,3 +215,267 @@ class LocalRedis:
     def _remove_directory(self) -> None:
         if self._owns_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# The slots of a Redis Cluster.
+CLUSTER_SLOTS = 16384
+
+
+def free_tcp_port(*, bus: bool = False) -> int:
+    """A TCP port on 127.0.0.1 that is free now; with ``bus``, its cluster bus port (10000
+    more) is free too. Another process may take it before it is used: callers retry."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if not bus:
+            return port
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+class LocalCluster:
+    """A Redis Cluster of private redis-servers on 127.0.0.1, one primary per node (no
+    replicas), the slots split evenly, in one temp dir; used as a context manager."""
+
+    def __init__(self, nodes: int = 3, *, settings: tuple[str, ...] = ()) -> None:
+        self.size = nodes
+        self.settings = settings  # more redis-server arguments for every node
+        self.directory = tempfile.mkdtemp(prefix="goodsd-cluster-", dir="/tmp")
+        self.nodes: list[LocalRedis] = []
+
+    @property
+    def url(self) -> str:
+        """A redis+cluster:// URL naming every node."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.tcp_port}" for n in self.nodes)
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for node in self.nodes:
+            node.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start the nodes, give each its share of the slots, introduce them to each other,
+        and return once every node sees every slot served (``cluster_state:ok``)."""
+        for number in range(self.size):
+            self.nodes.append(self._start_node(number))
+        share = CLUSTER_SLOTS // self.size
+        for number, node in enumerate(self.nodes):
+            last = CLUSTER_SLOTS - 1 if number == self.size - 1 else (number + 1) * share - 1
+            with node.client() as client:
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", number * share, last)
+        with self.nodes[0].client() as first:
+            for node in self.nodes[1:]:
+                first.execute_command("CLUSTER", "MEET", "127.0.0.1", node.tcp_port)
+        self.wait_until_settled(timeout)
+
+    def _start_node(self, number: int) -> LocalRedis:
+        directory = os.path.join(self.directory, str(number))
+        os.mkdir(directory)
+        for _ in range(20):  # a port taken meanwhile by someone else: try another
+            node = LocalRedis(
+                directory,
+                tcp_port=free_tcp_port(bus=True),
+                settings=(
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", "nodes.conf",
+                    "--cluster-node-timeout", "2000",
+                    *self.settings,
+                ),
+            )  # fmt: skip
+            try:
+                node.start()
+            except RuntimeError:
+                continue
+            return node
+        raise RuntimeError(f"no free ports for cluster node {number}")
+
+    def slots_seen(self) -> list[dict[int, int]]:
+        """For each node: slot range start -> port of the node serving it, as that node
+        sees the cluster."""
+        seen = []
+        for node in self.nodes:
+            with node.client() as client:
+                ranges = client.execute_command("CLUSTER", "SLOTS")
+            seen.append({int(r[0]): int(r[2][1]) for r in ranges})
+        return seen
+
+    def wait_until_settled(self, timeout: float = 20.0) -> None:
+        """Return once every node reports ``cluster_state:ok`` and all agree on who serves
+        which slots; raise otherwise."""
+        deadline = time.monotonic() + timeout
+        while True:
+            states = []
+            for node in self.nodes:
+                with node.client() as client:
+                    states.append(client.execute_command("CLUSTER", "INFO"))
+            ok = all(b"cluster_state:ok" in state for state in states)
+            if ok:
+                seen = self.slots_seen()
+                if all(view == seen[0] for view in seen):
+                    return
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"cluster not settled within {timeout:g}s")
+            time.sleep(0.05)
+
+    def serving(self, queue: str) -> LocalRedis:
+        """The node that serves ``queue``'s slot."""
+        slot = queue_slot(queue)
+        with self.nodes[0].client() as client:
+            ranges = client.execute_command("CLUSTER", "SLOTS")
+        port = next(int(r[2][1]) for r in ranges if int(r[0]) <= slot <= int(r[1]))
+        return next(node for node in self.nodes if node.tcp_port == port)
+
+    def node_id(self, node: LocalRedis) -> str:
+        with node.client() as client:
+            return client.execute_command("CLUSTER", "MYID").decode()
+
+    def flush(self) -> None:
+        """Empty every node."""
+        for node in self.nodes:
+            with node.client() as client:
+                client.flushall()
+
+
+class LocalSentinels:
+    """A primary, its replicas and the sentinels that watch them, private redis-servers on
+    127.0.0.1 in one temp dir; used as a context manager. ``url`` is goodsd's
+    redis+sentinel:// URL for them. Replication starts at once (diskless, no delay) and the
+    sentinels take a primary for down after a second, so a failover takes a few seconds."""
+
+    def __init__(
+        self,
+        replicas: int = 2,
+        sentinels: int = 3,
+        *,
+        service: str = "goods",
+        settings: tuple[str, ...] = (),
+        sentinel_password: str | None = None,
+    ) -> None:
+        self.service = service
+        self.settings = settings  # more redis-server arguments for the primary and replicas
+        self.sentinel_password = sentinel_password  # the sentinels' requirepass, if any
+        self.directory = tempfile.mkdtemp(prefix="goodsd-sentinel-", dir="/tmp")
+        self.replica_count = replicas
+        self.sentinel_count = sentinels
+        self.servers: list[LocalRedis] = []  # the first is the primary at start
+        self.sentinel_ports: list[int] = []
+        self._sentinels: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{self.service}"
+
+    def __enter__(self) -> LocalSentinels:
+        try:
+            self.start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for process in self._sentinels:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+        for server in self.servers:
+            server.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start them all; return once every replica is in sync and every sentinel knows the
+        primary, its replicas and the other sentinels."""
+        replication = ("--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0")
+        primary = self._server("primary", (*replication, *self.settings))
+        for number in range(self.replica_count):
+            following = ("--replicaof", "127.0.0.1", str(primary.tcp_port))
+            self._server(f"replica{number}", (*replication, *self.settings, *following))
+        for number in range(self.sentinel_count):
+            self._start_sentinel(number, primary.tcp_port)
+        deadline = time.monotonic() + timeout
+        while not self._settled():
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"sentinels not settled within {timeout:g}s")
+            time.sleep(0.05)
+
+    def _server(self, name: str, settings: tuple[str, ...]) -> LocalRedis:
+        directory = os.path.join(self.directory, name)
+        os.mkdir(directory)
+        for _ in range(20):  # a port taken meanwhile by someone else: try another
+            server = LocalRedis(directory, tcp_port=free_tcp_port(), settings=settings)
+            try:
+                server.start()
+            except RuntimeError:
+                continue
+            self.servers.append(server)
+            return server
+        raise RuntimeError(f"no free port for {name}")
+
+    def _start_sentinel(self, number: int, primary_port: int) -> None:
+        directory = os.path.join(self.directory, f"sentinel{number}")
+        os.mkdir(directory)
+        port = free_tcp_port()
+        conf = os.path.join(directory, "sentinel.conf")
+        with open(conf, "w") as out:
+            out.write(
+                f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
+                f"logfile {os.path.join(directory, 'sentinel.log')}\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {primary_port} 2\n"
+                f"sentinel down-after-milliseconds {self.service} 1000\n"
+                f"sentinel failover-timeout {self.service} 5000\n"
+            )
+            if self.sentinel_password:
+                out.write(f"requirepass {self.sentinel_password}\n")
+        process = subprocess.Popen(
+            [find_redis_server(), conf, "--sentinel"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self._sentinels.append(process)
+        self.sentinel_ports.append(port)
+
+    def sentinel(self, number: int = 0) -> redis.Redis:
+        """A client of one sentinel."""
+        return redis.Redis(
+            port=self.sentinel_ports[number], password=self.sentinel_password, socket_timeout=2.0
+        )
+
+    def _settled(self) -> bool:
+        for number in range(self.sentinel_count):
+            try:
+                with self.sentinel(number) as client:
+                    state = client.sentinel_master(self.service)
+            except redis.RedisError:
+                return False
+            if state["num-slaves"] < self.replica_count:
+                return False
+            if state["num-other-sentinels"] < self.sentinel_count - 1:
+                return False
+        with self.primary().client() as client:
+            info = client.info("replication")
+        online = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+        return len(online) == self.replica_count and all(r.get("state") == "online" for r in online)
+
+    def primary(self) -> LocalRedis:
+        """The server the sentinels name primary now."""
+        with self.sentinel() as client:
+            _, port = client.sentinel_get_master_addr_by_name(self.service)
+        return next(s for s in self.servers if s.tcp_port == int(port))

@@ -692,7 +692,7 @@ class Master:
     def check_redis(self) -> bool:
         """The access check before the first READY=1 (``Housekeeping.check_access``); False
         when Redis refuses goodsd: the service then exits 78."""
-        return self.redis.check_access(self.queue)
+        return self.redis.check_access(self.queue, self.config)
 
     def redis_ready(self) -> bool:
         """Whether Redis's permissions were checked, as the first READY=1 requires. While Redis

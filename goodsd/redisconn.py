@@ -10,6 +10,7 @@ import errno
 import logging
 import os
 import re
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,9 +20,13 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from goodsd import redisurl
 from goodsd.backoff import backoff_delay
+from goodsd.clusterslot import NotACluster, slot_client
 from goodsd.config import PasswordFileError, RedisConfig, read_password_file
+from goodsd.redisurl import Deployment
 from goodsd.scoreboard import REDIS_WAIT_SHIFT
+from goodsd.sentinels import NotASentinel, primary_client
 from goodsd.store import Upkeep
 from goodsd.store.scripts import ScriptsReloaded
 
@@ -30,6 +35,10 @@ T = TypeVar("T")
 
 # Name of the systemd credential (LoadCredential=redis-password:...) read when present.
 CREDENTIAL_NAME = "redis-password"
+# The same for the password of Sentinel itself.
+SENTINEL_CREDENTIAL_NAME = "redis-sentinel-password"
+# How long a sentinel, or a cluster node asked who serves a slot, may take to answer.
+ASK_TIMEOUT = 2.0
 # Everything a Redis call can raise that may be Redis trouble; ``classify`` tells which it is.
 REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OSError)
 
@@ -69,9 +78,31 @@ def without_secrets(environ: Mapping[str, str]) -> dict[str, str]:
     return {key: value for key, value in environ.items() if key not in SECRET_ENVIRONMENT}
 
 
-def connect(cfg: RedisConfig, name: str, *, socket_timeout: float = 10.0) -> redis.Redis:
+def sentinel_password(cfg: RedisConfig, environ: Mapping[str, str]) -> str | None:
+    """The password for Sentinel itself (not for the data nodes): ``redis.sentinel_password_file``,
+    else the systemd credential ``redis-sentinel-password``; None when neither is set. Raises
+    PasswordError like ``password``."""
+    if cfg.sentinel_password_file:
+        return _read_secret(cfg.sentinel_password_file, "redis.sentinel_password_file")
+    credentials = environ.get("CREDENTIALS_DIRECTORY")
+    if credentials:
+        path = os.path.join(credentials, SENTINEL_CREDENTIAL_NAME)
+        if os.path.exists(path):
+            return _read_secret(path, f"the credential {SENTINEL_CREDENTIAL_NAME}")
+    return None
+
+
+def connect(
+    cfg: RedisConfig, name: str, *, queue: str = "", socket_timeout: float = 10.0
+) -> redis.Redis:
     """A client that fails fast on a dead server (timeouts) instead of hanging a worker.
-    Blocking calls must wait less than ``socket_timeout``."""
+    Blocking calls must wait less than ``socket_timeout``. Built, not connected: it connects
+    on its first call.
+
+    Whatever the URL's form, the client is a single-server redis-py client: for a Sentinel
+    URL its connections go to the primary the sentinels name (asked on every connect); for a
+    Cluster URL to the node serving ``queue``'s slot (which the URL needs), see
+    goodsd.clusterslot. So goodsd's scripts, pipelines and transactions work alike on all."""
     kwargs: dict[str, object] = {
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": min(socket_timeout, 5.0),
@@ -84,7 +115,38 @@ def connect(cfg: RedisConfig, name: str, *, socket_timeout: float = 10.0) -> red
     secret = password(cfg, os.environ)
     if secret is not None:
         kwargs["password"] = secret
-    return redis.Redis.from_url(cfg.url, **kwargs)
+    target = redisurl.parse(cfg.url)
+    if target.deployment is Deployment.SERVER:
+        return redis.Redis.from_url(cfg.url, **kwargs)
+    # as in from_url, what the URL says wins over goodsd's defaults (the password file)
+    options = {**kwargs, **target.options}
+    ask = {
+        key: value
+        for key, value in options.items()
+        if key.startswith("ssl_") or key in ("username", "password", "retry")
+    }
+    ask.update(socket_timeout=min(socket_timeout, ASK_TIMEOUT))
+    ask.update(socket_connect_timeout=min(socket_timeout, ASK_TIMEOUT))
+    if target.deployment is Deployment.SENTINEL:
+        sentinel_kwargs = {
+            **{k: v for k, v in ask.items() if k not in ("username", "password")},
+            "ssl": target.tls,
+        }
+        if cfg.sentinel_username:
+            sentinel_kwargs["username"] = cfg.sentinel_username
+        if (secret := sentinel_password(cfg, os.environ)) is not None:
+            sentinel_kwargs["password"] = secret
+        return primary_client(
+            target.nodes,
+            target.service,
+            tls=target.tls,
+            sentinel_kwargs=sentinel_kwargs,
+            db=target.db,
+            **options,
+        )
+    if not queue:
+        raise ValueError("a cluster client serves one queue: give its name")
+    return slot_client(target.nodes, queue, tls=target.tls, ask=ask, **options)
 
 
 # -- what a Redis error means ----------------------------------------------------------------
@@ -108,6 +170,11 @@ class Kind(enum.Enum):
     LOGIN_REFUSED = (10, "login refused", True, False)
     NO_PERMISSION = (11, "ACL permission denied", True, False)
     SOCKET_DENIED = (12, "socket permission denied", True, False)
+    SLOT_MOVED = (13, "cluster slot moved", False, False)
+    SLOT_MIGRATING = (14, "cluster slot migrating", False, False)
+    CLUSTER_DOWN = (15, "cluster down", False, False)
+    WRONG_FORM = (16, "redis.url names another kind of deployment", True, False)
+    TLS_REFUSED = (17, "TLS handshake failed", True, False)
 
     def __init__(self, code: int, label: str, fatal: bool, reads_work: bool) -> None:
         self.code = code
@@ -141,16 +208,23 @@ REPLY_CODES: dict[str, Kind] = {
     "MASTERDOWN": Kind.PRIMARY_DOWN,
     "LOADING": Kind.LOADING,
     "BUSY": Kind.BUSY,
-    "TRYAGAIN": Kind.BUSY,
+    "MOVED": Kind.SLOT_MOVED,
+    "ASK": Kind.SLOT_MIGRATING,
+    "TRYAGAIN": Kind.SLOT_MIGRATING,
+    "CLUSTERDOWN": Kind.CLUSTER_DOWN,
     "NOPERM": Kind.NO_PERMISSION,
     "WRONGPASS": Kind.LOGIN_REFUSED,
     "NOAUTH": Kind.LOGIN_REFUSED,
     "UNBLOCKED": Kind.UNBLOCKED,
 }
+# Cluster replies whose code redis-py drops, leaving what alone tells nothing ("3387 h:7001").
+REDIRECTS = frozenset({"MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"})
 # Errors that are not an error reply, by class; the first match decides (subclasses first:
 # redis-py makes a refused login and a loading server kinds of ConnectionError).
 ERROR_CLASSES: tuple[tuple[type[BaseException], Kind], ...] = (
     (ScriptsReloaded, Kind.RESTARTED),
+    (NotACluster, Kind.WRONG_FORM),
+    (NotASentinel, Kind.WRONG_FORM),
     (redis.AuthenticationError, Kind.LOGIN_REFUSED),
     (redis.exceptions.AuthorizationError, Kind.LOGIN_REFUSED),
     (redis.exceptions.BusyLoadingError, Kind.LOADING),
@@ -175,10 +249,17 @@ def classify(exc: BaseException) -> Trouble | None:
     such as WRONGTYPE or a failing script: a bug, not the server's state)."""
     detail = str(exc)
     if isinstance(exc, redis.ResponseError):
-        kind = REPLY_CODES.get(reply_code(exc))
+        code = reply_code(exc)
+        kind = REPLY_CODES.get(code)
+        if code in REDIRECTS:  # redis-py keeps only the rest ("3387 10.0.0.7:7001")
+            note = _PIPELINE_NOTE.match(detail)
+            at = note.end() if note else 0
+            detail = f"{detail[:at]}{code} {detail[at:]}"
         return Trouble(kind, detail) if kind else None
     if (path := denied_socket(exc)) is not None:
         return Trouble(Kind.SOCKET_DENIED, path)
+    if failed_handshake(exc):
+        return Trouble(Kind.TLS_REFUSED, detail)
     for cls, kind in ERROR_CLASSES:
         if isinstance(exc, cls):
             return Trouble(kind, detail)
@@ -211,6 +292,18 @@ def denied_socket(exc: BaseException) -> str | None:
         return None
     match = _SOCKET_PATH.search(str(exc))
     return match.group(1) if match else None
+
+
+def failed_handshake(exc: BaseException) -> bool:
+    """Whether ``exc`` is a connect that failed in its TLS handshake: a certificate the other
+    side does not trust (or none where one is required), or no TLS at all on the other end.
+    The config (the URL's ssl_* settings) or the server's certificates must change."""
+    if not isinstance(exc, redis.ConnectionError):
+        return False
+    cause = exc.__cause__ or exc.__context__
+    # a connection closed or cut mid-handshake (a server restarting) is an outage
+    cut = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+    return isinstance(cause, ssl.SSLError) and not isinstance(cause, cut)
 
 
 class AccessDenied(Exception):
@@ -246,6 +339,10 @@ BACKOFF_BASE = 0.1
 BACKOFF_MAX = 5.0
 # Longest sleep between heartbeats while backing off.
 BEAT_EVERY = 0.25
+# Troubles whose reply settles them, so the next attempt can come at once rather than after
+# a delay grown during the outage before: a Redis that forgot the scripts has them again, a
+# moved slot's new node is known. (One base delay all the same, never a tight loop.)
+SETTLED_KINDS = frozenset({Kind.RESTARTED, Kind.SLOT_MOVED})
 # While an outage lasts, at most one line per this many seconds says it still does.
 OUTAGE_LOG_EVERY = 60.0
 
@@ -281,6 +378,8 @@ class Outage:
                 trouble.summary,
             )
         self.trouble = trouble
+        if trouble.kind in SETTLED_KINDS:
+            return BACKOFF_BASE
         return backoff_delay(self.failures, BACKOFF_BASE, BACKOFF_MAX)
 
     def succeeded(self, now: float, what: str = "") -> bool:
@@ -428,6 +527,8 @@ NEEDED_COMMANDS: tuple[str, ...] = (
     "DEL {producer_lock}",
     "DEL {producer_wake}",
     "EXISTS {lease}",
+    "PEXPIRE {settled} 1",
+    "PEXPIRE {pushed} 1",
     "PEXPIRE {producer_lock} 1",
     "PEXPIRE {producer_wake} 1",
     "PTTL {producer_lock}",
@@ -450,6 +551,8 @@ NEEDED_COMMANDS: tuple[str, ...] = (
     "ZRANGEBYSCORE {retry} 0 1 LIMIT 0 1",
     "ZREM {retry} v",
 )
+# Commands goodsd sends only with ``redis.wait_replicas`` set.
+NEEDED_FOR_WAITING: tuple[str, ...] = ("WAIT 0 0",)
 # The consumer id in the per-process keys of the check (any id will do: nothing runs).
 CHECK_ID = "access-check"
 
@@ -463,8 +566,9 @@ class Probe(NamedTuple):
     keys: tuple[str, ...]
 
 
-def needed_commands(queue: Upkeep) -> list[Probe]:
-    """NEEDED_COMMANDS with the keys of ``queue``."""
+def needed_commands(queue: Upkeep, *, waits: bool = False) -> list[Probe]:
+    """NEEDED_COMMANDS with the keys of ``queue`` (and NEEDED_FOR_WAITING with ``waits``:
+    ``redis.wait_replicas`` is set)."""
     k = queue.keys
     keys = {
         "ready": k.ready,
@@ -483,7 +587,7 @@ def needed_commands(queue: Upkeep) -> list[Probe]:
         "pushed": k.pushed(CHECK_ID),
     }
     probes = []
-    for command in NEEDED_COMMANDS:
+    for command in (*NEEDED_COMMANDS, *(NEEDED_FOR_WAITING if waits else ())):
         words = command.split()
         args = tuple(keys[w[1:-1]] if w.startswith("{") else w for w in words)
         named = tuple(keys[w[1:-1]] for w in words if w.startswith("{"))
@@ -492,7 +596,7 @@ def needed_commands(queue: Upkeep) -> list[Probe]:
     return probes
 
 
-def refused_commands(queue: Upkeep) -> list[str]:
+def refused_commands(queue: Upkeep, *, waits: bool = False) -> list[str]:
     """The commands goodsd needs that Redis's ACL refuses to this client's user, as "BLMOVE"
     (the command) or "HINCRBY on <key>" (its keys); [] when all are allowed.
 
@@ -512,7 +616,7 @@ def refused_commands(queue: Upkeep) -> list[str]:
             if _acl_refused(exc):
                 return ["MULTI"]
             raise  # no transaction: the commands would run, so none is sent
-        probes = needed_commands(queue)
+        probes = needed_commands(queue, waits=waits)
         connection.send_packed_command(connection.pack_commands([p.args for p in probes]))
         refused = set()
         for probe in probes:

@@ -24,10 +24,10 @@ class OpsError(Exception):
 def open_queue(cfg: Config, name: str) -> Views:
     """A connection of its own, named so `CLIENT LIST` shows who is there."""
     try:
-        client = connect(cfg.redis, f"goodsd-{name}")
+        client = connect(cfg.redis, f"goodsd-{name}", queue=cfg.queue)
     except PasswordError as exc:
         raise OpsError(str(exc)) from None
-    return Views(client, cfg.queue)
+    return Views(client, cfg.queue, cfg.redis.wait_replicas)
 
 
 @contextlib.contextmanager

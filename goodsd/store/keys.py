@@ -1,6 +1,8 @@
 """Every Redis key goodsd uses for one queue. Only this module builds key names.
 
-All of a queue's keys share the hash tag ``{<queue>}``, so they sit in one Cluster slot:
+All of a queue's keys share the hash tag ``{<queue>}``, so they sit in one Cluster slot; the
+ready list ``<queue>`` has no braces (a queue name may not hold any), so it hashes by its whole
+name, which is what the tag holds: the same slot (tests/unit/test_redis_urls.py checks it):
 
 | key                                  | type   | holds                                        |
 |--------------------------------------|--------|----------------------------------------------|

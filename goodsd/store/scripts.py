@@ -43,6 +43,17 @@ def _compose(name: str) -> str:
 SOURCES = {name: _compose(name) for name in _NAMES}
 
 
+# How long a write waits for its replicas' acknowledgements (see ``call_and_wait``): well
+# below every process's socket timeout.
+WAIT_TIMEOUT_MS = 1000
+
+
+class TooFewReplicas(redis.ResponseError):
+    """A write the primary made, acknowledged by fewer replicas than asked for in time: a
+    failover now could lose it. Worded as Redis's own NOREPLICAS refusal, an outage that the
+    caller waits out by repeating the (idempotent) write."""
+
+
 class ScriptsReloaded(redis.ConnectionError):
     """Redis lost its script cache mid-pipeline; retry the step the way a dropped connection
     is retried."""
@@ -70,3 +81,30 @@ def execute(client: redis.Redis, pipe: Pipeline, pipelined: tuple[Script, ...]) 
         for script in pipelined:
             client.script_load(script.script)
         raise ScriptsReloaded("redis had forgotten goodsd's scripts; loaded again") from exc
+
+
+def call_and_wait(
+    client: redis.Redis, script: Script, keys: list[str], args: list[object], replicas: int
+) -> object:
+    """Run ``script`` and then WAIT for ``replicas`` replicas to acknowledge it, in one round
+    trip on one connection (WAIT counts the writes of its own connection). Returns the
+    script's reply; raises TooFewReplicas when fewer acknowledged within WAIT_TIMEOUT_MS (the
+    write stands on the primary: repeat it, which a push or a settle takes as a no-op that
+    still writes, so the next WAIT covers the first try too)."""
+    for _ in range(2):
+        pipe = client.pipeline(transaction=False)
+        in_pipeline(pipe, script, keys, args)
+        pipe.wait(replicas, WAIT_TIMEOUT_MS)
+        try:
+            reply, acknowledged = pipe.execute()
+            break
+        except redis.exceptions.NoScriptError:  # nothing ran: load it and try once more
+            client.script_load(script.script)
+    else:
+        raise ScriptsReloaded("redis forgot goodsd's scripts again as they were loaded")
+    if int(acknowledged) < replicas:
+        raise TooFewReplicas(
+            f"NOREPLICAS {acknowledged} of {replicas} replica(s) acknowledged the write within "
+            f"{WAIT_TIMEOUT_MS} ms"
+        )
+    return reply

@@ -45,9 +45,10 @@ class ConsumerLoad:
 class Views:
     """One queue as an operator sees it, through its own connection."""
 
-    def __init__(self, client: redis.Redis, queue: str) -> None:
+    def __init__(self, client: redis.Redis, queue: str, wait_replicas: int = 0) -> None:
         self.client = client
         self.keys = QueueKeys.of(queue)
+        self.wait_replicas = wait_replicas  # replicas that must acknowledge a push (WAIT)
         self._requeue_dead = scripts.register(client, "requeue_dead")
 
     # -- counts and registries ----------------------------------------------------------
@@ -159,13 +160,22 @@ class Views:
     # -- plain pushes -------------------------------------------------------------------
 
     def push(self, items: list[bytes]) -> None:
-        """LPUSH a batch (the far end from the pops, so FIFO) and count it."""
+        """LPUSH a batch (the far end from the pops, so FIFO) and count it; with
+        ``wait_replicas``, return only once that many replicas have it (else raise
+        TooFewReplicas: the batch is on the primary only)."""
         if not items:
             return
         pipe = self.client.pipeline(transaction=False)
         pipe.lpush(self.keys.ready, *items)
         pipe.hincrby(self.keys.stats, "pushed", len(items))
-        pipe.execute()
+        if self.wait_replicas:
+            pipe.wait(self.wait_replicas, scripts.WAIT_TIMEOUT_MS)
+        replies = pipe.execute()
+        if self.wait_replicas and replies[-1] < self.wait_replicas:
+            raise scripts.TooFewReplicas(
+                f"NOREPLICAS {replies[-1]} of {self.wait_replicas} replica(s) acknowledged the "
+                f"push within {scripts.WAIT_TIMEOUT_MS} ms"
+            )
 
 
 def _counters(raw: dict[bytes, bytes]) -> dict[str, int]:

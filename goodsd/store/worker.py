@@ -125,9 +125,10 @@ class ConsumerStore(Protocol):
 class RedisConsumerStore:
     """One queue as a consumer process sees it, through its own connection (a ConsumerStore)."""
 
-    def __init__(self, client: redis.Redis, queue: str) -> None:
+    def __init__(self, client: redis.Redis, queue: str, wait_replicas: int = 0) -> None:
         self.client = client
         self.keys = QueueKeys.of(queue)
+        self.wait_replicas = wait_replicas  # replicas that must acknowledge a settle (WAIT)
         # consumer id -> its registration record, put back by every claim if it went missing
         self._registrations: dict[str, str] = {}
         self._consumer_keys: dict[str, list[str]] = {}
@@ -211,10 +212,12 @@ class RedisConsumerStore:
         if not settlement:
             return self.claim(consumer, claim_next, lease, 0) if claim_next else []
         claim = self._claim_args(consumer, claim_next, lease) if claim_next else ["", "", "", ""]
-        reply = self._settle(
-            keys=self._keys_of(consumer),
-            args=claim + settlement_args(settlement, policy, consumer, time.time()),
-        )
+        keys = self._keys_of(consumer)
+        args = claim + settlement_args(settlement, policy, consumer, time.time())
+        if self.wait_replicas:
+            reply = scripts.call_and_wait(self.client, self._settle, keys, args, self.wait_replicas)
+        else:
+            reply = self._settle(keys=keys, args=args)
         if reply[0] == -1:
             raise InFlightLost(
                 f"the in-flight list of {consumer} no longer matches what it claimed (its lease "
@@ -262,9 +265,10 @@ def failure_args(failure: Failure, consumer: str, at: float) -> list[object]:
 class ProducerStore:
     """One queue as a producer process sees it, through its own connection."""
 
-    def __init__(self, client: redis.Redis, queue: str) -> None:
+    def __init__(self, client: redis.Redis, queue: str, wait_replicas: int = 0) -> None:
         self.client = client
         self.keys = QueueKeys.of(queue)
+        self.wait_replicas = wait_replicas  # replicas that must acknowledge a push (WAIT)
         self._push = scripts.register(client, "push")
         self._lock_acquire = scripts.register(client, "lock_acquire")
         self._lock_extend = scripts.register(client, "lock_extend")
@@ -281,9 +285,12 @@ class ProducerStore:
             self.keys.pushed(producer),
             self.keys.producer_lock,
         ]
-        status, length = self._push(
-            keys=keys, args=[high, batch_id, PUSHED_MARKER_TTL_MS, token, *items]
-        )
+        args = [high, batch_id, PUSHED_MARKER_TTL_MS, token, *items]
+        if self.wait_replicas:
+            reply = scripts.call_and_wait(self.client, self._push, keys, args, self.wait_replicas)
+        else:
+            reply = self._push(keys=keys, args=args)
+        status, length = reply
         return PushResult(int(status), int(length))
 
     def backlog(self) -> int:

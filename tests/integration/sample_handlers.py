@@ -68,6 +68,14 @@ def paced_record_to_file(item: object) -> None:
         os.close(fd)
 
 
+def record_to_file_unless_bad(item: object) -> None:
+    """Fail on items that start with "bad"; record every other one as
+    ``paced_record_to_file`` does."""
+    if str(item).startswith("bad"):
+        raise ValueError(f"bad item {item}")
+    paced_record_to_file(item)
+
+
 def setup_fails_when_flagged() -> None:
     """A consumer setup that raises (the child exits 1 before ready) while the Redis key
     test:fail-setup exists: a crash loop a test can turn on and off."""

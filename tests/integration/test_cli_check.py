@@ -4,10 +4,12 @@ exit 78 (EX_CONFIG), naming the key and the line, so systemd does not restart it
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
 
+import redis
 from support import HERE, wait_for
 
 from goodsd import __version__
@@ -168,7 +170,13 @@ def test_a_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
 def test_version() -> None:
     result = goodsd("--version")
     assert result.returncode == 0
-    assert result.stdout == f"goodsd {__version__}\n"
+    # Then the first line is goodsd's version, the others what it runs with: redis-py (and
+    # hiredis, when there) and the Python interpreter, with its path
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"goodsd {__version__}"
+    assert lines[1].startswith(f"redis-py {redis.__version__}")
+    assert lines[2] == f"Python {platform.python_version()} ({sys.executable})"
+    assert len(lines) == 3
 
 
 # --- imports that hang, exit or never finish ---------------------------------------------------

@@ -347,3 +347,25 @@ def test_a_socket_goodsd_may_not_open_fails_the_start_with_78(redis_server, make
         "socket's group" in done.stderr
     )
     assert "started consumer" not in done.stderr
+
+
+def test_a_redis_url_at_a_replica_is_refused_at_start_naming_the_form_to_use(
+    r, make_config, start_daemon, notify
+):
+    # Given the session server turned into a replica (of a primary that is not there)
+    refuse, accept = WRITE_REFUSALS["read-only replica"]
+    refuse(r)
+    try:
+        # When goodsd starts with a redis:// URL at it
+        daemon = start_daemon(make_config(), notify=notify)
+        # Then it exits 78 before READY=1, saying to use the primary or Sentinel
+        assert daemon.wait_exit(20) == 78
+    finally:
+        accept(r)
+    log = daemon.log()
+    assert re.search(
+        r"critical \[master\] redis\.url .* reaches a replica, which refuses writes: use the "
+        r"primary's address, or redis\+sentinel://",
+        log,
+    ), log
+    assert "started consumer" not in log and notify.index_of("READY") is None

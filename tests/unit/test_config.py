@@ -531,7 +531,8 @@ ERRORS = [
     # redis
     (
         MINIMAL + "redis:\n  url: http://h/0\n",
-        "goodsd.yaml:4: redis.url: must start with redis://, rediss:// or unix://",
+        "goodsd.yaml:4: redis.url: must start with redis://, rediss://, unix://, "
+        "redis+sentinel://, rediss+sentinel://, redis+cluster:// or rediss+cluster://",
     ),
     (
         MINIMAL + "redis:\n  url: unix://\n",

@@ -24,7 +24,7 @@ def a_master(answers: list[object], monkeypatch: pytest.MonkeyPatch) -> tuple[Ma
     master = Master(config, Notifier(environ={}), clock=lambda: now[0])
     pending = iter(answers)
 
-    def check(queue: object) -> object:
+    def check(queue: object, *, waits: bool = False) -> object:
         answer = next(pending)
         if isinstance(answer, BaseException):
             raise answer

@@ -148,3 +148,21 @@ def test_every_unit_names_its_documentation_in_a_form_systemd_accepts() -> None:
                 assert (ROOT / Path(parts.path).name).is_file(), f"{unit.name}: {url}"
     # And the template names the same as the plain unit
     assert len({tuple(documentation_urls(u)) for u in UNITS}) == 1
+
+
+def relative_links(prose: str) -> list[str]:
+    """Links of ``prose`` to a path rather than a heading or a URL: they work on a checkout
+    but land nowhere on a package index or in /usr/share/doc."""
+    links = LINK.findall(CODE_SPAN.sub("", prose))
+    return [t for t in links if urlsplit(t).path and not urlsplit(t).scheme]
+
+
+def test_the_readme_links_only_headings_and_absolute_urls() -> None:
+    # Given the README's prose, as PyPI and the package show it (without the repository)
+    prose, _ = prose_and_code(README.read_text())
+    # Then it links only its own headings and absolute URLs
+    assert relative_links(prose) == []
+    # (and the check finds a link to a file)
+    assert relative_links("See [the config](config/goodsd.yaml) and [here](#usage).") == [
+        "config/goodsd.yaml"
+    ]

@@ -4,13 +4,17 @@ really raises for every reply code it may meet, however redis-py or Lua wrapped 
 from __future__ import annotations
 
 import errno
+import ssl
 
 import pytest
 import redis
 from redis._parsers.base import BaseParser
+from redis.sentinel import MasterNotFoundError
 
+from goodsd.clusterslot import NotACluster, SlotNotServed
 from goodsd.redisconn import REPLY_CODES, Kind, Outage, Trouble, classify, waiting_on
 from goodsd.scoreboard import FLAG_PAUSED, FLAG_STANDBY
+from goodsd.sentinels import NotASentinel
 from goodsd.store.scripts import ScriptsReloaded
 
 # Each reply code with a reply Redis really sends for it.
@@ -26,7 +30,12 @@ REPLIES = {
     "WRONGPASS": "WRONGPASS invalid username-password pair or user is disabled.",
     "NOAUTH": "NOAUTH Authentication required.",
     "UNBLOCKED": "UNBLOCKED force unblock from blocking operation, instance state changed",
+    "MOVED": "MOVED 5798 127.0.0.1:7002",
+    "ASK": "ASK 5798 127.0.0.1:7002",
+    "CLUSTERDOWN": "CLUSTERDOWN The cluster is down",
 }
+# Codes Redis sends instead of running a command, never from inside a script.
+REDIRECTS = {"MOVED", "ASK"}
 
 
 def parsed(reply: str) -> redis.RedisError:
@@ -65,8 +74,15 @@ def test_every_reply_code_has_a_real_reply_here():
     assert set(REPLIES) == set(REPLY_CODES)
 
 
-@pytest.mark.parametrize("wrapping", WRAPPINGS)
-@pytest.mark.parametrize("code", sorted(REPLY_CODES))
+@pytest.mark.parametrize(
+    ("code", "wrapping"),
+    [
+        (code, wrapping)
+        for code in sorted(REPLY_CODES)
+        for wrapping in WRAPPINGS
+        if not (code in REDIRECTS and wrapping.startswith("in a script"))
+    ],
+)
 def test_a_reply_code_decides_however_it_is_wrapped(code: str, wrapping: str):
     # Given the error redis-py raises for a reply with this code, wrapped as it may come
     exc = WRAPPINGS[wrapping](REPLIES[code])
@@ -123,6 +139,11 @@ def test_other_replies_are_no_redis_trouble(reply: str):
         (redis.exceptions.AuthorizationError("denied"), Kind.LOGIN_REFUSED),
         (redis.exceptions.BusyLoadingError("Redis is loading"), Kind.LOADING),
         (ScriptsReloaded("redis had forgotten goodsd's scripts; loaded again"), Kind.RESTARTED),
+        (NotACluster("127.0.0.1:6379 is not a cluster node: use a redis:// URL"),
+         Kind.WRONG_FORM),
+        (NotASentinel("no host of the URL answered as a sentinel"), Kind.WRONG_FORM),
+        (SlotNotServed("no node serves slot 5798"), Kind.UNREACHABLE),
+        (MasterNotFoundError("no primary 'goods' found"), Kind.UNREACHABLE),
     ],
 )  # fmt: skip
 def test_errors_that_are_not_replies_by_class(exc: BaseException, kind: Kind):
@@ -169,7 +190,13 @@ def test_other_failed_connects_are_outages(number: int, target: str):
 
 def test_only_refusals_are_fatal_and_only_write_refusals_leave_reads_working():
     fatal = {kind for kind in Kind if kind.fatal}
-    assert fatal == {Kind.LOGIN_REFUSED, Kind.NO_PERMISSION, Kind.SOCKET_DENIED}
+    assert fatal == {
+        Kind.LOGIN_REFUSED,
+        Kind.NO_PERMISSION,
+        Kind.SOCKET_DENIED,
+        Kind.WRONG_FORM,
+        Kind.TLS_REFUSED,
+    }
     reads_work = {kind for kind in Kind if kind.reads_work}
     assert reads_work == {Kind.OUT_OF_MEMORY, Kind.READ_ONLY, Kind.NO_REPLICAS}
 
@@ -182,3 +209,60 @@ def test_the_kind_a_child_waits_out_survives_its_scoreboard_flags(kind: Kind, st
     assert waiting_on(flags) is kind
     assert flags & 0xFF == state
     assert waiting_on(state) is None
+
+
+@pytest.mark.parametrize(
+    ("exc", "detail"),
+    [
+        (parsed("MOVED 5798 127.0.0.1:7002"), "MOVED 5798 127.0.0.1:7002"),
+        (
+            in_pipeline(parsed("ASK 5798 127.0.0.1:7002")),
+            "Command # 2 (HSET h a 1) of pipeline caused error: ASK 5798 127.0.0.1:7002",
+        ),
+    ],
+)
+def test_a_redirect_is_told_with_its_code(exc: redis.RedisError, detail: str):
+    # Given a redirect, of which redis-py keeps only the slot and the address
+    # Then what goodsd says of it names the redirect too
+    trouble = classify(exc)
+    assert trouble is not None and trouble.detail == detail
+
+
+def failed_connect(cause: BaseException) -> redis.ConnectionError:
+    """What redis-py raises when a connect (or its first read) fails with ``cause``."""
+    try:
+        try:
+            raise cause
+        except OSError as exc:
+            raise redis.ConnectionError(f"Error connecting to 10.0.0.5:6380. {exc}") from None
+    except redis.ConnectionError as exc:
+        return exc
+
+
+@pytest.mark.parametrize(
+    "cause",
+    [
+        ssl.SSLCertVerificationError(1, "certificate verify failed: unable to get local issuer"),
+        ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"),
+        ssl.SSLError(1, "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate"),
+    ],
+)
+def test_a_tls_handshake_refused_is_a_refusal(cause: BaseException):
+    # Given a connect whose TLS handshake failed: a certificate not trusted, none given, or no
+    # TLS on the other end
+    trouble = classify(failed_connect(cause))
+    # Then it is a refusal no retry can fix
+    assert trouble is not None and trouble.kind is Kind.TLS_REFUSED and trouble.kind.fatal
+
+
+@pytest.mark.parametrize(
+    "cause",
+    [
+        ssl.SSLEOFError(8, "EOF occurred in violation of protocol"),
+        ssl.SSLZeroReturnError(6, "TLS/SSL connection has been closed"),
+        ConnectionResetError(104, "Connection reset by peer"),
+    ],
+)
+def test_a_tls_connection_cut_is_an_outage(cause: BaseException):
+    trouble = classify(failed_connect(cause))
+    assert trouble is not None and trouble.kind is Kind.UNREACHABLE

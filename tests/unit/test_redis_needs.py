@@ -24,7 +24,7 @@ COMMAND_OF = {"delete": "DEL", "script_load": "SCRIPT LOAD"}
 
 def probed() -> set[str]:
     client = redis.Redis(unix_socket_path="/nonexistent.sock")  # never connects
-    return {probe.name for probe in needed_commands(Upkeep(client, "q"))}
+    return {probe.name for probe in needed_commands(Upkeep(client, "q"), waits=True)}
 
 
 def test_every_command_of_the_daemons_scripts_is_checked():

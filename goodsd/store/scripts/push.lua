@@ -6,7 +6,12 @@
 -- 0 refused (the list is full), -1 not the lock holder.
 -- KEYS: ready, stats, pushed marker, lock   ARGV: high, batch_id, marker_ttl_ms, token, items...
 local len = redis.call('LLEN', KEYS[1])
-if redis.call('GET', KEYS[3]) == ARGV[2] then return {1, len} end
+if redis.call('GET', KEYS[3]) == ARGV[2] then
+  -- a write all the same, so a WAIT after this retry covers the first try's push too
+  -- (replicas apply writes in order)
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+  return {1, len}
+end
 if ARGV[4] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[4] then return {-1, len} end
 if len >= tonumber(ARGV[1]) then return {0, len} end
 for first = 5, #ARGV, 1000 do

@@ -9,7 +9,7 @@
 -- A value is taken out of the in-flight list by value (LREM with a count of 1: equal values
 -- are interchangeable), so what is settled need not be the oldest items.
 -- Idempotent: a retry after a lost reply finds its settle id already recorded and returns 0,
--- changing nothing. Returns -1, changing nothing, when the list is no longer what the consumer
+-- changing nothing but that record's time to live. Returns -1, changing nothing, when the list is no longer what the consumer
 -- holds: it holds more or fewer values than those settled and kept, or a value acted on by
 -- value is not there (its lease lapsed and a lease check requeued them, or Redis lost recent writes in
 -- a failover); the consumer then gives back whatever it holds and starts afresh. Else returns
@@ -35,7 +35,11 @@ end
 
 local function settle(K, A, first)
   local settle_id = A[first]
-  if redis.call('GET', K.settled) == settle_id then return 0 end
+  if redis.call('GET', K.settled) == settle_id then
+    -- a write all the same, so a WAIT after this retry covers the first try too
+    redis.call('PEXPIRE', K.settled, 3600000)
+    return 0
+  end
   local kept = tonumber(A[first + 1])
   local retries, delay = tonumber(A[first + 2]), tonumber(A[first + 3])
   local n_done, n_tags = tonumber(A[first + 4]), tonumber(A[first + 5])

@@ -1,0 +1,116 @@
+"""A primary found through Redis Sentinel, followed across failovers.
+
+redis-py's Sentinel client asks the sentinels for the primary's address whenever a connection
+opens, and turns a ``READONLY`` reply (the primary it talks to was demoted) into a lost
+connection. goodsd adds two things: a ``NOREPLICAS`` reply also closes the connection, so the
+next attempt asks the sentinels again (a primary cut off from its replicas may have been
+replaced meanwhile), and sentinels that refuse goodsd's login, or that are no sentinels at all,
+are told apart from sentinels that are merely away: the first two are config errors, the last
+an outage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import redis
+from redis.sentinel import (
+    MasterNotFoundError,
+    Sentinel,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
+
+
+class NotASentinel(redis.RedisError):
+    """No host the URL names answers as a sentinel: the URL has the wrong form."""
+
+
+class Sentinels(Sentinel):
+    """The sentinels of one URL."""
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        """The address of the primary the first sentinel that knows it names. Raises
+        MasterNotFoundError (an outage: the sentinels are away, or have no primary by that
+        name yet), redis.AuthenticationError when every sentinel that answered refused the
+        login, NotASentinel when none answered as a sentinel."""
+        failures: list[str] = []
+        refusals: list[Exception] = []
+        strangers = 0
+        for number, sentinel in enumerate(self.sentinels):
+            where = "{host}:{port}".format_map(sentinel.connection_pool.connection_kwargs)
+            try:
+                masters = sentinel.sentinel_masters()
+            except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
+                refusals.append(exc)
+                failures.append(f"{where}: {exc}")
+                continue
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                failures.append(f"{where}: {exc}")
+                continue
+            except redis.ResponseError as exc:
+                if str(exc).startswith("NOPERM"):
+                    refusals.append(exc)
+                else:  # "unknown command 'SENTINEL'": a data node, not a sentinel
+                    strangers += 1
+                failures.append(f"{where}: {exc}")
+                continue
+            state = masters.get(service_name)
+            if state and self.check_master_state(state, service_name):
+                # ask this one first next time
+                self.sentinels[0], self.sentinels[number] = sentinel, self.sentinels[0]
+                return state["ip"], state["port"]
+            failures.append(f"{where}: no primary named {service_name!r} that is up")
+        detail = "; ".join(failures)
+        answered = len(self.sentinels) - (len(failures) - len(refusals) - strangers)
+        if refusals and len(refusals) + strangers == answered:
+            raise redis.AuthenticationError(f"sentinel refused goodsd's login ({detail})")
+        if strangers and strangers == answered:
+            raise NotASentinel(f"no host of the URL answered as a sentinel ({detail})")
+        raise MasterNotFoundError(f"no primary {service_name!r} found ({detail})")
+
+
+class _LeavesOnNoReplicas:
+    """A connection to the primary that, once it was answered NOREPLICAS, reconnects before
+    its next command, which asks the sentinels again. (Not at once: the rest of a pipeline's
+    replies are still to be read.)"""
+
+    leaving = False  # NOREPLICAS was read: reconnect before the next command
+
+    def read_response(self, *args: object, **kwargs: object) -> object:
+        try:
+            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+        except redis.ResponseError as exc:
+            message = str(exc)
+            if message.startswith("NOREPLICAS") or "-NOREPLICAS" in message:
+                self.leaving = True
+            raise
+
+    def send_packed_command(self, *args: object, **kwargs: object) -> None:
+        if self.leaving:
+            self.leaving = False
+            self.disconnect()  # type: ignore[attr-defined]
+        super().send_packed_command(*args, **kwargs)  # type: ignore[misc]
+
+
+class PrimaryConnection(_LeavesOnNoReplicas, SentinelManagedConnection):
+    """A TCP connection to the primary the sentinels name."""
+
+
+class PrimarySSLConnection(_LeavesOnNoReplicas, SentinelManagedSSLConnection):
+    """A TLS connection to the primary the sentinels name."""
+
+
+def primary_client(
+    sentinels: Sequence[tuple[str, int]],
+    service: str,
+    *,
+    tls: bool,
+    sentinel_kwargs: dict[str, object],
+    **connection_kwargs: object,
+) -> redis.Redis:
+    """A client for the primary named ``service``, found through ``sentinels`` (reached
+    with ``sentinel_kwargs``) whenever a connection opens. Connects on its first call."""
+    manager = Sentinels(list(sentinels), sentinel_kwargs=sentinel_kwargs)
+    connection_class = PrimarySSLConnection if tls else PrimaryConnection
+    return manager.master_for(service, connection_class=connection_class, **connection_kwargs)

@@ -1,0 +1,199 @@
+"""goodsd on a primary found through Redis Sentinel (a primary, 2 replicas and 3 sentinels on
+127.0.0.1): it works end to end, warns at start when the primary takes writes with no replica,
+and follows a failover after the primary dies with nothing acknowledged lost (with
+``wait_replicas: 1``) and no process restarted."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+from ops_cli import goodsd
+from support import wait_for, write_config
+from test_redis_outage import lines
+
+from goodsd.localredis import LocalSentinels
+
+# What makes a failover safe: the primary refuses writes that no replica takes.
+SAFE = ("--min-replicas-to-write", "1", "--min-replicas-max-lag", "10")
+NO_REPLICA_WARNING = "takes writes that no replica has acknowledged"
+
+
+@pytest.fixture
+def make_sentinels() -> Iterator[Callable[..., LocalSentinels]]:
+    """make_sentinels(settings=(), sentinel_password=None) -> a started LocalSentinels,
+    stopped after the test."""
+    started: list[LocalSentinels] = []
+
+    def make(
+        settings: tuple[str, ...] = (), sentinel_password: str | None = None
+    ) -> LocalSentinels:
+        group = LocalSentinels(settings=settings, sentinel_password=sentinel_password)
+        started.append(group)
+        return group.__enter__()
+
+    yield make
+    for group in started:
+        group.__exit__(None, None, None)
+
+
+def test_a_sentinel_url_works_and_the_start_warns_without_min_replicas(
+    make_sentinels, tmp_path, start_daemon, notify
+):
+    # Given a primary that takes writes no replica has, found through its sentinels
+    group = make_sentinels()
+    out = tmp_path / "handled"
+    config = write_config(
+        tmp_path, group.url, consumers={"handler": "sample_handlers:paced_record_to_file"}
+    )
+    # When goodsd starts and items are pushed
+    daemon = start_daemon(config, notify=notify, env={"TEST_OUT": str(out)})
+    notify.wait("READY", "1")
+    assert goodsd(config, "push", "a", "b", "c").returncode == 0
+    # Then they are handled, on the primary, and status reads them there
+    wait_for(lambda: sorted(lines(out)) == ["a", "b", "c"], 10, "the items handled")
+    view = json.loads(goodsd(config, "status", "--json").stdout)
+    assert view["totals"]["done"] == 3 and view["redis"] == group.url
+    with group.primary().client() as primary:
+        assert primary.hget("goodsd:{q}:stats", "done") == b"3"
+    # And the start warned that a failover could lose acknowledged writes
+    assert re.search(rf"warning \[master\] .*{NO_REPLICA_WARNING}", daemon.log()), daemon.log()
+    assert daemon.stop() == 0
+    # When the primary refuses writes without a replica, the next start does not warn
+    with group.primary().client() as primary:
+        primary.config_set("min-replicas-to-write", 1)
+    daemon = start_daemon(config, notify=notify)
+    notify.wait("READY", "1", after=len(notify.poll()))
+    assert NO_REPLICA_WARNING not in daemon.log()
+    assert daemon.stop() == 0
+
+
+def push_meanwhile(config, stop: threading.Event) -> list[str]:
+    """Push one item at a time with `goodsd push` until ``stop``; returns those it said it
+    pushed (exit 0): the acknowledged ones."""
+    acknowledged = []
+    number = 0
+    while not stop.is_set():
+        item = f"pushed-{number}"
+        number += 1
+        if goodsd(config, "push", item, timeout=30).returncode == 0:
+            acknowledged.append(item)
+    return acknowledged
+
+
+def kill_primary(group: LocalSentinels) -> None:
+    """The primary dies (SIGKILL)."""
+    os.kill(group.primary().pid, signal.SIGKILL)
+
+
+def switch_primary(group: LocalSentinels) -> None:
+    """An operator moves the primary elsewhere while it runs (SENTINEL FAILOVER): it is told
+    to follow the new one only later, and answers READONLY then."""
+    with group.sentinel() as sentinel:
+        sentinel.execute_command("SENTINEL", "FAILOVER", group.service)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("failover", "wait_replicas"),
+    [
+        # a crash: the promoted replica is the one most up to date, so one acknowledgement
+        # is enough
+        (kill_primary, 1),
+        # a switch: the old primary takes writes until it is told to follow, and a replica
+        # not promoted acknowledges them before it drops them to follow the new primary; so
+        # every replica must have a write (measured with 1: 177 of 2,000 items lost)
+        (switch_primary, 2),
+    ],
+)
+def test_a_failover_loses_nothing_acknowledged_and_restarts_nobody(
+    failover, wait_replicas, make_sentinels, tmp_path, start_daemon, notify
+):
+    # Given consumers and a producer (held back by its watermark, so it pushes throughout) on
+    # a primary that refuses writes without a replica, each push and settle waiting for the
+    # acknowledgement of ``wait_replicas`` replicas
+    group = make_sentinels(SAFE)
+    out, items = tmp_path / "handled", 2000
+    config = write_config(
+        tmp_path,
+        group.url,
+        redis={"url": group.url, "wait_replicas": wait_replicas},
+        consumers={"handler": "sample_handlers:paced_record_to_file", "batch": 5},
+        producer={
+            "processes": 1,
+            "source": "sample_sources:finite",
+            "batch": 20,
+            "high_watermark": 200,
+            "low_watermark": 100,
+        },
+    )
+    env = {"TEST_OUT": str(out), "TEST_SOURCE_ITEMS": str(items), "TEST_ITEM_SECONDS": "0.004"}
+    daemon = start_daemon(config, notify=notify, env=env)
+    notify.wait("READY", "1")
+    wait_for(lambda: len(lines(out)) >= 200, 20, "consumption under way")
+    children = daemon.children()
+    stop_pushing = threading.Event()
+    pushed: list[str] = []
+    pusher = threading.Thread(target=lambda: pushed.extend(push_meanwhile(config, stop_pushing)))
+    pusher.start()
+    try:
+        # When the primary dies, or is moved elsewhere
+        old = group.primary()
+        failover(group)
+        # Then the sentinels promote a replica, and goodsd follows it
+        wait_for(lambda: group.primary() is not old, 30, "the sentinels to promote a replica")
+        wait_for(lambda: len(lines(out)) >= items * 0.9, 60, "consumption to go on")
+    finally:
+        stop_pushing.set()
+        pusher.join()
+    # And every item the source gave, and every push that was acknowledged, is handled
+    everything = {f"item-{i}" for i in range(items)} | set(pushed)
+    wait_for(lambda: everything <= set(lines(out)), 60, "every acknowledged item handled")
+    assert pushed, "no push was acknowledged"
+    # And nobody restarted: the consumers and the producer waited the failover out
+    log = daemon.log()
+    assert daemon.children() <= children and "exited" not in log and "Traceback" not in log
+    assert re.search(r"\[consumer \d pid \d+\] redis unavailable", log), log
+    assert re.search(r"\[consumer \d pid \d+\] redis available again", log), log
+    assert daemon.stop() == 0
+
+
+@pytest.fixture
+def sentinels_with_a_password(make_sentinels) -> LocalSentinels:
+    return make_sentinels(sentinel_password="watch-word")
+
+
+def test_sentinels_own_login_and_check_redis(sentinels_with_a_password, tmp_path, start_daemon):
+    group = sentinels_with_a_password
+    secret = tmp_path / "sentinel-password"
+    secret.write_text("watch-word\n")
+    secret.chmod(0o600)
+    # Given the sentinels' own password in redis.sentinel_password_file
+    config = write_config(
+        tmp_path, group.url, redis={"url": group.url, "sentinel_password_file": str(secret)}
+    )
+    # When goodsd checks Redis as the service would
+    checked = goodsd(config, "check", "--redis")
+    # Then it names the primary the sentinels name, and finds nothing wrong
+    assert checked.returncode == 0, checked.stderr
+    primary = group.primary().tcp_port
+    assert (
+        f"deployment: primary 127.0.0.1:{primary}, named 'goods' by the sentinels (3 in the "
+        "url), with 2 replica(s)" in checked.stdout
+    ), checked.stdout
+    assert NO_REPLICA_WARNING in checked.stderr
+    # When the password is wrong, then goodsd refuses to start (exit 78), saying why
+    secret.write_text("wrong-word\n")
+    daemon = start_daemon(config)
+    assert daemon.wait_exit(20) == 78
+    assert "sentinel refused goodsd's login" in daemon.log(), daemon.log()
+    # And a URL that names data nodes as sentinels is refused too
+    wrong = write_config(tmp_path, f"redis+sentinel://127.0.0.1:{primary}/goods")
+    checked = goodsd(wrong, "check", "--redis")
+    assert checked.returncode == 78
+    assert "no host of the URL answered as a sentinel" in checked.stderr, checked.stderr
