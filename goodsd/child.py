@@ -22,7 +22,9 @@ from goodsd import codestamp, hostinfo, logs, output, proctitle
 from goodsd import consumer as consumer_mod
 from goodsd import producer as producer_mod
 from goodsd.children import Child, Role
+from goodsd.concurrency import ConcurrentConsumer
 from goodsd.config import Config
+from goodsd.consumer import Consumer
 from goodsd.exits import EXIT_CONFIG, EXIT_FAILURE
 from goodsd.redisconn import AccessDenied, PasswordError, connect
 from goodsd.runner import HandlerLoadError, SetupFailed
@@ -51,7 +53,9 @@ def consumer_main(
     client: redis.Redis,
 ) -> int:
     store = RedisConsumerStore(client, config.queue, config.redis.wait_replicas)
-    worker = consumer_mod.Consumer(config, identity, board, ready, store, time.monotonic)
+    # One item at a time: the plain loop, with no thread and no event loop running.
+    kind = Consumer if config.consumers.concurrency == 1 else ConcurrentConsumer
+    worker = kind(config, identity, board, ready, store, time.monotonic)
     return consumer_mod.run(worker)
 
 

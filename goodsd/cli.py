@@ -273,7 +273,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"  queue {cfg.queue!r} on {display_url(cfg.redis.url)}")
     if c.processes:
         work = c.handler if c.handler else "command " + " ".join(c.command or ())
-        print(f"  consumers: {c.processes} x {work} (batch {c.batch}, decode {c.decode})")
+        each = f", concurrency {c.concurrency}" if c.concurrency > 1 else ""
+        print(f"  consumers: {c.processes} x {work} (batch {c.batch}, decode {c.decode}{each})")
     else:
         print("  consumers: none (consumers.processes is 0)")
     if p.processes:

@@ -98,6 +98,7 @@ class ConsumersConfig:
     retry_delay: float = 5.0
     max_items: int = 0
     decode: str = "utf-8"
+    concurrency: int = 1
 
 
 @dataclass(frozen=True)
@@ -797,6 +798,9 @@ RESTART_DELAY_MAX = HOUR
 RETRIES_MAX = 1_000_000
 # Replacing a worker after a billion items is as good as never.
 MAX_ITEMS_MAX = 1_000_000_000
+# Items in flight per consumer process: enough for thousands of asyncio tasks; each holds a
+# scoreboard slot (goodsd.scoreboard.MAX_SLOTS).
+CONCURRENCY_MAX = 10_000
 # The most items a Redis list can hold.
 LIST_MAX = 2**32 - 1
 # More replicas than any primary has: a larger number could never be met.
@@ -831,6 +835,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, _Parse]]] = {
             "retry_delay": _duration(high=ITEM_MAX),
             "max_items": _integer(0, MAX_ITEMS_MAX),
             "decode": _choice("utf-8", "bytes", "json"),
+            "concurrency": _integer(1, CONCURRENCY_MAX),
         },
     ),
     "producer": (

@@ -3,6 +3,9 @@
 Its life is ``initialize()``, then ``loop()`` (one step) until ``running`` turns false, then
 ``shutdown()``. Delivery rules: an item leaves its in-flight list only when settled (done,
 failed into retry/dead, or given back), so a crash at any point loses nothing.
+
+This is the loop of one item at a time (``consumers.concurrency: 1``), in the main thread;
+goodsd.concurrency builds on it to run several at once.
 """
 
 from __future__ import annotations
@@ -11,16 +14,18 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from goodsd import hostinfo, runner, stopsignal
 from goodsd.config import Config
+from goodsd.eventloop import EventLoop
 from goodsd.forkguard import ForkGuard
 from goodsd.logs import show_item
 from goodsd.redisconn import GaveUp, Outage, until_done
-from goodsd.scoreboard import Scoreboard
+from goodsd.scoreboard import IDLE_SINCE, Scoreboard
 from goodsd.store import (
     MAX_ERROR,
     ConsumerStore,
@@ -32,6 +37,7 @@ from goodsd.store import (
     Settlement,
     clip,
 )
+from goodsd.store.records import fingerprint
 
 log = logging.getLogger("goodsd.consumer")
 T = TypeVar("T")
@@ -55,6 +61,9 @@ class Pending:
     failed: list[Failure] = field(default_factory=list)
     cut: list[Delivery] = field(default_factory=list)  # failed once a stop began: given back
     since: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.done) + len(self.failed) + len(self.cut)
 
 
 class Consumer:
@@ -83,6 +92,7 @@ class Consumer:
         self.failed_count = 0
         self.given_back = 0  # items released unstarted, for the master's stop summary
         self.run_item: Callable[[bytes], None] | None = None
+        self.event_loop = EventLoop(self.cfg.timeout)  # for async handlers and setups
         self.outage = Outage()  # this process's Redis outage, across all its Redis steps
         # A batch claimed together with the previous batch's acks, to run next.
         self.next_batch: list[Delivery] = []
@@ -97,9 +107,9 @@ class Consumer:
         """Load the handler (HandlerLoadError propagates: the child exits 78), run setup,
         register, then tell the master we are ready."""
         self.guard.install()
-        self.run_item = runner.build(self.cfg, self.config.pythonpath)
+        self.load_handler()
         if self.cfg.setup:
-            runner.run_setup(self.cfg.setup)
+            runner.run_setup(self.cfg.setup, self.event_loop.run_setup)
             if self.guard.cloned:
                 self.guard.leave()
         registration = Registration(
@@ -115,6 +125,11 @@ class Consumer:
         self._until_done(lambda q: q.register(self.consumer_id, registration, lease))
         self.beat(self.clock())
         self.ready()
+
+    def load_handler(self) -> None:
+        """Build the per-item function; an awaitable the handler returns (an ``async def``
+        handler's coroutine) runs to completion on the process's event loop, in this thread."""
+        self.run_item = runner.build(self.cfg, self.config.pythonpath, self.event_loop.run)
 
     def loop(self) -> None:
         """One step: claim a batch (waiting at most CLAIM_BLOCK), run it, settle it."""
@@ -140,6 +155,7 @@ class Consumer:
             self.settle(Pending(), release=self.next_batch)
             self.next_batch = []
         self._until_done(lambda q: q.deregister(self.consumer_id))
+        self.event_loop.close()
 
     # -- one batch ----------------------------------------------------------------------
 
@@ -163,7 +179,7 @@ class Consumer:
                 if not self.settle(pending, kept=len(batch) - position):
                     return  # what was left of the batch went back to the queue
                 pending = Pending(since=started)
-            busy(started, position - settled)
+            busy(started, fingerprint(delivery.claimed))
             try:
                 run_item(delivery.payload)
             except Exception as exc:
@@ -220,21 +236,34 @@ class Consumer:
         kept: int = 0,
     ) -> bool:
         """Write outcomes, give back ``release`` (and maybe claim the next batch) in one round
-        trip; ``kept`` items of the batch stay held (not run yet). After a lost reply the
-        settle is repeated harmlessly (same settle id) and what the claim took is read back
-        from the in-flight list, so no claimed item is ever unknown to us.
+        trip (``record``); ``kept`` items of the batch stay held (not run yet). Returns False
+        when Redis's in-flight list no longer matched ours: everything held went back to the
+        queue and the batch is abandoned.
 
-        When Redis's in-flight list no longer matches ours (a lapsed lease, or a failover that
-        lost recent writes), nothing is settled: everything held goes back to the queue (items
-        already done here may run again) and this returns False; the batch is abandoned.
-
-        Idle first: once settled, the busy position no longer names the right item, and a
-        death during the settle must not count an attempt against an item not yet started."""
+        Idle first: if the process dies during the settle, the item it last ran must not count
+        a failed attempt."""
         self.beat(self.clock())
         release = (*pending.cut, *release)
         settlement = Settlement(
             secrets.token_hex(8), tuple(pending.done), tuple(pending.failed), release, kept
         )
+        claimed = self.record(settlement, claim_next)
+        self.next_batch = claimed or []
+        return claimed is not None
+
+    def record(
+        self, settlement: Settlement, claim_next: int = 0, holding: Collection[Delivery] = ()
+    ) -> list[Delivery] | None:
+        """Write ``settlement`` and claim up to ``claim_next`` items, in one round trip;
+        returns what the claim took. ``holding``: the deliveries the consumer goes on holding
+        (``settlement.kept`` of them), if it knows them. After a lost reply the settle is
+        repeated harmlessly (same settle id) and what the claim took is read back from the
+        in-flight list (all it holds, less ``holding``), so no claimed item is ever unknown to
+        us.
+
+        When Redis's in-flight list no longer matches ours (a lapsed lease, or a failover that
+        lost recent writes), nothing is settled: everything held goes back to the queue (items
+        already done here may run again) and this returns None."""
         lease = self.config.supervisor.lease
 
         def attempt(q: ConsumerStore, claim: int) -> list[Delivery]:
@@ -242,34 +271,33 @@ class Consumer:
 
         def resync(q: ConsumerStore) -> list[Delivery]:
             attempt(q, 0)
-            return q.held(self.consumer_id) if claim_next else []
+            return without(q.held(self.consumer_id), holding) if claim_next else []
 
         # Finished items would run again if this settle never reached Redis: on a stop during
         # an outage, keep trying for most of the graceful timeout (the master kills at its end).
         patience = max(0.0, self.config.supervisor.graceful_timeout - STOP_MARGIN)
         try:
-            self.next_batch = self._until_done(
+            claimed = self._until_done(
                 lambda q: attempt(q, claim_next),
                 retry=resync,
-                patience=patience if pending.done or pending.failed else 0.0,
+                patience=patience if settlement.done or settlement.failed else 0.0,
             )
         except InFlightLost as exc:
             log.warning("%s: giving back everything held and starting afresh", exc)
             self._until_done(lambda q: q.give_back_all(self.consumer_id))
-            self.next_batch = []
-            return False
-        if release:
-            self.given_back += len(release)
+            return None
+        if settlement.given_back:
+            self.given_back += len(settlement.given_back)
             self.beat(self.clock())
-        return True
+        return claimed
 
     # -- helpers ------------------------------------------------------------------------
 
-    def beat(self, now: float, busy_since: float = 0.0, position: int = -1) -> None:
+    def beat(self, now: float) -> None:
+        """Heartbeat and counters; slot 0 idle (between items)."""
         self.board.write(
             heartbeat=now,
-            busy_since=busy_since,
-            position=position,
+            busy_since=IDLE_SINCE,
             done=self.done_count,
             failed=self.failed_count,
             given_back=self.given_back,
@@ -294,6 +322,21 @@ class Consumer:
             patience=patience,
             outage=self.outage,
         )
+
+
+def without(held: list[Delivery], holding: Collection[Delivery]) -> list[Delivery]:
+    """``held`` less one delivery equal to each of ``holding`` (equal values are
+    interchangeable in flight), in ``held``'s order."""
+    if not holding:
+        return held
+    left = Counter(holding)
+    rest = []
+    for delivery in held:
+        if left[delivery] > 0:
+            left[delivery] -= 1
+        else:
+            rest.append(delivery)
+    return rest
 
 
 def run(consumer: Consumer) -> int:

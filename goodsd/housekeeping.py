@@ -110,11 +110,7 @@ def overdue_items(reading: Reading, now: float, timeout: float | None) -> tuple[
     if timeout is None:
         return ()
     limit = timeout + TIMEOUT_GRACE
-    return tuple(
-        item
-        for since, item in zip(reading.starts, reading.positions, strict=True)
-        if since and now - since > limit
-    )
+    return tuple(item for since, item in reading.busy if now - since > limit)
 
 
 def lease_holders(children: Iterable[Child], now: float) -> list[tuple[Config, list[str]]]:

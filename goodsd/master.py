@@ -390,7 +390,9 @@ class Master:
         token = secrets.token_hex(3)
         master_pid = os.getpid()
         try:
-            child.board = Scoreboard()
+            child.board = Scoreboard(
+                self.config.consumers.concurrency if child.role == Role.CONSUMER else 1
+            )
             events_r, events_w = os.pipe()
         except OSError as exc:
             self.spawn_failed(child, exc)

@@ -6,9 +6,11 @@ command handler runs any number of items at once.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -19,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from goodsd.config import ConsumersConfig
 from goodsd.hostinfo import parent_death_command
@@ -27,8 +29,12 @@ from goodsd.output import LineRelay, log_line
 from goodsd.redisconn import without_secrets
 
 log = logging.getLogger("goodsd.setup")
-# Files of goodsd itself, left out of a setup failure's traceback.
-_OWN_CODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "")
+# Files of goodsd itself, and of asyncio (which runs an async setup), left out of a setup
+# failure's traceback.
+_NOT_USER_CODE = (
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), ""),
+    os.path.join(os.path.dirname(os.path.abspath(asyncio.__file__)), ""),
+)
 # How much of a failing command's stderr is kept as the item's error.
 STDERR_TAIL = 2000
 # Bytes moved per read or write on a command's pipes.
@@ -68,16 +74,17 @@ def load_callable(spec: str) -> Callable[..., object]:
     return target
 
 
-def run_setup(spec: str) -> None:
-    """Call the setup function ``spec`` names. If it raises, log it as a setup failure whose
+def run_setup(spec: str, awaited: Callable[[Awaitable[object]], object] | None = None) -> None:
+    """Call the setup function ``spec`` names; an awaitable it returns (an ``async def``
+    setup) is run to completion by ``awaited``. If it raises, log it as a setup failure whose
     traceback shows the user's code only (goodsd's own frames left out), and raise
     SetupFailed; HandlerLoadError when it cannot be loaded."""
     setup = load_callable(spec)
     try:
-        setup()
+        _finishing(awaited)(setup())
     except (Exception, SystemExit) as exc:  # a setup may sys.exit() when it cannot start
         trace = exc.__traceback__
-        while trace is not None and trace.tb_frame.f_code.co_filename.startswith(_OWN_CODE):
+        while trace is not None and trace.tb_frame.f_code.co_filename.startswith(_NOT_USER_CODE):
             trace = trace.tb_next
         log.error("setup %s failed", spec, exc_info=(type(exc), exc, trace))
         raise SetupFailed(spec) from None
@@ -286,33 +293,97 @@ class _Conversation:
             self.stdin.close()
 
 
-def build(cfg: ConsumersConfig, pythonpath: tuple[str, ...]) -> Callable[[bytes], None]:
-    """The per-item function of a consumer: decode, then handle. Raises HandlerLoadError at
+def build(
+    cfg: ConsumersConfig,
+    pythonpath: tuple[str, ...],
+    awaited: Callable[[Awaitable[object]], object] | None = None,
+) -> Callable[[bytes], None]:
+    """The per-item function of a consumer: decode, then handle. A handler that returns an
+    awaitable (an ``async def`` one, say) has it run to completion by ``awaited`` (on the
+    process's event loop); without ``awaited``, that is a TypeError. Raises HandlerLoadError at
     build time, MalformedItem or the handler's own exception per item."""
     decode = decoder(cfg.decode)
     if cfg.command:
         return CommandHandler(cfg.command, cfg.timeout, check=decode)
-    add_pythonpath(pythonpath)
-    if not cfg.handler:
-        raise HandlerLoadError("no handler or command configured")
-    handler = load_callable(cfg.handler)
+    handler = load_handler(cfg, pythonpath)
+    finish = _finishing(awaited)
     if cfg.decode == "utf-8":
-        return utf8_call(handler)
+        return utf8_call(handler, finish)
 
     def call_item(raw: bytes) -> None:
-        handler(decode(raw))
+        result = handler(decode(raw))
+        if result is not None:
+            finish(result)
 
     return call_item
 
 
-def utf8_call(handler: Callable[[str], object]) -> Callable[[bytes], None]:
-    """The common case with one call less per item: decoding inlined."""
+def build_async(
+    cfg: ConsumersConfig, pythonpath: tuple[str, ...]
+) -> Callable[[bytes], Awaitable[object]] | None:
+    """For an async handler (``async def``, or an object with an ``async def __call__``): the
+    per-item function that decodes the item and returns the handler's coroutine, to be
+    awaited (no coroutine of its own: one less per item). None for any other handler: a
+    command, or a plain function (run in threads; see ``build``). Raises as ``build`` does."""
+    if cfg.command:
+        return None
+    handler = load_handler(cfg, pythonpath)
+    if not is_async(handler):
+        return None
+    decode = decoder(cfg.decode)
+
+    def call_item(raw: bytes) -> Awaitable[object]:
+        return handler(decode(raw))  # type: ignore[return-value]  # a coroutine (is_async)
+
+    return call_item
+
+
+def load_handler(cfg: ConsumersConfig, pythonpath: tuple[str, ...]) -> Callable[..., object]:
+    """The configured Python handler, with ``pythonpath`` in front of sys.path."""
+    add_pythonpath(pythonpath)
+    if not cfg.handler:
+        raise HandlerLoadError("no handler or command configured")
+    return load_callable(cfg.handler)
+
+
+def is_async(handler: Callable[..., object]) -> bool:
+    """Whether calling ``handler`` makes a coroutine: an ``async def`` function (or a partial
+    of one), or an object whose class has an ``async def __call__``."""
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        type(handler).__call__
+    )
+
+
+def _finishing(
+    awaited: Callable[[Awaitable[object]], object] | None,
+) -> Callable[[object], None]:
+    """What becomes of a handler's result other than None: an awaitable is run to completion
+    by ``awaited`` (a TypeError without one); anything else is ignored, as ever."""
+
+    def finish(result: object) -> None:
+        if inspect.isawaitable(result):
+            if awaited is None:
+                if inspect.iscoroutine(result):
+                    result.close()  # not run: no "never awaited" warning for it
+                raise TypeError("the handler returned an awaitable, and nothing here runs one")
+            awaited(result)
+
+    return finish
+
+
+def utf8_call(
+    handler: Callable[[str], object], finish: Callable[[object], None]
+) -> Callable[[bytes], None]:
+    """The common case with one call less per item: decoding inlined. A result other than
+    None goes to ``finish``."""
 
     def call_item(raw: bytes) -> None:
         try:
             item = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise MalformedItem(f"not UTF-8: {exc}") from exc
-        handler(item)
+        result = handler(item)
+        if result is not None:
+            finish(result)
 
     return call_item

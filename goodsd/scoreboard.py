@@ -5,9 +5,11 @@ than a no-op handler); the master reads it whenever it likes to judge liveness a
 The master creates the record before fork; both sides then see the same anonymous mapping.
 
 The record is a header (heartbeat and counters) and one slot per item a child may run at once
-(``slots``; 1 while a consumer runs one item at a time). A slot says whether its item runs,
-since when, and which one. Each has its own writer: the header the child's main loop, a slot
-the thread or task running that slot's items; so no two writers ever share a part.
+(``slots``: a consumer's ``concurrency``). A slot says whether its item runs, since when, and
+which one: the item's fingerprint (``goodsd.store.records.fingerprint``), a number the master
+matches against the values a dead consumer held, whatever order they are settled in. Each part
+has its own writer: the header the child's main loop, a slot the thread or task running that
+slot's items; so no two writers ever share a part.
 
 A write is not atomic (it stores several fields; ``struct.pack_into`` even zeroes them first), so
 the header and every slot are each guarded like a seqlock: the writer makes the part's counter
@@ -37,9 +39,9 @@ _HEADER_AT = 8
 _COUNTERS_AT = _HEADER_AT + _HEADER.size
 # Then three arrays of one 8-byte value per slot, each taken by a reader in one copy: the
 # slots' write counters; busy_since (monotonic time the slot's item started, 0.0 when idle);
-# position (index in the claimed batch, 0 = oldest, of the slot's item; -1 when idle).
+# item (the fingerprint of the slot's item, never negative; -1 when idle).
 IDLE_SINCE = 0.0
-IDLE_POSITION = -1
+IDLE_ITEM = -1
 # Most slots one record holds: enough for thousands of asyncio tasks per consumer.
 MAX_SLOTS = 10_000
 # Reads tried while a write is under way (the writer may have been preempted mid-write): the
@@ -59,40 +61,46 @@ class Slot(NamedTuple):
     """One slot as last written: idle when ``busy_since`` is 0.0."""
 
     busy_since: float  # monotonic time its item started, 0.0 when idle
-    position: int  # index in the claimed batch of its item, -1 when idle
+    item: int  # its item's fingerprint, -1 when idle
 
 
 class Reading(NamedTuple):
     """One look at a child's record.
 
-    ``busy_since`` and ``position`` are those of the slot busy longest (0.0 and -1 when all
-    are idle): with one slot, simply the current item. ``heartbeat`` is the child's latest
-    sign of life, its last loop step or the start of its latest item. ``starts`` and
-    ``positions`` hold every slot's busy_since and position, in slot order."""
+    ``busy_since`` and ``item`` are those of the slot busy longest (0.0 and -1 when all are
+    idle): with one slot, simply the current item. ``heartbeat`` is the child's latest sign of
+    life, its last loop step or the start of its latest item. ``starts`` and ``items`` hold
+    every slot's busy_since and item fingerprint, in slot order."""
 
     heartbeat: float
     busy_since: float
-    position: int
+    item: int
     done: int
     failed: int
     flags: int
     given_back: int
     starts: tuple[float, ...] = ()
-    positions: tuple[int, ...] = ()
+    items: tuple[int, ...] = ()
 
     @property
     def slots(self) -> tuple[Slot, ...]:
         """Every slot, in slot order."""
-        return tuple(map(Slot, self.starts, self.positions))
+        return tuple(map(Slot, self.starts, self.items))
+
+    @property
+    def busy(self) -> tuple[Slot, ...]:
+        """The busy slots, in slot order: when each running item started, and its
+        fingerprint."""
+        return tuple(slot for slot in self.slots if slot.busy_since)
 
     @property
     def running(self) -> tuple[int, ...]:
-        """Positions of the items running now (the busy slots'), in slot order."""
-        return tuple(pos for since, pos in zip(self.starts, self.positions, strict=True) if since)
+        """Fingerprints of the items running now (the busy slots'), in slot order."""
+        return tuple(item for since, item in zip(self.starts, self.items, strict=True) if since)
 
 
 # What the master assumes of a child whose record is already gone.
-NO_READING = Reading(0.0, IDLE_SINCE, IDLE_POSITION, 0, 0, 0, 0)
+NO_READING = Reading(0.0, IDLE_SINCE, IDLE_ITEM, 0, 0, 0, 0)
 
 
 class Scoreboard:
@@ -110,8 +118,8 @@ class Scoreboard:
         arrays = [whole[_COUNTERS_AT + 8 * slots * i :][: 8 * slots] for i in range(3)]
         self._counts = arrays[0].cast("Q")  # [i]: odd while a write of slot i is on
         self._starts = arrays[1].cast("d")
-        self._positions = arrays[2].cast("q")
-        self._views = (self._counter, self._counts, self._starts, self._positions, *arrays, whole)
+        self._items = arrays[2].cast("q")
+        self._views = (self._counter, self._counts, self._starts, self._items, *arrays, whole)
         # A mask of every counter's lowest bit: a counts area ANDed with it is 0 when all
         # counters are even (no write under way).
         self._odd_bits = int.from_bytes((1).to_bytes(8, sys.byteorder) * slots, sys.byteorder)
@@ -126,7 +134,7 @@ class Scoreboard:
             self._map, _HEADER_AT
         )
         self._last_starts = self._starts.tolist()
-        self._last_positions = self._positions.tolist()
+        self._last_items = self._items.tolist()
 
     def write(
         self,
@@ -137,7 +145,7 @@ class Scoreboard:
         flags: int = 0,
         given_back: int = 0,
         busy_since: float | None = None,
-        position: int = IDLE_POSITION,
+        item: int = IDLE_ITEM,
     ) -> None:
         """Write the header. With ``busy_since`` (0.0: idle) also slot 0, the one slot of a
         child that runs one item at a time."""
@@ -147,37 +155,38 @@ class Scoreboard:
         self._writes += 1
         self._counter[0] = self._writes
         if busy_since is not None:
-            self.busy(busy_since, position)
+            self.busy(busy_since, item)
 
-    def busy(self, now: float, position: int, slot: int = 0) -> None:
-        """The item at ``position`` starts ``now`` (monotonic seconds) in ``slot``: the one
-        write per item. ``now`` 0.0 makes the slot idle. IndexError for a slot out of range."""
+    def busy(self, now: float, item: int, slot: int = 0) -> None:
+        """The item whose fingerprint is ``item`` starts ``now`` (monotonic seconds) in
+        ``slot``: the one write per item. ``now`` 0.0 makes the slot idle. IndexError for a
+        slot out of range."""
         seq = self._slot_writes[slot] + 1
         self._counts[slot] = seq
         self._starts[slot] = now
-        self._positions[slot] = position
+        self._items[slot] = item
         self._counts[slot] = self._slot_writes[slot] = seq + 1
 
     def idle(self, slot: int = 0) -> None:
         """``slot`` runs nothing now."""
-        self.busy(IDLE_SINCE, IDLE_POSITION, slot)
+        self.busy(IDLE_SINCE, IDLE_ITEM, slot)
 
     def read(self) -> Reading:
         """The record as the child last wrote it, never a part torn by a write under way."""
         heartbeat, done, failed, flags, given_back = self._read_header()
-        starts, positions = self._read_slots()
+        starts, items = self._read_slots()
         oldest = min((since for since in starts if since), default=IDLE_SINCE)
-        position = positions[starts.index(oldest)] if oldest else IDLE_POSITION
+        item = items[starts.index(oldest)] if oldest else IDLE_ITEM
         return Reading(
             max(heartbeat, max(starts)),
             oldest,
-            position,
+            item,
             done,
             failed,
             flags,
             given_back,
             tuple(starts),
-            tuple(positions),
+            tuple(items),
         )
 
     def _read_header(self) -> tuple[float, int, int, int, int]:
@@ -192,19 +201,19 @@ class Scoreboard:
         return self._last_header
 
     def _read_slots(self) -> tuple[list[float], list[int]]:
-        """Every slot's (busy_since, position): the counters, the values, the counters again,
-        each in one copy. A slot whose counter stayed the same and even was read whole; the
-        others are read again."""
-        starts, positions = self._last_starts, self._last_positions
+        """Every slot's (busy_since, item): the counters, the values, the counters again, each
+        in one copy. A slot whose counter stayed the same and even was read whole; the others
+        are read again."""
+        starts, items = self._last_starts, self._last_items
         torn: Iterable[int] = range(self.slots)
         for attempt in range(READ_TRIES):
             if attempt >= READ_SPINS:
                 os.sched_yield()
             before = self._counts.tobytes()
-            now_starts, now_positions = self._starts.tolist(), self._positions.tolist()
+            now_starts, now_items = self._starts.tolist(), self._items.tolist()
             after = self._counts.tobytes()
             if before == after and not int.from_bytes(before, sys.byteorder) & self._odd_bits:
-                starts, positions = now_starts, now_positions  # the common case: all whole
+                starts, items = now_starts, now_items  # the common case: all whole
                 break
             counts_before, counts_after = _counts(before), _counts(after)
             still_torn = []
@@ -212,12 +221,12 @@ class Scoreboard:
                 if counts_before[i] % 2 or counts_after[i] != counts_before[i]:
                     still_torn.append(i)
                 else:
-                    starts[i], positions[i] = now_starts[i], now_positions[i]
+                    starts[i], items[i] = now_starts[i], now_items[i]
             torn = still_torn
             if not torn:
                 break
-        self._last_starts, self._last_positions = starts, positions
-        return starts, positions
+        self._last_starts, self._last_items = starts, items
+        return starts, items
 
     def close(self) -> None:
         for view in self._views:

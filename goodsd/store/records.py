@@ -59,6 +59,20 @@ def deliveries(values: list[bytes], retries: list[int]) -> list[Delivery]:
     return out
 
 
+# Fingerprints are 63 bits, never negative: a scoreboard slot holds -1 when idle.
+FINGERPRINT_BITS = (1 << 63) - 1
+
+
+def fingerprint(claimed: bytes) -> int:
+    """A number naming a claimed value (0 to 2**63 - 1), for the scoreboard slot that runs it:
+    the master matches it against the values a dead consumer held (``Upkeep.requeue``), so a
+    slot names its item whatever order the others are settled in. It is Python's hash of the
+    bytes: children are forked from the master without exec, so they share its hash secret and
+    the master computes the same number. Equal values share a fingerprint, as they share
+    everything in flight: settling and requeueing take them by value too."""
+    return hash(claimed) & FINGERPRINT_BITS
+
+
 def from_envelope(value: bytes) -> Delivery:
     """A retry envelope (checked by Redis) as the delivery it carries: tag and exact item."""
     tag = value[len(TAG_MARK) : len(TAG_MARK) + TAG_LEN].decode("ascii")

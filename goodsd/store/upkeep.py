@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Collection, Sequence
 
 import redis
 
 from goodsd.store import scripts
 from goodsd.store.keys import QueueKeys
-from goodsd.store.records import MasterEntry, decode_hash, deliveries
+from goodsd.store.records import Delivery, MasterEntry, decode_hash, deliveries, fingerprint
 from goodsd.store.views import Views
 from goodsd.store.worker import Failure, RetryPolicy, failure_args, ms
 
@@ -50,20 +51,21 @@ class Upkeep:
         """Requeue a gone consumer's in-flight items (back to the pop end) and forget it (see
         scripts/requeue.lua).
 
-        ``running`` holds the positions (0 = oldest held) of the items it was running when it
-        died; each counts a failed attempt with ``error``, retried by ``policy``, so an item
-        that kills its worker every time ends in the dead list instead of looping. Returns the
-        number of items handled, or -1 when ``only_if_expired`` and the lease still lives.
+        ``running`` holds the fingerprints (``records.fingerprint``, as its scoreboard slots
+        showed them) of the items it was running when it died; each held item they name counts
+        a failed attempt with ``error``, retried by ``policy``, so an item that kills its
+        worker every time ends in the dead list instead of looping. A fingerprint names one
+        held item each time it is given (equal values are interchangeable); one that names
+        none (an item settled just before the death) is ignored. Returns the number of items
+        handled, or -1 when ``only_if_expired`` and the lease still lives.
         """
         keys = self.keys.consumer(consumer)
         args: list[object] = [int(only_if_expired), consumer, policy.retries]
         args.append(int(policy.delay * 1000))
         if running:
-            held = deliveries(*self._held(keys=keys))
             now = time.time()
-            for position in running:
-                if position < len(held):
-                    args += failure_args(Failure(held[position], error), consumer, now)
+            for delivery in named_by(deliveries(*self._held(keys=keys)), running):
+                args += failure_args(Failure(delivery, error), consumer, now)
         return int(self._requeue(keys=keys, args=args))
 
     def requeue_expired(self, skip: Collection[str] = ()) -> dict[str, int]:
@@ -98,3 +100,16 @@ class Upkeep:
 
     def forget_master(self, master: str) -> None:
         self.client.hdel(self.keys.masters, master)
+
+
+def named_by(held: Sequence[Delivery], fingerprints: Sequence[int]) -> list[Delivery]:
+    """The deliveries of ``held`` that ``fingerprints`` name, each fingerprint taking one
+    delivery not yet taken (oldest first)."""
+    wanted = Counter(fingerprints)
+    named = []
+    for delivery in held:
+        mark = fingerprint(delivery.claimed)
+        if wanted[mark] > 0:
+            wanted[mark] -= 1
+            named.append(delivery)
+    return named

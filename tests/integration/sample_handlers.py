@@ -3,11 +3,14 @@ Those that record use their own Redis connection, from $TEST_REDIS_URL."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import random
 import time
 from functools import cache
 
 import redis
+import redis.asyncio
 
 
 @cache
@@ -156,4 +159,95 @@ def run_sleep(item: object) -> None:
         _client().rpush("test:started", str(item))
         if proc.wait():
             raise subprocess.CalledProcessError(proc.returncode, proc.args)
+    record(item)
+
+
+# --- handlers for consumers.concurrency above 1 --------------------------------------------
+# The async ones use a redis.asyncio client made by the async setup connect_async: it belongs
+# to the event loop it was made on, so it works only if setup and items share that loop.
+
+_async_client: redis.asyncio.Redis | None = None
+
+
+async def connect_async() -> None:
+    """An async setup: connect a redis.asyncio client on the process's event loop."""
+    global _async_client
+    _async_client = redis.asyncio.Redis.from_url(os.environ["TEST_REDIS_URL"])
+    await _async_client.ping()
+
+
+def _aclient() -> redis.asyncio.Redis:
+    assert _async_client is not None, "setup connect_async did not run"
+    return _async_client
+
+
+def shuffled_record(item: object) -> None:
+    """Take a random moment (0 to 2 ms), so that items finish out of order; record it."""
+    time.sleep(random.random() / 500)
+    record(item)
+
+
+async def shuffled_record_async(item: object) -> None:
+    """shuffled_record, awaiting: a random moment, then the setup's client records it."""
+    await asyncio.sleep(random.random() / 500)
+    await _aclient().rpush("test:handled", str(item))
+
+
+def record_when_released(item: object) -> None:
+    """Record that the item started; wait until the key test:go exists; record it done."""
+    client = _client()
+    client.rpush("test:started", str(item))
+    while not client.exists("test:go"):
+        time.sleep(0.01)
+    record(item)
+
+
+async def record_when_released_async(item: object) -> None:
+    """record_when_released, awaiting."""
+    client = _aclient()
+    await client.rpush("test:started", str(item))
+    while not await client.exists("test:go"):
+        await asyncio.sleep(0.01)
+    await client.rpush("test:handled", str(item))
+
+
+def hang_on_marker(item: object) -> None:
+    """The item "hang" records its start and never returns; any other takes 50 ms and is
+    recorded."""
+    if item == "hang":
+        hang(item)
+    time.sleep(0.05)
+    record(item)
+
+
+async def hang_on_marker_async(item: object) -> None:
+    """The item "hang" records its start and awaits forever; any other takes 50 ms and is
+    recorded."""
+    if item == "hang":
+        await _aclient().rpush("test:started", str(item))
+        await asyncio.Event().wait()
+    await asyncio.sleep(0.05)
+    await _aclient().rpush("test:handled", str(item))
+
+
+async def block_loop_on_marker(item: object) -> None:
+    """The mistake of sync code in a coroutine: the item "block" holds the event loop for
+    $TEST_ITEM_SECONDS with time.sleep; every item is recorded."""
+    if item == "block":
+        time.sleep(float(os.environ.get("TEST_ITEM_SECONDS", "1")))
+    await _aclient().rpush("test:handled", str(item))
+
+
+async def record_async(item: object) -> None:
+    """Record the item after yielding to the event loop once, with a client of its own loop
+    (no setup needed)."""
+    await asyncio.sleep(0)
+    async with redis.asyncio.Redis.from_url(os.environ["TEST_REDIS_URL"]) as client:
+        await client.rpush("test:handled", str(item))
+
+
+def fail_first_attempt(item: object) -> None:
+    """Fail the first attempt at each distinct item; record the others."""
+    if _client().set(f"test:tried:{item}", 1, nx=True):
+        raise ValueError(f"first attempt at {item}")
     record(item)

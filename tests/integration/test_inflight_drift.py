@@ -36,12 +36,19 @@ def test_a_settle_that_no_longer_matches_changes_nothing(r):
     assert r.zcard("goodsd:{q}:retry") == 0
 
 
+@pytest.mark.parametrize("concurrency", [1, 4])
 def test_a_consumer_out_of_step_gives_back_everything_and_carries_on(
-    r, make_config, start_daemon, notify
+    concurrency, r, make_config, start_daemon, notify
 ):
-    # Given one consumer whose in-flight list drifts while it runs a batch
+    # Given one consumer whose in-flight list drifts while it runs a batch (or while it runs
+    # 4 items at once: those running go back too, and their outcomes are dropped)
     config = make_config(
-        consumers={"processes": 1, "batch": 20, "handler": "sample_handlers:drift_on_marker"}
+        consumers={
+            "processes": 1,
+            "batch": 20,
+            "handler": "sample_handlers:drift_on_marker",
+            "concurrency": concurrency,
+        }
     )
     daemon = start_daemon(config, notify=notify)
     notify.wait("READY", "1")

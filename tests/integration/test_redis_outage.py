@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from support import wait_for
 
 
@@ -38,11 +39,18 @@ def take_redis_away(r, redis_server, daemon, notify) -> None:
         dump.unlink(missing_ok=True)
 
 
-def start_recording(tmp_path, make_config, start_daemon, notify, lease: str, seconds: str):
-    """goodsd with two consumers that record items in a file (not in Redis, which goes away)."""
+def start_recording(
+    tmp_path, make_config, start_daemon, notify, lease: str, seconds: str, concurrency: int = 1
+):
+    """goodsd with two consumers that record items in a file (not in Redis, which goes away),
+    each running ``concurrency`` items at once."""
     out = tmp_path / "handled"
     config = make_config(
-        consumers={"handler": "sample_handlers:paced_record_to_file", "batch": 10},
+        consumers={
+            "handler": "sample_handlers:paced_record_to_file",
+            "batch": 10,
+            "concurrency": concurrency,
+        },
         supervisor={"lease": lease},
     )
     env = {"TEST_OUT": str(out), "TEST_ITEM_SECONDS": seconds}
@@ -52,12 +60,13 @@ def start_recording(tmp_path, make_config, start_daemon, notify, lease: str, sec
     return daemon, out, consumers
 
 
+@pytest.mark.parametrize("concurrency", [1, 8])
 def test_consumption_resumes_after_a_redis_restart(
-    r, redis_server, tmp_path, make_config, start_daemon, notify
+    concurrency, r, redis_server, tmp_path, make_config, start_daemon, notify
 ):
     # Given goodsd with a lease far longer than the outage (no lease runs out meanwhile)
     daemon, out, consumers = start_recording(
-        tmp_path, make_config, start_daemon, notify, lease="30s", seconds="0.01"
+        tmp_path, make_config, start_daemon, notify, "30s", "0.01", concurrency
     )
     registered = r.hgetall("goodsd:{q}:consumers")
     # And items pushed before the outage, being worked on

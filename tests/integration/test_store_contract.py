@@ -27,7 +27,7 @@ from goodsd.store import (
     Upkeep,
     Views,
 )
-from goodsd.store.records import ENVELOPE_HEAD
+from goodsd.store.records import ENVELOPE_HEAD, fingerprint
 
 POLICY = RetryPolicy(retries=2, delay=60.0)
 LEASE = 30.0
@@ -278,8 +278,9 @@ def test_a_requeue_counts_a_failed_attempt_for_each_item_that_was_running(r):
     store.register("c1", Registration(host="h", pid=1), 30)
     r.lpush("q", b"good1", b"good2", b"good3")
     store.claim("c1", 3, 30, 0)
-    # When its master requeues them, naming the two that were running
-    count = Upkeep(r, "q").requeue("c1", running=[0, 2], error="worker died", policy=POLICY)
+    # When its master requeues them, naming the two that were running by their fingerprints
+    running = [fingerprint(b"good1"), fingerprint(b"good3")]
+    count = Upkeep(r, "q").requeue("c1", running=running, error="worker died", policy=POLICY)
     # Then each of those counts a failed attempt and waits for its retry, the other is back
     # at the pop end, and the consumer is forgotten
     assert count == 3
@@ -288,3 +289,19 @@ def test_a_requeue_counts_a_failed_attempt_for_each_item_that_was_running(r):
     assert sorted(int(n) for n in r.hvals("goodsd:{q}:attempts")) == [1, 1]
     assert r.lrange("q", 0, -1) == [b"good2"]
     assert r.hlen("goodsd:{q}:consumers") == 0
+
+
+def test_a_requeue_blames_one_held_item_per_fingerprint_and_ignores_settled_ones(r):
+    # Given a consumer that died holding an item twice (pushed twice) and another item
+    store = RedisConsumerStore(r, "q")
+    store.register("c1", Registration(host="h", pid=1), 30)
+    r.lpush("q", b"same", b"same", b"other")
+    store.claim("c1", 3, 30, 0)
+    # When its master requeues them, naming one copy as running, and an item it no longer held
+    running = [fingerprint(b"same"), fingerprint(b"settled before the death")]
+    count = Upkeep(r, "q").requeue("c1", running=running, error="worker died", policy=POLICY)
+    # Then one copy counts a failed attempt; the other copy and the other item are back
+    assert count == 3
+    waiting = [value[ENVELOPE_HEAD:] for value in r.zrange("goodsd:{q}:retry", 0, -1)]
+    assert waiting == [b"same"]
+    assert sorted(r.lrange("q", 0, -1)) == [b"other", b"same"]

@@ -42,6 +42,7 @@ def test_minimal_file_gives_every_default() -> None:
     assert (cfg.consumers.processes, cfg.consumers.batch, cfg.consumers.timeout) == (4, 10, 30.0)
     assert (cfg.consumers.retries, cfg.consumers.retry_delay) == (3, 5.0)
     assert (cfg.consumers.max_items, cfg.consumers.decode) == (0, "utf-8")
+    assert cfg.consumers.concurrency == 1
     assert cfg.producer == config.ProducerConfig(0, None, None, 10000, 8000, False, 100)
     assert cfg.supervisor == config.SupervisorConfig(30.0, 1.0, 60.0, 30.0)
     assert cfg.logging == config.LoggingConfig("info", "text")
@@ -66,6 +67,7 @@ def test_every_key_is_read() -> None:
           retry_delay: 500ms
           max_items: 1000
           decode: JSON
+          concurrency: 100
         producer:
           processes: 2
           source: app.feed:items
@@ -102,6 +104,7 @@ def test_every_key_is_read() -> None:
         retry_delay=0.5,
         max_items=1000,
         decode="json",
+        concurrency=100,
     )
     assert cfg.producer == config.ProducerConfig(2, "app.feed:items", None, 500, 0, True, 20)
     assert cfg.supervisor == config.SupervisorConfig(120.0, 2.0, 2.0, 1.0)
@@ -373,6 +376,14 @@ ERRORS = [
     (
         MINIMAL + "  retries: 1000001\n",
         "goodsd.yaml:3: consumers.retries: must be between 0 and 1000000, got 1000001",
+    ),
+    (
+        MINIMAL + "  concurrency: 0\n",
+        "goodsd.yaml:3: consumers.concurrency: must be between 1 and 10000, got 0",
+    ),
+    (
+        MINIMAL + "  concurrency: 10001\n",
+        "goodsd.yaml:3: consumers.concurrency: must be between 1 and 10000, got 10001",
     ),
     (
         MINIMAL + "  max_items: -5\n",

@@ -3,6 +3,7 @@ with a fake clock: its delivery rules without Redis or processes."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,6 +27,14 @@ def handle(item: str) -> None:
     ACTIONS.pop(item, lambda: None)()
 
 
+async def handle_async(item: str) -> None:
+    """An async handler (``test_consumer_steps:handle_async``); the item "forever" never ends."""
+    await asyncio.sleep(0)
+    if item == "forever":
+        await asyncio.Event().wait()
+    HANDLED.append(item)
+
+
 def fail() -> None:
     raise ValueError("cannot handle it")
 
@@ -44,7 +53,8 @@ def store(clock: FakeClock) -> MemoryConsumerStore:
 
 def started(store: MemoryConsumerStore, clock: FakeClock, **consumers: Any) -> Consumer:
     """A consumer of ``store``, initialized: handler loaded, registered."""
-    settings = ConsumersConfig(processes=1, handler=f"{__name__}:handle", **consumers)
+    consumers.setdefault("handler", f"{__name__}:handle")
+    settings = ConsumersConfig(processes=1, **consumers)
     config = Config(queue="q", consumers=settings)
     worker = Consumer(config, ME, Scoreboard(), lambda: None, store, clock)
     worker.initialize()
@@ -131,3 +141,18 @@ def test_a_consumer_out_of_step_gives_back_everything_and_starts_afresh(store, c
     worker.loop()
     assert HANDLED == ["good1", "good2", "ghost", "good1", "good2"]
     assert store.stats["done"] == 3 and store.ready == deque() and store.held(ME) == []
+
+
+def test_an_async_handler_runs_each_item_to_its_end_and_is_cut_at_the_timeout(store, clock):
+    # Given an async handler, one at a time, a 0.1 s timeout and no retries
+    store.push(b"good1", b"forever", b"good2")
+    worker = started(store, clock, handler=f"{__name__}:handle_async", timeout=0.1, retries=0)
+    # When the consumer takes a step
+    worker.loop()
+    # Then each coroutine ran to its end, and the one that never ends was cancelled at the
+    # timeout and counts a failed attempt (dead, with no retries)
+    assert HANDLED == ["good1", "good2"]
+    [dead] = [DeadRecord.decode(raw) for raw in store.dead]
+    assert (dead.item, dead.attempts) == (b"forever", 1)
+    assert dead.error == "ItemTimeout: timed out after 0.1s and was cancelled"
+    assert store.stats["done"] == 2 and store.held(ME) == []

@@ -44,7 +44,7 @@ def consumer(index: int, state: State = State.RUNNING, **kw: object) -> Child:
 
 def test_a_consumer_that_died_running_an_item_blames_it() -> None:
     child = consumer(0)
-    child.board.write(heartbeat=50.0, busy_since=50.0, position=3)
+    child.board.write(heartbeat=50.0, busy_since=50.0, item=3)
     rec = requeue_of(child, child.board.read(), "killed by SIGSEGV", CONFIG)
     assert rec == Requeue(
         child.identity, (3,), "worker killed by SIGSEGV while running this item", CONFIG
@@ -77,7 +77,7 @@ def test_a_consumer_that_crashed_blames_every_item_it_was_running() -> None:
 
 def test_a_stop_blames_nothing_and_an_idle_consumer_blames_nothing() -> None:
     stopping = consumer(0, State.STOPPING)
-    stopping.board.write(heartbeat=50.0, busy_since=50.0, position=0)
+    stopping.board.write(heartbeat=50.0, busy_since=50.0, item=0)
     idle = consumer(1)
     assert requeue_of(stopping, stopping.board.read(), "exited with status 0", CONFIG).running == ()
     assert requeue_of(idle, idle.board.read(), "killed by SIGKILL", CONFIG).running == ()
@@ -85,7 +85,7 @@ def test_a_stop_blames_nothing_and_an_idle_consumer_blames_nothing() -> None:
 
 def test_overdue_children_are_the_hung_and_the_late() -> None:
     late, fine, silent = consumer(0), consumer(1), consumer(2)
-    late.board.write(heartbeat=100.0, busy_since=100.0, position=0)
+    late.board.write(heartbeat=100.0, busy_since=100.0, item=0)
     fine.board.write(heartbeat=114.0)
     silent.board.write(heartbeat=10.0)
     kills = overdue_children([late, fine, silent], now=100.0 + 10 + TIMEOUT_GRACE + 1)

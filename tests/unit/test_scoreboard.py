@@ -24,7 +24,7 @@ def test_a_new_board_has_every_slot_idle(slots: int) -> None:
     board = Scoreboard(slots)
     reading = board.read()
     assert reading.slots == (IDLE,) * slots
-    assert (reading.busy_since, reading.position, reading.running) == (0.0, -1, ())
+    assert (reading.busy_since, reading.item, reading.running) == (0.0, -1, ())
     assert reading.heartbeat > 0
     board.close()
 
@@ -50,10 +50,23 @@ def test_the_last_of_max_slots_is_its_own_beyond_the_first_page() -> None:
     board.close()
 
 
+def test_a_reading_gives_each_busy_slot_s_start_and_item() -> None:
+    # Given a board of four slots, two of them running items
+    board = Scoreboard(4)
+    board.busy(30.0, 12, 1)
+    board.busy(20.0, 11, 3)
+    # Then a reading gives each busy slot's start and item in slot order, and the oldest
+    reading = board.read()
+    assert reading.busy == (Slot(30.0, 12), Slot(20.0, 11))
+    assert reading.running == (12, 11)
+    assert (reading.busy_since, reading.item) == (20.0, 11)
+    board.close()
+
+
 def test_one_slot_reads_as_today_s_record() -> None:
     # Given a one-slot board written the way a one-item consumer writes it
     board = Scoreboard()
-    board.write(heartbeat=5.0, busy_since=4.0, position=2, done=3, failed=1, given_back=6)
+    board.write(heartbeat=5.0, busy_since=4.0, item=2, done=3, failed=1, given_back=6)
     # Then a reading has the fields it always had, in their order
     heartbeat, busy_since, *_ = board.read()
     assert (heartbeat, busy_since) == (5.0, 4.0)
@@ -72,7 +85,7 @@ def test_one_slot_reads_as_today_s_record() -> None:
 
 
 def test_a_reading_of_a_gone_record_is_idle() -> None:
-    assert (NO_READING.busy_since, NO_READING.position, NO_READING.running) == (0.0, -1, ())
+    assert (NO_READING.busy_since, NO_READING.item, NO_READING.running) == (0.0, -1, ())
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -113,7 +126,7 @@ def expected_reading(model: list[Slot], heartbeat: float, done: int) -> Reading:
         0,
         0,
         tuple(slot.busy_since for slot in model),
-        tuple(slot.position for slot in model),
+        tuple(slot.item for slot in model),
     )
 
 
@@ -134,7 +147,7 @@ def test_a_slot_whose_writer_stopped_mid_write_keeps_its_last_whole_value() -> N
 
 
 # A writer forked from the test: one thread per slot rewrites its own slot as fast as it can,
-# each write a pair that only a whole read shows equal (busy_since == position, or idle), while
+# each write a pair that only a whole read shows equal (busy_since == item, or idle), while
 # the main thread rewrites the header with four equal counters.
 def run_writer(board: Scoreboard) -> None:
     def write_slot(slot: int) -> None:
@@ -154,7 +167,7 @@ def run_writer(board: Scoreboard) -> None:
 
 def whole(reading: Reading) -> bool:
     """Whether ``reading`` shows only whole writes of ``run_writer``."""
-    slots_whole = all(slot == IDLE or slot.busy_since == slot.position for slot in reading.slots)
+    slots_whole = all(slot == IDLE or slot.busy_since == slot.item for slot in reading.slots)
     return slots_whole and reading.done == reading.failed == reading.flags == reading.given_back
 
 

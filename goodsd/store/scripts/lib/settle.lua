@@ -19,12 +19,16 @@
 -- holds, or one a failover took back to an earlier claim (whose items were done then, while
 -- those of the lost claim are back in the ready list); deleting it loses nothing.
 
--- Whether the in-flight list holds each of values, as many times as it is named.
+-- Whether the in-flight list holds each of values, as many times as it is named. Looked for
+-- from the oldest end (RANK -1), where what is settled usually is: a consumer running many
+-- items at once holds a long list, and its finished items are mostly its oldest.
 local function holds_all(K, values)
   local wanted = {}
   for _, value in ipairs(values) do wanted[value] = (wanted[value] or 0) + 1 end
   for value, times in pairs(wanted) do
-    if #redis.call('LPOS', K.inflight, value, 'COUNT', times) < times then return false end
+    if #redis.call('LPOS', K.inflight, value, 'RANK', -1, 'COUNT', times) < times then
+      return false
+    end
   end
   return true
 end

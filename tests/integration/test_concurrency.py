@@ -1,0 +1,324 @@
+"""consumers.concurrency above 1, with the real daemon: each handler kind (threads for a plain
+def, asyncio tasks for an async def, programs for a command) runs many items at once per
+process, and every guarantee of one item at a time holds: nothing lost on a kill, a timeout
+blames only its item, a stop finishes what runs, max_items counts across slots."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+from support import wait_for
+
+# handler kind -> consumers settings (async ones get their client from an async setup)
+THREADS = {"handler": "sample_handlers:shuffled_record"}
+TASKS = {
+    "handler": "sample_handlers:shuffled_record_async",
+    "setup": "sample_handlers:connect_async",
+}
+RECORD_COMMAND = ["sh", "-c", 'printf "%s\\n" "$(cat)" >> "$OUT"']
+
+
+def push(r, items: list[str]) -> None:
+    pipe = r.pipeline(transaction=False)
+    for start in range(0, len(items), 1000):
+        pipe.lpush("q", *items[start : start + 1000])
+    pipe.execute()
+
+
+def handled(r) -> list[str]:
+    return [b.decode() for b in r.lrange("test:handled", 0, -1)]
+
+
+def dead_records(r) -> list[dict[str, object]]:
+    return [json.loads(raw) for raw in r.lrange("goodsd:{q}:dead", 0, -1)]
+
+
+def nothing_held(r) -> bool:
+    return r.keys("goodsd:{q}:inflight:*") == [] and r.llen("q") == 0
+
+
+@pytest.mark.parametrize("kind", [THREADS, TASKS], ids=["threads", "tasks"])
+def test_ten_thousand_items_finish_out_of_order_each_once(
+    kind, r, make_config, start_daemon, notify
+):
+    # Given two consumers running 50 items each at once, each item taking a random moment
+    config = make_config(consumers={**kind, "concurrency": 50})
+    daemon = start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    # When 10,000 unique items are pushed
+    items = [f"good{i}" for i in range(10_000)]
+    push(r, items)
+    # Then each is handled exactly once, and counted done once
+    wait_for(lambda: r.llen("test:handled") >= len(items), 60, "all items handled")
+    assert sorted(handled(r)) == sorted(items)
+    assert daemon.stop() == 0
+    assert nothing_held(r)
+    assert int(r.hget("goodsd:{q}:stats", "done")) == len(items)
+    assert "Traceback" not in daemon.log()
+
+
+def test_commands_run_many_at_once_each_item_once(r, tmp_path, make_config, start_daemon, notify):
+    # Given one consumer running up to 20 commands at once, each appending its item to $OUT
+    out = tmp_path / "out"
+    config = make_config(
+        consumers={"processes": 1, "command": RECORD_COMMAND, "handler": None, "concurrency": 20}
+    )
+    daemon = start_daemon(config, notify=notify, env={"OUT": str(out)})
+    notify.wait("READY", "1")
+    # When 1,000 items are pushed (a program per item costs milliseconds of CPU: 10,000 would
+    # take the suite's time for little more)
+    items = [f"good{i}" for i in range(1_000)]
+    push(r, items)
+    # Then each reached a command exactly once
+    wait_for(
+        lambda: out.exists() and len(out.read_text().splitlines()) >= len(items),
+        60,
+        "every item through a command",
+    )
+    assert sorted(out.read_text().splitlines()) == sorted(items)
+    assert daemon.stop() == 0
+    assert nothing_held(r)
+    assert int(r.hget("goodsd:{q}:stats", "done")) == len(items)
+
+
+def test_retries_and_the_dead_list_work_as_one_at_a_time(r, make_config, start_daemon, notify):
+    # Given one consumer running 10 items at once, decoding JSON, whose handler fails the first
+    # attempt at each item, retried after 100 ms
+    config = make_config(
+        consumers={
+            "handler": "sample_handlers:fail_first_attempt",
+            "processes": 1,
+            "concurrency": 10,
+            "decode": "json",
+            "retry_delay": "100ms",
+        }
+    )
+    daemon = start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    # When 30 items arrive, one of them not JSON, and two of them equal
+    items = [f'"good{i}"' for i in range(28)] + ['"good0"', "not json"]
+    r.lpush("q", *items)
+    # Then every good one is done after one retry (the two equal ones as two deliveries), and
+    # the bad one is dead at once without retries
+    wait_for(lambda: r.llen("test:handled") == 29, 20, "every good item handled")
+    assert sorted(handled(r)) == sorted(["good0", *(f"good{i}" for i in range(28))])
+    [record] = dead_records(r)
+    assert record["item"] == "not json" and record["attempts"] == 1
+    assert str(record["error"]).startswith("malformed: not JSON")
+    wait_for(lambda: nothing_held(r), 5, "nothing held")
+    assert r.hlen("goodsd:{q}:attempts") == 0 and r.zcard("goodsd:{q}:retry") == 0
+    assert int(r.hget("goodsd:{q}:stats", "retried")) == 28
+    assert daemon.stop() == 0
+
+
+RELEASED = {
+    "threads": {"handler": "sample_handlers:record_when_released"},
+    "tasks": {
+        "handler": "sample_handlers:record_when_released_async",
+        "setup": "sample_handlers:connect_async",
+    },
+}
+
+
+@pytest.mark.parametrize("kind", sorted(RELEASED))
+def test_a_killed_consumer_s_running_items_all_run_again(
+    kind, r, make_config, start_daemon, notify
+):
+    # Given one consumer running 8 items at once, each waiting for a go, and 4 more claimed
+    settings = {"processes": 1, "concurrency": 8, "retry_delay": "100ms"}
+    config = make_config(consumers={**RELEASED[kind], **settings})
+    daemon = start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    items = [f"good{i}" for i in range(12)]
+    r.lpush("q", *items)
+    wait_for(lambda: r.llen("test:started") == 8, 10, "8 items running")
+    # When the consumer is killed with all 8 running
+    (child,) = daemon.children()
+    os.kill(child, signal.SIGKILL)
+    # Then its items are requeued at once, and a replacement runs them all
+    daemon.wait_log(r"requeued 12 in-flight item\(s\)")
+    r.set("test:go", 1)
+    wait_for(lambda: len(set(handled(r))) == len(items), 20, "every item handled")
+    assert sorted(set(handled(r))) == sorted(items)
+    wait_for(lambda: nothing_held(r), 5, "nothing held")
+    assert r.llen("goodsd:{q}:dead") == 0
+
+
+HANGS = {
+    "tasks": {
+        "handler": "sample_handlers:hang_on_marker_async",
+        "setup": "sample_handlers:connect_async",
+    },
+    "command": {
+        "handler": None,
+        "command": ["sh", "-c", 'item=$(cat); [ "$item" = hang ] && exec sleep 60; exit 0'],
+    },
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HANGS))
+def test_an_item_past_its_timeout_is_cut_alone(kind, r, make_config, start_daemon, notify):
+    # Given one consumer running 4 items at once, a 1 s timeout and no retries
+    config = make_config(
+        consumers={**HANGS[kind], "processes": 1, "concurrency": 4, "timeout": "1s", "retries": 0}
+    )
+    daemon = start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    # When one item hangs among others
+    items = [f"good{i}" for i in range(20)]
+    r.lpush("q", "hang", *items)
+    # Then the hung one is cut at the timeout and dead after its one attempt, the process
+    # is not killed, and every other item is done, without an attempt counted
+    wait_for(lambda: r.llen("goodsd:{q}:dead") == 1, 15, "the hung item dead")
+    [record] = dead_records(r)
+    assert record["item"] == "hang" and record["attempts"] == 1
+    assert "timed out after 1s" in str(record["error"])
+    wait_for(lambda: int(r.hget("goodsd:{q}:stats", "done") or 0) == len(items), 10, "all done")
+    assert r.hlen("goodsd:{q}:attempts") == 0
+    assert "killing" not in daemon.log()
+
+
+def test_a_sync_item_past_its_timeout_blames_it_alone(r, make_config, start_daemon, notify):
+    # Given one consumer running 4 items at once in threads, a 1 s timeout and no retries
+    config = make_config(
+        consumers={
+            "handler": "sample_handlers:hang_on_marker",
+            "processes": 1,
+            "concurrency": 4,
+            "timeout": "1s",
+            "retries": 0,
+        }
+    )
+    daemon = start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    # When one item hangs while the others keep flowing (50 ms each)
+    items = [f"good{i}" for i in range(400)]
+    r.lpush("q", "hang", *items)
+    # Then the master kills the process once it is past timeout and grace (a thread cannot
+    # be stopped); only the hung item counts an attempt (dead, with no retries), and the
+    # items running beside it are given back and done by the replacement
+    daemon.wait_log(r"killing consumer 0 \(pid \d+\): item running for")
+    wait_for(lambda: r.llen("goodsd:{q}:dead") == 1, 10, "the hung item dead")
+    [record] = dead_records(r)
+    assert record["item"] == "hang" and record["attempts"] == 1
+    wait_for(lambda: len(set(handled(r))) == len(items), 30, "every other item handled")
+    assert r.llen("goodsd:{q}:dead") == 1
+
+
+@pytest.mark.parametrize("kind", sorted(RELEASED))
+def test_a_stop_finishes_the_running_items_and_gives_back_the_rest(
+    kind, r, make_config, start_daemon, notify
+):
+    # Given one consumer with 6 items running (each waiting for a go) and more claimed
+    config = make_config(consumers={**RELEASED[kind], "processes": 1, "concurrency": 6})
+    daemon = start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    items = [f"good{i}" for i in range(30)]
+    r.lpush("q", *items)
+    wait_for(lambda: r.llen("test:started") == 6, 10, "6 items running")
+    # When goodsd is told to stop, and the running items then get their go
+    daemon.send(signal.SIGTERM)
+    daemon.wait_log(r"stopping consumer 0")
+    wait_for(lambda: r.llen("q") == len(items) - 6, 10, "the unstarted items given back")
+    r.set("test:go", 1)
+    # Then the 6 finish, none is cut, the rest wait in the queue, and goodsd exits 0
+    assert daemon.wait_exit(15) == 0
+    started = sorted(b.decode() for b in r.lrange("test:started", 0, -1))
+    assert sorted(handled(r)) == started
+    assert sorted(started + [b.decode() for b in r.lrange("q", 0, -1)]) == sorted(items)
+    assert r.keys("goodsd:{q}:inflight:*") == [] and r.hlen("goodsd:{q}:attempts") == 0
+    assert "killing" not in daemon.log()
+
+
+def test_max_items_counts_across_slots(r, make_config, start_daemon, notify):
+    # Given one consumer running 8 items at once, replaced after every 20
+    config = make_config(
+        consumers={
+            **THREADS,
+            "processes": 1,
+            "concurrency": 8,
+            "batch": 10,
+            "max_items": 20,
+        }
+    )
+    daemon = start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    # When 50 items arrive
+    items = [f"good{i}" for i in range(50)]
+    r.lpush("q", *items)
+    # Then all are handled once, by three processes in turn, each stopping at its 20th
+    wait_for(lambda: r.llen("test:handled") == len(items), 20, "all items handled")
+    assert sorted(handled(r)) == sorted(items)
+    daemon.wait_log(r"handled 20 items \(max_items\): exiting to be replaced", count=2)
+    assert "handled 2[1-9] items" not in daemon.log()
+    assert nothing_held(r)
+
+
+def test_a_handler_that_blocks_the_event_loop_is_named(r, make_config, start_daemon, notify):
+    # Given one consumer running async items, one of which blocks the loop for 1.5 s
+    config = make_config(
+        consumers={
+            "handler": "sample_handlers:block_loop_on_marker",
+            "setup": "sample_handlers:connect_async",
+            "processes": 1,
+            "concurrency": 10,
+        }
+    )
+    daemon = start_daemon(config, notify=notify, env={"TEST_ITEM_SECONDS": "1.5"})
+    notify.wait("READY", "1")
+    # When that item comes among others
+    r.lpush("q", "good1", "block", "good2")
+    # Then a warning names it while it blocks, the loop recovers, and every item is done
+    daemon.wait_log(r"the event loop has been blocked for \d+\.\ds by item block:")
+    daemon.wait_log(r"the event loop runs again")
+    wait_for(lambda: r.llen("test:handled") == 3, 10, "every item handled")
+
+
+def test_an_async_handler_one_item_at_a_time_runs_to_completion(
+    r, make_config, start_daemon, notify
+):
+    # Given one consumer with an async handler and the default concurrency of 1
+    config = make_config(consumers={"handler": "sample_handlers:record_async", "processes": 1})
+    daemon = start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    # When items are pushed
+    r.lpush("q", "good1", "good2")
+    # Then each coroutine ran to its end (it records after awaiting)
+    wait_for(lambda: r.llen("test:handled") == 2, 10, "both items handled")
+    assert sorted(handled(r)) == ["good1", "good2"]
+    assert "never awaited" not in daemon.log()
+
+
+def test_a_loop_blocked_past_the_timeout_fails_its_blocker_alone(
+    r, make_config, start_daemon, notify
+):
+    # Given one consumer running async items with a 1 s timeout and no retries, one of
+    # which blocks the loop for 4 s
+    config = make_config(
+        consumers={
+            "handler": "sample_handlers:block_loop_on_marker",
+            "setup": "sample_handlers:connect_async",
+            "processes": 1,
+            "concurrency": 10,
+            "timeout": "1s",
+            "retries": 0,
+        }
+    )
+    daemon = start_daemon(config, notify=notify, env={"TEST_ITEM_SECONDS": "4"})
+    notify.wait("READY", "1")
+    # When that item comes among others, which then cannot run on
+    r.lpush("q", "good1", "block", "good2")
+    # Then once they are past their timeout the worker gives up on its loop: the blocker is
+    # dead after one attempt, the others go back unblamed and a replacement does them; the
+    # master kills nobody
+    wait_for(lambda: r.llen("goodsd:{q}:dead") == 1, 10, "the blocker dead")
+    [record] = dead_records(r)
+    assert record["item"] == "block" and record["attempts"] == 1
+    assert str(record["error"]).startswith("ItemTimeout: blocked the event loop for ")
+    wait_for(lambda: sorted(handled(r)) == ["good1", "good2"], 10, "the others handled")
+    assert r.hlen("goodsd:{q}:attempts") == 0
+    daemon.wait_log(r"consumer 0 \(pid \d+\) ready", count=2)
+    assert "killing" not in daemon.log()
