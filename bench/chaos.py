@@ -5,19 +5,30 @@ systemd would (restarted `--restart-sec` after it dies), and a pusher thread tha
 `item-0` .. `item-<N-1>` exactly once each, retrying through Redis outages. The handler, a
 module written to the run's temp dir, sleeps 1 to 5 ms and then appends the item to a file of
 its own process; one item in `--fail-every` fails on its first attempt on purpose (a retry).
+With `--concurrency K` every consumer has K items in flight: a plain `def` handler in K
+threads, or with `--async` an `async def` one as asyncio tasks.
 
 Faults come at random times (seeded): SIGKILL a consumer; SIGKILL the master (its children
 die with it); SIGHUP with the pool resized, or with a new batch size (a roll); bursts of
 SIGTTIN/SIGTTOU; SIGSTOP a consumer past the hang limit (the master must kill it); restart
 redis-server (SIGTERM, a pause, start on the same AOF). Then the pushing stops, the queue is
 drained and goodsd stopped, and the run prints items pushed, handled, lost, duplicated and
-dead, and the faults by kind. Exit status 1 if an item was lost. The work dir (goodsd's logs
+dead, and the faults by kind. Exit status 1 if an item was lost.
+
+A duplicate is expected only after a kill: a killed consumer's items go back to the queue, and
+those it had finished but whose ack was not yet written run again. One killed process accounts
+for at most `batch` of them at K = 1, and with K slots for at most 2K + batch - 1: up to
+K + batch - 1 outcomes waiting for their settle (written once `batch` of them wait, and one
+wait for outcomes can bring in K), plus K running items, each of which may have written its
+line before its outcome was taken in. A duplicate with more than one run by consumers no fault
+killed, or a killed consumer past that bound, is an anomaly. The work dir (goodsd's logs
 `master-<n>.log`, the timeline `faults.log`, the handled files, the AOF) is kept when anything
 looked wrong, or with `--keep`.
 
 Not part of CI: a run takes `--duration` plus the drain, about three minutes by default.
 
-Run: python bench/chaos.py [--duration S] [--items N] [--seed N] [--keep]
+Run: python bench/chaos.py [--duration S] [--items N] [--seed N] [--concurrency K] [--async]
+     [--keep]
 """
 
 from __future__ import annotations
@@ -59,7 +70,6 @@ from goodsd.ops.demo import start_master  # noqa: E402
 from goodsd.store import DeadRecord, Views  # noqa: E402
 
 QUEUE = "chaos"
-HANDLER = "chaos_handler:handle"
 # The master's log line for a child that reported ready: "consumer 2 (pid 1234) ready".
 CHILD_READY = re.compile(r"\(pid (\d+)\) ready$", re.MULTILINE)
 # The pusher's per-batch markers: a batch is in Redis exactly when its marker is.
@@ -114,13 +124,22 @@ redis.call('HINCRBY', KEYS[3], 'pushed', #ARGV)
 return 1
 """
 
-# The handler goodsd runs, written to the run's temp dir and found through `pythonpath`.
+# The handler goodsd runs, written to the run's temp dir and found through `pythonpath`:
+# `handle` for one item at a time or K threads, `handle_async` for asyncio tasks.
+HANDLER = "chaos_handler:handle"
+ASYNC_HANDLER = "chaos_handler:handle_async"
 HANDLER_SOURCE = '''\
-"""Chaos handler: 1 to 5 ms of work, then the item appended to this process's own file."""
+"""Chaos handler: 1 to 5 ms of work, then the item appended to this process's own file.
 
+Safe for K threads at once: the file is opened once under a lock, and each item is one
+os.write of one short line on an O_APPEND descriptor, which Linux appends whole at the end of
+a regular file (the write holds the file's lock), so lines of several threads never interleave.
+"""
+
+import asyncio
 import os
 import random
-import re
+import threading
 import time
 
 HANDLED_DIR = {handled!r}
@@ -128,19 +147,37 @@ FAILED_DIR = {failed!r}
 FAIL_EVERY = {fail_every!r}
 
 _out = -1  # this process's file, opened at its first item (after the fork)
+_opening = threading.Lock()  # K threads may reach their first item at once: one opens the file
 
 
 def handle(item: str) -> None:
-    """Work, then one line per item: O_APPEND, written after the work and before returning,
-    so a line means the handler finished that item at least once."""
-    global _out
+    """Work in this thread, then finish the item."""
     time.sleep(random.uniform(0.001, 0.005))
+    _finish(item)
+
+
+async def handle_async(item: str) -> None:
+    """Work as a task on the process's event loop, then finish the item."""
+    await asyncio.sleep(random.uniform(0.001, 0.005))
+    _finish(item)
+
+
+def _finish(item: str) -> None:
+    """Raise on a planned failure, else one line for the item: written after the work and
+    before returning, so a line means the handler finished that item at least once."""
     if _first_attempt_fails(item):
         raise RuntimeError("planned failure of a first attempt")
-    if _out < 0:
-        name = f"{{os.getppid()}}-{{os.getpid()}}-{{_start_time()}}.log"
-        _out = os.open(os.path.join(HANDLED_DIR, name), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    os.write(_out, item.encode() + b"\\n")
+    os.write(_output(), item.encode() + b"\\n")
+
+
+def _output() -> int:
+    """This process's file: `<master pid>-<pid>-<start>.log`, opened once."""
+    global _out
+    with _opening:
+        if _out < 0:
+            name = f"{{os.getppid()}}-{{os.getpid()}}-{{_start_time()}}.log"
+            _out = os.open(os.path.join(HANDLED_DIR, name), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    return _out
 
 
 def _start_time() -> str:
@@ -150,7 +187,8 @@ def _start_time() -> str:
 
 
 def _first_attempt_fails(item: str) -> bool:
-    """One item in FAIL_EVERY fails once: the first worker to create its marker raises."""
+    """One item in FAIL_EVERY fails once: the first run to create its marker (O_EXCL: one
+    wins, even among threads) raises."""
     number = item.rpartition("-")[2]
     if not FAIL_EVERY or not number.isdigit() or int(number) % FAIL_EVERY:
         return False
@@ -175,6 +213,8 @@ class Plan:
     seed: int  # seeds the faults: their kinds, times and targets
     processes: int  # consumers.processes at the start and for the drain
     batch: int  # consumers.batch at the start and for the drain
+    concurrency: int  # consumers.concurrency: items in flight per consumer process
+    use_async: bool  # the `async def` handler (asyncio tasks) instead of the plain one
     fault_interval: float  # mean seconds between two faults (exponential)
     restart_sec: float  # like systemd's RestartSec=: pause before restarting a dead master
     fail_every: int  # one item in this many fails its first attempt (0: none)
@@ -373,15 +413,18 @@ class Pusher(threading.Thread):
 # --- goodsd, supervised as systemd would ----------------------------------------------------
 
 
-def goodsd_config(url: str, handler_dir: Path, processes: int, batch: int) -> dict[str, Any]:
+def goodsd_config(
+    url: str, handler_dir: Path, plan: Plan, processes: int, batch: int
+) -> dict[str, Any]:
     return {
         "redis": {"url": url},
         "queue": QUEUE,
         "pythonpath": [str(handler_dir)],
         "consumers": {
             "processes": processes,
-            "handler": HANDLER,
+            "handler": ASYNC_HANDLER if plan.use_async else HANDLER,
             "batch": batch,
+            "concurrency": plan.concurrency,
             "timeout": f"{ITEM_TIMEOUT:g}s",
             "retries": 3,
             "retry_delay": "1s",
@@ -532,6 +575,10 @@ class Chaos:
     redis_downtime: float = 0.0  # seconds redis-server was away, in total
     anomalies: list[str] = field(default_factory=list)
     deck: list[str] = field(default_factory=list)
+    largest_batch: int = 0  # the largest consumers.batch any config file of the run had
+
+    def __post_init__(self) -> None:
+        self.largest_batch = self.batch
 
     def next_interval(self) -> float:
         return self.rng.expovariate(1 / self.plan.fault_interval)
@@ -602,6 +649,7 @@ class Chaos:
 
     def reload(self, processes: int, batch: int) -> str:
         self.processes, self.batch = processes, batch
+        self.largest_batch = max(self.largest_batch, batch)
         self.write_config(processes, batch)
         self.service.signal(signal.SIGHUP)
         return f"processes {processes}, batch {batch}"
@@ -736,24 +784,41 @@ class Tally:
     duplicated: int  # items handled more than once
     extra_runs: int  # runs beyond each item's first
     unexplained: dict[str, list[Run]]  # duplicated items with a run not due to a killed process
+    per_kill_bound: int  # most duplicates one killed consumer may account for (kill_bound)
+    most_per_kill: int  # most duplicates one killed consumer accounted for
+    past_bound: dict[Run, int]  # killed consumers that accounted for more than the bound
     dead: list[str]  # items in the dead list
     strangers: list[str]  # handled, yet never pushed
 
 
+def kill_bound(concurrency: int, batch: int) -> int:
+    """The most items one killed consumer can have finished without their ack reaching Redis,
+    so that they run again: the module docstring says why."""
+    return batch if concurrency == 1 else 2 * concurrency + batch - 1
+
+
 def tally(pushed: int, runs: dict[str, list[Run]], dead: list[str], chaos: Chaos) -> Tally:
     """Compare what was pushed with what was handled; a repeat is explained when every run but
-    one was by a consumer a fault killed (SIGKILL, SIGSTOP) or one whose master was killed."""
+    one was by a consumer a fault killed (SIGKILL, SIGSTOP) or one whose master was killed,
+    and no killed consumer accounts for more repeats than `kill_bound` (with K slots a kill
+    may repeat several items: those running and those whose acks were still to be written)."""
     items = [f"item-{n}" for n in range(pushed)]
     dead_set = set(dead)
     lost = [item for item in items if item not in runs and item not in dead_set]
     repeats = {item: runs[item] for item in items if len(runs.get(item, ())) > 1}
     unexplained = {}
+    per_kill: collections.Counter[Run] = collections.Counter()
     for item, item_runs in repeats.items():
         cut = [
             r for r in item_runs if r.consumer in chaos.killed or r.master in chaos.service.killed
         ]
         if len(cut) < len(item_runs) - 1:
             unexplained[item] = item_runs
+        elif len(cut) == len(item_runs) - 1:
+            # The one run by a consumer no fault killed acked the item: each killed one ran it
+            # and died before its ack. (When every run was cut, which one acked is unknown.)
+            per_kill.update(cut)
+    bound = kill_bound(chaos.plan.concurrency, chaos.largest_batch)
     pushed_set = set(items)
     return Tally(
         pushed=pushed,
@@ -762,6 +827,9 @@ def tally(pushed: int, runs: dict[str, list[Run]], dead: list[str], chaos: Chaos
         duplicated=len(repeats),
         extra_runs=sum(len(r) - 1 for r in repeats.values()),
         unexplained=unexplained,
+        per_kill_bound=bound,
+        most_per_kill=max(per_kill.values(), default=0),
+        past_bound={run: count for run, count in per_kill.items() if count > bound},
         dead=dead,
         strangers=sorted(item for item in runs if item not in pushed_set),
     )
@@ -811,14 +879,14 @@ def write_handler(workdir: Path, fail_every: int) -> None:
     (workdir / "chaos_handler.py").write_text(source)
 
 
-def config_writer(workdir: Path, url: str) -> tuple[Path, Callable[[int, int], None]]:
+def config_writer(workdir: Path, url: str, plan: Plan) -> tuple[Path, Callable[[int, int], None]]:
     """The config path and a function rewriting it atomically with (processes, batch): a
     master starting meanwhile reads the old file or the new one, never half of one."""
     path = workdir / "goodsd.yaml"
 
     def write(processes: int, batch: int) -> None:
         temp = path.with_suffix(".tmp")
-        temp.write_text(dump_config(goodsd_config(url, workdir, processes, batch)))
+        temp.write_text(dump_config(goodsd_config(url, workdir, plan, processes, batch)))
         os.replace(temp, path)
 
     return path, write
@@ -898,7 +966,7 @@ def run(plan: Plan, workdir: Path) -> tuple[int, bool]:
     timing = Timing()
     server = AofRedis(workdir / "redis")
     write_handler(workdir, plan.fail_every)
-    config_path, write_config = config_writer(workdir, server.url)
+    config_path, write_config = config_writer(workdir, server.url, plan)
     write_config(plan.processes, plan.batch)
     service = Service(workdir, config_path, plan.restart_sec)
     pusher: Pusher | None = None
@@ -968,14 +1036,22 @@ def report(
     timing: Timing,
 ) -> bool:
     """Print the figures and every anomaly; True if there was one."""
+    kind = "async def" if plan.use_async else "def"
+    if plan.concurrency > 1:
+        kind += ", asyncio tasks" if plan.use_async else ", threads"
     print(
         f"\nchaos run: seed {plan.seed}, {plan.duration:g}s of faults, {plan.items:,} items,"
-        f" {plan.processes} consumers (batch {plan.batch}) at start"
+        f" {plan.processes} consumers (batch {plan.batch}) at start, concurrency"
+        f" {plan.concurrency} ({kind})"
     )
     explained = (
         f"{len(result.unexplained):,} not after a kill, see below"
         if result.unexplained
         else "all after kills"
+    )
+    explained += (
+        f"; at most {result.most_per_kill:,} for one killed consumer"
+        f" (bound {result.per_kill_bound:,})"
     )
     table(
         "items",
@@ -1011,6 +1087,12 @@ def report(
     problems = [
         *(f"lost: {item}" for item in result.lost[:20]),
         *(unexplained_line(item, runs) for item, runs in list(result.unexplained.items())[:20]),
+        *(
+            f"killed consumer pid {run.consumer[0]} (master {run.master}) accounts for"
+            f" {count:,} duplicates, more than the {result.per_kill_bound:,} it can have"
+            " finished without their acks"
+            for run, count in result.past_bound.items()
+        ),
         *(f"dead: {item!r}: {e}" for item, e in zip(result.dead[:20], dead_errors, strict=False)),
         *(f"handled but never pushed: {item!r}" for item in result.strangers[:20]),
         *chaos.anomalies,
@@ -1033,6 +1115,15 @@ def parse_args(argv: Sequence[str] | None) -> Plan:
     parser.add_argument("--processes", type=int, default=4, help="consumers at start (4)")
     parser.add_argument("--batch", type=int, default=10, help="consumers.batch at start (10)")
     parser.add_argument(
+        "--concurrency", type=int, default=1, help="consumers.concurrency: items in flight (1)"
+    )
+    parser.add_argument(
+        "--async",
+        dest="use_async",
+        action="store_true",
+        help="an async def handler (asyncio tasks) instead of a plain def one (threads)",
+    )
+    parser.add_argument(
         "--fault-interval", type=float, default=2.0, help="mean seconds between faults (2)"
     )
     parser.add_argument(
@@ -1050,12 +1141,16 @@ def parse_args(argv: Sequence[str] | None) -> Plan:
         parser.error("--duration, --items and --fault-interval must be positive")
     if not 1 <= args.processes <= PROCESSES_MAX or not 1 <= args.batch <= 10_000:
         parser.error(f"--processes must be 1 to {PROCESSES_MAX}, --batch 1 to 10000")
+    if not 1 <= args.concurrency <= 10_000:
+        parser.error("--concurrency must be 1 to 10000")
     return Plan(
         duration=args.duration,
         items=args.items,
         seed=args.seed,
         processes=args.processes,
         batch=args.batch,
+        concurrency=args.concurrency,
+        use_async=args.use_async,
         fault_interval=args.fault_interval,
         restart_sec=args.restart_sec,
         fail_every=args.fail_every,
