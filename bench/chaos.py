@@ -16,14 +16,16 @@ drained and goodsd stopped, and the run prints items pushed, handled, lost, dupl
 dead, and the faults by kind. Exit status 1 if an item was lost.
 
 A duplicate is expected only after a kill: a killed consumer's items go back to the queue, and
-those it had finished but whose ack was not yet written run again. One killed process accounts
+those it had finished but whose ack was not yet written run again. One killed consumer accounts
 for at most `batch` of them at K = 1, and with K slots for at most 2K + batch - 1: up to
 K + batch - 1 outcomes waiting for their settle (written once `batch` of them wait, and one
 wait for outcomes can bring in K), plus K running items, each of which may have written its
-line before its outcome was taken in. A duplicate with more than one run by consumers no fault
-killed, or a killed consumer past that bound, is an anomaly. The work dir (goodsd's logs
-`master-<n>.log`, the timeline `faults.log`, the handled files, the AOF) is kept when anything
-looked wrong, or with `--keep`.
+line before its outcome was taken in. The handler stamps each run with its time, so the last
+run of a repeated item is the one whose ack went through: a duplicate with an earlier run by a
+consumer no fault killed, or a killed consumer past that bound, is an anomaly.
+
+The work dir (goodsd's logs `master-<n>.log`, the timeline `faults.log`, the handled files,
+the AOF) is kept when anything looked wrong, or with `--keep`.
 
 Not part of CI: a run takes `--duration` plus the drain, about three minutes by default.
 
@@ -124,6 +126,22 @@ redis.call('HINCRBY', KEYS[3], 'pushed', #ARGV)
 return 1
 """
 
+# Items waiting anywhere: in the ready list, the retry set, any in-flight list. One script, so
+# atomic: read one key at a time, an item given back from flight to the retry set between two
+# reads was seen in neither, and an idle pool's consumers, blocked in claims when a stop comes,
+# pass due retries around like that. (It reads in-flight keys it finds by SCAN, not in KEYS:
+# fine on this script's own one server.)
+# KEYS: ready list, retry set; ARGV: the pattern of the in-flight lists
+_WAITING = """
+local in_flight, cursor = 0, '0'
+repeat
+  local reply = redis.call('SCAN', cursor, 'MATCH', ARGV[1], 'COUNT', 1000)
+  cursor = reply[1]
+  for _, key in ipairs(reply[2]) do in_flight = in_flight + redis.call('LLEN', key) end
+until cursor == '0'
+return {redis.call('LLEN', KEYS[1]), redis.call('ZCARD', KEYS[2]), in_flight}
+"""
+
 # The handler goodsd runs, written to the run's temp dir and found through `pythonpath`:
 # `handle` for one item at a time or K threads, `handle_async` for asyncio tasks.
 HANDLER = "chaos_handler:handle"
@@ -163,11 +181,12 @@ async def handle_async(item: str) -> None:
 
 
 def _finish(item: str) -> None:
-    """Raise on a planned failure, else one line for the item: written after the work and
-    before returning, so a line means the handler finished that item at least once."""
+    """Raise on a planned failure, else one line for the item, `<time.time()> <item>`: written
+    after the work and before returning, so a line means the handler finished that item at
+    least once, and its time orders the runs of a repeated item."""
     if _first_attempt_fails(item):
         raise RuntimeError("planned failure of a first attempt")
-    os.write(_output(), item.encode() + b"\\n")
+    os.write(_output(), f"{{time.time():.6f}} {{item}}\\n".encode())
 
 
 def _output() -> int:
@@ -258,6 +277,11 @@ def same_process_alive(proc: Proc) -> bool:
     """Whether `proc` still runs (a zombie has died; a new process on its pid is another)."""
     now = read_proc(proc.pid)
     return now is not None and now.start == proc.start and now.state != "Z"
+
+
+def stamp(when: float) -> str:
+    """`when` (time.time()) in local time to the millisecond, as goodsd's text logs show it."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) + f".{when % 1:.3f}"[2:]
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -584,9 +608,7 @@ class Chaos:
         return self.rng.expovariate(1 / self.plan.fault_interval)
 
     def note(self, text: str) -> None:
-        now = time.time()
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f".{now % 1:.3f}"[2:]
-        self.timeline.write(f"{stamp} {text}\n")
+        self.timeline.write(f"{stamp(time.time())} {text}\n")
         self.timeline.flush()
 
     def inject_next(self) -> bool:
@@ -755,22 +777,33 @@ FAULTS: dict[str, Callable[[Chaos], str | None]] = {
 
 @dataclass(frozen=True)
 class Run:
-    """Who handled an item once: the handler process and its master."""
+    """One finished run of an item: who handled it, and when."""
 
     master: int  # the master's pid
     consumer: tuple[int, int]  # the consumer's (pid, start)
+    at: float  # time.time() when the handler finished it
+
+    @property
+    def process(self) -> tuple[int, int, int]:
+        """The consumer process: (master pid, pid, start)."""
+        return (self.master, *self.consumer)
 
 
 def read_handled(directory: Path) -> dict[str, list[Run]]:
-    """Item -> every finished run of its handler, from the files `<master>-<pid>-<start>.log`."""
+    """Item -> every finished run of its handler, oldest first, from the files
+    `<master>-<pid>-<start>.log` of lines `<time> <item>`."""
     runs: dict[str, list[Run]] = collections.defaultdict(list)
     for path in directory.iterdir():
         master, pid, start = (int(part) for part in path.stem.split("-"))
-        run = Run(master, (pid, start))
         # Split on newlines only: str.splitlines would also split on \x1e and the like, which
         # an item handed over still wrapped in goodsd's retry envelope begins with.
         for line in path.read_bytes().split(b"\n")[:-1]:
-            runs[line.decode(errors="backslashreplace")].append(run)
+            at, _, item = line.partition(b" ")
+            runs[item.decode(errors="backslashreplace")].append(
+                Run(master, (pid, start), float(at))
+            )
+    for item_runs in runs.values():
+        item_runs.sort(key=lambda run: run.at)
     return runs
 
 
@@ -783,10 +816,10 @@ class Tally:
     lost: list[str]  # pushed, never handled, not dead
     duplicated: int  # items handled more than once
     extra_runs: int  # runs beyond each item's first
-    unexplained: dict[str, list[Run]]  # duplicated items with a run not due to a killed process
+    unexplained: dict[str, list[Run]]  # duplicated items with an earlier run not cut by a kill
     per_kill_bound: int  # most duplicates one killed consumer may account for (kill_bound)
     most_per_kill: int  # most duplicates one killed consumer accounted for
-    past_bound: dict[Run, int]  # killed consumers that accounted for more than the bound
+    past_bound: dict[tuple[int, int, int], int]  # Run.process -> its repeats, past the bound
     dead: list[str]  # items in the dead list
     strangers: list[str]  # handled, yet never pushed
 
@@ -798,26 +831,23 @@ def kill_bound(concurrency: int, batch: int) -> int:
 
 
 def tally(pushed: int, runs: dict[str, list[Run]], dead: list[str], chaos: Chaos) -> Tally:
-    """Compare what was pushed with what was handled; a repeat is explained when every run but
-    one was by a consumer a fault killed (SIGKILL, SIGSTOP) or one whose master was killed,
-    and no killed consumer accounts for more repeats than `kill_bound` (with K slots a kill
-    may repeat several items: those running and those whose acks were still to be written)."""
+    """Compare what was pushed with what was handled. The last run of a repeated item is the
+    one whose ack went through; the repeat is explained when every earlier run was by a
+    consumer a fault killed (SIGKILL, SIGSTOP) or one whose master was killed, and no killed
+    consumer accounts for more repeats than `kill_bound` (with K slots a kill may repeat
+    several items: those running and those whose acks were still to be written)."""
     items = [f"item-{n}" for n in range(pushed)]
     dead_set = set(dead)
     lost = [item for item in items if item not in runs and item not in dead_set]
     repeats = {item: runs[item] for item in items if len(runs.get(item, ())) > 1}
     unexplained = {}
-    per_kill: collections.Counter[Run] = collections.Counter()
+    per_kill: collections.Counter[tuple[int, int, int]] = collections.Counter()
     for item, item_runs in repeats.items():
-        cut = [
-            r for r in item_runs if r.consumer in chaos.killed or r.master in chaos.service.killed
-        ]
-        if len(cut) < len(item_runs) - 1:
+        earlier = item_runs[:-1]
+        if all(r.consumer in chaos.killed or r.master in chaos.service.killed for r in earlier):
+            per_kill.update(r.process for r in earlier)
+        else:
             unexplained[item] = item_runs
-        elif len(cut) == len(item_runs) - 1:
-            # The one run by a consumer no fault killed acked the item: each killed one ran it
-            # and died before its ack. (When every run was cut, which one acked is unknown.)
-            per_kill.update(cut)
     bound = kill_bound(chaos.plan.concurrency, chaos.largest_batch)
     pushed_set = set(items)
     return Tally(
@@ -835,25 +865,26 @@ def tally(pushed: int, runs: dict[str, list[Run]], dead: list[str], chaos: Chaos
     )
 
 
+def waiting(queue: Views) -> tuple[int, int, int]:
+    """Items in the ready list, the retry set and all in-flight lists, read in one atomic step
+    (`_WAITING`). Reads the keys themselves, not goodsd's registry of consumers, which is part
+    of what is under test."""
+    counts = queue.client.eval(
+        _WAITING, 2, queue.keys.ready, queue.keys.retry, queue.keys.inflight("*")
+    )
+    ready, retry, in_flight = (int(count) for count in counts)
+    return ready, retry, in_flight
+
+
 def drained(queue: Views) -> bool:
-    """The ready list, the retry set and every in-flight list are empty. Reads the keys
-    themselves, not goodsd's registry of consumers, which is part of what is under test."""
-    client = queue.client
-    if client.llen(queue.keys.ready) or client.zcard(queue.keys.retry):
-        return False
-    pattern = queue.keys.inflight("*")
-    return not any(client.llen(key) for key in client.scan_iter(match=pattern, count=1000))
+    """The ready list, the retry set and every in-flight list are empty."""
+    return not any(waiting(queue))
 
 
 def leftovers(queue: Views) -> str:
     """What is still in Redis, for a drain that timed out."""
-    client = queue.client
-    pattern = queue.keys.inflight("*")
-    held = sum(client.llen(key) for key in client.scan_iter(match=pattern, count=1000))
-    return (
-        f"ready {client.llen(queue.keys.ready)}, retry {client.zcard(queue.keys.retry)},"
-        f" in flight {held}"
-    )
+    ready, retry, in_flight = waiting(queue)
+    return f"ready {ready}, retry {retry}, in flight {in_flight}"
 
 
 # --- the run ------------------------------------------------------------------------------
@@ -953,6 +984,10 @@ def reckon(
         chaos.anomalies.append(
             f"{pusher.batches:,} batches acknowledged but {markers:,} markers in Redis"
         )
+    if any(waiting(queue)):
+        chaos.anomalies.append(
+            f"still in Redis after goodsd stopped (unhandled, yet not lost): {leftovers(queue)}"
+        )
     chaos.anomalies += chaos.service.unexpected
     planned = sum(1 for _ in (workdir / "failed").iterdir())
     anomalies = report(plan, result, chaos, pusher, queue.stats(), planned, errors, timing)
@@ -1021,7 +1056,9 @@ def table(title: str, rows: Sequence[tuple[str, int, str]]) -> None:
 
 
 def unexplained_line(item: str, runs: list[Run]) -> str:
-    who = ", ".join(f"pid {run.consumer[0]} (master {run.master})" for run in runs[:6])
+    who = ", ".join(
+        f"pid {run.consumer[0]} (master {run.master}) at {stamp(run.at)}" for run in runs[:6]
+    )
     return f"duplicate not explained by a kill: {item!r}, run by {who}"
 
 
@@ -1088,10 +1125,9 @@ def report(
         *(f"lost: {item}" for item in result.lost[:20]),
         *(unexplained_line(item, runs) for item, runs in list(result.unexplained.items())[:20]),
         *(
-            f"killed consumer pid {run.consumer[0]} (master {run.master}) accounts for"
-            f" {count:,} duplicates, more than the {result.per_kill_bound:,} it can have"
-            " finished without their acks"
-            for run, count in result.past_bound.items()
+            f"killed consumer pid {pid} (master {master}) accounts for {count:,} duplicates,"
+            f" more than the {result.per_kill_bound:,} it can have finished without their acks"
+            for (master, pid, _), count in result.past_bound.items()
         ),
         *(f"dead: {item!r}: {e}" for item, e in zip(result.dead[:20], dead_errors, strict=False)),
         *(f"handled but never pushed: {item!r}" for item in result.strangers[:20]),
