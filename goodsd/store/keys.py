@@ -14,7 +14,7 @@ name, which is what the tag holds: the same slot (tests/unit/test_redis_urls.py 
 | ``goodsd:{<queue>}:masters``         | hash   | master id (host-pid) -> JSON {host, seen...} |
 | ``goodsd:{<queue>}:producers``       | hash   | producer id -> JSON {state, lock, pushed...} |
 | ``goodsd:{<queue>}:attempts``        | hash   | delivery tag -> failed attempts so far       |
-| ``goodsd:{<queue>}:suspects``        | hash   | delivery tag -> consumer id that died with it|
+| ``goodsd:{<queue>}:suspects``        | hash   | delivery tag -> consumer that died with it   |
 | ``goodsd:{<queue>}:retry``           | zset   | retry envelopes by due time ms (never ready) |
 | ``goodsd:{<queue>}:dead``            | list   | JSON {item, error, attempts, at, consumer}   |
 | ``goodsd:{<queue>}:stats``           | hash   | fleet counters (see ``STAT_FIELDS``)         |
