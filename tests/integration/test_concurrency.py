@@ -170,6 +170,38 @@ def test_a_killed_consumer_s_running_items_all_run_again(
     assert r.llen("goodsd:{q}:dead") == 0
 
 
+def test_an_item_that_kills_its_worker_among_others_ends_dead_alone(
+    r, make_config, start_daemon, notify
+):
+    # Given one consumer running 10 items at once whose handler SIGKILLs its own process on
+    # the item "poison", one retry
+    settings = {"processes": 1, "concurrency": 10, "retries": 1, "retry_delay": "100ms"}
+    config = make_config(
+        consumers={"handler": "sample_handlers:sigkill_self_on_poison", **settings}
+    )
+    daemon = start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    # When the poison item arrives first, among 30 good ones, so that it runs beside others
+    good = [f"good{i}" for i in range(30)]
+    r.lpush("q", "poison", *good)
+    # Then it ends in the dead list after retries + 1 = 2 attempts, each blamed on a death it
+    # caused running alone (the deaths beside others blamed nobody)
+    wait_for(lambda: r.llen("goodsd:{q}:dead") == 1, 60, "the poison item in the dead list")
+    [record] = dead_records(r)
+    assert record["item"] == "poison" and record["attempts"] == 2
+    assert record["error"] == "worker killed by SIGKILL while running this item"
+    # And every good item is handled (at least once: a death redoes what ran beside it), none
+    # dead, and nothing is left suspect, in flight or waiting
+    wait_for(lambda: set(handled(r)) == set(good), 30, "every good item handled")
+    wait_for(lambda: nothing_held(r), 5, "nothing held")
+    assert r.zcard("goodsd:{q}:retry") == 0 and r.hlen("goodsd:{q}:attempts") == 0
+    assert r.hlen("goodsd:{q}:suspects") == 0
+    stats = r.hgetall("goodsd:{q}:stats")
+    assert (int(stats[b"dead"]), int(stats[b"failed"])) == (1, 2)
+    assert len(daemon.log().split("killed by SIGKILL")) - 1 >= 2
+    assert daemon.stop() == 0
+
+
 def test_status_shows_the_items_each_consumer_runs(r, make_config, start_daemon, notify):
     # Given one consumer running 6 items at once, each waiting for a go, with 2 more claimed
     config = make_config(consumers={**RELEASED["threads"], "processes": 1, "concurrency": 6})
