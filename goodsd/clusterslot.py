@@ -113,8 +113,8 @@ class SlotOwner:
 
 
 class _FollowsSlot:
-    """A redis-py connection that connects to the node serving its pool's slot and learns
-    from MOVED replies where the slot went."""
+    """A redis-py connection that connects to the node serving its pool's slot, whenever it
+    connects, and learns from MOVED replies where the slot went."""
 
     def __init__(self, *, slot_owner: SlotOwner, **kwargs: object) -> None:
         self.slot_owner = slot_owner
@@ -129,6 +129,12 @@ class _FollowsSlot:
         except (redis.ConnectionError, redis.TimeoutError):
             self.slot_owner.forget((self.host, self.port))
             raise
+
+    def send_packed_command(self, *args: object, **kwargs: object) -> None:
+        if not self._sock:  # type: ignore[attr-defined]
+            # redis-py's own reconnect here would go back to the address it had
+            self.connect()
+        super().send_packed_command(*args, **kwargs)  # type: ignore[misc]
 
     def read_response(self, *args: object, **kwargs: object) -> object:
         try:

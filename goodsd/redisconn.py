@@ -25,6 +25,7 @@ from goodsd.backoff import backoff_delay
 from goodsd.clusterslot import NotACluster, slot_client
 from goodsd.config import PasswordFileError, RedisConfig, read_password_file
 from goodsd.redisurl import Deployment
+from goodsd.replycode import PIPELINE_NOTE, reply_code
 from goodsd.scoreboard import REDIS_WAIT_SHIFT
 from goodsd.sentinels import NotASentinel, primary_client
 from goodsd.store import Upkeep
@@ -200,7 +201,8 @@ class Trouble:
 
 
 # Error replies by their code, the reply's first word. redis-py raises many of them as a plain
-# ResponseError, so the code decides, wherever it stands in the message (see ``reply_code``).
+# ResponseError, so the code decides, wherever it stands in the message (see
+# goodsd.replycode.reply_code).
 REPLY_CODES: dict[str, Kind] = {
     "OOM": Kind.OUT_OF_MEMORY,
     "READONLY": Kind.READ_ONLY,
@@ -232,13 +234,6 @@ ERROR_CLASSES: tuple[tuple[type[BaseException], Kind], ...] = (
     (redis.TimeoutError, Kind.UNREACHABLE),
     (OSError, Kind.UNREACHABLE),
 )
-# How Redis words an ACL refusal of a command called from a Lua script: an ERR reply (Redis 7)
-# or part of the script's error (6.2), never a NOPERM reply.
-SCRIPT_ACL_REFUSAL = "can't run this command or subcommand"
-# Redis 6.2 wraps an error raised inside a script: "... @user_script: 3: -OOM command not ..."
-_SCRIPT_ERROR_CODE = re.compile(r"@user_script:\s*\d+:\s*-([A-Z]+) ")
-# redis-py puts this in front of the reply of a failed command in a pipeline.
-_PIPELINE_NOTE = re.compile(r"^Command # \d+ \(.*?\) of pipeline caused error: ", re.DOTALL)
 # redis-py's text for a failed connect to a unix socket: "Error 13 connecting to /path. ..."
 _SOCKET_PATH = re.compile(r"connecting to (/.*?)\.(?: |$)")
 
@@ -252,7 +247,7 @@ def classify(exc: BaseException) -> Trouble | None:
         code = reply_code(exc)
         kind = REPLY_CODES.get(code)
         if code in REDIRECTS:  # redis-py keeps only the rest ("3387 10.0.0.7:7001")
-            note = _PIPELINE_NOTE.match(detail)
+            note = PIPELINE_NOTE.match(detail)
             at = note.end() if note else 0
             detail = f"{detail[:at]}{code} {detail[at:]}"
         return Trouble(kind, detail) if kind else None
@@ -264,22 +259,6 @@ def classify(exc: BaseException) -> Trouble | None:
         if isinstance(exc, cls):
             return Trouble(kind, detail)
     return None
-
-
-def reply_code(exc: redis.ResponseError) -> str:
-    """The code of an error reply ("OOM", "NOREPLICAS"), found where redis-py left it: in its
-    ``status_code``, at the start of the message, after a pipeline's note, or inside a
-    script's error; "" when the reply has none."""
-    message = str(exc)
-    if SCRIPT_ACL_REFUSAL in message:
-        return "NOPERM"
-    if match := _SCRIPT_ERROR_CODE.search(message):
-        return match.group(1)
-    status = getattr(exc, "status_code", None)
-    if status and status != "ERR":
-        return str(status)
-    first = _PIPELINE_NOTE.sub("", message).split(" ", 1)[0]
-    return first if first.isalpha() and first.isupper() else ""
 
 
 def denied_socket(exc: BaseException) -> str | None:

@@ -233,3 +233,22 @@ def test_the_client_follows_a_moved_slot(fresh_cluster):
     assert client.lpush(queue, "b") == 2
     assert client.connection_pool.owner.address == ("127.0.0.1", cluster.nodes[1].tcp_port)
     client.close()
+
+
+def test_a_connection_that_reconnects_goes_to_the_node_serving_the_slot(fresh_cluster):
+    # Given a connection of goodsd's client, held, to the node serving the queue's slot
+    cluster = fresh_cluster
+    queue = queue_on(cluster, cluster.nodes[0])
+    client = connect(RedisConfig(cluster.url), "test", queue=queue)
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    # When it is cut off, and the slot is known to be served elsewhere by then
+    connection.disconnect()
+    elsewhere = ("127.0.0.1", cluster.nodes[1].tcp_port)
+    pool.owner.moved(*elsewhere)
+    # Then its next command reconnects to the node serving the slot, not to the one it had
+    connection.send_command("PING")
+    assert connection.read_response() == b"PONG"
+    assert (connection.host, connection.port) == elsewhere
+    pool.release(connection)
+    client.close()

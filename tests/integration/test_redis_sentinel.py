@@ -13,11 +13,14 @@ import threading
 from collections.abc import Callable, Iterator
 
 import pytest
+import redis
 from ops_cli import goodsd
 from support import wait_for, write_config
 from test_redis_outage import lines
 
-from goodsd.localredis import LocalSentinels
+from goodsd.config import RedisConfig
+from goodsd.localredis import LocalRedis, LocalSentinels
+from goodsd.redisconn import Kind, classify, connect
 
 # What makes a failover safe: the primary refuses writes that no replica takes.
 SAFE = ("--min-replicas-to-write", "1", "--min-replicas-max-lag", "10")
@@ -159,6 +162,98 @@ def test_a_failover_loses_nothing_acknowledged_and_restarts_nobody(
     log = daemon.log()
     assert daemon.children() <= children and "exited" not in log and "Traceback" not in log
     assert re.search(r"\[consumer \d pid \d+\] redis unavailable", log), log
+    assert re.search(r"\[consumer \d pid \d+\] redis available again", log), log
+    assert daemon.stop() == 0
+
+
+def name_another_primary(group: LocalSentinels) -> tuple[LocalRedis, LocalRedis]:
+    """The sentinels come to name a replica primary while the old primary runs on, cut off
+    from its replicas and out of the sentinels' sight (as after a partition), so nobody tells
+    it to follow: it keeps answering as a primary. Returns (old, new) once the new primary
+    has a replica in sync."""
+    old = group.primary()
+    new, other = (server for server in group.servers if server is not old)
+    for number in range(group.sentinel_count):
+        with group.sentinel(number) as sentinel:
+            sentinel.execute_command("SENTINEL", "REMOVE", group.service)
+    with new.client() as client:
+        client.replicaof("NO", "ONE")
+    with other.client() as client:
+        client.replicaof("127.0.0.1", new.tcp_port)
+    for number in range(group.sentinel_count):
+        with group.sentinel(number) as sentinel:
+            sentinel.execute_command(
+                "SENTINEL", "MONITOR", group.service, "127.0.0.1", new.tcp_port, 2
+            )
+
+    def in_sync(server: LocalRedis, replicas: int) -> bool:
+        with server.client() as client:
+            return int(client.info("replication")["connected_slaves"]) == replicas
+
+    wait_for(lambda: group.primary() is new, 10, "the sentinels to name the new primary")
+    wait_for(lambda: in_sync(new, 1), 10, "the new primary's replica in sync")
+    wait_for(lambda: in_sync(old, 0), 10, "the old primary to lose its replicas")
+    return old, new
+
+
+def test_a_wrapped_readonly_makes_the_next_command_ask_the_sentinels(make_sentinels):
+    # Given goodsd's client, connected to the primary the sentinels name
+    group = make_sentinels()
+    client = connect(RedisConfig(group.url), "test")
+    old_port = int(client.info("server")["tcp_port"])
+    assert old_port == group.primary().tcp_port
+    # When the sentinels come to name another, and the old primary answers READONLY wrapped
+    # in a script's error as Redis 6.2 words it (a plain ERR reply)
+    _, new = name_another_primary(group)
+    wrapped = (
+        "ERR Error running script (call to f_ad9e921dc2065bd7cd2aa87fd51898f0c7ad4381): "
+        "@user_script:1: @user_script: 1: -READONLY You can't write against a read only "
+        "replica. "
+    )
+    with pytest.raises(redis.ResponseError) as raised:
+        client.eval("return redis.error_reply(ARGV[1])", 0, wrapped)
+    # Then goodsd takes it for a read-only replica, as it takes the bare reply
+    trouble = classify(raised.value)
+    assert trouble is not None and trouble.kind is Kind.READ_ONLY
+    # And the next command goes to the primary the sentinels name now
+    assert int(client.info("server")["tcp_port"]) == new.tcp_port
+    client.close()
+
+
+def test_a_primary_answering_noreplicas_is_left_for_the_one_the_sentinels_name(
+    make_sentinels, tmp_path, start_daemon, notify
+):
+    # Given consumers at work on a primary that refuses writes without a replica
+    group = make_sentinels(SAFE)
+    out = tmp_path / "handled"
+    config = write_config(
+        tmp_path, group.url, consumers={"handler": "sample_handlers:paced_record_to_file"}
+    )
+    daemon = start_daemon(config, notify=notify, env={"TEST_OUT": str(out)})
+    notify.wait("READY", "1")
+    assert goodsd(config, "push", "before").returncode == 0
+    wait_for(lambda: lines(out) == ["before"], 10, "the first item handled")
+    children = daemon.children()
+    # When the sentinels come to name another primary, while the old one, cut off from its
+    # replicas, answers every write NOREPLICAS
+    old, new = name_another_primary(group)
+    with old.client() as client, pytest.raises(redis.ResponseError, match=r"^NOREPLICAS"):
+        client.lpush("q", "lost")
+    # Then the consumers leave it for the new primary within the growing delay (5 s at most
+    # between attempts): items pushed there are handled
+    pushed = goodsd(config, "push", "after-1", "after-2")
+    assert pushed.returncode == 0, pushed.stderr
+    wait_for(
+        lambda: sorted(lines(out)) == ["after-1", "after-2", "before"],
+        20,
+        "the consumers on the new primary",
+    )
+    with new.client() as client:
+        assert client.hget("goodsd:{q}:stats", "done") == b"3"  # "before" came by replication
+    # And they waited NOREPLICAS out as an outage: nobody restarted, no crash loop
+    log = daemon.log()
+    assert daemon.children() == children and "exited" not in log and "Traceback" not in log
+    assert re.search(r"\[consumer \d pid \d+\] redis unavailable: too few replicas", log), log
     assert re.search(r"\[consumer \d pid \d+\] redis available again", log), log
     assert daemon.stop() == 0
 

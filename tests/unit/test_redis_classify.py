@@ -14,7 +14,7 @@ from redis.sentinel import MasterNotFoundError
 from goodsd.clusterslot import NotACluster, SlotNotServed
 from goodsd.redisconn import REPLY_CODES, Kind, Outage, Trouble, classify, waiting_on
 from goodsd.scoreboard import FLAG_PAUSED, FLAG_STANDBY
-from goodsd.sentinels import NotASentinel
+from goodsd.sentinels import NotASentinel, leaves_primary
 from goodsd.store.scripts import ScriptsReloaded
 
 # Each reply code with a reply Redis really sends for it.
@@ -266,3 +266,19 @@ def test_a_tls_handshake_refused_is_a_refusal(cause: BaseException):
 def test_a_tls_connection_cut_is_an_outage(cause: BaseException):
     trouble = classify(failed_connect(cause))
     assert trouble is not None and trouble.kind is Kind.UNREACHABLE
+
+
+@pytest.mark.parametrize("wrapping", list(WRAPPINGS))
+@pytest.mark.parametrize("code", sorted(REPLY_CODES.keys() - REDIRECTS))
+def test_a_sentinel_connection_leaves_on_what_classifies_as_a_demoted_primary(
+    code: str, wrapping: str
+):
+    # Given a reply as it may come (Redis 6.2 wraps a READONLY raised inside a script in a
+    # plain ERR reply: "ERR Error running script (call to f_...): ... -READONLY ...")
+    exc = WRAPPINGS[wrapping](REPLIES[code])
+    trouble = classify(exc)
+    assert trouble is not None
+    # Then the connection asks the sentinels again exactly when goodsd calls it a read-only
+    # replica or too few replicas, however the reply was wrapped
+    demoted = trouble.kind in (Kind.READ_ONLY, Kind.NO_REPLICAS)
+    assert leaves_primary(exc) is demoted, (code, wrapping)
