@@ -4,9 +4,9 @@ Every key of a queue shares the hash tag ``{<queue>}`` (the ready list ``<queue>
 same slot: a key without braces hashes by its whole name), so a queue lives in one slot, on one
 node at a time. goodsd's client for a queue is therefore an ordinary single-server client whose
 connections go to that node: scripts, pipelines and transactions work as on one server, in the
-same round trips. The node is asked of the cluster (CLUSTER SLOTS, from any node the URL names
-or the cluster listed) whenever a connection opens without one known, and learnt from a
-``MOVED`` reply, which also ends every connection to the old node once it is given back.
+same round trips. The node is looked up in the cluster (CLUSTER SLOTS, queried of any node the
+URL names or the cluster listed) whenever a connection opens without one known, and learnt
+from a ``MOVED`` reply, which also ends every connection to the old node once it is given back.
 
 What a slot's move or a node's failover looks like to goodsd (a ``MOVED`` reply, ``ASK`` and
 ``TRYAGAIN`` while a slot migrates, ``CLUSTERDOWN``, a lost connection) is raised to the caller
@@ -39,19 +39,21 @@ def queue_slot(queue: str) -> int:
 
 
 class SlotOwner:
-    """Which node serves one slot, as last learnt, and the nodes to ask when that is not
+    """Which node serves one slot, as last learnt, and the nodes to query when that is not
     known. Shared by the connections of one pool."""
 
-    def __init__(self, seeds: Sequence[tuple[str, int]], slot: int, ask: dict[str, object]) -> None:
+    def __init__(
+        self, seeds: Sequence[tuple[str, int]], slot: int, lookup: dict[str, object]
+    ) -> None:
         self.seeds = list(seeds)  # nodes the URL names
         self.known: list[tuple[str, int]] = []  # every primary the cluster listed last time
         self.slot = slot
-        self.ask = ask  # connection keywords for asking a node (login, TLS, timeouts)
+        self.lookup = lookup  # connection keywords for querying a node (login, TLS, timeouts)
         self.address: tuple[str, int] | None = None  # the node serving the slot, if known
         self.lock = threading.Lock()
 
     def find(self) -> tuple[str, int]:
-        """The node serving the slot: the one last learnt, else asked of the cluster, trying
+        """The node serving the slot: the one last learnt, else looked up in the cluster, querying
         each node named in the URL, then each primary seen before. Raises SlotNotServed,
         NotACluster, or the login's refusal (redis.AuthenticationError)."""
         with self.lock:
@@ -60,7 +62,7 @@ class SlotOwner:
             failures = []
             for node in dict.fromkeys([*self.seeds, *self.known]):
                 try:
-                    self.address = self._ask(node)
+                    self.address = self._query(node)
                     return self.address
                 except (redis.ConnectionError, redis.TimeoutError, SlotNotServed) as exc:
                     if isinstance(exc, redis.AuthenticationError):
@@ -70,9 +72,9 @@ class SlotOwner:
                 f"no cluster node told who serves slot {self.slot} ({'; '.join(failures)})"
             )
 
-    def _ask(self, node: tuple[str, int]) -> tuple[str, int]:
-        connection = (SSLConnection if self.ask.get("ssl") else Connection)(
-            host=node[0], port=node[1], **{k: v for k, v in self.ask.items() if k != "ssl"}
+    def _query(self, node: tuple[str, int]) -> tuple[str, int]:
+        connection = (SSLConnection if self.lookup.get("ssl") else Connection)(
+            host=node[0], port=node[1], **{k: v for k, v in self.lookup.items() if k != "ssl"}
         )
         try:
             connection.send_command("CLUSTER", "SLOTS")
@@ -105,7 +107,7 @@ class SlotOwner:
             self.address = (host, port)
 
     def forget(self, address: tuple[str, int]) -> None:
-        """A connection to ``address`` failed: ask the cluster again before the next one
+        """A connection to ``address`` failed: look it up in the cluster again before the next one
         (a replica may have taken over the slot)."""
         with self.lock:
             if self.address == address:
@@ -176,10 +178,10 @@ def slot_client(
     queue: str,
     *,
     tls: bool,
-    ask: dict[str, object],
+    lookup: dict[str, object],
     **connection_kwargs: object,
 ) -> redis.Redis:
     """A client for the node serving ``queue``'s slot; it connects on its first call.
-    ``ask``: keywords for the short connections that ask a node for the cluster's map."""
-    owner = SlotOwner(seeds, queue_slot(queue), {**ask, "ssl": tls})
+    ``lookup``: keywords for the short connections that query a node for the cluster's map."""
+    owner = SlotOwner(seeds, queue_slot(queue), {**lookup, "ssl": tls})
     return redis.Redis(connection_pool=SlotPool(owner, tls=tls, **connection_kwargs))

@@ -32,7 +32,7 @@ class Facts:
 
     version: str | None = None  # "7.0.15"
     mode: str | None = None  # "standalone", "cluster", "sentinel"
-    role: str | None = None  # "master", "replica"
+    role: str | None = None  # "primary", "replica"
 
 
 def facts(client: redis.Redis) -> Facts:
@@ -65,7 +65,9 @@ def _text(value: object) -> str | None:
 
 
 def _role(role: str | None) -> str | None:
-    return "replica" if role == "slave" else role
+    """Redis's role by its present name, "primary" or "replica" (not "master": that is
+    goodsd's supervising process)."""
+    return {"master": "primary", "slave": "replica"}.get(role or "", role)
 
 
 def wrong_form(target: Target, told: Facts, shown_url: str) -> str | None:

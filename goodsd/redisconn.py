@@ -38,8 +38,8 @@ T = TypeVar("T")
 CREDENTIAL_NAME = "redis-password"
 # The same for the password of Sentinel itself.
 SENTINEL_CREDENTIAL_NAME = "redis-sentinel-password"
-# How long a sentinel, or a cluster node asked who serves a slot, may take to answer.
-ASK_TIMEOUT = 2.0
+# How long a sentinel, or a cluster node queried for who serves a slot, may take to answer.
+LOOKUP_TIMEOUT = 2.0
 # Everything a Redis call can raise that may be Redis trouble; ``classify`` tells which it is.
 REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OSError)
 
@@ -101,7 +101,7 @@ def connect(
     on its first call.
 
     Whatever the URL's form, the client is a single-server redis-py client: for a Sentinel
-    URL its connections go to the primary the sentinels name (asked on every connect); for a
+    URL its connections go to the primary the sentinels name (looked up on every connect); for a
     Cluster URL to the node serving ``queue``'s slot (which the URL needs), see
     goodsd.clusterslot. So goodsd's scripts, pipelines and transactions work alike on all."""
     kwargs: dict[str, object] = {
@@ -121,16 +121,16 @@ def connect(
         return redis.Redis.from_url(cfg.url, **kwargs)
     # as in from_url, what the URL says wins over goodsd's defaults (the password file)
     options = {**kwargs, **target.options}
-    ask = {
+    lookup = {
         key: value
         for key, value in options.items()
         if key.startswith("ssl_") or key in ("username", "password", "retry")
     }
-    ask.update(socket_timeout=min(socket_timeout, ASK_TIMEOUT))
-    ask.update(socket_connect_timeout=min(socket_timeout, ASK_TIMEOUT))
+    lookup.update(socket_timeout=min(socket_timeout, LOOKUP_TIMEOUT))
+    lookup.update(socket_connect_timeout=min(socket_timeout, LOOKUP_TIMEOUT))
     if target.deployment is Deployment.SENTINEL:
         sentinel_kwargs = {
-            **{k: v for k, v in ask.items() if k not in ("username", "password")},
+            **{k: v for k, v in lookup.items() if k not in ("username", "password")},
             "ssl": target.tls,
         }
         if cfg.sentinel_username:
@@ -147,7 +147,7 @@ def connect(
         )
     if not queue:
         raise ValueError("a cluster client serves one queue: give its name")
-    return slot_client(target.nodes, queue, tls=target.tls, ask=ask, **options)
+    return slot_client(target.nodes, queue, tls=target.tls, lookup=lookup, **options)
 
 
 # -- what a Redis error means ----------------------------------------------------------------

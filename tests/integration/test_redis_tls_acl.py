@@ -173,6 +173,8 @@ def test_the_readme_acl_rule_is_all_goodsd_needs(
     checked = goodsd(config, "check", "--redis")
     assert checked.returncode == 0, checked.stderr
     assert "acl user: goodsd; every command goodsd needs is allowed" in checked.stdout
+    # (Redis's own name for the role: not to be taken for goodsd's master process)
+    assert "deployment: one server (standalone, primary) with 0 replica(s)" in checked.stdout
     # (it reads persistence settings with CONFIG GET where allowed, @admin: not here)
     assert "persistence: no AOF, RDB unknown (CONFIG not allowed)" in checked.stdout
     assert {entry["object"] for entry in r.acl_log()} == {"config|get"}

@@ -16,13 +16,13 @@ SHOWN = "redis://10.0.0.5:7000/0"
 @pytest.mark.parametrize(
     ("url", "told", "says"),
     [
-        ("redis://h/0", Facts("7.0.15", "cluster", "master"), "reaches a Redis Cluster node: use "
+        ("redis://h/0", Facts("7.0.15", "cluster", "primary"), "reaches a Redis Cluster node: use "
          "redis+cluster://host1:6379,host2:6379"),
         ("unix:///run/r.sock", Facts("7.0.15", "standalone", "replica"), "reaches a replica, "
          "which refuses writes: use the primary's address, or redis+sentinel://"),
-        ("redis://h/0", Facts("7.0.15", "standalone", "master"), None),
+        ("redis://h/0", Facts("7.0.15", "standalone", "primary"), None),
         ("redis://h/0", Facts(), None),  # the server would not say
-        ("redis+cluster://h", Facts("7.0.15", "cluster", "master"), None),
+        ("redis+cluster://h", Facts("7.0.15", "cluster", "primary"), None),
         ("redis+sentinel://h/goods", Facts("7.0.15", "standalone", "replica"), None),
     ],
 )  # fmt: skip
