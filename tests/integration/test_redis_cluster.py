@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -113,10 +112,15 @@ def test_a_queue_on_another_node_works_end_to_end(fresh_cluster, tmp_path, start
     assert daemon.stop() == 0
 
 
-def migrate(cluster: LocalCluster, queue: str, target: LocalRedis, pace: threading.Event) -> int:
+def migrate(
+    cluster: LocalCluster,
+    queue: str,
+    target: LocalRedis,
+    between: Callable[[], None] = lambda: None,
+) -> int:
     """Move ``queue``'s slot to ``target`` as redis-cli --cluster reshard does (IMPORTING,
-    MIGRATING, MIGRATE the keys a few at a time, then NODE), waiting on ``pace`` between
-    batches so that the migration spans many of the consumers' calls. Returns the keys moved."""
+    MIGRATING, MIGRATE the keys a few at a time, then NODE), calling ``between`` after each
+    batch (to pace the migration). Returns the keys moved."""
     slot, source = queue_slot(queue), cluster.serving(queue)
     source_id, target_id = cluster.node_id(source), cluster.node_id(target)
     moved = 0
@@ -126,12 +130,43 @@ def migrate(cluster: LocalCluster, queue: str, target: LocalRedis, pace: threadi
         while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 3):
             src.execute_command("MIGRATE", "127.0.0.1", target.tcp_port, "", 0, 5000, "KEYS", *keys)
             moved += len(keys)
-            pace.wait(0.3)
+            between()
         for node in (target, source, *(n for n in cluster.nodes if n not in (source, target))):
             with node.client() as client:
                 client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
     cluster.wait_until_settled()
     return moved
+
+
+# The commands of goodsd's consumers that claim and settle items.
+CONSUMER_COMMANDS = ("cmdstat_evalsha", "cmdstat_blmove")
+
+
+def consumer_calls(node: LocalRedis) -> int:
+    """How many claims and settles ``node`` was sent: answered, failed, or refused (a
+    redirect, while the slot migrates)."""
+    with node.client() as client:
+        stats = client.info("commandstats")
+    return sum(
+        stats[name]["calls"] + stats[name].get("rejected_calls", 0)
+        for name in CONSUMER_COMMANDS
+        if name in stats
+    )
+
+
+def after_consumer_calls(node: LocalRedis, calls: int) -> Callable[[], None]:
+    """A pace for ``migrate``: each call returns once the consumers sent ``node`` ``calls``
+    more claims or settles, so that the migration spans many of them."""
+    seen = [consumer_calls(node)]
+
+    def wait() -> None:
+        seen[0] = wait_for(
+            lambda: (now := consumer_calls(node)) >= seen[0] + calls and now,
+            30,
+            f"{calls} more calls of the consumers to the migrating node",
+        )
+
+    return wait
 
 
 @pytest.mark.slow
@@ -163,7 +198,7 @@ def test_a_slot_migrated_while_items_flow_loses_nothing_and_restarts_nobody(
     wait_for(lambda: len(lines(out)) >= 200, 20, "consumption under way")
     children = daemon.children()
     # When the queue's slot moves to another node, a few keys at a time, meanwhile
-    moved = migrate(cluster, queue, target, threading.Event())
+    moved = migrate(cluster, queue, target, after_consumer_calls(source, 2))
     assert moved >= 5  # the ready list, in-flight lists, leases, registries, stats...
     assert cluster.serving(queue) is target
     # Then every item is handled, at least once (a claim cut off by the move may run twice)
@@ -225,7 +260,7 @@ def test_the_client_follows_a_moved_slot(fresh_cluster):
     client = connect(RedisConfig(cluster.url), "test", queue=queue)
     client.lpush(queue, "a")
     # When the slot moves to the second node
-    migrate(cluster, queue, cluster.nodes[1], threading.Event())
+    migrate(cluster, queue, cluster.nodes[1])
     # Then the next call gets MOVED (nothing repeated behind goodsd's back) and the one
     # after it goes to the new node
     with pytest.raises(redis.exceptions.MovedError):
