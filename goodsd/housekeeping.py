@@ -29,7 +29,15 @@ from goodsd.children import (
 )
 from goodsd.config import Config, RedisConfig
 from goodsd.ops.common import display_url
-from goodsd.redisconn import Outage, classify, connect, refusal, refused_commands, waiting_on
+from goodsd.redisconn import (
+    Outage,
+    classify,
+    connect,
+    described,
+    refusal,
+    refused_commands,
+    waiting_on,
+)
 from goodsd.scoreboard import Reading
 from goodsd.store import Registration, RetryPolicy, Upkeep
 
@@ -212,7 +220,7 @@ class Housekeeping:
             result = action()
         except REDIS_ERRORS as exc:
             self.quiet_until = now + REDIS_PAUSE
-            log.debug("%s skipped: %s", what, exc)
+            log.debug("%s skipped: %s", what, described(exc))
             if (trouble := classify(exc)) is not None:
                 self.outage.failed(trouble, now, what)  # said once, and in STATUS=
             return None
@@ -258,7 +266,7 @@ class Housekeeping:
                 self.quiet_until = self.clock() + REDIS_PAUSE
                 rec.attempts += 1
                 if rec.attempts == 1:
-                    log.warning("cannot requeue items of %s yet: %s", rec.identity, exc)
+                    log.warning("cannot requeue items of %s yet: %s", rec.identity, described(exc))
                 remaining.append(rec)
                 continue
             if count:
@@ -280,7 +288,7 @@ class Housekeeping:
         except REDIS_ERRORS as exc:
             trouble = classify(exc)
             if trouble is None:  # an answer the check did not expect: do not hold up the start
-                log.warning("cannot check redis permissions: %s", exc)
+                log.warning("cannot check redis permissions: %s", described(exc))
                 self.access_checked = True
                 return True
             if trouble.kind.fatal:
@@ -321,7 +329,7 @@ class Housekeeping:
         try:
             told = deployment.facts(queue.client)
         except REDIS_ERRORS as exc:
-            log.debug("cannot ask redis what it is: %s", exc)
+            log.debug("cannot ask redis what it is: %s", described(exc))
             return None
         target = redisurl.parse(config.redis.url)
         return deployment.wrong_form(target, told, display_url(config.redis.url))
@@ -334,7 +342,7 @@ def warn_about_settings(client: redis.Redis, cfg: RedisConfig | None = None) -> 
     try:
         info = client.info()  # the default sections: server, memory, replication...
     except REDIS_ERRORS as exc:  # INFO may be refused to goodsd's user
-        log.debug("cannot read the redis version: %s", exc)
+        log.debug("cannot read the redis version: %s", described(exc))
         return
     policy = info.get("maxmemory_policy")  # (CONFIG GET would need @admin)
     version = tuple(int(p) for p in str(info.get("redis_version", "0")).split(".")[:2])

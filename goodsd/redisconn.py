@@ -261,6 +261,14 @@ def classify(exc: BaseException) -> Trouble | None:
     return None
 
 
+def described(exc: BaseException) -> str:
+    """``exc``, raised by a Redis call, as a log line or an operator's message tells it: the
+    kind of Redis trouble and what Redis said (``Trouble.summary``), or, for an error that is
+    no Redis trouble, its type and message."""
+    trouble = classify(exc)
+    return trouble.summary if trouble is not None else f"{type(exc).__name__}: {exc}"
+
+
 def denied_socket(exc: BaseException) -> str | None:
     """The path of the unix socket when ``exc`` is a connect refused by file permissions
     (EACCES, EPERM), else None."""

@@ -166,4 +166,3 @@ def _path(path: str, deployment: Deployment) -> tuple[str, int]:
     if len(words) == 2 and not (words[1].isascii() and words[1].isdigit()):
         raise ValueError("the database after the service name must be a number, e.g. /mymaster/0")
     return words[0], int(words[1]) if len(words) == 2 else 0
-
