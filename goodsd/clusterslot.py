@@ -33,6 +33,14 @@ class NotACluster(redis.RedisError):
     """A node the URL names says it is no cluster node: the URL has the wrong form."""
 
 
+class SlotFollowed(redis.exceptions.MovedError):
+    """A MOVED reply to a connection that learnt from it where the slot went: the next
+    attempt goes to the node serving the slot now. ``resp``: "<slot> <host>:<port>"."""
+
+    def __init__(self, resp: str, status_code: str | None = "MOVED") -> None:
+        super().__init__(resp, status_code=status_code)
+
+
 def queue_slot(queue: str) -> int:
     """The cluster slot of every key of ``queue`` (see goodsd.store.keys)."""
     return key_slot(queue.encode())
@@ -143,7 +151,7 @@ class _FollowsSlot:
             return super().read_response(*args, **kwargs)  # type: ignore[misc]
         except redis.exceptions.MovedError as exc:
             self.slot_owner.moved(exc.host or self.host, int(exc.port))
-            raise
+            raise SlotFollowed(exc.message) from None
         except (redis.ConnectionError, redis.TimeoutError):
             self.slot_owner.forget((self.host, self.port))
             raise

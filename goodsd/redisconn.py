@@ -22,7 +22,7 @@ from redis.retry import Retry
 
 from goodsd import redisurl
 from goodsd.backoff import backoff_delay
-from goodsd.clusterslot import NotACluster, slot_client
+from goodsd.clusterslot import NotACluster, SlotFollowed, slot_client
 from goodsd.config import PasswordFileError, RedisConfig, read_password_file
 from goodsd.redisurl import Deployment
 from goodsd.replycode import PIPELINE_NOTE, reply_code
@@ -187,10 +187,14 @@ class Kind(enum.Enum):
 @dataclass(frozen=True)
 class Trouble:
     """One Redis error as goodsd understands it: its kind and what Redis (or the system) said;
-    for SOCKET_DENIED, ``detail`` is the socket's path."""
+    for SOCKET_DENIED, ``detail`` is the socket's path. ``resolved``: the reply itself ended
+    the trouble (a Redis that forgot goodsd's scripts has them again; a moved slot's new node
+    is known to a client that follows slots), so the next attempt need not wait a delay
+    grown during the outage."""
 
     kind: Kind
     detail: str
+    resolved: bool = False
 
     @property
     def summary(self) -> str:
@@ -250,14 +254,14 @@ def classify(exc: BaseException) -> Trouble | None:
             note = PIPELINE_NOTE.match(detail)
             at = note.end() if note else 0
             detail = f"{detail[:at]}{code} {detail[at:]}"
-        return Trouble(kind, detail) if kind else None
+        return Trouble(kind, detail, isinstance(exc, SlotFollowed)) if kind else None
     if (path := denied_socket(exc)) is not None:
         return Trouble(Kind.SOCKET_DENIED, path)
     if failed_handshake(exc):
         return Trouble(Kind.TLS_REFUSED, detail)
     for cls, kind in ERROR_CLASSES:
         if isinstance(exc, cls):
-            return Trouble(kind, detail)
+            return Trouble(kind, detail, kind is Kind.RESTARTED)
     return None
 
 
@@ -326,10 +330,6 @@ BACKOFF_BASE = 0.1
 BACKOFF_MAX = 5.0
 # Longest sleep between heartbeats while backing off.
 BEAT_EVERY = 0.25
-# Troubles whose reply settles them, so the next attempt can come at once rather than after
-# a delay grown during the outage before: a Redis that forgot the scripts has them again, a
-# moved slot's new node is known. (One base delay all the same, never a tight loop.)
-SETTLED_KINDS = frozenset({Kind.RESTARTED, Kind.SLOT_MOVED})
 # While an outage lasts, at most one line per this many seconds says it still does.
 OUTAGE_LOG_EVERY = 60.0
 
@@ -365,7 +365,7 @@ class Outage:
                 trouble.summary,
             )
         self.trouble = trouble
-        if trouble.kind in SETTLED_KINDS:
+        if trouble.resolved:  # (one base delay all the same, never a tight loop)
             return BACKOFF_BASE
         return backoff_delay(self.failures, BACKOFF_BASE, BACKOFF_MAX)
 

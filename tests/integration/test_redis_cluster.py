@@ -19,7 +19,7 @@ from test_redis_outage import lines
 from goodsd.clusterslot import queue_slot
 from goodsd.config import RedisConfig
 from goodsd.localredis import LocalCluster, LocalRedis
-from goodsd.redisconn import connect, refused_commands
+from goodsd.redisconn import Kind, classify, connect, refused_commands
 from goodsd.store import Upkeep
 
 
@@ -263,8 +263,11 @@ def test_the_client_follows_a_moved_slot(fresh_cluster):
     migrate(cluster, queue, cluster.nodes[1])
     # Then the next call gets MOVED (nothing repeated behind goodsd's back) and the one
     # after it goes to the new node
-    with pytest.raises(redis.exceptions.MovedError):
+    with pytest.raises(redis.exceptions.MovedError) as raised:
         client.lpush(queue, "b")
+    # (which goodsd takes for an outage its retry ends at once, the client having followed)
+    trouble = classify(raised.value)
+    assert trouble is not None and trouble.kind is Kind.SLOT_MOVED and trouble.resolved
     assert client.lpush(queue, "b") == 2
     assert client.connection_pool.owner.address == ("127.0.0.1", cluster.nodes[1].tcp_port)
     client.close()
