@@ -258,6 +258,24 @@ def test_a_primary_answering_noreplicas_is_left_for_the_one_the_sentinels_name(
     assert daemon.stop() == 0
 
 
+def test_a_redis_url_at_a_sentinel_is_refused_naming_the_sentinel_form(
+    make_sentinels, tmp_path, start_daemon
+):
+    # Given a plain redis:// URL naming a sentinel (whose answer to goodsd's permission check
+    # is no refusal but an unknown command)
+    group = make_sentinels()
+    config = write_config(tmp_path, f"redis://127.0.0.1:{group.sentinel_ports[0]}/0")
+    says = "reaches a Redis Sentinel: use redis+sentinel://host1:26379,host2:26379/service_name"
+    # When goodsd checks Redis, then it names the form to use and exits 78
+    checked = goodsd(config, "check", "--redis")
+    assert checked.returncode == 78 and says in checked.stderr, checked.stderr
+    # And goodsd refuses to start with the same words, before any consumer
+    daemon = start_daemon(config)
+    assert daemon.wait_exit(20) == 78
+    log = daemon.log()
+    assert says in log and "started consumer" not in log, log
+
+
 @pytest.fixture
 def sentinels_with_a_password(make_sentinels) -> LocalSentinels:
     return make_sentinels(sentinel_password="watch-word")

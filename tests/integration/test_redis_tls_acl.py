@@ -17,6 +17,7 @@ from ops_cli import goodsd
 from support import wait_for, write_config
 from test_ops_metrics import free_port, scrape
 from test_redis_outage import lines
+from test_reload import reload
 
 from goodsd.localredis import LocalRedis
 
@@ -210,3 +211,27 @@ def test_check_redis_names_a_command_the_acl_refuses(
     checked = goodsd(config, "check", "--redis")
     assert checked.returncode == 78
     assert f"may not run commands goodsd needs: {command.upper()}" in checked.stderr
+
+
+def test_a_reload_to_a_user_the_acl_refuses_keeps_the_running_config(
+    r, redis_server, goodsd_user, tmp_path, start_daemon, notify
+):
+    # Given goodsd running with the default user, and the README's user lacking BLMOVE
+    r.execute_command(*[arg for arg in readme_acl_rule("q") if arg != "+blmove"])
+    consumers = {"handler": "sample_handlers:record"}
+    config = write_config(tmp_path, redis_server.url, consumers=consumers)
+    daemon = start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    before = daemon.children()
+    # When a reload switches goodsd to that user
+    write_config(tmp_path, user_url(redis_server), consumers=consumers)
+    ready = reload(daemon, notify)
+    # Then the reload is refused, as a start would be, saying why
+    assert (
+        f"last reload failed: {config}: redis refuses commands goodsd needs" in (ready["STATUS"])
+    ), ready
+    assert "BLMOVE" in ready["STATUS"]
+    # And the running config keeps serving, with the same children
+    assert daemon.children() == before
+    r.lpush("q", "after")
+    wait_for(lambda: r.lrange("test:handled", 0, -1) == [b"after"], 10, "the item handled")
