@@ -591,21 +591,28 @@ def refused_commands(queue: Upkeep, *, waits: bool = False) -> list[str]:
     Redis checks the ACL (commands and keys) when it queues a command, before anything else
     (memory, a read-only replica), so any other error means "allowed". This works on Redis 6.2
     and 7 and needs no admin permission, unlike ACL DRYRUN (7.0 and later, @admin). EXEC
-    cannot be queued: it is taken to come with MULTI (both are in @transaction). Raises
-    redis-py's errors when the check cannot be made (e.g. Redis is unreachable)."""
+    cannot be queued: it is sent alone first, outside a transaction, where Redis answers "EXEC
+    without MULTI" once the ACL allows it. Raises redis-py's errors when the check cannot be
+    made (e.g. Redis is unreachable, or refuses a command redis-py sends as it connects)."""
     pool = queue.client.connection_pool
     connection = pool.get_connection()
+    refused = set()
     try:
+        connection.send_command("EXEC")
+        try:
+            connection.read_response()
+        except redis.ResponseError as exc:
+            if _acl_refused(exc):
+                refused.add("EXEC")
         connection.send_command("MULTI")
         try:
             connection.read_response()
         except redis.ResponseError as exc:
             if _acl_refused(exc):
-                return ["MULTI"]
+                return sorted({*refused, "MULTI"})
             raise  # no transaction: the commands would run, so none is sent
         probes = needed_commands(queue, waits=waits)
         connection.send_packed_command(connection.pack_commands([p.args for p in probes]))
-        refused = set()
         for probe in probes:
             try:
                 connection.read_response()

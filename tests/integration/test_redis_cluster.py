@@ -15,6 +15,7 @@ from ops_cli import goodsd
 from support import wait_for, write_config
 from test_ops_metrics import free_port, scrape
 from test_redis_outage import lines
+from test_redis_tls_acl import PASSWORD, README, readme_acl_rule
 
 from goodsd.clusterslot import queue_slot
 from goodsd.config import RedisConfig
@@ -289,4 +290,44 @@ def test_a_connection_that_reconnects_goes_to_the_node_serving_the_slot(fresh_cl
     assert connection.read_response() == b"PONG"
     assert (connection.host, connection.port) == elsewhere
     pool.release(connection)
+    client.close()
+
+
+@pytest.fixture
+def acl_on_every_node(fresh_cluster: LocalCluster) -> Iterator[Callable[[list[str]], None]]:
+    """set_user(args): run the ACL SETUSER command ``args`` on every node (a Cluster does not
+    share ACL users); the user goodsd goes after the test."""
+
+    def set_user(args: list[str]) -> None:
+        for node in fresh_cluster.nodes:
+            with node.client() as client:
+                client.execute_command(*args)
+
+    yield set_user
+    for node in fresh_cluster.nodes:
+        with node.client() as client:
+            client.acl_deluser("goodsd")
+
+
+def test_the_readme_cluster_rule_is_all_goodsd_needs(fresh_cluster, acl_on_every_node, tmp_path):
+    # Given the README's user for a queue of the second node, with what it adds for a Cluster
+    cluster = fresh_cluster
+    queue = queue_on(cluster, cluster.nodes[1])
+    assert "Add `+cluster|slots` for a Cluster." in README.read_text()
+    rule = readme_acl_rule(queue)
+    acl_on_every_node([*rule, "+cluster|slots"])
+    url = f"redis+cluster://goodsd:{PASSWORD}@127.0.0.1:{cluster.nodes[0].tcp_port}"
+    # When goodsd checks Redis as the service would, then everything it needs is allowed
+    checked = goodsd(write_config(tmp_path, url, queue=queue), "check", "--redis")
+    assert checked.returncode == 0, checked.stderr
+    assert "acl user: goodsd; every command goodsd needs is allowed" in checked.stdout
+    # When the user lacks +cluster|slots, then the node serving the queue cannot be looked up:
+    # a refusal that names it
+    acl_on_every_node(rule)
+    client = connect(RedisConfig(url), "test", queue=queue)
+    with pytest.raises(redis.ResponseError) as raised:
+        refused_commands(Upkeep(client, queue))
+    trouble = classify(raised.value)
+    assert trouble is not None and trouble.kind is Kind.NO_PERMISSION
+    assert "'cluster|slots'" in trouble.detail
     client.close()

@@ -19,7 +19,10 @@ from test_ops_metrics import free_port, scrape
 from test_redis_outage import lines
 from test_reload import reload
 
+from goodsd.config import RedisConfig
 from goodsd.localredis import LocalRedis
+from goodsd.redisconn import Kind, classify, connect, refused_commands
+from goodsd.store import Upkeep
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 PASSWORD = "acl-word-7"
@@ -235,3 +238,51 @@ def test_a_reload_to_a_user_the_acl_refuses_keeps_the_running_config(
     assert daemon.children() == before
     r.lpush("q", "after")
     wait_for(lambda: r.lrange("test:handled", 0, -1) == [b"after"], 10, "the item handled")
+
+
+# The commands of the README's rule, as ACL names ("script|load").
+README_COMMANDS = [arg[1:] for arg in readme_acl_rule("goods2") if arg.startswith("+")]
+# Only read what the server says it is (the start's warnings, check --redis): not needed.
+OPTIONAL = {"hello", "info"}
+# Sent by redis-py as a connection opens (SELECT only for a database other than 0): without
+# them no connection opens, a refusal that names the command.
+ON_CONNECT = {"client|setname", "select"}
+
+
+@pytest.mark.parametrize("command", README_COMMANDS)
+def test_the_permission_check_misses_no_command_of_the_readme_rule(
+    command, r, redis_server, goodsd_user
+):
+    # Given the README's user for a queue, without one of its commands
+    r.execute_command(*[arg for arg in readme_acl_rule("goods2") if arg != f"+{command}"])
+    url = user_url(redis_server) + ("?db=1" if command == "select" else "")
+    client = connect(RedisConfig(url), "goodsd-test", queue="goods2")
+    queue = Upkeep(client, "goods2")
+    # When goodsd checks its permissions, then what it lacks is found
+    try:
+        if command in OPTIONAL:
+            assert refused_commands(queue, waits=True) == []
+        elif command in ON_CONNECT:
+            with pytest.raises(redis.ResponseError) as raised:
+                refused_commands(queue, waits=True)
+            trouble = classify(raised.value)
+            assert trouble is not None and trouble.kind is Kind.NO_PERMISSION
+            assert f"'{command}'" in trouble.detail
+        elif command == "wait":  # sent only with redis.wait_replicas
+            assert refused_commands(queue) == []
+            assert refused_commands(queue, waits=True) == ["WAIT"]
+        else:
+            assert refused_commands(queue, waits=True) == [command.upper().replace("|", " ")]
+    finally:
+        client.close()
+    # And nothing ran
+    assert r.dbsize() == 0
+
+
+def test_the_permission_check_finds_nothing_missing_in_the_readme_rule(
+    r, redis_server, goodsd_user
+):
+    r.execute_command(*readme_acl_rule("goods2"))
+    client = connect(RedisConfig(user_url(redis_server)), "goodsd-test", queue="goods2")
+    assert refused_commands(Upkeep(client, "goods2"), waits=True) == []
+    client.close()
