@@ -366,8 +366,8 @@ def start_problem(queue: Upkeep, config: Config) -> str | None:
 
 def warn_about_settings(client: redis.Redis, cfg: RedisConfig | None = None) -> None:
     """Warn about a Redis that may evict items, and (given ``cfg``, the redis settings it was
-    reached with) a primary whose failover can lose acknowledged
-    writes, or that has fewer replicas than ``redis.wait_replicas`` waits for."""
+    reached with) a primary whose failover can lose acknowledged writes, or that has fewer
+    replicas than ``redis.wait_replicas`` waits for."""
     try:
         info = client.info()  # the default sections: memory, replication...
     except REDIS_ERRORS as exc:  # INFO may be refused to goodsd's user
