@@ -544,6 +544,8 @@ def add_ops_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentP
             "  0   every item was pushed",
             "  1   Redis unreachable or failing (the message says how many went in), "
             "an item over the limit, or interrupted",
+            "  3   with redis.wait_replicas: the last items pushed are on the primary only "
+            "(the message says how many); pushing them again would add them twice",
             _EXIT_USAGE,
             _EXIT_CONFIG,
         ),

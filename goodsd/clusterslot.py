@@ -4,9 +4,9 @@ Every key of a queue shares the hash tag ``{<queue>}`` (the ready list ``<queue>
 same slot: a key without braces hashes by its whole name), so a queue lives in one slot, on one
 node at a time. goodsd's client for a queue is therefore an ordinary single-server client whose
 connections go to that node: scripts, pipelines and transactions work as on one server, in the
-same round trips. The node is asked of the cluster (CLUSTER SLOTS, from any node the URL names
-or the cluster listed) whenever a connection opens without one known, and learnt from a
-``MOVED`` reply, which also ends every connection to the old node once it is given back.
+same round trips. The node is looked up in the cluster (CLUSTER SLOTS, queried of any node the
+URL names or the cluster listed) whenever a connection opens without one known, and learnt
+from a ``MOVED`` reply, which also ends every connection to the old node once it is given back.
 
 What a slot's move or a node's failover looks like to goodsd (a ``MOVED`` reply, ``ASK`` and
 ``TRYAGAIN`` while a slot migrates, ``CLUSTERDOWN``, a lost connection) is raised to the caller
@@ -33,25 +33,35 @@ class NotACluster(redis.RedisError):
     """A node the URL names says it is no cluster node: the URL has the wrong form."""
 
 
+class SlotFollowed(redis.exceptions.MovedError):
+    """A MOVED reply to a connection that learnt from it where the slot went: the next
+    attempt goes to the node serving the slot now. ``resp``: "<slot> <host>:<port>"."""
+
+    def __init__(self, resp: str, status_code: str | None = "MOVED") -> None:
+        super().__init__(resp, status_code=status_code)
+
+
 def queue_slot(queue: str) -> int:
     """The cluster slot of every key of ``queue`` (see goodsd.store.keys)."""
     return key_slot(queue.encode())
 
 
 class SlotOwner:
-    """Which node serves one slot, as last learnt, and the nodes to ask when that is not
+    """Which node serves one slot, as last learnt, and the nodes to query when that is not
     known. Shared by the connections of one pool."""
 
-    def __init__(self, seeds: Sequence[tuple[str, int]], slot: int, ask: dict[str, object]) -> None:
+    def __init__(
+        self, seeds: Sequence[tuple[str, int]], slot: int, lookup: dict[str, object]
+    ) -> None:
         self.seeds = list(seeds)  # nodes the URL names
         self.known: list[tuple[str, int]] = []  # every primary the cluster listed last time
         self.slot = slot
-        self.ask = ask  # connection keywords for asking a node (login, TLS, timeouts)
+        self.lookup = lookup  # connection keywords for querying a node (login, TLS, timeouts)
         self.address: tuple[str, int] | None = None  # the node serving the slot, if known
         self.lock = threading.Lock()
 
     def find(self) -> tuple[str, int]:
-        """The node serving the slot: the one last learnt, else asked of the cluster, trying
+        """The node serving the slot: the one last learnt, else looked up in the cluster, querying
         each node named in the URL, then each primary seen before. Raises SlotNotServed,
         NotACluster, or the login's refusal (redis.AuthenticationError)."""
         with self.lock:
@@ -60,7 +70,7 @@ class SlotOwner:
             failures = []
             for node in dict.fromkeys([*self.seeds, *self.known]):
                 try:
-                    self.address = self._ask(node)
+                    self.address = self._query(node)
                     return self.address
                 except (redis.ConnectionError, redis.TimeoutError, SlotNotServed) as exc:
                     if isinstance(exc, redis.AuthenticationError):
@@ -70,9 +80,9 @@ class SlotOwner:
                 f"no cluster node told who serves slot {self.slot} ({'; '.join(failures)})"
             )
 
-    def _ask(self, node: tuple[str, int]) -> tuple[str, int]:
-        connection = (SSLConnection if self.ask.get("ssl") else Connection)(
-            host=node[0], port=node[1], **{k: v for k, v in self.ask.items() if k != "ssl"}
+    def _query(self, node: tuple[str, int]) -> tuple[str, int]:
+        connection = (SSLConnection if self.lookup.get("ssl") else Connection)(
+            host=node[0], port=node[1], **{k: v for k, v in self.lookup.items() if k != "ssl"}
         )
         try:
             connection.send_command("CLUSTER", "SLOTS")
@@ -105,7 +115,7 @@ class SlotOwner:
             self.address = (host, port)
 
     def forget(self, address: tuple[str, int]) -> None:
-        """A connection to ``address`` failed: ask the cluster again before the next one
+        """A connection to ``address`` failed: look it up in the cluster again before the next one
         (a replica may have taken over the slot)."""
         with self.lock:
             if self.address == address:
@@ -113,8 +123,8 @@ class SlotOwner:
 
 
 class _FollowsSlot:
-    """A redis-py connection that connects to the node serving its pool's slot and learns
-    from MOVED replies where the slot went."""
+    """A redis-py connection that connects to the node serving its pool's slot, whenever it
+    connects, and learns from MOVED replies where the slot went."""
 
     def __init__(self, *, slot_owner: SlotOwner, **kwargs: object) -> None:
         self.slot_owner = slot_owner
@@ -130,12 +140,18 @@ class _FollowsSlot:
             self.slot_owner.forget((self.host, self.port))
             raise
 
+    def send_packed_command(self, *args: object, **kwargs: object) -> None:
+        if not self._sock:  # type: ignore[attr-defined]
+            # redis-py's own reconnect here would go back to the address it had
+            self.connect()
+        super().send_packed_command(*args, **kwargs)  # type: ignore[misc]
+
     def read_response(self, *args: object, **kwargs: object) -> object:
         try:
             return super().read_response(*args, **kwargs)  # type: ignore[misc]
         except redis.exceptions.MovedError as exc:
             self.slot_owner.moved(exc.host or self.host, int(exc.port))
-            raise
+            raise SlotFollowed(exc.message) from None
         except (redis.ConnectionError, redis.TimeoutError):
             self.slot_owner.forget((self.host, self.port))
             raise
@@ -170,10 +186,10 @@ def slot_client(
     queue: str,
     *,
     tls: bool,
-    ask: dict[str, object],
+    lookup: dict[str, object],
     **connection_kwargs: object,
 ) -> redis.Redis:
     """A client for the node serving ``queue``'s slot; it connects on its first call.
-    ``ask``: keywords for the short connections that ask a node for the cluster's map."""
-    owner = SlotOwner(seeds, queue_slot(queue), {**ask, "ssl": tls})
+    ``lookup``: keywords for the short connections that query a node for the cluster's map."""
+    owner = SlotOwner(seeds, queue_slot(queue), {**lookup, "ssl": tls})
     return redis.Redis(connection_pool=SlotPool(owner, tls=tls, **connection_kwargs))

@@ -17,10 +17,12 @@ from redis.connection import SSLConnection
 from goodsd import redisurl
 from goodsd.config import Config, RedisConfig
 from goodsd.ops.common import display_url
-from goodsd.redisconn import REDIS_ERRORS, classify, refused_commands
+from goodsd.redisconn import REDIS_ERRORS, classify, described, refused_commands
 from goodsd.redisurl import FORMS, Deployment, Target
 from goodsd.store import Upkeep
 
+# The oldest Redis goodsd runs on (BLMOVE).
+OLDEST = (6, 2)
 # What a server may refuse without that meaning trouble: a command its ACL denies, or one an
 # older server does not know.
 _NOT_TOLD = (redis.ResponseError,)
@@ -32,7 +34,7 @@ class Facts:
 
     version: str | None = None  # "7.0.15"
     mode: str | None = None  # "standalone", "cluster", "sentinel"
-    role: str | None = None  # "master", "replica"
+    role: str | None = None  # "primary", "replica"
 
 
 def facts(client: redis.Redis) -> Facts:
@@ -65,7 +67,9 @@ def _text(value: object) -> str | None:
 
 
 def _role(role: str | None) -> str | None:
-    return "replica" if role == "slave" else role
+    """Redis's role by its present name, "primary" or "replica" (not "master": that is
+    goodsd's supervising process)."""
+    return {"master": "primary", "slave": "replica"}.get(role or "", role)
 
 
 def wrong_form(target: Target, told: Facts, shown_url: str) -> str | None:
@@ -74,6 +78,11 @@ def wrong_form(target: Target, told: Facts, shown_url: str) -> str | None:
     primary the sentinels name, a Cluster URL the node serving the queue's slot."""
     if target.deployment is not Deployment.SERVER:
         return None
+    if told.mode == "sentinel":
+        return (
+            f"redis.url {shown_url} reaches a Redis Sentinel: use {FORMS[Deployment.SENTINEL]} "
+            "(the sentinels, and the name they know the primary by)"
+        )
     if told.mode == "cluster":
         return (
             f"redis.url {shown_url} reaches a Redis Cluster node: use "
@@ -87,6 +96,25 @@ def wrong_form(target: Target, told: Facts, shown_url: str) -> str | None:
             "failover"
         )
     return None
+
+
+def too_old(told: Facts) -> str | None:
+    """Why the server's version rules goodsd out (older than OLDEST: no BLMOVE, so every
+    consumer would fail), or None, also when the server would not say."""
+    if told.version is None:
+        return None
+    numbers = tuple(int(p) for p in told.version.split(".")[:2] if p.isdigit())
+    if numbers >= OLDEST:
+        return None
+    oldest = ".".join(map(str, OLDEST))
+    return f"redis {told.version} is too old: goodsd needs {oldest} or later (BLMOVE)"
+
+
+def server_problem(target: Target, told: Facts, shown_url: str) -> str | None:
+    """Why goodsd may not run on the server it reached, by what the server says it is
+    (``told``): ``redis.url`` (``target``, shown as ``shown_url``) has the wrong form for it,
+    or it is too old; None when neither, also when the server would not say."""
+    return wrong_form(target, told, shown_url) or too_old(told)
 
 
 def replication_warnings(replication: Mapping[str, object], cfg: RedisConfig) -> list[str]:
@@ -116,9 +144,6 @@ def replication_warnings(replication: Mapping[str, object], cfg: RedisConfig) ->
 
 # -- goodsd check --redis ----------------------------------------------------------------------
 
-# The oldest Redis goodsd runs on (BLMOVE).
-OLDEST = (6, 2)
-
 
 @dataclass
 class Report:
@@ -140,29 +165,39 @@ def report(cfg: Config, client: redis.Redis) -> Report:
     refusal (a login, TLS), is a problem; so is what ``goodsd run`` refuses at start."""
     found = Report()
     target = redisurl.parse(cfg.redis.url)
+    shown = display_url(cfg.redis.url)
     queue = Upkeep(client, cfg.queue)
+    unexpected: Exception | None = None  # an answer the permission check did not expect
     try:
-        refused = refused_commands(queue, waits=cfg.redis.wait_replicas > 0)
+        try:
+            refused = refused_commands(queue, waits=cfg.redis.wait_replicas > 0)
+        except REDIS_ERRORS as exc:
+            if classify(exc) is not None:
+                raise
+            refused, unexpected = [], exc  # (a sentinel knows no MULTI): what is it?
         told = facts(client)
     except REDIS_ERRORS as exc:
-        trouble = classify(exc)
-        reason = trouble.summary if trouble is not None else str(exc)
+        reason = described(exc)
         cause = exc.__cause__ or exc.__context__
         certificate = client.connection_pool.connection_kwargs.get("ssl_certfile")
         if isinstance(cause, ssl.SSLError) and not certificate:
             # a TLS 1.3 server that wants a client certificate says so, or just hangs up
             reason += "; does the server want a client certificate (ssl_certfile, ssl_keyfile)?"
-        found.problems.append(f"cannot use redis at {display_url(cfg.redis.url)}: {reason}")
+        found.problems.append(f"cannot use redis at {shown}: {reason}")
         return found
-    found.add("server", _version_line(told, found))
-    found.add("deployment", _deployment_line(cfg, target, client, told, found))
-    if problem := wrong_form(target, told, display_url(cfg.redis.url)):
+    if problem := server_problem(target, told, shown):
         found.problems.append(problem)
+    elif unexpected is not None:  # as at start: said, not held against the server
+        found.warnings.append(f"cannot check redis permissions: {described(unexpected)}")
+    found.add("server", _version_line(told))
+    found.add("deployment", _deployment_line(cfg, target, client, told, found))
     found.add("maxmemory-policy", _policy_line(client, found))
     found.add("persistence", _persistence_line(client, found))
     found.add("tls", _tls_line(target, client, found))
     user = _acl_user(client)
-    if refused:
+    if unexpected is not None:
+        found.add("acl user", f"{user}; permissions not checked")
+    elif refused:
         found.add("acl user", f"{user}; may not run: {', '.join(refused)}")
         found.problems.append(
             f"redis ACL user {user} may not run commands goodsd needs: {', '.join(refused)}"
@@ -172,12 +207,9 @@ def report(cfg: Config, client: redis.Redis) -> Report:
     return found
 
 
-def _version_line(told: Facts, found: Report) -> str:
+def _version_line(told: Facts) -> str:
     if told.version is None:
         return "version unknown (HELLO and INFO not allowed)"
-    numbers = tuple(int(p) for p in told.version.split(".")[:2] if p.isdigit())
-    if numbers < OLDEST:
-        found.problems.append(f"redis {told.version} is too old: goodsd needs 6.2 or later")
     return f"redis {told.version}"
 
 

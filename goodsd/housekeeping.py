@@ -27,9 +27,17 @@ from goodsd.children import (
     keeps_lease,
     overdue,
 )
-from goodsd.config import Config, RedisConfig
+from goodsd.config import Config, ConfigError, RedisConfig
 from goodsd.ops.common import display_url
-from goodsd.redisconn import Outage, classify, connect, refusal, refused_commands, waiting_on
+from goodsd.redisconn import (
+    Outage,
+    classify,
+    connect,
+    described,
+    refusal,
+    refused_commands,
+    waiting_on,
+)
 from goodsd.scoreboard import Reading
 from goodsd.store import Registration, RetryPolicy, Upkeep
 
@@ -224,7 +232,7 @@ class Housekeeping:
             result = action()
         except REDIS_ERRORS as exc:
             self.quiet_until = now + REDIS_PAUSE
-            log.debug("%s skipped: %s", what, exc)
+            log.debug("%s skipped: %s", what, described(exc))
             if (trouble := classify(exc)) is not None:
                 self.outage.failed(trouble, now, what)  # said once, and in STATUS=
             return None
@@ -271,7 +279,7 @@ class Housekeeping:
                 self.quiet_until = self.clock() + REDIS_PAUSE
                 rec.attempts += 1
                 if rec.attempts == 1:
-                    log.warning("cannot requeue items of %s yet: %s", rec.identity, exc)
+                    log.warning("cannot requeue items of %s yet: %s", rec.identity, described(exc))
                 remaining.append(rec)
                 continue
             if count:
@@ -280,20 +288,18 @@ class Housekeeping:
         return done
 
     def check_access(self, queue: Upkeep, config: Config) -> bool:
-        """Check that Redis lets goodsd run every command it needs (``refused_commands``) and
-        that ``config``'s URL form suits the server (``wrong_form``), and warn about settings
-        that can lose items. A Redis that does not answer yet is no refusal:
-        ``access_check_due`` says when to check again. Returns False when Redis refuses
-        goodsd (its login, an ACL permission, its socket) or the URL form is wrong, logged
-        here."""
+        """The check before the first READY=1 (``start_problem``), and the warnings about
+        settings that can lose items once it passed. A Redis that does not answer yet is no
+        refusal: ``access_check_due`` says when to check again. Returns False when goodsd may
+        not run on that Redis, logged here."""
         now = self.clock()
         self.access_check_at = now + RETRY_EVERY
         try:
-            refused = refused_commands(queue, waits=config.redis.wait_replicas > 0)
+            problem = start_problem(queue, config)
         except REDIS_ERRORS as exc:
             trouble = classify(exc)
             if trouble is None:  # an answer the check did not expect: do not hold up the start
-                log.warning("cannot check redis permissions: %s", exc)
+                log.warning("cannot check redis: %s", described(exc))
                 self.access_checked = True
                 return True
             if trouble.kind.fatal:
@@ -302,22 +308,31 @@ class Housekeeping:
             self.outage.failed(trouble, now, "access check")
             self.quiet_until = now + REDIS_PAUSE  # (a silent server: see ``do``)
             return True
-        if refused:
-            user = queue.client.connection_pool.connection_kwargs.get("username")
-            log.critical(
-                "redis refuses commands goodsd needs (add them to the ACL of redis user %r): "
-                "%s; exiting",
-                user or "default",
-                ", ".join(refused),
-            )
-            return False
-        if problem := self.wrong_form(config):
+        if problem:
             log.critical("%s; exiting", problem)
             return False
         self.outage.succeeded(now, "access check")
         self.access_checked = True
         warn_about_settings(queue.client, config.redis)
         return True
+
+    def check_reload(self, old: Config, new: Config) -> None:
+        """Check the Redis a reloaded config names as a start checks it (``start_problem``),
+        when its redis settings or its queue differ from ``old``'s, and warn about its
+        settings. Raises ConfigError (the reload is refused, the running config kept) when
+        goodsd may not run there, and also when that Redis does not answer now: a reload is
+        not put in force unchecked."""
+        if (new.redis, new.queue) == (old.redis, old.queue):
+            return
+        queue = self.queue_for(new)
+        try:
+            problem = start_problem(queue, new)
+        except REDIS_ERRORS as exc:
+            shown = display_url(new.redis.url)
+            problem = f"redis at {shown} cannot be checked: {described(exc)}"
+        if problem:
+            raise ConfigError(new.path, None, "", problem)
+        warn_about_settings(queue.client, new.redis)
 
     def access_check_due(self) -> bool:
         """Whether an access check that Redis did not answer is due again."""
@@ -327,34 +342,51 @@ class Housekeeping:
         """Consumer ids whose requeue waits for Redis."""
         return {rec.identity for rec in self.requeues}
 
-    def wrong_form(self, config: Config) -> str | None:
-        """Why ``redis.url`` does not suit the server it reaches (a redis:// URL at a Cluster
-        node or a replica; see goodsd.deployment), or None, also when the server cannot say."""
-        queue = self.queue_for(config)
-        try:
-            told = deployment.facts(queue.client)
-        except REDIS_ERRORS as exc:
-            log.debug("cannot ask redis what it is: %s", exc)
-            return None
-        target = redisurl.parse(config.redis.url)
-        return deployment.wrong_form(target, told, display_url(config.redis.url))
+
+def start_problem(queue: Upkeep, config: Config) -> str | None:
+    """Why goodsd may not run on the Redis ``config`` names, reached through ``queue``
+    (goodsd's client for it), or None. In the order checked: Redis refuses goodsd (its login,
+    its socket, the TLS handshake) or the ACL refuses commands goodsd needs
+    (``refused_commands``); ``redis.url`` has the wrong form for the server it reaches, or the
+    server is too old (``deployment.server_problem``: checked also when the permission check
+    got an answer it did not expect, as from a sentinel). An unexpected answer alone is
+    logged, not held against the server. Raises redis-py's errors when Redis does not answer
+    (``classify`` tells which)."""
+    unexpected: Exception | None = None
+    try:
+        refused = refused_commands(queue, waits=config.redis.wait_replicas > 0)
+    except REDIS_ERRORS as exc:
+        trouble = classify(exc)
+        if trouble is not None and trouble.kind.fatal:
+            return refusal(trouble)
+        if trouble is not None:
+            raise
+        refused, unexpected = [], exc
+    if refused:
+        user = queue.client.connection_pool.connection_kwargs.get("username") or "default"
+        return (
+            f"redis refuses commands goodsd needs (add them to the ACL of redis user {user!r}): "
+            + ", ".join(refused)
+        )
+    told = deployment.facts(queue.client)
+    target = redisurl.parse(config.redis.url)
+    if problem := deployment.server_problem(target, told, display_url(config.redis.url)):
+        return problem
+    if unexpected is not None:
+        log.warning("cannot check redis permissions: %s", described(unexpected))
+    return None
 
 
 def warn_about_settings(client: redis.Redis, cfg: RedisConfig | None = None) -> None:
-    """Warn about a Redis too old for goodsd, one that may evict items, and (given ``cfg``,
-    the redis settings it was reached with) a primary whose failover can lose acknowledged
-    writes, or that has fewer replicas than ``redis.wait_replicas`` waits for."""
+    """Warn about a Redis that may evict items, and (given ``cfg``, the redis settings it was
+    reached with) a primary whose failover can lose acknowledged writes, or that has fewer
+    replicas than ``redis.wait_replicas`` waits for."""
     try:
-        info = client.info()  # the default sections: server, memory, replication...
+        info = client.info()  # the default sections: memory, replication...
     except REDIS_ERRORS as exc:  # INFO may be refused to goodsd's user
-        log.debug("cannot read the redis version: %s", exc)
+        log.debug("cannot read the redis settings: %s", described(exc))
         return
     policy = info.get("maxmemory_policy")  # (CONFIG GET would need @admin)
-    version = tuple(int(p) for p in str(info.get("redis_version", "0")).split(".")[:2])
-    if version < (6, 2):
-        log.error(
-            "redis %s is too old: goodsd needs 6.2 or later (BLMOVE)", info.get("redis_version")
-        )
     if policy and policy != "noeviction":
         log.warning("redis maxmemory-policy is %s: items may be evicted; use noeviction", policy)
     if cfg is not None:

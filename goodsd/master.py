@@ -292,13 +292,16 @@ class Master:
 
     def prepare(self, path: str) -> Config:
         """The new config, read and validated, with everything it needs that can fail early:
-        its password, its Redis client (built, not connected: the URL read as the client will
-        read it) and its metrics address. Raises whatever went wrong."""
+        its password, its Redis client (the URL read as the client will read it), the checks
+        a start makes of that Redis when the redis settings or the queue change
+        (``Housekeeping.check_reload``) and its metrics address. Raises whatever went
+        wrong."""
         new = config_mod.load(path)
         for warning in new.warnings:
             log.warning("%s", warning)
         password(new.redis, os.environ)
         self.redis.queue_for(new)
+        self.redis.check_reload(self.config, new)
         self.exporter = metrics.reconfigure(self.exporter, new)
         return new
 

@@ -22,9 +22,10 @@ from redis.retry import Retry
 
 from goodsd import redisurl
 from goodsd.backoff import backoff_delay
-from goodsd.clusterslot import NotACluster, slot_client
+from goodsd.clusterslot import NotACluster, SlotFollowed, slot_client
 from goodsd.config import PasswordFileError, RedisConfig, read_password_file
 from goodsd.redisurl import Deployment
+from goodsd.replycode import PIPELINE_NOTE, reply_code
 from goodsd.scoreboard import REDIS_WAIT_SHIFT
 from goodsd.sentinels import NotASentinel, primary_client
 from goodsd.store import Upkeep
@@ -37,8 +38,8 @@ T = TypeVar("T")
 CREDENTIAL_NAME = "redis-password"
 # The same for the password of Sentinel itself.
 SENTINEL_CREDENTIAL_NAME = "redis-sentinel-password"
-# How long a sentinel, or a cluster node asked who serves a slot, may take to answer.
-ASK_TIMEOUT = 2.0
+# How long a sentinel, or a cluster node queried for who serves a slot, may take to answer.
+LOOKUP_TIMEOUT = 2.0
 # Everything a Redis call can raise that may be Redis trouble; ``classify`` tells which it is.
 REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OSError)
 
@@ -100,7 +101,7 @@ def connect(
     on its first call.
 
     Whatever the URL's form, the client is a single-server redis-py client: for a Sentinel
-    URL its connections go to the primary the sentinels name (asked on every connect); for a
+    URL its connections go to the primary the sentinels name (looked up on every connect); for a
     Cluster URL to the node serving ``queue``'s slot (which the URL needs), see
     goodsd.clusterslot. So goodsd's scripts, pipelines and transactions work alike on all."""
     kwargs: dict[str, object] = {
@@ -120,16 +121,16 @@ def connect(
         return redis.Redis.from_url(cfg.url, **kwargs)
     # as in from_url, what the URL says wins over goodsd's defaults (the password file)
     options = {**kwargs, **target.options}
-    ask = {
+    lookup = {
         key: value
         for key, value in options.items()
         if key.startswith("ssl_") or key in ("username", "password", "retry")
     }
-    ask.update(socket_timeout=min(socket_timeout, ASK_TIMEOUT))
-    ask.update(socket_connect_timeout=min(socket_timeout, ASK_TIMEOUT))
+    lookup.update(socket_timeout=min(socket_timeout, LOOKUP_TIMEOUT))
+    lookup.update(socket_connect_timeout=min(socket_timeout, LOOKUP_TIMEOUT))
     if target.deployment is Deployment.SENTINEL:
         sentinel_kwargs = {
-            **{k: v for k, v in ask.items() if k not in ("username", "password")},
+            **{k: v for k, v in lookup.items() if k not in ("username", "password")},
             "ssl": target.tls,
         }
         if cfg.sentinel_username:
@@ -146,7 +147,7 @@ def connect(
         )
     if not queue:
         raise ValueError("a cluster client serves one queue: give its name")
-    return slot_client(target.nodes, queue, tls=target.tls, ask=ask, **options)
+    return slot_client(target.nodes, queue, tls=target.tls, lookup=lookup, **options)
 
 
 # -- what a Redis error means ----------------------------------------------------------------
@@ -186,10 +187,14 @@ class Kind(enum.Enum):
 @dataclass(frozen=True)
 class Trouble:
     """One Redis error as goodsd understands it: its kind and what Redis (or the system) said;
-    for SOCKET_DENIED, ``detail`` is the socket's path."""
+    for SOCKET_DENIED, ``detail`` is the socket's path. ``resolved``: the reply itself ended
+    the trouble (a Redis that forgot goodsd's scripts has them again; a moved slot's new node
+    is known to a client that follows slots), so the next attempt need not wait a delay
+    grown during the outage."""
 
     kind: Kind
     detail: str
+    resolved: bool = False
 
     @property
     def summary(self) -> str:
@@ -200,7 +205,8 @@ class Trouble:
 
 
 # Error replies by their code, the reply's first word. redis-py raises many of them as a plain
-# ResponseError, so the code decides, wherever it stands in the message (see ``reply_code``).
+# ResponseError, so the code decides, wherever it stands in the message (see
+# goodsd.replycode.reply_code).
 REPLY_CODES: dict[str, Kind] = {
     "OOM": Kind.OUT_OF_MEMORY,
     "READONLY": Kind.READ_ONLY,
@@ -232,13 +238,6 @@ ERROR_CLASSES: tuple[tuple[type[BaseException], Kind], ...] = (
     (redis.TimeoutError, Kind.UNREACHABLE),
     (OSError, Kind.UNREACHABLE),
 )
-# How Redis words an ACL refusal of a command called from a Lua script: an ERR reply (Redis 7)
-# or part of the script's error (6.2), never a NOPERM reply.
-SCRIPT_ACL_REFUSAL = "can't run this command or subcommand"
-# Redis 6.2 wraps an error raised inside a script: "... @user_script: 3: -OOM command not ..."
-_SCRIPT_ERROR_CODE = re.compile(r"@user_script:\s*\d+:\s*-([A-Z]+) ")
-# redis-py puts this in front of the reply of a failed command in a pipeline.
-_PIPELINE_NOTE = re.compile(r"^Command # \d+ \(.*?\) of pipeline caused error: ", re.DOTALL)
 # redis-py's text for a failed connect to a unix socket: "Error 13 connecting to /path. ..."
 _SOCKET_PATH = re.compile(r"connecting to (/.*?)\.(?: |$)")
 
@@ -252,34 +251,26 @@ def classify(exc: BaseException) -> Trouble | None:
         code = reply_code(exc)
         kind = REPLY_CODES.get(code)
         if code in REDIRECTS:  # redis-py keeps only the rest ("3387 10.0.0.7:7001")
-            note = _PIPELINE_NOTE.match(detail)
+            note = PIPELINE_NOTE.match(detail)
             at = note.end() if note else 0
             detail = f"{detail[:at]}{code} {detail[at:]}"
-        return Trouble(kind, detail) if kind else None
+        return Trouble(kind, detail, isinstance(exc, SlotFollowed)) if kind else None
     if (path := denied_socket(exc)) is not None:
         return Trouble(Kind.SOCKET_DENIED, path)
     if failed_handshake(exc):
         return Trouble(Kind.TLS_REFUSED, detail)
     for cls, kind in ERROR_CLASSES:
         if isinstance(exc, cls):
-            return Trouble(kind, detail)
+            return Trouble(kind, detail, kind is Kind.RESTARTED)
     return None
 
 
-def reply_code(exc: redis.ResponseError) -> str:
-    """The code of an error reply ("OOM", "NOREPLICAS"), found where redis-py left it: in its
-    ``status_code``, at the start of the message, after a pipeline's note, or inside a
-    script's error; "" when the reply has none."""
-    message = str(exc)
-    if SCRIPT_ACL_REFUSAL in message:
-        return "NOPERM"
-    if match := _SCRIPT_ERROR_CODE.search(message):
-        return match.group(1)
-    status = getattr(exc, "status_code", None)
-    if status and status != "ERR":
-        return str(status)
-    first = _PIPELINE_NOTE.sub("", message).split(" ", 1)[0]
-    return first if first.isalpha() and first.isupper() else ""
+def described(exc: BaseException) -> str:
+    """``exc``, raised by a Redis call, as a log line or an operator's message tells it: the
+    kind of Redis trouble and what Redis said (``Trouble.summary``), or, for an error that is
+    no Redis trouble, its type and message."""
+    trouble = classify(exc)
+    return trouble.summary if trouble is not None else f"{type(exc).__name__}: {exc}"
 
 
 def denied_socket(exc: BaseException) -> str | None:
@@ -339,10 +330,6 @@ BACKOFF_BASE = 0.1
 BACKOFF_MAX = 5.0
 # Longest sleep between heartbeats while backing off.
 BEAT_EVERY = 0.25
-# Troubles whose reply settles them, so the next attempt can come at once rather than after
-# a delay grown during the outage before: a Redis that forgot the scripts has them again, a
-# moved slot's new node is known. (One base delay all the same, never a tight loop.)
-SETTLED_KINDS = frozenset({Kind.RESTARTED, Kind.SLOT_MOVED})
 # While an outage lasts, at most one line per this many seconds says it still does.
 OUTAGE_LOG_EVERY = 60.0
 
@@ -378,7 +365,7 @@ class Outage:
                 trouble.summary,
             )
         self.trouble = trouble
-        if trouble.kind in SETTLED_KINDS:
+        if trouble.resolved:  # (one base delay all the same, never a tight loop)
             return BACKOFF_BASE
         return backoff_delay(self.failures, BACKOFF_BASE, BACKOFF_MAX)
 
@@ -604,21 +591,28 @@ def refused_commands(queue: Upkeep, *, waits: bool = False) -> list[str]:
     Redis checks the ACL (commands and keys) when it queues a command, before anything else
     (memory, a read-only replica), so any other error means "allowed". This works on Redis 6.2
     and 7 and needs no admin permission, unlike ACL DRYRUN (7.0 and later, @admin). EXEC
-    cannot be queued: it is taken to come with MULTI (both are in @transaction). Raises
-    redis-py's errors when the check cannot be made (e.g. Redis is unreachable)."""
+    cannot be queued: it is sent alone first, outside a transaction, where Redis answers "EXEC
+    without MULTI" once the ACL allows it. Raises redis-py's errors when the check cannot be
+    made (e.g. Redis is unreachable, or refuses a command redis-py sends as it connects)."""
     pool = queue.client.connection_pool
     connection = pool.get_connection()
+    refused = set()
     try:
+        connection.send_command("EXEC")
+        try:
+            connection.read_response()
+        except redis.ResponseError as exc:
+            if _acl_refused(exc):
+                refused.add("EXEC")
         connection.send_command("MULTI")
         try:
             connection.read_response()
         except redis.ResponseError as exc:
             if _acl_refused(exc):
-                return ["MULTI"]
+                return sorted({*refused, "MULTI"})
             raise  # no transaction: the commands would run, so none is sent
         probes = needed_commands(queue, waits=waits)
         connection.send_packed_command(connection.pack_commands([p.args for p in probes]))
-        refused = set()
         for probe in probes:
             try:
                 connection.read_response()

@@ -20,7 +20,7 @@ import enum
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from redis.connection import parse_url
 
@@ -166,9 +166,3 @@ def _path(path: str, deployment: Deployment) -> tuple[str, int]:
     if len(words) == 2 and not (words[1].isascii() and words[1].isdigit()):
         raise ValueError("the database after the service name must be a number, e.g. /mymaster/0")
     return words[0], int(words[1]) if len(words) == 2 else 0
-
-
-def server_url(host: str, port: int, tls: bool) -> str:
-    """The ``redis://`` (``rediss://``) URL of one node, for messages."""
-    shown = f"[{host}]" if ":" in host else quote(host, safe=".-_")
-    return f"{'rediss' if tls else 'redis'}://{shown}:{port}"

@@ -1,10 +1,12 @@
 """A primary found through Redis Sentinel, followed across failovers.
 
 redis-py's Sentinel client asks the sentinels for the primary's address whenever a connection
-opens, and turns a ``READONLY`` reply (the primary it talks to was demoted) into a lost
-connection. goodsd adds two things: a ``NOREPLICAS`` reply also closes the connection, so the
-next attempt asks the sentinels again (a primary cut off from its replicas may have been
-replaced meanwhile), and sentinels that refuse goodsd's login, or that are no sentinels at all,
+opens. goodsd's connections also leave a primary that refuses writes for a reason a failover
+may have brought: a ``READONLY`` reply (the primary was demoted) or a ``NOREPLICAS`` reply (it
+was cut off from its replicas, and may have been replaced meanwhile), bare or wrapped in a
+script's error (Redis 6.2). Such a reply is raised to the caller as it came (an outage the
+caller waits out), and the connection reconnects before its next command, asking the
+sentinels again. And sentinels that refuse goodsd's login, or that are no sentinels at all,
 are told apart from sentinels that are merely away: the first two are config errors, the last
 an outage.
 """
@@ -20,6 +22,8 @@ from redis.sentinel import (
     SentinelManagedConnection,
     SentinelManagedSSLConnection,
 )
+
+from goodsd.replycode import reply_code
 
 
 class NotASentinel(redis.RedisError):
@@ -70,19 +74,31 @@ class Sentinels(Sentinel):
         raise MasterNotFoundError(f"no primary {service_name!r} found ({detail})")
 
 
-class _LeavesOnNoReplicas:
-    """A connection to the primary that, once it was answered NOREPLICAS, reconnects before
-    its next command, which asks the sentinels again. (Not at once: the rest of a pipeline's
-    replies are still to be read.)"""
+# Replies after which a connection leaves the primary it talks to (see the module docstring).
+LEAVING_CODES = frozenset({"READONLY", "NOREPLICAS"})
 
-    leaving = False  # NOREPLICAS was read: reconnect before the next command
+
+def leaves_primary(exc: redis.ResponseError) -> bool:
+    """Whether a connection answered ``exc`` asks the sentinels for the primary again before
+    its next command: a READONLY or NOREPLICAS reply, however it was wrapped."""
+    return reply_code(exc) in LEAVING_CODES
+
+
+class _LeavesDemotedPrimary:
+    """A connection to the primary that, once it was answered READONLY or NOREPLICAS,
+    reconnects before its next command, through ``connect()``, which asks the sentinels
+    again. (Not at once: the rest of a pipeline's replies are still to be read.)"""
+
+    leaving = False  # such a reply was read: reconnect before the next command
 
     def read_response(self, *args: object, **kwargs: object) -> object:
+        # Past SentinelManagedConnection's own reading, which turns a bare READONLY into a
+        # lost connection at once, cutting a pipeline short, and leaves a wrapped one alone.
+        reader = super(SentinelManagedConnection, self)
         try:
-            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+            return reader.read_response(*args, **kwargs)  # type: ignore[misc]
         except redis.ResponseError as exc:
-            message = str(exc)
-            if message.startswith("NOREPLICAS") or "-NOREPLICAS" in message:
+            if leaves_primary(exc):
                 self.leaving = True
             raise
 
@@ -90,14 +106,17 @@ class _LeavesOnNoReplicas:
         if self.leaving:
             self.leaving = False
             self.disconnect()  # type: ignore[attr-defined]
+        if not self._sock:  # type: ignore[attr-defined]
+            # redis-py's own reconnect here would go back to the address it had
+            self.connect()  # type: ignore[attr-defined]
         super().send_packed_command(*args, **kwargs)  # type: ignore[misc]
 
 
-class PrimaryConnection(_LeavesOnNoReplicas, SentinelManagedConnection):
+class PrimaryConnection(_LeavesDemotedPrimary, SentinelManagedConnection):
     """A TCP connection to the primary the sentinels name."""
 
 
-class PrimarySSLConnection(_LeavesOnNoReplicas, SentinelManagedSSLConnection):
+class PrimarySSLConnection(_LeavesDemotedPrimary, SentinelManagedSSLConnection):
     """A TLS connection to the primary the sentinels name."""
 
 

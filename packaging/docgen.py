@@ -51,6 +51,9 @@ EXIT_MEANINGS = {
     exits.EXIT_FAILURE: "anything else: Redis unreachable or failing, an item not found "
     "(dead requeue), a purge refused or declined, a locked pidfile",
     exits.EXIT_USAGE: "bad command-line arguments (with a usage line)",
+    exits.EXIT_UNREPLICATED: "goodsd push with redis.wait_replicas: every item counted is in, "
+    "but the last ones (the message says how many) are on the primary only; pushing them "
+    "again would add them twice",
     exits.EXIT_CONFIG: "EX_CONFIG: a bad config (the message names the file, line and key), a "
     "handler, setup or source that cannot be loaded at start, an unreadable password file, a "
     "Redis that refuses the login, a command goodsd needs (ACL) or its unix socket, a metrics "

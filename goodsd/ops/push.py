@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from typing import BinaryIO, TextIO
 
 from goodsd.config import Config
+from goodsd.exits import EXIT_UNREPLICATED
 from goodsd.ops.common import OpsError, open_queue, redis_errors
 from goodsd.store import Views
+from goodsd.store.views import Unreplicated
 
 # The largest item, in bytes. Redis refuses a bulk string over proto-max-bulk-len (512 MiB by
 # default), and a failed item travels to Redis again inside its dead record, as base64 when it
@@ -36,6 +38,9 @@ PROGRESS_MIN_BYTES = 1 << 20
 PROGRESS_EVERY = 0.2
 # Backlog polling while --wait-below holds the push back.
 WAIT_MIN, WAIT_MAX = 0.01, 0.25
+# With redis.wait_replicas: how long a push repeats WAIT for replicas that fall short (a
+# replica catching up after a stall), before it says which items are on the primary only.
+WAIT_PATIENCE = 10.0
 
 
 @dataclass
@@ -47,6 +52,7 @@ class Tally:
     refused: int = 0  # lines (or arguments) over the largest item, left out
     lines: int = 0  # lines (or arguments) seen, so a refused one can be named by its number
     read: int = 0  # bytes of stdin consumed
+    unreplicated: Unreplicated | None = None  # the last batch, in but on too few replicas
 
 
 # refuse(number, size): line (or argument) ``number``, counted from 1, holds an item of
@@ -161,7 +167,9 @@ def read_blocks(stream: BinaryIO) -> Iterator[bytes]:
 def push_all(
     queue: Views, groups: Iterable[list[bytes]], tally: Tally, wait_below: int | None
 ) -> None:
-    """Push every item in order; with ``wait_below``, only as many as keep the backlog <= it."""
+    """Push every item in order; with ``wait_below``, only as many as keep the backlog <= it.
+    A batch that too few replicas acknowledged (``redis.wait_replicas``) is counted in and
+    ends the push (``tally.unreplicated``): what follows would be as unsafe."""
     delay = WAIT_MIN
     for group in groups:
         start = 0
@@ -176,7 +184,12 @@ def push_all(
                 delay = WAIT_MIN
                 size = min(size, room)
             batch = group[start : start + size]
-            queue.push(batch)
+            try:
+                queue.push(batch, patience=WAIT_PATIENCE)
+            except Unreplicated as exc:
+                tally.pushed += len(batch)
+                tally.unreplicated = exc
+                return
             tally.pushed += len(batch)
             start += len(batch)
 
@@ -249,9 +262,10 @@ def main(
     err: TextIO = sys.stderr,
     max_item: int = MAX_ITEM_BYTES,
 ) -> int:
-    """Push ``items``, or else the lines of ``stdin``; the exit status: 1 when an item was
-    refused for being over ``max_item`` bytes (the others are pushed all the same), else 0.
-    Raises OpsError when Redis fails."""
+    """Push ``items``, or else the lines of ``stdin``; the exit status: EXIT_UNREPLICATED when
+    the last batch is in but fewer replicas acknowledged it than ``redis.wait_replicas`` asks
+    for (nothing after it is pushed), 1 when an item was refused for being over ``max_item``
+    bytes (the others are pushed all the same), else 0. Raises OpsError when Redis fails."""
     stdin = stdin if stdin is not None else sys.stdin.buffer
     tally = Tally()
     if items:
@@ -275,6 +289,16 @@ def main(
     except KeyboardInterrupt:
         err.write(f"\ngoodsd: push interrupted after {tally.pushed} item(s) were pushed\n")
         return 1
+    if (short := tally.unreplicated) is not None:
+        err.write(
+            f"goodsd: pushed {tally.pushed} item(s) to {cfg.queue!r}, but the last {short.items} "
+            f"are on the redis primary only: {short.acknowledged} of {short.wanted} replica(s) "
+            f"acknowledged them within {short.waited:g}s (redis.wait_replicas)"
+            f"{f'; then: {short.broken}' if short.broken is not None else ''}; a failover "
+            "now could lose them, and pushing them again would add them twice; nothing after "
+            "them was pushed\n"
+        )
+        return EXIT_UNREPLICATED
     out.write(f"pushed {tally.pushed} item(s) to {cfg.queue!r}{_left_out(tally, max_item)}\n")
     return 1 if tally.refused else 0
 

@@ -90,7 +90,8 @@ def call_and_wait(
     trip on one connection (WAIT counts the writes of its own connection). Returns the
     script's reply; raises TooFewReplicas when fewer acknowledged within WAIT_TIMEOUT_MS (the
     write stands on the primary: repeat it, which a push or a settle takes as a no-op that
-    still writes, so the next WAIT covers the first try too)."""
+    still writes, so the next WAIT covers the first try too), after closing the client's idle
+    connections, so that the repeat connects anew."""
     for _ in range(2):
         pipe = client.pipeline(transaction=False)
         in_pipeline(pipe, script, keys, args)
@@ -103,6 +104,10 @@ def call_and_wait(
     else:
         raise ScriptsReloaded("redis forgot goodsd's scripts again as they were loaded")
     if int(acknowledged) < replicas:
+        # The primary may have been cut off from its replicas and replaced: the next call
+        # connects anew (with a Sentinel URL, asking the sentinels again). The repeated write
+        # comes later in the replication stream, so its WAIT covers this one too.
+        client.connection_pool.disconnect(inuse_connections=False)
         raise TooFewReplicas(
             f"NOREPLICAS {acknowledged} of {replicas} replica(s) acknowledged the write within "
             f"{WAIT_TIMEOUT_MS} ms"

@@ -4,10 +4,13 @@ master's metrics and status line, and by benchmarks."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import redis
+from redis.connection import Connection
 
 from goodsd.store import scripts
 from goodsd.store.keys import STAT_FIELDS, QueueKeys
@@ -18,6 +21,31 @@ from goodsd.store.records import (
     Registration,
     decode_hash,
 )
+
+
+class Unreplicated(scripts.TooFewReplicas):
+    """A push that is in the list, on the primary, but that fewer replicas acknowledged than
+    ``redis.wait_replicas`` asks for: a failover now could lose it, and pushing it again
+    would add it twice."""
+
+    def __init__(
+        self,
+        items: int,
+        acknowledged: int,
+        wanted: int,
+        waited: float,
+        broken: BaseException | None = None,
+    ) -> None:
+        cut = f" (then: {broken})" if broken is not None else ""
+        super().__init__(
+            f"NOREPLICAS {acknowledged} of {wanted} replica(s) acknowledged the push of "
+            f"{items} item(s) within {waited:g}s{cut}"
+        )
+        self.items = items  # the batch's items, all in the list
+        self.acknowledged = acknowledged  # replicas that acknowledged it, at the last WAIT
+        self.wanted = wanted  # redis.wait_replicas
+        self.waited = waited  # seconds the WAIT was repeated for
+        self.broken = broken  # the error that ended the waiting early, if any
 
 
 @dataclass(frozen=True)
@@ -159,23 +187,60 @@ class Views:
 
     # -- plain pushes -------------------------------------------------------------------
 
-    def push(self, items: list[bytes]) -> None:
-        """LPUSH a batch (the far end from the pops, so FIFO) and count it; with
-        ``wait_replicas``, return only once that many replicas have it (else raise
-        TooFewReplicas: the batch is on the primary only)."""
+    def push(self, items: list[bytes], *, patience: float = 0.0) -> None:
+        """LPUSH a batch (the far end from the pops, so FIFO) and count it, in one round trip.
+        With ``wait_replicas``, WAIT in the same round trip for that many replicas to have it;
+        when fewer did, repeat only the WAIT (a second LPUSH would add the batch twice) for up
+        to ``patience`` seconds, and then raise Unreplicated: the batch is in the list, on the
+        primary only. Any other error means the batch is not in."""
         if not items:
             return
-        pipe = self.client.pipeline(transaction=False)
-        pipe.lpush(self.keys.ready, *items)
-        pipe.hincrby(self.keys.stats, "pushed", len(items))
-        if self.wait_replicas:
-            pipe.wait(self.wait_replicas, scripts.WAIT_TIMEOUT_MS)
-        replies = pipe.execute()
-        if self.wait_replicas and replies[-1] < self.wait_replicas:
-            raise scripts.TooFewReplicas(
-                f"NOREPLICAS {replies[-1]} of {self.wait_replicas} replica(s) acknowledged the "
-                f"push within {scripts.WAIT_TIMEOUT_MS} ms"
-            )
+        if not self.wait_replicas:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.lpush(self.keys.ready, *items)
+            pipe.hincrby(self.keys.stats, "pushed", len(items))
+            pipe.execute()
+            return
+        pool = self.client.connection_pool
+        # One connection throughout: WAIT counts the writes of its own connection only.
+        connection = pool.get_connection()
+        try:
+            self._push_and_wait(connection, items, patience)
+        except BaseException:
+            connection.disconnect()  # replies may be left unread
+            raise
+        finally:
+            pool.release(connection)
+
+    def _push_and_wait(self, connection: Connection, items: list[bytes], patience: float) -> None:
+        wanted, timeout = self.wait_replicas, scripts.WAIT_TIMEOUT_MS
+        deadline = time.monotonic() + patience
+        commands = [
+            ("LPUSH", self.keys.ready, *items),
+            ("HINCRBY", self.keys.stats, "pushed", len(items)),
+            ("WAIT", wanted, timeout),
+        ]
+        connection.send_packed_command(connection.pack_commands(commands))
+        replies: list[Any] = []  # each reply, or the error Redis answered instead
+        for _ in commands:
+            try:
+                replies.append(connection.read_response())
+            except redis.ResponseError as exc:
+                replies.append(exc)
+        if isinstance(replies[0], Exception):
+            raise replies[0]  # not pushed: nothing else ran before it
+        acknowledged = 0
+        try:
+            if failed := next((r for r in replies if isinstance(r, Exception)), None):
+                raise failed
+            acknowledged = int(replies[-1])
+            while acknowledged < wanted and time.monotonic() < deadline:
+                connection.send_command("WAIT", wanted, timeout)
+                acknowledged = int(connection.read_response())
+        except (redis.RedisError, OSError) as exc:
+            raise Unreplicated(len(items), acknowledged, wanted, patience, exc) from exc
+        if acknowledged < wanted:
+            raise Unreplicated(len(items), acknowledged, wanted, patience)
 
 
 def _counters(raw: dict[bytes, bytes]) -> dict[str, int]:

@@ -5,15 +5,20 @@ holds back; a dead server or a bad config is one line, not a traceback."""
 from __future__ import annotations
 
 import io
+import os
 import random
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from ops_cli import assert_one_line_error, goodsd
-from support import wait_for
+from support import wait_for, write_config
 
 from goodsd.config import load as load_config
+from goodsd.localredis import LocalRedis, free_tcp_port
 from goodsd.ops import push
 
 
@@ -149,3 +154,69 @@ def test_an_argument_over_the_largest_item_is_refused_and_the_rest_pushed(r, mak
     assert err == "goodsd: argument 2 not pushed: 11 bytes, over the largest item (10 bytes)\n"
     assert out == "pushed 2 item(s) to 'q' (refused 1 over 10 bytes)\n"
     assert status == 1
+
+
+def wait_calls(client) -> int:
+    """How many WAIT commands the server was sent (since its stats were reset)."""
+    return int(client.info("commandstats").get("cmdstat_wait", {}).get("calls", 0))
+
+
+@pytest.mark.slow
+def test_a_push_no_replica_acknowledges_says_how_many_items_are_on_the_primary_only(r, make_config):
+    # Given a push that must wait for one replica, to a primary that has none
+    config = make_config(redis={"wait_replicas": 1})
+    r.config_resetstat()
+    # When items are pushed
+    result = goodsd(config, "push", "good1", "good2", "good3")
+    # Then the push repeats only the WAIT, for a while, and then says that all three are in,
+    # on the primary only, and that pushing them again would add them twice
+    assert_one_line_error(
+        result,
+        push.EXIT_UNREPLICATED,
+        f"pushed 3 item(s) to 'q', but the last 3 are on the redis primary only: 0 of 1 "
+        f"replica(s) acknowledged them within {push.WAIT_PATIENCE:g}s",
+        "pushing them again would add them twice",
+    )
+    assert r.lrange("q", 0, -1) == [b"good3", b"good2", b"good1"]
+    assert r.hget("goodsd:{q}:stats", "pushed") == b"3"
+    assert wait_calls(r) > 1
+
+
+@pytest.fixture
+def primary_and_replica() -> Iterator[tuple[LocalRedis, LocalRedis]]:
+    """A primary on TCP and one replica in sync with it."""
+    with LocalRedis(tcp_port=free_tcp_port()) as primary:
+        following = ("--replicaof", "127.0.0.1", str(primary.tcp_port))
+        with LocalRedis(tcp_port=free_tcp_port(), settings=following) as replica:
+            with primary.client() as client:
+                wait_for(lambda: client.info("replication")["connected_slaves"] == 1, 10, "sync")
+            yield primary, replica
+
+
+def test_a_push_waits_out_a_replica_that_lags_and_adds_each_item_once(
+    primary_and_replica, tmp_path
+):
+    # Given a primary whose one replica has stopped answering for now
+    primary, replica = primary_and_replica
+    client = primary.client()
+    os.kill(replica.pid, signal.SIGSTOP)
+    try:
+        client.config_resetstat()
+        config = write_config(tmp_path, primary.url, redis={"wait_replicas": 1})
+        # When items are pushed, and the replica comes back once the push has found it short
+        # and waits again
+        pushing = subprocess.Popen(
+            [sys.executable, "-m", "goodsd", "push", "-c", str(config), "a", "b"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_for(lambda: wait_calls(client) > 1, 10, "the push to wait again")
+    finally:
+        os.kill(replica.pid, signal.SIGCONT)
+    out, err = pushing.communicate(timeout=30)
+    # Then it succeeds, each item in once
+    assert pushing.returncode == 0, err
+    assert out == "pushed 2 item(s) to 'q'\n"
+    assert client.lrange("q", 0, -1) == [b"b", b"a"]
+    client.close()

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -16,11 +15,12 @@ from ops_cli import goodsd
 from support import wait_for, write_config
 from test_ops_metrics import free_port, scrape
 from test_redis_outage import lines
+from test_redis_tls_acl import PASSWORD, README, readme_acl_rule
 
 from goodsd.clusterslot import queue_slot
 from goodsd.config import RedisConfig
 from goodsd.localredis import LocalCluster, LocalRedis
-from goodsd.redisconn import connect, refused_commands
+from goodsd.redisconn import Kind, classify, connect, refused_commands
 from goodsd.store import Upkeep
 
 
@@ -113,10 +113,15 @@ def test_a_queue_on_another_node_works_end_to_end(fresh_cluster, tmp_path, start
     assert daemon.stop() == 0
 
 
-def migrate(cluster: LocalCluster, queue: str, target: LocalRedis, pace: threading.Event) -> int:
+def migrate(
+    cluster: LocalCluster,
+    queue: str,
+    target: LocalRedis,
+    between: Callable[[], None] = lambda: None,
+) -> int:
     """Move ``queue``'s slot to ``target`` as redis-cli --cluster reshard does (IMPORTING,
-    MIGRATING, MIGRATE the keys a few at a time, then NODE), waiting on ``pace`` between
-    batches so that the migration spans many of the consumers' calls. Returns the keys moved."""
+    MIGRATING, MIGRATE the keys a few at a time, then NODE), calling ``between`` after each
+    batch (to pace the migration). Returns the keys moved."""
     slot, source = queue_slot(queue), cluster.serving(queue)
     source_id, target_id = cluster.node_id(source), cluster.node_id(target)
     moved = 0
@@ -126,12 +131,43 @@ def migrate(cluster: LocalCluster, queue: str, target: LocalRedis, pace: threadi
         while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 3):
             src.execute_command("MIGRATE", "127.0.0.1", target.tcp_port, "", 0, 5000, "KEYS", *keys)
             moved += len(keys)
-            pace.wait(0.3)
+            between()
         for node in (target, source, *(n for n in cluster.nodes if n not in (source, target))):
             with node.client() as client:
                 client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
     cluster.wait_until_settled()
     return moved
+
+
+# The commands of goodsd's consumers that claim and settle items.
+CONSUMER_COMMANDS = ("cmdstat_evalsha", "cmdstat_blmove")
+
+
+def consumer_calls(node: LocalRedis) -> int:
+    """How many claims and settles ``node`` was sent: answered, failed, or refused (a
+    redirect, while the slot migrates)."""
+    with node.client() as client:
+        stats = client.info("commandstats")
+    return sum(
+        stats[name]["calls"] + stats[name].get("rejected_calls", 0)
+        for name in CONSUMER_COMMANDS
+        if name in stats
+    )
+
+
+def after_consumer_calls(node: LocalRedis, calls: int) -> Callable[[], None]:
+    """A pace for ``migrate``: each call returns once the consumers sent ``node`` ``calls``
+    more claims or settles, so that the migration spans many of them."""
+    seen = [consumer_calls(node)]
+
+    def wait() -> None:
+        seen[0] = wait_for(
+            lambda: (now := consumer_calls(node)) >= seen[0] + calls and now,
+            30,
+            f"{calls} more calls of the consumers to the migrating node",
+        )
+
+    return wait
 
 
 @pytest.mark.slow
@@ -163,7 +199,7 @@ def test_a_slot_migrated_while_items_flow_loses_nothing_and_restarts_nobody(
     wait_for(lambda: len(lines(out)) >= 200, 20, "consumption under way")
     children = daemon.children()
     # When the queue's slot moves to another node, a few keys at a time, meanwhile
-    moved = migrate(cluster, queue, target, threading.Event())
+    moved = migrate(cluster, queue, target, after_consumer_calls(source, 2))
     assert moved >= 5  # the ready list, in-flight lists, leases, registries, stats...
     assert cluster.serving(queue) is target
     # Then every item is handled, at least once (a claim cut off by the move may run twice)
@@ -225,11 +261,73 @@ def test_the_client_follows_a_moved_slot(fresh_cluster):
     client = connect(RedisConfig(cluster.url), "test", queue=queue)
     client.lpush(queue, "a")
     # When the slot moves to the second node
-    migrate(cluster, queue, cluster.nodes[1], threading.Event())
+    migrate(cluster, queue, cluster.nodes[1])
     # Then the next call gets MOVED (nothing repeated behind goodsd's back) and the one
     # after it goes to the new node
-    with pytest.raises(redis.exceptions.MovedError):
+    with pytest.raises(redis.exceptions.MovedError) as raised:
         client.lpush(queue, "b")
+    # (which goodsd takes for an outage its retry ends at once, the client having followed)
+    trouble = classify(raised.value)
+    assert trouble is not None and trouble.kind is Kind.SLOT_MOVED and trouble.resolved
     assert client.lpush(queue, "b") == 2
     assert client.connection_pool.owner.address == ("127.0.0.1", cluster.nodes[1].tcp_port)
+    client.close()
+
+
+def test_a_connection_that_reconnects_goes_to_the_node_serving_the_slot(fresh_cluster):
+    # Given a connection of goodsd's client, held, to the node serving the queue's slot
+    cluster = fresh_cluster
+    queue = queue_on(cluster, cluster.nodes[0])
+    client = connect(RedisConfig(cluster.url), "test", queue=queue)
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    # When it is cut off, and the slot is known to be served elsewhere by then
+    connection.disconnect()
+    elsewhere = ("127.0.0.1", cluster.nodes[1].tcp_port)
+    pool.owner.moved(*elsewhere)
+    # Then its next command reconnects to the node serving the slot, not to the one it had
+    connection.send_command("PING")
+    assert connection.read_response() == b"PONG"
+    assert (connection.host, connection.port) == elsewhere
+    pool.release(connection)
+    client.close()
+
+
+@pytest.fixture
+def acl_on_every_node(fresh_cluster: LocalCluster) -> Iterator[Callable[[list[str]], None]]:
+    """set_user(args): run the ACL SETUSER command ``args`` on every node (a Cluster does not
+    share ACL users); the user goodsd goes after the test."""
+
+    def set_user(args: list[str]) -> None:
+        for node in fresh_cluster.nodes:
+            with node.client() as client:
+                client.execute_command(*args)
+
+    yield set_user
+    for node in fresh_cluster.nodes:
+        with node.client() as client:
+            client.acl_deluser("goodsd")
+
+
+def test_the_readme_cluster_rule_is_all_goodsd_needs(fresh_cluster, acl_on_every_node, tmp_path):
+    # Given the README's user for a queue of the second node, with what it adds for a Cluster
+    cluster = fresh_cluster
+    queue = queue_on(cluster, cluster.nodes[1])
+    assert "Add `+cluster|slots` for a Cluster." in README.read_text()
+    rule = readme_acl_rule(queue)
+    acl_on_every_node([*rule, "+cluster|slots"])
+    url = f"redis+cluster://goodsd:{PASSWORD}@127.0.0.1:{cluster.nodes[0].tcp_port}"
+    # When goodsd checks Redis as the service would, then everything it needs is allowed
+    checked = goodsd(write_config(tmp_path, url, queue=queue), "check", "--redis")
+    assert checked.returncode == 0, checked.stderr
+    assert "acl user: goodsd; every command goodsd needs is allowed" in checked.stdout
+    # When the user lacks +cluster|slots, then the node serving the queue cannot be looked up:
+    # a refusal that names it
+    acl_on_every_node(rule)
+    client = connect(RedisConfig(url), "test", queue=queue)
+    with pytest.raises(redis.ResponseError) as raised:
+        refused_commands(Upkeep(client, queue))
+    trouble = classify(raised.value)
+    assert trouble is not None and trouble.kind is Kind.NO_PERMISSION
+    assert "'cluster|slots'" in trouble.detail
     client.close()

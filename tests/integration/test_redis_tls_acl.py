@@ -17,8 +17,12 @@ from ops_cli import goodsd
 from support import wait_for, write_config
 from test_ops_metrics import free_port, scrape
 from test_redis_outage import lines
+from test_reload import reload
 
+from goodsd.config import RedisConfig
 from goodsd.localredis import LocalRedis
+from goodsd.redisconn import Kind, classify, connect, refused_commands
+from goodsd.store import Upkeep
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 PASSWORD = "acl-word-7"
@@ -173,6 +177,8 @@ def test_the_readme_acl_rule_is_all_goodsd_needs(
     checked = goodsd(config, "check", "--redis")
     assert checked.returncode == 0, checked.stderr
     assert "acl user: goodsd; every command goodsd needs is allowed" in checked.stdout
+    # (Redis's own name for the role: not to be taken for goodsd's master process)
+    assert "deployment: one server (standalone, primary) with 0 replica(s)" in checked.stdout
     # (it reads persistence settings with CONFIG GET where allowed, @admin: not here)
     assert "persistence: no AOF, RDB unknown (CONFIG not allowed)" in checked.stdout
     assert {entry["object"] for entry in r.acl_log()} == {"config|get"}
@@ -208,3 +214,75 @@ def test_check_redis_names_a_command_the_acl_refuses(
     checked = goodsd(config, "check", "--redis")
     assert checked.returncode == 78
     assert f"may not run commands goodsd needs: {command.upper()}" in checked.stderr
+
+
+def test_a_reload_to_a_user_the_acl_refuses_keeps_the_running_config(
+    r, redis_server, goodsd_user, tmp_path, start_daemon, notify
+):
+    # Given goodsd running with the default user, and the README's user lacking BLMOVE
+    r.execute_command(*[arg for arg in readme_acl_rule("q") if arg != "+blmove"])
+    consumers = {"handler": "sample_handlers:record"}
+    config = write_config(tmp_path, redis_server.url, consumers=consumers)
+    daemon = start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    before = daemon.children()
+    # When a reload switches goodsd to that user
+    write_config(tmp_path, user_url(redis_server), consumers=consumers)
+    ready = reload(daemon, notify)
+    # Then the reload is refused, as a start would be, saying why
+    assert (
+        f"last reload failed: {config}: redis refuses commands goodsd needs" in (ready["STATUS"])
+    ), ready
+    assert "BLMOVE" in ready["STATUS"]
+    # And the running config keeps serving, with the same children
+    assert daemon.children() == before
+    r.lpush("q", "after")
+    wait_for(lambda: r.lrange("test:handled", 0, -1) == [b"after"], 10, "the item handled")
+
+
+# The commands of the README's rule, as ACL names ("script|load").
+README_COMMANDS = [arg[1:] for arg in readme_acl_rule("goods2") if arg.startswith("+")]
+# Only read what the server says it is (the start's warnings, check --redis): not needed.
+OPTIONAL = {"hello", "info"}
+# Sent by redis-py as a connection opens (SELECT only for a database other than 0): without
+# them no connection opens, a refusal that names the command.
+ON_CONNECT = {"client|setname", "select"}
+
+
+@pytest.mark.parametrize("command", README_COMMANDS)
+def test_the_permission_check_misses_no_command_of_the_readme_rule(
+    command, r, redis_server, goodsd_user
+):
+    # Given the README's user for a queue, without one of its commands
+    r.execute_command(*[arg for arg in readme_acl_rule("goods2") if arg != f"+{command}"])
+    url = user_url(redis_server) + ("?db=1" if command == "select" else "")
+    client = connect(RedisConfig(url), "goodsd-test", queue="goods2")
+    queue = Upkeep(client, "goods2")
+    # When goodsd checks its permissions, then what it lacks is found
+    try:
+        if command in OPTIONAL:
+            assert refused_commands(queue, waits=True) == []
+        elif command in ON_CONNECT:
+            with pytest.raises(redis.ResponseError) as raised:
+                refused_commands(queue, waits=True)
+            trouble = classify(raised.value)
+            assert trouble is not None and trouble.kind is Kind.NO_PERMISSION
+            assert f"'{command}'" in trouble.detail
+        elif command == "wait":  # sent only with redis.wait_replicas
+            assert refused_commands(queue) == []
+            assert refused_commands(queue, waits=True) == ["WAIT"]
+        else:
+            assert refused_commands(queue, waits=True) == [command.upper().replace("|", " ")]
+    finally:
+        client.close()
+    # And nothing ran
+    assert r.dbsize() == 0
+
+
+def test_the_permission_check_finds_nothing_missing_in_the_readme_rule(
+    r, redis_server, goodsd_user
+):
+    r.execute_command(*readme_acl_rule("goods2"))
+    client = connect(RedisConfig(user_url(redis_server)), "goodsd-test", queue="goods2")
+    assert refused_commands(Upkeep(client, "goods2"), waits=True) == []
+    client.close()

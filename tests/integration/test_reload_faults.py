@@ -4,6 +4,7 @@ running, READY=1 follows and STATUS= says why. New children that keep crashing r
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -37,8 +38,15 @@ def not_a_regular_file(config: Path) -> None:
     config.mkdir()
 
 
+def unreachable_redis(config: Path) -> None:
+    data = yaml.safe_load(config.read_text())
+    data["redis"]["url"] = f"unix://{config.parent}/no-redis-here.sock"
+    config.write_text(yaml.safe_dump(data))
+
+
 @pytest.mark.parametrize(
-    "break_config", [deep_queue, bad_url_query, undecodable_password_file, not_a_regular_file]
+    "break_config",
+    [deep_queue, bad_url_query, undecodable_password_file, not_a_regular_file, unreachable_redis],
 )
 def test_a_reload_that_fails_in_any_way_keeps_the_old_config(
     break_config, r, make_config, start_daemon, notify
@@ -108,3 +116,19 @@ def test_a_reload_whose_new_children_crash_on_their_first_items_rolls_back(
         30,
         "both items handled by the old handler",
     )
+
+
+def test_a_reload_to_a_redis_that_does_not_answer_says_why(r, make_config, start_daemon, notify):
+    # Given a running pool
+    config = make_config(consumers={"handler": "sample_handlers:record"})
+    daemon = start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    # When the new config names a Redis that does not answer
+    unreachable_redis(config)
+    ready = reload(daemon, notify)
+    # Then the reload is refused rather than put in force unchecked, saying why
+    assert re.search(
+        r"last reload failed: .*redis at unix://\S+/no-redis-here\.sock cannot be checked: "
+        r"unreachable \(",
+        ready["STATUS"],
+    ), ready

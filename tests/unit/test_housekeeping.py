@@ -5,6 +5,7 @@ after a failed Redis call, with a stand-in for the master's queue client (no Red
 from __future__ import annotations
 
 import redis
+from redis._parsers.base import BaseParser
 
 from goodsd.children import TIMEOUT_GRACE, Child, Role, State
 from goodsd.config import Config, parse
@@ -241,6 +242,18 @@ def test_a_requeue_redis_refuses_waits_and_is_done_once_redis_answers() -> None:
     now[0] += REDIS_PAUSE
     assert keeper.retry_requeues() == [("c1", 2)]
     assert keeper.waiting() == set() and queue.calls == [("c1", (0,)), ("c1", (0,))]
+
+
+def test_a_failed_requeue_is_logged_with_the_kind_of_trouble(caplog) -> None:
+    # Given a requeue that a cluster node answers MOVED (redis-py keeps only "slot host:port")
+    moved = BaseParser.parse_error("MOVED 11958 127.0.0.1:7002")
+    keeper, _ = housekeeping(CONFIG, FakeQueue([moved]))
+    # When it fails
+    keeper.requeue(Requeue("c1", (0,), "worker died", CONFIG))
+    # Then the log says what kind of trouble it is, and what Redis said, code included
+    assert "cannot requeue items of c1 yet: cluster slot moved (MOVED 11958 127.0.0.1:7002)" in (
+        caplog.text
+    )
 
 
 def test_a_failed_call_pauses_the_others_and_is_said_as_an_outage() -> None:

@@ -14,7 +14,7 @@ from redis.sentinel import MasterNotFoundError
 from goodsd.clusterslot import NotACluster, SlotNotServed
 from goodsd.redisconn import REPLY_CODES, Kind, Outage, Trouble, classify, waiting_on
 from goodsd.scoreboard import FLAG_PAUSED, FLAG_STANDBY
-from goodsd.sentinels import NotASentinel
+from goodsd.sentinels import NotASentinel, leaves_primary
 from goodsd.store.scripts import ScriptsReloaded
 
 # Each reply code with a reply Redis really sends for it.
@@ -62,11 +62,17 @@ def in_script_redis62(reply: str) -> redis.RedisError:
     )
 
 
+def aborting_exec(reply: str) -> redis.RedisError:
+    """Redis 7: a refusal of EXEC itself comes wrapped in an EXECABORT reply."""
+    return parsed(f"EXECABORT Transaction discarded because of: {reply}")
+
+
 WRAPPINGS = {
     "as sent": parsed,
     "in a pipeline": lambda reply: in_pipeline(parsed(reply)),
     "in a script (redis 7)": in_script_redis7,
     "in a script (redis 6.2)": in_script_redis62,
+    "aborting EXEC": aborting_exec,
 }
 
 
@@ -80,7 +86,7 @@ def test_every_reply_code_has_a_real_reply_here():
         (code, wrapping)
         for code in sorted(REPLY_CODES)
         for wrapping in WRAPPINGS
-        if not (code in REDIRECTS and wrapping.startswith("in a script"))
+        if not (code in REDIRECTS and wrapping.startswith(("in a script", "aborting")))
     ],
 )
 def test_a_reply_code_decides_however_it_is_wrapped(code: str, wrapping: str):
@@ -266,3 +272,19 @@ def test_a_tls_handshake_refused_is_a_refusal(cause: BaseException):
 def test_a_tls_connection_cut_is_an_outage(cause: BaseException):
     trouble = classify(failed_connect(cause))
     assert trouble is not None and trouble.kind is Kind.UNREACHABLE
+
+
+@pytest.mark.parametrize("wrapping", list(WRAPPINGS))
+@pytest.mark.parametrize("code", sorted(REPLY_CODES.keys() - REDIRECTS))
+def test_a_sentinel_connection_leaves_on_what_classifies_as_a_demoted_primary(
+    code: str, wrapping: str
+):
+    # Given a reply as it may come (Redis 6.2 wraps a READONLY raised inside a script in a
+    # plain ERR reply: "ERR Error running script (call to f_...): ... -READONLY ...")
+    exc = WRAPPINGS[wrapping](REPLIES[code])
+    trouble = classify(exc)
+    assert trouble is not None
+    # Then the connection asks the sentinels again exactly when goodsd calls it a read-only
+    # replica or too few replicas, however the reply was wrapped
+    demoted = trouble.kind in (Kind.READ_ONLY, Kind.NO_REPLICAS)
+    assert leaves_primary(exc) is demoted, (code, wrapping)

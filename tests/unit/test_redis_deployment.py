@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from goodsd.config import RedisConfig
-from goodsd.deployment import Facts, replication_warnings, wrong_form
+from goodsd.deployment import Facts, replication_warnings, server_problem, wrong_form
 from goodsd.redisurl import parse
 
 SHOWN = "redis://10.0.0.5:7000/0"
@@ -16,13 +16,13 @@ SHOWN = "redis://10.0.0.5:7000/0"
 @pytest.mark.parametrize(
     ("url", "told", "says"),
     [
-        ("redis://h/0", Facts("7.0.15", "cluster", "master"), "reaches a Redis Cluster node: use "
+        ("redis://h/0", Facts("7.0.15", "cluster", "primary"), "reaches a Redis Cluster node: use "
          "redis+cluster://host1:6379,host2:6379"),
         ("unix:///run/r.sock", Facts("7.0.15", "standalone", "replica"), "reaches a replica, "
          "which refuses writes: use the primary's address, or redis+sentinel://"),
-        ("redis://h/0", Facts("7.0.15", "standalone", "master"), None),
+        ("redis://h/0", Facts("7.0.15", "standalone", "primary"), None),
         ("redis://h/0", Facts(), None),  # the server would not say
-        ("redis+cluster://h", Facts("7.0.15", "cluster", "master"), None),
+        ("redis+cluster://h", Facts("7.0.15", "cluster", "primary"), None),
         ("redis+sentinel://h/goods", Facts("7.0.15", "standalone", "replica"), None),
     ],
 )  # fmt: skip
@@ -32,6 +32,26 @@ def test_a_one_server_url_must_reach_a_primary_outside_a_cluster(url, told, says
         assert problem is None
     else:
         assert problem is not None and says in problem and SHOWN in problem
+
+
+@pytest.mark.parametrize(
+    ("url", "told", "says"),
+    [
+        ("redis://h/0", Facts("6.0.16", "standalone", "primary"),
+         "redis 6.0.16 is too old: goodsd needs 6.2 or later (BLMOVE)"),
+        ("redis+sentinel://h/goods", Facts("5.0.7", "standalone", "primary"),
+         "redis 5.0.7 is too old"),
+        ("redis://h/0", Facts("6.2.0", "standalone", "primary"), None),
+        ("redis://h/0", Facts("7.0.15", "sentinel", None), "reaches a Redis Sentinel: use "
+         "redis+sentinel://host1:26379,host2:26379/service_name"),
+    ],
+)  # fmt: skip
+def test_goodsd_runs_only_on_a_server_of_the_right_form_and_version(url, told, says):
+    problem = server_problem(parse(url), told, SHOWN)
+    if says is None:
+        assert problem is None
+    else:
+        assert problem is not None and says in problem
 
 
 def replication(replicas: int, min_replicas: bool, role: str = "master") -> dict[str, object]:

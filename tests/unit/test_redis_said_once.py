@@ -12,12 +12,14 @@ import redis
 from redis._parsers.base import BaseParser
 
 from goodsd import redisconn
+from goodsd.clusterslot import SlotFollowed
 from goodsd.redisconn import (
     OUTAGE_LOG_EVERY,
     AccessDenied,
     Kind,
     Outage,
     Trouble,
+    classify,
     until_done,
 )
 
@@ -165,3 +167,18 @@ def test_an_error_that_is_no_redis_trouble_propagates_as_it_is():
     wrongtype = BaseParser.parse_error("WRONGTYPE Operation against a key holding the wrong kind")
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
         until_done(failing([wrongtype], lambda: None), beat=lambda: None)
+
+
+def test_a_moved_slot_is_retried_at_once_only_by_a_client_that_follows_slots():
+    # Given MOVED as a cluster URL's client raises it (it learnt the slot's new node) and as
+    # any other client does (a redis:// URL at a cluster node: it goes back to the same node)
+    followed = classify(SlotFollowed("11958 127.0.0.1:7002"))
+    unfollowed = classify(BaseParser.parse_error("MOVED 11958 127.0.0.1:7002"))
+    assert followed is not None and unfollowed is not None
+    assert followed.kind is unfollowed.kind is Kind.SLOT_MOVED
+    # Then the first is retried after the base delay however often it comes, the second
+    # after a growing delay
+    following, stuck = Outage(), Outage()
+    assert {following.failed(followed, 0.0) for _ in range(12)} == {redisconn.BACKOFF_BASE}
+    delays = [stuck.failed(unfollowed, 0.0) for _ in range(12)]
+    assert delays == sorted(delays) and delays[-1] == redisconn.BACKOFF_MAX
