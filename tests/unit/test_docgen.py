@@ -1,4 +1,4 @@
-"""The generated man pages and completion cover what the code defines (packaging/docgen.py).
+"""The generated man pages and completion cover what the code defines (goodsd.docgen).
 
 They are generated at build time from the argparse parser and the config schema; these tests
 make sure that nothing the code has is left out: every command, option, exit code, environment
@@ -8,29 +8,17 @@ variable and config key, and that the pages are roff that man reads without a wa
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-from goodsd import cli, config, exits
+from goodsd import cli, config, docgen, exits
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_docgen() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("docgen", ROOT / "packaging" / "docgen.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-docgen = load_docgen()
 
 
 def plain(page: str) -> str:
@@ -210,3 +198,35 @@ def test_man_dir_puts_the_pages_where_man_looks(tmp_path: Path) -> None:
         "man1/goodsd.1",
         "man5/goodsd.yaml.5",
     ]
+
+
+def test_the_source_tree_script_writes_the_same_pages(tmp_path: Path) -> None:
+    # When packaging/docgen.py runs from another directory, as a script
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "packaging" / "docgen.py"), "--man-dir", str(tmp_path)],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    # Then it writes what goodsd.docgen writes
+    assert result.returncode == 0, result.stderr
+    for section, name, text in docgen.man_pages():
+        assert (tmp_path / section / name).read_text() == text
+
+
+def test_the_readme_is_the_source_trees_and_else_the_installed_copy(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Given goodsd imported from this tree, the tree's README is the one
+    assert docgen.readme_path() == ROOT / "README.md"
+    # Given goodsd installed from a wheel (no pyproject.toml beside the package), the copy the
+    # wheel put under sys.prefix is
+    installed = tmp_path / "site-packages" / "goodsd" / "docgen.py"
+    monkeypatch.setattr(docgen, "__file__", str(installed))
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    copy = tmp_path / "share" / "goodsd" / "README.md"
+    copy.parent.mkdir(parents=True)
+    copy.write_text("# goodsd\n")
+    assert docgen.readme_path() == copy
