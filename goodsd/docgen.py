@@ -39,20 +39,6 @@ EXAMPLE = "/usr/share/doc/goodsd/examples/goodsd.yaml"
 # (SOURCE_DATE_EPOCH, as Debian's build sets it), else today.
 SOURCE_DATE = "SOURCE_DATE_EPOCH"
 
-# What each exit code of goodsd.exits means for goodsd as a whole (goodsd(1) EXIT STATUS);
-# each command's own list is in its --help. test_docgen checks that every EXIT_ is here.
-EXIT_MEANINGS = {
-    exits.EXIT_OK: "clean stop (run), or the command did its job",
-    exits.EXIT_FAILURE: "anything else: Redis unreachable or failing, an item not found "
-    "(dead requeue), a purge refused or declined, a locked pidfile",
-    exits.EXIT_USAGE: "bad command-line arguments (with a usage line)",
-    exits.EXIT_CONFIG: "EX_CONFIG: a bad config (the message names the file, line and key), a "
-    "handler, setup or source that cannot be loaded at start, an unreadable password file, a "
-    "Redis that refuses the login, a command goodsd needs (ACL) or its unix socket, a metrics "
-    "address that cannot be served; systemd does not restart goodsd after it "
-    "(RestartPreventExitStatus=78)",
-}
-
 SIGNALS = [
     (
         "TERM, INT",
@@ -239,7 +225,7 @@ def goodsd_1(parser: argparse.ArgumentParser) -> str:
         lines += [".PP", "Options:", ".RS", *option_lines(sub), ".RE"]
         lines += epilog_lines(sub)
     lines += [".SH EXIT STATUS"]
-    for code, meaning in sorted(EXIT_MEANINGS.items()):
+    for code, meaning in sorted(exits.MEANINGS.items()):
         lines += tagged(f"\\fB{code}\\fR", meaning)
     lines += [".SH SIGNALS", "To the master:"]
     for names, meaning in SIGNALS:

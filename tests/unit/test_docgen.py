@@ -68,7 +68,7 @@ def test_goodsd_1_has_every_exit_code_environment_variable_and_file(pages: Path)
     text = plain((pages / "goodsd.1").read_text())
     # Then every exit code goodsd.exits defines is explained
     codes = {v for k, v in vars(exits).items() if k.startswith("EXIT_")}
-    assert codes == set(docgen.EXIT_MEANINGS)
+    assert codes == set(exits.MEANINGS)
     exit_section = text.split(".SH EXIT STATUS", 1)[1].split(".SH ", 1)[0]
     for code in codes:
         assert f".TP\n{code}\n" in exit_section, code
@@ -78,6 +78,19 @@ def test_goodsd_1_has_every_exit_code_environment_variable_and_file(pages: Path)
         assert name in environment, name
     # And the config paths are in FILES
     assert config.DEFAULT_PATH in text.split(".SH FILES", 1)[1]
+
+
+def test_every_command_lists_the_exit_codes_of_goodsd_exits() -> None:
+    # Then each command's --help lists exactly what goodsd.exits says for it, one code a line
+    commands = {" ".join(words): parser for words, parser in every_parser() if words}
+    assert set(commands) == set(exits.COMMANDS)
+    for name, parser in [("", cli.build_parser()), *commands.items()]:
+        meanings = exits.COMMANDS[name] if name else exits.MEANINGS
+        listed = re.findall(r"^  (\d+) ", parser.epilog or "", re.M)
+        assert listed == [str(code) for code in sorted(meanings)], name
+        help_text = " ".join(parser.format_help().split())
+        for meaning in meanings.values():
+            assert " ".join(meaning.split()) in help_text, (name, meaning)
 
 
 def environment_variables_read() -> set[str]:
@@ -115,6 +128,17 @@ def test_goodsd_yaml_5_has_every_key_with_type_default_and_meaning(pages: Path) 
         assert f"Default: {docgen.default_text(info.default)}." in body, info.key
     # And the README names no key the schema lacks
     assert set(meanings) == {info.key for info in config.described_keys()}
+
+
+def test_every_key_says_what_values_it_takes() -> None:
+    # Then no key reads as the fallback of a parser without words of its own (config._kind):
+    # "a value, or null" says nothing of what to write
+    vague = [(i.key, i.kind) for i in config.described_keys() if "a value" in i.kind]
+    assert vague == []
+    # And redis.url names every form a URL may take
+    (url,) = [i.kind for i in config.described_keys() if i.key == "redis.url"]
+    for scheme in ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://"):
+        assert scheme in url, scheme
 
 
 def test_defaults_are_shown_as_the_file_would_write_them() -> None:

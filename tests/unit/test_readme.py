@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from goodsd import exits
+
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 UNITS = sorted((ROOT / "packaging").glob("*.service"))
@@ -166,3 +168,11 @@ def test_the_readme_links_only_headings_and_absolute_urls() -> None:
     assert relative_links("See [the config](config/goodsd.yaml) and [here](#usage).") == [
         "config/goodsd.yaml"
     ]
+
+
+def test_the_exit_codes_table_says_what_goodsd_exits_says() -> None:
+    # Given the README's "Exit codes" table, its code spans read as plain words
+    section = README.read_text().split("\n## Exit codes\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (\d+) \| (.*) \|$", section, re.M)
+    # Then it has every code with the meaning goodsd --help and goodsd(1) give it
+    assert {int(code): meaning.replace("`", "") for code, meaning in rows} == exits.MEANINGS
