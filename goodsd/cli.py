@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import traceback
 from collections.abc import Callable, Sequence
 from typing import IO
 from urllib.parse import unquote, urlsplit
@@ -400,12 +401,39 @@ def check_as_user(args: argparse.Namespace) -> int:
             args.as_user = None
             code = run_command(args)
             print(f"  (checked as user {user.pw_name})")
+        except OSError as exc:
+            # What the user may not reach that the checks do not name themselves: the
+            # interpreter the import probe runs (a venv under /root), a directory for its files
+            print(f"goodsd: check as user {user.pw_name}: {os_error_text(exc)}", file=sys.stderr)
+            code = EXIT_CONFIG
+        except BaseException as exc:  # the child must report before os._exit, whatever it was
+            print(
+                f"goodsd: check as user {user.pw_name} failed: {one_line_traceback(exc)}",
+                file=sys.stderr,
+            )
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
+
+
+def os_error_text(exc: OSError) -> str:
+    """An OSError as one line: its reason, and the file it concerns if it names one."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{exc.filename}: {reason}" if exc.filename is not None else reason
+
+
+def one_line_traceback(exc: BaseException) -> str:
+    """An unexpected exception as one line: what it was, and where it was raised (the
+    innermost frame)."""
+    what = "".join(traceback.format_exception_only(exc)).strip().replace("\n", " ")
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return what
+    where = frames[-1]
+    return f"{what} (at {where.filename}:{where.lineno} in {where.name})"
 
 
 def cmd_push(args: argparse.Namespace) -> int:
