@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from bash_completion import completion_argv, offered
 
 from goodsd import cli, config, docgen, exits
 
@@ -166,21 +167,10 @@ def test_man_reads_the_pages_without_a_warning(pages: Path, name: str) -> None:
 
 def bash_complete(script: Path, cwd: Path, *words: str) -> list[str]:
     """What the bash completion offers after ``words`` (the last one being completed)."""
-    program = (
-        f"source {script}\n"
-        'COMP_WORDS=("$@"); COMP_CWORD=$(( $# - 1 )); COMP_LINE="$*"; '
-        "COMP_POINT=${#COMP_LINE}; COMPREPLY=()\n"
-        "_shtab_goodsd\n"
-        'printf "%s\\n" "${COMPREPLY[@]}"\n'
-    )
     result = subprocess.run(
-        ["bash", "--norc", "-c", program, "bash", *words],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=True,
+        completion_argv(str(script), *words), cwd=cwd, capture_output=True, text=True, check=True
     )
-    return sorted(line for line in result.stdout.splitlines() if line)
+    return offered(result.stdout)
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
