@@ -5,19 +5,32 @@ systemd would (restarted `--restart-sec` after it dies), and a pusher thread tha
 `item-0` .. `item-<N-1>` exactly once each, retrying through Redis outages. The handler, a
 module written to the run's temp dir, sleeps 1 to 5 ms and then appends the item to a file of
 its own process; one item in `--fail-every` fails on its first attempt on purpose (a retry).
+With `--concurrency K` every consumer has K items in flight: a plain `def` handler in K
+threads, or with `--async` an `async def` one as asyncio tasks.
 
 Faults come at random times (seeded): SIGKILL a consumer; SIGKILL the master (its children
 die with it); SIGHUP with the pool resized, or with a new batch size (a roll); bursts of
 SIGTTIN/SIGTTOU; SIGSTOP a consumer past the hang limit (the master must kill it); restart
 redis-server (SIGTERM, a pause, start on the same AOF). Then the pushing stops, the queue is
 drained and goodsd stopped, and the run prints items pushed, handled, lost, duplicated and
-dead, and the faults by kind. Exit status 1 if an item was lost. The work dir (goodsd's logs
-`master-<n>.log`, the timeline `faults.log`, the handled files, the AOF) is kept when anything
-looked wrong, or with `--keep`.
+dead, and the faults by kind. Exit status 1 if an item was lost.
+
+A duplicate is expected only after a kill: a killed consumer's items go back to the queue, and
+those it had finished but whose ack was not yet written run again. One killed consumer accounts
+for at most `batch` of them at K = 1, and with K slots for at most 2K + batch - 1: up to
+K + batch - 1 outcomes waiting for their settle (written once `batch` of them wait, and one
+wait for outcomes can bring in K), plus K running items, each of which may have written its
+line before its outcome was taken in. The handler stamps each run with its time, so the last
+run of a repeated item is the one whose ack went through: a duplicate with an earlier run by a
+consumer no fault killed, or a killed consumer past that bound, is an anomaly.
+
+The work dir (goodsd's logs `master-<n>.log`, the timeline `faults.log`, the handled files,
+the AOF) is kept when anything looked wrong, or with `--keep`.
 
 Not part of CI: a run takes `--duration` plus the drain, about three minutes by default.
 
-Run: python bench/chaos.py [--duration S] [--items N] [--seed N] [--keep]
+Run: python bench/chaos.py [--duration S] [--items N] [--seed N] [--concurrency K] [--async]
+     [--keep]
 """
 
 from __future__ import annotations
@@ -59,7 +72,6 @@ from goodsd.ops.demo import start_master  # noqa: E402
 from goodsd.store import DeadRecord, Views  # noqa: E402
 
 QUEUE = "chaos"
-HANDLER = "chaos_handler:handle"
 # The master's log line for a child that reported ready: "consumer 2 (pid 1234) ready".
 CHILD_READY = re.compile(r"\(pid (\d+)\) ready$", re.MULTILINE)
 # The pusher's per-batch markers: a batch is in Redis exactly when its marker is.
@@ -114,13 +126,38 @@ redis.call('HINCRBY', KEYS[3], 'pushed', #ARGV)
 return 1
 """
 
-# The handler goodsd runs, written to the run's temp dir and found through `pythonpath`.
-HANDLER_SOURCE = '''\
-"""Chaos handler: 1 to 5 ms of work, then the item appended to this process's own file."""
+# Items waiting anywhere: in the ready list, the retry set, any in-flight list. One script, so
+# atomic: read one key at a time, an item given back from flight to the retry set between two
+# reads was seen in neither, and an idle pool's consumers, blocked in claims when a stop comes,
+# pass due retries around like that. (It reads in-flight keys it finds by SCAN, not in KEYS:
+# fine on this script's own one server.)
+# KEYS: ready list, retry set; ARGV: the pattern of the in-flight lists
+_WAITING = """
+local in_flight, cursor = 0, '0'
+repeat
+  local reply = redis.call('SCAN', cursor, 'MATCH', ARGV[1], 'COUNT', 1000)
+  cursor = reply[1]
+  for _, key in ipairs(reply[2]) do in_flight = in_flight + redis.call('LLEN', key) end
+until cursor == '0'
+return {redis.call('LLEN', KEYS[1]), redis.call('ZCARD', KEYS[2]), in_flight}
+"""
 
+# The handler goodsd runs, written to the run's temp dir and found through `pythonpath`:
+# `handle` for one item at a time or K threads, `handle_async` for asyncio tasks.
+HANDLER = "chaos_handler:handle"
+ASYNC_HANDLER = "chaos_handler:handle_async"
+HANDLER_SOURCE = '''\
+"""Chaos handler: 1 to 5 ms of work, then the item appended to this process's own file.
+
+Safe for K threads at once: the file is opened once under a lock, and each item is one
+os.write of one short line on an O_APPEND descriptor, which Linux appends whole at the end of
+a regular file (the write holds the file's lock), so lines of several threads never interleave.
+"""
+
+import asyncio
 import os
 import random
-import re
+import threading
 import time
 
 HANDLED_DIR = {handled!r}
@@ -128,19 +165,38 @@ FAILED_DIR = {failed!r}
 FAIL_EVERY = {fail_every!r}
 
 _out = -1  # this process's file, opened at its first item (after the fork)
+_opening = threading.Lock()  # K threads may reach their first item at once: one opens the file
 
 
 def handle(item: str) -> None:
-    """Work, then one line per item: O_APPEND, written after the work and before returning,
-    so a line means the handler finished that item at least once."""
-    global _out
+    """Work in this thread, then finish the item."""
     time.sleep(random.uniform(0.001, 0.005))
+    _finish(item)
+
+
+async def handle_async(item: str) -> None:
+    """Work as a task on the process's event loop, then finish the item."""
+    await asyncio.sleep(random.uniform(0.001, 0.005))
+    _finish(item)
+
+
+def _finish(item: str) -> None:
+    """Raise on a planned failure, else one line for the item, `<time.time()> <item>`: written
+    after the work and before returning, so a line means the handler finished that item at
+    least once, and its time orders the runs of a repeated item."""
     if _first_attempt_fails(item):
         raise RuntimeError("planned failure of a first attempt")
-    if _out < 0:
-        name = f"{{os.getppid()}}-{{os.getpid()}}-{{_start_time()}}.log"
-        _out = os.open(os.path.join(HANDLED_DIR, name), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    os.write(_out, item.encode() + b"\\n")
+    os.write(_output(), f"{{time.time():.6f}} {{item}}\\n".encode())
+
+
+def _output() -> int:
+    """This process's file: `<master pid>-<pid>-<start>.log`, opened once."""
+    global _out
+    with _opening:
+        if _out < 0:
+            name = f"{{os.getppid()}}-{{os.getpid()}}-{{_start_time()}}.log"
+            _out = os.open(os.path.join(HANDLED_DIR, name), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    return _out
 
 
 def _start_time() -> str:
@@ -150,7 +206,8 @@ def _start_time() -> str:
 
 
 def _first_attempt_fails(item: str) -> bool:
-    """One item in FAIL_EVERY fails once: the first worker to create its marker raises."""
+    """One item in FAIL_EVERY fails once: the first run to create its marker (O_EXCL: one
+    wins, even among threads) raises."""
     number = item.rpartition("-")[2]
     if not FAIL_EVERY or not number.isdigit() or int(number) % FAIL_EVERY:
         return False
@@ -175,6 +232,8 @@ class Plan:
     seed: int  # seeds the faults: their kinds, times and targets
     processes: int  # consumers.processes at the start and for the drain
     batch: int  # consumers.batch at the start and for the drain
+    concurrency: int  # consumers.concurrency: items in flight per consumer process
+    use_async: bool  # the `async def` handler (asyncio tasks) instead of the plain one
     fault_interval: float  # mean seconds between two faults (exponential)
     restart_sec: float  # like systemd's RestartSec=: pause before restarting a dead master
     fail_every: int  # one item in this many fails its first attempt (0: none)
@@ -218,6 +277,11 @@ def same_process_alive(proc: Proc) -> bool:
     """Whether `proc` still runs (a zombie has died; a new process on its pid is another)."""
     now = read_proc(proc.pid)
     return now is not None and now.start == proc.start and now.state != "Z"
+
+
+def stamp(when: float) -> str:
+    """`when` (time.time()) in local time to the millisecond, as goodsd's text logs show it."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) + f".{when % 1:.3f}"[2:]
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -373,15 +437,18 @@ class Pusher(threading.Thread):
 # --- goodsd, supervised as systemd would ----------------------------------------------------
 
 
-def goodsd_config(url: str, handler_dir: Path, processes: int, batch: int) -> dict[str, Any]:
+def goodsd_config(
+    url: str, handler_dir: Path, plan: Plan, processes: int, batch: int
+) -> dict[str, Any]:
     return {
         "redis": {"url": url},
         "queue": QUEUE,
         "pythonpath": [str(handler_dir)],
         "consumers": {
             "processes": processes,
-            "handler": HANDLER,
+            "handler": ASYNC_HANDLER if plan.use_async else HANDLER,
             "batch": batch,
+            "concurrency": plan.concurrency,
             "timeout": f"{ITEM_TIMEOUT:g}s",
             "retries": 3,
             "retry_delay": "1s",
@@ -532,14 +599,16 @@ class Chaos:
     redis_downtime: float = 0.0  # seconds redis-server was away, in total
     anomalies: list[str] = field(default_factory=list)
     deck: list[str] = field(default_factory=list)
+    largest_batch: int = 0  # the largest consumers.batch any config file of the run had
+
+    def __post_init__(self) -> None:
+        self.largest_batch = self.batch
 
     def next_interval(self) -> float:
         return self.rng.expovariate(1 / self.plan.fault_interval)
 
     def note(self, text: str) -> None:
-        now = time.time()
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f".{now % 1:.3f}"[2:]
-        self.timeline.write(f"{stamp} {text}\n")
+        self.timeline.write(f"{stamp(time.time())} {text}\n")
         self.timeline.flush()
 
     def inject_next(self) -> bool:
@@ -602,6 +671,7 @@ class Chaos:
 
     def reload(self, processes: int, batch: int) -> str:
         self.processes, self.batch = processes, batch
+        self.largest_batch = max(self.largest_batch, batch)
         self.write_config(processes, batch)
         self.service.signal(signal.SIGHUP)
         return f"processes {processes}, batch {batch}"
@@ -707,22 +777,33 @@ FAULTS: dict[str, Callable[[Chaos], str | None]] = {
 
 @dataclass(frozen=True)
 class Run:
-    """Who handled an item once: the handler process and its master."""
+    """One finished run of an item: who handled it, and when."""
 
     master: int  # the master's pid
     consumer: tuple[int, int]  # the consumer's (pid, start)
+    at: float  # time.time() when the handler finished it
+
+    @property
+    def process(self) -> tuple[int, int, int]:
+        """The consumer process: (master pid, pid, start)."""
+        return (self.master, *self.consumer)
 
 
 def read_handled(directory: Path) -> dict[str, list[Run]]:
-    """Item -> every finished run of its handler, from the files `<master>-<pid>-<start>.log`."""
+    """Item -> every finished run of its handler, oldest first, from the files
+    `<master>-<pid>-<start>.log` of lines `<time> <item>`."""
     runs: dict[str, list[Run]] = collections.defaultdict(list)
     for path in directory.iterdir():
         master, pid, start = (int(part) for part in path.stem.split("-"))
-        run = Run(master, (pid, start))
         # Split on newlines only: str.splitlines would also split on \x1e and the like, which
         # an item handed over still wrapped in goodsd's retry envelope begins with.
         for line in path.read_bytes().split(b"\n")[:-1]:
-            runs[line.decode(errors="backslashreplace")].append(run)
+            at, _, item = line.partition(b" ")
+            runs[item.decode(errors="backslashreplace")].append(
+                Run(master, (pid, start), float(at))
+            )
+    for item_runs in runs.values():
+        item_runs.sort(key=lambda run: run.at)
     return runs
 
 
@@ -735,25 +816,39 @@ class Tally:
     lost: list[str]  # pushed, never handled, not dead
     duplicated: int  # items handled more than once
     extra_runs: int  # runs beyond each item's first
-    unexplained: dict[str, list[Run]]  # duplicated items with a run not due to a killed process
+    unexplained: dict[str, list[Run]]  # duplicated items with an earlier run not cut by a kill
+    per_kill_bound: int  # most duplicates one killed consumer may account for (kill_bound)
+    most_per_kill: int  # most duplicates one killed consumer accounted for
+    past_bound: dict[tuple[int, int, int], int]  # Run.process -> its repeats, past the bound
     dead: list[str]  # items in the dead list
     strangers: list[str]  # handled, yet never pushed
 
 
+def kill_bound(concurrency: int, batch: int) -> int:
+    """The most items one killed consumer can have finished without their ack reaching Redis,
+    so that they run again: the module docstring says why."""
+    return batch if concurrency == 1 else 2 * concurrency + batch - 1
+
+
 def tally(pushed: int, runs: dict[str, list[Run]], dead: list[str], chaos: Chaos) -> Tally:
-    """Compare what was pushed with what was handled; a repeat is explained when every run but
-    one was by a consumer a fault killed (SIGKILL, SIGSTOP) or one whose master was killed."""
+    """Compare what was pushed with what was handled. The last run of a repeated item is the
+    one whose ack went through; the repeat is explained when every earlier run was by a
+    consumer a fault killed (SIGKILL, SIGSTOP) or one whose master was killed, and no killed
+    consumer accounts for more repeats than `kill_bound` (with K slots a kill may repeat
+    several items: those running and those whose acks were still to be written)."""
     items = [f"item-{n}" for n in range(pushed)]
     dead_set = set(dead)
     lost = [item for item in items if item not in runs and item not in dead_set]
     repeats = {item: runs[item] for item in items if len(runs.get(item, ())) > 1}
     unexplained = {}
+    per_kill: collections.Counter[tuple[int, int, int]] = collections.Counter()
     for item, item_runs in repeats.items():
-        cut = [
-            r for r in item_runs if r.consumer in chaos.killed or r.master in chaos.service.killed
-        ]
-        if len(cut) < len(item_runs) - 1:
+        earlier = item_runs[:-1]
+        if all(r.consumer in chaos.killed or r.master in chaos.service.killed for r in earlier):
+            per_kill.update(r.process for r in earlier)
+        else:
             unexplained[item] = item_runs
+    bound = kill_bound(chaos.plan.concurrency, chaos.largest_batch)
     pushed_set = set(items)
     return Tally(
         pushed=pushed,
@@ -762,30 +857,34 @@ def tally(pushed: int, runs: dict[str, list[Run]], dead: list[str], chaos: Chaos
         duplicated=len(repeats),
         extra_runs=sum(len(r) - 1 for r in repeats.values()),
         unexplained=unexplained,
+        per_kill_bound=bound,
+        most_per_kill=max(per_kill.values(), default=0),
+        past_bound={run: count for run, count in per_kill.items() if count > bound},
         dead=dead,
         strangers=sorted(item for item in runs if item not in pushed_set),
     )
 
 
+def waiting(queue: Views) -> tuple[int, int, int]:
+    """Items in the ready list, the retry set and all in-flight lists, read in one atomic step
+    (`_WAITING`). Reads the keys themselves, not goodsd's registry of consumers, which is part
+    of what is under test."""
+    counts = queue.client.eval(
+        _WAITING, 2, queue.keys.ready, queue.keys.retry, queue.keys.inflight("*")
+    )
+    ready, retry, in_flight = (int(count) for count in counts)
+    return ready, retry, in_flight
+
+
 def drained(queue: Views) -> bool:
-    """The ready list, the retry set and every in-flight list are empty. Reads the keys
-    themselves, not goodsd's registry of consumers, which is part of what is under test."""
-    client = queue.client
-    if client.llen(queue.keys.ready) or client.zcard(queue.keys.retry):
-        return False
-    pattern = queue.keys.inflight("*")
-    return not any(client.llen(key) for key in client.scan_iter(match=pattern, count=1000))
+    """The ready list, the retry set and every in-flight list are empty."""
+    return not any(waiting(queue))
 
 
 def leftovers(queue: Views) -> str:
     """What is still in Redis, for a drain that timed out."""
-    client = queue.client
-    pattern = queue.keys.inflight("*")
-    held = sum(client.llen(key) for key in client.scan_iter(match=pattern, count=1000))
-    return (
-        f"ready {client.llen(queue.keys.ready)}, retry {client.zcard(queue.keys.retry)},"
-        f" in flight {held}"
-    )
+    ready, retry, in_flight = waiting(queue)
+    return f"ready {ready}, retry {retry}, in flight {in_flight}"
 
 
 # --- the run ------------------------------------------------------------------------------
@@ -811,14 +910,14 @@ def write_handler(workdir: Path, fail_every: int) -> None:
     (workdir / "chaos_handler.py").write_text(source)
 
 
-def config_writer(workdir: Path, url: str) -> tuple[Path, Callable[[int, int], None]]:
+def config_writer(workdir: Path, url: str, plan: Plan) -> tuple[Path, Callable[[int, int], None]]:
     """The config path and a function rewriting it atomically with (processes, batch): a
     master starting meanwhile reads the old file or the new one, never half of one."""
     path = workdir / "goodsd.yaml"
 
     def write(processes: int, batch: int) -> None:
         temp = path.with_suffix(".tmp")
-        temp.write_text(dump_config(goodsd_config(url, workdir, processes, batch)))
+        temp.write_text(dump_config(goodsd_config(url, workdir, plan, processes, batch)))
         os.replace(temp, path)
 
     return path, write
@@ -885,6 +984,10 @@ def reckon(
         chaos.anomalies.append(
             f"{pusher.batches:,} batches acknowledged but {markers:,} markers in Redis"
         )
+    if any(waiting(queue)):
+        chaos.anomalies.append(
+            f"still in Redis after goodsd stopped (unhandled, yet not lost): {leftovers(queue)}"
+        )
     chaos.anomalies += chaos.service.unexpected
     planned = sum(1 for _ in (workdir / "failed").iterdir())
     anomalies = report(plan, result, chaos, pusher, queue.stats(), planned, errors, timing)
@@ -898,7 +1001,7 @@ def run(plan: Plan, workdir: Path) -> tuple[int, bool]:
     timing = Timing()
     server = AofRedis(workdir / "redis")
     write_handler(workdir, plan.fail_every)
-    config_path, write_config = config_writer(workdir, server.url)
+    config_path, write_config = config_writer(workdir, server.url, plan)
     write_config(plan.processes, plan.batch)
     service = Service(workdir, config_path, plan.restart_sec)
     pusher: Pusher | None = None
@@ -953,7 +1056,9 @@ def table(title: str, rows: Sequence[tuple[str, int, str]]) -> None:
 
 
 def unexplained_line(item: str, runs: list[Run]) -> str:
-    who = ", ".join(f"pid {run.consumer[0]} (master {run.master})" for run in runs[:6])
+    who = ", ".join(
+        f"pid {run.consumer[0]} (master {run.master}) at {stamp(run.at)}" for run in runs[:6]
+    )
     return f"duplicate not explained by a kill: {item!r}, run by {who}"
 
 
@@ -968,14 +1073,22 @@ def report(
     timing: Timing,
 ) -> bool:
     """Print the figures and every anomaly; True if there was one."""
+    kind = "async def" if plan.use_async else "def"
+    if plan.concurrency > 1:
+        kind += ", asyncio tasks" if plan.use_async else ", threads"
     print(
         f"\nchaos run: seed {plan.seed}, {plan.duration:g}s of faults, {plan.items:,} items,"
-        f" {plan.processes} consumers (batch {plan.batch}) at start"
+        f" {plan.processes} consumers (batch {plan.batch}) at start, concurrency"
+        f" {plan.concurrency} ({kind})"
     )
     explained = (
         f"{len(result.unexplained):,} not after a kill, see below"
         if result.unexplained
         else "all after kills"
+    )
+    explained += (
+        f"; at most {result.most_per_kill:,} for one killed consumer"
+        f" (bound {result.per_kill_bound:,})"
     )
     table(
         "items",
@@ -1011,6 +1124,11 @@ def report(
     problems = [
         *(f"lost: {item}" for item in result.lost[:20]),
         *(unexplained_line(item, runs) for item, runs in list(result.unexplained.items())[:20]),
+        *(
+            f"killed consumer pid {pid} (master {master}) accounts for {count:,} duplicates,"
+            f" more than the {result.per_kill_bound:,} it can have finished without their acks"
+            for (master, pid, _), count in result.past_bound.items()
+        ),
         *(f"dead: {item!r}: {e}" for item, e in zip(result.dead[:20], dead_errors, strict=False)),
         *(f"handled but never pushed: {item!r}" for item in result.strangers[:20]),
         *chaos.anomalies,
@@ -1033,6 +1151,15 @@ def parse_args(argv: Sequence[str] | None) -> Plan:
     parser.add_argument("--processes", type=int, default=4, help="consumers at start (4)")
     parser.add_argument("--batch", type=int, default=10, help="consumers.batch at start (10)")
     parser.add_argument(
+        "--concurrency", type=int, default=1, help="consumers.concurrency: items in flight (1)"
+    )
+    parser.add_argument(
+        "--async",
+        dest="use_async",
+        action="store_true",
+        help="an async def handler (asyncio tasks) instead of a plain def one (threads)",
+    )
+    parser.add_argument(
         "--fault-interval", type=float, default=2.0, help="mean seconds between faults (2)"
     )
     parser.add_argument(
@@ -1050,12 +1177,16 @@ def parse_args(argv: Sequence[str] | None) -> Plan:
         parser.error("--duration, --items and --fault-interval must be positive")
     if not 1 <= args.processes <= PROCESSES_MAX or not 1 <= args.batch <= 10_000:
         parser.error(f"--processes must be 1 to {PROCESSES_MAX}, --batch 1 to 10000")
+    if not 1 <= args.concurrency <= 10_000:
+        parser.error("--concurrency must be 1 to 10000")
     return Plan(
         duration=args.duration,
         items=args.items,
         seed=args.seed,
         processes=args.processes,
         batch=args.batch,
+        concurrency=args.concurrency,
+        use_async=args.use_async,
         fault_interval=args.fault_interval,
         restart_sec=args.restart_sec,
         fail_every=args.fail_every,

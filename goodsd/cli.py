@@ -10,6 +10,7 @@ import grp
 import json
 import os
 import pwd
+import select
 import shutil
 import signal
 import socket
@@ -140,6 +141,8 @@ class PidFile:
 # How long `check` (and `run --detach`, before it detaches) waits for the handler, setup and
 # source to import, by default. An import that takes longer is taken for one that hangs.
 IMPORT_TIMEOUT = 60.0
+# Longest wait for the import probe's interpreter to start, before the import limit runs.
+PROBE_START_LIMIT = 60.0
 
 # Imports what the config names in a throwaway interpreter, so that `check` never runs user code
 # in-process and sees the same sys.path a child would. Before any user code runs, it arranges to
@@ -160,6 +163,7 @@ def report(**entry):
     reports.write(json.dumps(entry) + "\\n")
     reports.flush()
 from goodsd import runner
+os.close(job["started"])
 runner.add_pythonpath(tuple(job["pythonpath"]))
 for spec in job["specs"]:
     report(importing=spec)
@@ -185,18 +189,36 @@ def import_problem(cfg: Config, timeout: float = IMPORT_TIMEOUT) -> str | None:
     specs = import_specs(cfg)
     if not specs:
         return None
-    job = json.dumps({"parent": os.getpid(), "pythonpath": cfg.pythonpath, "specs": specs})
+    started_r, started_w = os.pipe()
+    job = json.dumps(
+        {
+            "parent": os.getpid(),
+            "pythonpath": cfg.pythonpath,
+            "specs": specs,
+            "started": started_w,
+        }
+    )
     with tempfile.TemporaryFile() as reports, tempfile.TemporaryFile() as errors:
         # Files, not pipes: a process the module started may keep a pipe open for ever.
-        probe = subprocess.Popen(
-            [sys.executable, "-c", _IMPORT_PROBE, job],
-            stdin=subprocess.DEVNULL,
-            stdout=reports,
-            stderr=errors,
-            process_group=0,
-        )
+        try:
+            probe = subprocess.Popen(
+                [sys.executable, "-c", _IMPORT_PROBE, job],
+                stdin=subprocess.DEVNULL,
+                stdout=reports,
+                stderr=errors,
+                process_group=0,
+                pass_fds=(started_w,),
+            )
+        finally:
+            os.close(started_w)
         timed_out = False
         try:
+            # The limit is for the imports: it starts once the probe's interpreter is up (it
+            # closes its end of the pipe then, or dies), which on a loaded host takes a while.
+            try:
+                select.select([started_r], [], [], PROBE_START_LIMIT)
+            finally:
+                os.close(started_r)
             probe.wait(timeout)
         except subprocess.TimeoutExpired:
             timed_out = True

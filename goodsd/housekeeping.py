@@ -58,25 +58,37 @@ class Requeue:
     error: str  # recorded as those items' failure
     config: Config  # the config it ran with: which Redis, which queue, how many retries
     attempts: int = 0  # failed tries so far, to log the first one only
+    suspects: tuple[int, ...] = ()  # the items to mark suspect: any of them may have killed it
 
 
 def requeue_of(child: Child, reading: Reading, how: str, config: Config) -> Requeue:
     """What to requeue for a consumer that exited ``how`` (e.g. "killed by SIGKILL"), with the
-    last ``reading`` of its scoreboard: everything it held. The items it was running count a
-    failed attempt when it died on its own; when the master killed it, only the items it was
-    killed for do (``Child.blamed``: the others running beside them are no more to blame than
-    the stop of a process is); when it was stopping, none does. ``config`` is the one to use
-    if the child has none of its own."""
+    last ``reading`` of its scoreboard: everything it held, and whom to blame.
+
+    - Killed by the master for items past their timeout (``Child.blamed``): those items count
+      a failed attempt; the others running beside them are no more to blame than the stop of
+      a process is.
+    - Stopping (a crash during a stop, or the kill at ``graceful_timeout``): none is blamed.
+    - Otherwise (it died on its own, or was killed for no heartbeat): the one item it was
+      running counts a failed attempt, as at ``consumers.concurrency`` 1. With several
+      running, any of them may have killed it, and blaming them all would take the innocent
+      ones to the dead list with the poison one: none is blamed, all are marked suspect, to
+      run alone (``Requeue.suspects``), so that the next death names its item.
+
+    ``config`` is the one to use if the child has none of its own."""
+    cfg = child.config or config
+    if child.kill_reason and child.blamed:
+        return Requeue(child.identity, child.blamed, f"worker killed: {child.kill_reason}", cfg)
     if child.kill_reason:
-        return Requeue(
-            child.identity,
-            child.blamed,
-            f"worker killed: {child.kill_reason}",
-            child.config or config,
-        )
-    running = () if child.state is State.STOPPING else reading.running
-    error = f"worker {how} while running this item"
-    return Requeue(child.identity, running, error, child.config or config)
+        error = f"worker killed: {child.kill_reason}"
+    else:
+        error = f"worker {how} while running this item"
+    if child.state is State.STOPPING:
+        return Requeue(child.identity, (), error, cfg)
+    running = reading.running
+    if len(running) > 1:
+        return Requeue(child.identity, (), error, cfg, suspects=running)
+    return Requeue(child.identity, running, error, cfg)
 
 
 def overdue_children(
@@ -251,6 +263,7 @@ class Housekeeping:
                 count = self.queue_for(rec.config).requeue(
                     rec.identity,
                     running=rec.running,
+                    suspects=rec.suspects,
                     error=rec.error,
                     policy=RetryPolicy(consumers.retries, consumers.retry_delay),
                 )

@@ -28,32 +28,51 @@ FLUSH_WAIT = 0.1
 
 class LineRelay:
     """Bytes written in pieces -> ``emit(line)`` once per line (without its line ending),
-    decoded as UTF-8 with ``\\xff`` escapes for other bytes. Thread-safe."""
+    decoded as UTF-8 with ``\\xff`` escapes for other bytes. Thread-safe, and each thread's
+    lines are kept apart: ``print`` writes a line's text and its newline in two calls, so with
+    one unfinished line for all, threads printing at once (a handler run in K threads) would
+    mix their lines together."""
 
     def __init__(self, emit: Callable[[str], None]) -> None:
         self._emit = emit
-        self._pending = b""  # the start of an unfinished line, at most MAX_LINE bytes
+        # thread id -> the start of that thread's unfinished line, at most MAX_LINE bytes
+        self._pending: dict[int, bytes] = {}
         self._lock = threading.Lock()
 
     def feed(self, data: bytes) -> None:
+        me = threading.get_ident()
         with self._lock:
-            *lines, rest = (self._pending + data).split(b"\n")
+            *lines, rest = (self._pending.pop(me, b"") + data).split(b"\n")
             for line in lines:
                 self._pass_on(line)
             while len(rest) > MAX_LINE:
                 self._pass_on(rest[:MAX_LINE])
                 rest = rest[MAX_LINE:]
-            self._pending = rest
+            if rest:
+                self._pending[me] = rest
 
     def flush(self) -> None:
-        """Pass on an unfinished last line, if any. From a signal handler that interrupted a
-        ``feed`` on the same thread the lock is never freed: give up after a moment."""
+        """Pass on the calling thread's unfinished line, if any (other threads may be in the
+        middle of theirs). From a signal handler that interrupted a ``feed`` on the same
+        thread the lock is never freed: give up after a moment."""
+        self._flush(threading.get_ident())
+
+    def flush_all(self) -> None:
+        """Pass on every thread's unfinished line: before the process exits."""
+        self._flush(None)
+
+    def _flush(self, thread: int | None) -> None:
         if not self._lock.acquire(timeout=FLUSH_WAIT):
             return
         try:
-            if self._pending:
-                self._pass_on(self._pending)
-                self._pending = b""
+            if thread is None:
+                unfinished = list(self._pending.values())
+                self._pending.clear()
+            else:
+                unfinished = [self._pending.pop(thread, b"")]
+            for line in unfinished:
+                if line:
+                    self._pass_on(line)
         finally:
             self._lock.release()
 
@@ -130,6 +149,10 @@ class LoggedStream(io.TextIOBase):
     def flush(self) -> None:
         self._relay.flush()
 
+    def flush_all(self) -> None:
+        """Pass on every thread's unfinished line (see LineRelay.flush_all)."""
+        self._relay.flush_all()
+
 
 def capture_stdout() -> None:
     """In a worker: what Python code prints (to ``sys.stdout``: info lines; to ``sys.stderr``:
@@ -148,4 +171,7 @@ def flush_everything() -> None:
         # a closed or broken stream, or one interrupted mid-write by the signal that ends the
         # process: nothing more can be saved, and the exit must go on
         with contextlib.suppress(OSError, ValueError, RuntimeError):
-            target.flush()  # type: ignore[attr-defined]
+            if isinstance(target, LoggedStream):
+                target.flush_all()  # the unfinished lines of threads still running too
+            else:
+                target.flush()  # type: ignore[attr-defined]

@@ -19,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable
 
@@ -156,10 +155,6 @@ class CommandHandler:
             self.command = parent_death_command(argv, signal.SIGKILL)
         except OSError as exc:
             raise HandlerLoadError(f"cannot run commands: {exc}") from exc
-        # The commands running now. Replaced whole under the lock, never changed in place, so
-        # abort() can read it without the lock (a signal handler must not wait for one).
-        self.running: frozenset[subprocess.Popen[bytes]] = frozenset()
-        self._lock = threading.Lock()
 
     def __call__(self, raw: bytes) -> None:
         self.check(raw)
@@ -173,13 +168,7 @@ class CommandHandler:
             process_group=0,
             env=without_secrets(os.environ),
         ) as proc:
-            with self._lock:
-                self.running = self.running | {proc}
-            try:
-                code, stderr = self._converse(proc, raw)
-            finally:
-                with self._lock:
-                    self.running = self.running - {proc}
+            code, stderr = self._converse(proc, raw)
         if code != 0:
             tail = stderr.decode("utf-8", "replace").strip()
             how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
@@ -206,12 +195,6 @@ class CommandHandler:
             conversation.close()
             relay.flush()
         return proc.wait(), conversation.stderr_tail
-
-    def abort(self) -> None:
-        """Kill every running command and everything each started (safe from a signal
-        handler)."""
-        for proc in self.running:
-            _kill_group(proc)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

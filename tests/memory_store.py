@@ -12,7 +12,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 
 from goodsd.store import Failure, InFlightLost, Registration, RetryPolicy, Settlement
-from goodsd.store.records import TAG_LEN, TAG_MARK, Delivery, deliveries
+from goodsd.store.records import TAG_LEN, TAG_MARK, Delivery, deliveries, new_tag, tagged_value
 from goodsd.store.worker import failure_args
 
 SETTLED_TTL = 3600.0  # seconds a settle id is remembered, as scripts/lib/settle.lua keeps it
@@ -45,6 +45,7 @@ class MemoryConsumerStore:
         self.inflight: dict[str, deque[bytes]] = {}
         self.retry: dict[bytes, int] = {}  # envelope -> due time in ms
         self.attempts: dict[str, int] = {}  # delivery tag -> failed attempts
+        self.suspects: dict[str, str] = {}  # delivery tag -> the consumer that died with it
         self.dead: deque[bytes] = deque()  # raw records, newest on the left
         self.stats: Counter[str] = Counter()
         self.registrations: dict[str, str] = {}  # the consumers hash
@@ -112,6 +113,30 @@ class MemoryConsumerStore:
         self.settled.pop(consumer, None)
         return len(held)
 
+    # -- what a master does ----------------------------------------------------------------
+
+    def requeue_suspects(self, consumer: str, suspects: Iterable[bytes]) -> int:
+        """Requeue a gone consumer's items (scripts/requeue.lua), marking suspect the held
+        values named in ``suspects`` (the items it was running beside others; lib/shared.lua
+        ``suspect_delivery``) and giving back the rest. Returns how many items."""
+        named = Counter(suspects)
+        held = self.inflight.pop(consumer, deque())
+        for value in held:  # newest first, as the script goes
+            if named[value] > 0:
+                named[value] -= 1
+                [delivery] = self._deliveries([value])
+                tag = delivery.tag or new_tag()
+                self.attempts.setdefault(tag, 0)
+                self.suspects[tag] = consumer
+                self.retry[tagged_value(tag, delivery.payload)] = self._now_ms()
+            else:
+                self._give_back(value)
+        self._count("requeued", len(held))
+        self.registrations.pop(consumer, None)
+        self.leases.pop(consumer, None)
+        self.settled.pop(consumer, None)
+        return len(held)
+
     # -- the scripts' steps -------------------------------------------------------------
 
     def _now_ms(self) -> int:
@@ -157,6 +182,7 @@ class MemoryConsumerStore:
         for delivery in settlement.done:
             if delivery.tag:
                 self.attempts.pop(delivery.tag, None)
+                self.suspects.pop(delivery.tag, None)
         dead = sum(self._fail(failure, consumer, policy) for failure in settlement.failed)
         for delivery in reversed(settlement.given_back):
             self._give_back(delivery.claimed)
@@ -170,6 +196,7 @@ class MemoryConsumerStore:
     def _fail(self, failure: Failure, consumer: str, policy: RetryPolicy) -> bool:
         """One failed attempt (lib/shared.lua ``fail_delivery``); True when it went dead."""
         _, tag, envelope, head, final = failure_args(failure, consumer, self.clock())
+        self.suspects.pop(tag, None)
         attempts = self.attempts[tag] = self.attempts.get(tag, 0) + 1
         if final or attempts > policy.retries:
             del self.attempts[tag]
@@ -196,7 +223,10 @@ class MemoryConsumerStore:
         return tag.decode() if tag.decode() in self.attempts else None
 
     def _deliveries(self, values: list[bytes]) -> list[Delivery]:
-        retries = [i + 1 for i, value in enumerate(values) if self._retry_tag(value)]
+        retries = []
+        for i, value in enumerate(values):
+            if tag := self._retry_tag(value):
+                retries.append(-(i + 1) if tag in self.suspects else i + 1)
         return deliveries(values, retries)
 
     def _count(self, field: str, n: int) -> None:

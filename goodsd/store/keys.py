@@ -14,6 +14,7 @@ name, which is what the tag holds: the same slot (tests/unit/test_redis_urls.py 
 | ``goodsd:{<queue>}:masters``         | hash   | master id (host-pid) -> JSON {host, seen...} |
 | ``goodsd:{<queue>}:producers``       | hash   | producer id -> JSON {state, lock, pushed...} |
 | ``goodsd:{<queue>}:attempts``        | hash   | delivery tag -> failed attempts so far       |
+| ``goodsd:{<queue>}:suspects``        | hash   | delivery tag -> consumer that died with it   |
 | ``goodsd:{<queue>}:retry``           | zset   | retry envelopes by due time ms (never ready) |
 | ``goodsd:{<queue>}:dead``            | list   | JSON {item, error, attempts, at, consumer}   |
 | ``goodsd:{<queue>}:stats``           | hash   | fleet counters (see ``STAT_FIELDS``)         |
@@ -39,6 +40,7 @@ class QueueKeys:
     masters: str
     producers: str
     attempts: str
+    suspects: str
     retry: str
     dead: str
     stats: str
@@ -55,6 +57,7 @@ class QueueKeys:
             masters=prefix + "masters",
             producers=prefix + "producers",
             attempts=prefix + "attempts",
+            suspects=prefix + "suspects",
             retry=prefix + "retry",
             dead=prefix + "dead",
             stats=prefix + "stats",
@@ -89,4 +92,5 @@ class QueueKeys:
             self.retry,
             self.dead,
             self.stats,
+            self.suspects,
         ]

@@ -5,7 +5,9 @@ one decoding, and no other module knows their fields.
 - ``MasterEntry``: a master's entry in the masters hash (refreshed every few seconds).
 - ``ProducerRecord``: a producer's entry in the producers hash (its state, for status views).
 - ``DeadRecord``: an entry of the dead list (the item, its last error, its attempts).
-- retry envelopes: ``TAG_MARK + <16 hex> + ":" + <item>``, below.
+- retry envelopes: ``TAG_MARK + <16 hex> + ":" + <item>``, below; a suspect (an item that
+  was running beside others when their worker died) is a retry envelope too, its tag in the
+  suspects hash.
 
 Registry records are flat JSON objects whose keys are the dataclass's field names; a reader
 takes a field only when it has the expected JSON type, so a record some other version (or
@@ -41,21 +43,36 @@ T = TypeVar("T")
 
 class Delivery(NamedTuple):
     """One claimed item: ``claimed`` is the exact value in the in-flight list, ``payload`` the
-    user's item inside it, ``tag`` the delivery tag when the item failed before (else None).
-    A tuple, not a dataclass: one is made per item on the hot path."""
+    user's item inside it, ``tag`` the delivery tag when the item failed before or is a
+    suspect (else None). A tuple, not a dataclass: one is made per item on the hot path."""
 
     claimed: bytes
     payload: bytes
     tag: str | None
 
+    # Not a field: only a Suspect is one, and a delivery stays the 3-tuple it always was.
+    suspect = False
+
+
+class Suspect(Delivery):
+    """A delivery that was running beside others when their worker died, so it may be what
+    killed it: it is to run alone (see scripts/lib/shared.lua ``suspect_delivery``)."""
+
+    __slots__ = ()
+    suspect = True
+
 
 def deliveries(values: list[bytes], retries: list[int]) -> list[Delivery]:
     """Claimed values as deliveries: ``retries`` holds the 1-based positions of the values that
-    Redis found to be retry envelopes (``retry_tag`` in scripts/lib/shared.lua); every other
-    value is the raw item, taken as it is whatever bytes it holds."""
+    Redis found to be retry envelopes (``retry_tag`` in scripts/lib/shared.lua), negative for
+    the suspects among them; every other value is the raw item, taken as it is whatever bytes
+    it holds."""
     out = [Delivery(value, value, None) for value in values]
     for position in retries:
-        out[position - 1] = from_envelope(values[position - 1])
+        if position > 0:
+            out[position - 1] = from_envelope(values[position - 1])
+        else:
+            out[-position - 1] = Suspect(*from_envelope(values[-position - 1]))
     return out
 
 

@@ -11,7 +11,15 @@ import redis
 
 from goodsd.store import scripts
 from goodsd.store.keys import QueueKeys
-from goodsd.store.records import Delivery, MasterEntry, decode_hash, deliveries, fingerprint
+from goodsd.store.records import (
+    Delivery,
+    MasterEntry,
+    decode_hash,
+    deliveries,
+    fingerprint,
+    new_tag,
+    tagged_value,
+)
 from goodsd.store.views import Views
 from goodsd.store.worker import Failure, RetryPolicy, failure_args, ms
 
@@ -44,6 +52,7 @@ class Upkeep:
         consumer: str,
         *,
         running: Sequence[int] = (),
+        suspects: Sequence[int] = (),
         error: str = "",
         policy: RetryPolicy = NO_RETRIES,
         only_if_expired: bool = False,
@@ -52,20 +61,31 @@ class Upkeep:
         scripts/requeue.lua).
 
         ``running`` holds the fingerprints (``records.fingerprint``, as its scoreboard slots
-        showed them) of the items it was running when it died; each held item they name counts
-        a failed attempt with ``error``, retried by ``policy``, so an item that kills its
-        worker every time ends in the dead list instead of looping. A fingerprint names one
-        held item each time it is given (equal values are interchangeable); one that names
-        none (an item settled just before the death) is ignored. Returns the number of items
-        handled, or -1 when ``only_if_expired`` and the lease still lives.
+        showed them) of the items to blame for its death; each held item they name counts a
+        failed attempt with ``error``, retried by ``policy``, so an item that kills its worker
+        every time ends in the dead list instead of looping. ``suspects`` names the same way
+        the items to mark suspect instead: back to the retry set, due now, no attempt counted,
+        to run alone next time (``Delivery.suspect``). A fingerprint names one held item each
+        time it is given (equal values are interchangeable), those of ``running`` first; one
+        that names none (an item settled just before the death) is ignored. Returns the number
+        of items handled, or -1 when ``only_if_expired`` and the lease still lives.
         """
         keys = self.keys.consumer(consumer)
         args: list[object] = [int(only_if_expired), consumer, policy.retries]
         args.append(int(policy.delay * 1000))
-        if running:
-            now = time.time()
-            for delivery in named_by(deliveries(*self._held(keys=keys)), running):
-                args += failure_args(Failure(delivery, error), consumer, now)
+        blamed: list[Delivery] = []
+        marked: list[Delivery] = []
+        if running or suspects:
+            held = deliveries(*self._held(keys=keys))
+            blamed = named_by(held, running)
+            marked = named_by(without_taken(held, blamed), suspects)
+        args.append(len(blamed))
+        now = time.time()
+        for delivery in blamed:
+            args += failure_args(Failure(delivery, error), consumer, now)
+        for delivery in marked:
+            tag = delivery.tag or new_tag()
+            args += [delivery.claimed, tag, tagged_value(tag, delivery.payload)]
         return int(self._requeue(keys=keys, args=args))
 
     def requeue_expired(self, skip: Collection[str] = ()) -> dict[str, int]:
@@ -100,6 +120,18 @@ class Upkeep:
 
     def forget_master(self, master: str) -> None:
         self.client.hdel(self.keys.masters, master)
+
+
+def without_taken(held: Sequence[Delivery], taken: Sequence[Delivery]) -> list[Delivery]:
+    """``held`` less one delivery equal to each of ``taken``, in ``held``'s order."""
+    left = Counter(taken)
+    rest = []
+    for delivery in held:
+        if left[delivery] > 0:
+            left[delivery] -= 1
+        else:
+            rest.append(delivery)
+    return rest
 
 
 def named_by(held: Sequence[Delivery], fingerprints: Sequence[int]) -> list[Delivery]:

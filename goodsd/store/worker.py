@@ -233,7 +233,7 @@ class RedisConsumerStore:
     def give_back_all(self, consumer: str) -> int:
         """Give back everything the consumer holds (see scripts/requeue.lua) and forget it, so
         that it starts afresh; its next claim registers it again. Returns how many items."""
-        return int(self._requeue(keys=self._keys_of(consumer), args=[0, consumer, 0, 0]))
+        return int(self._requeue(keys=self._keys_of(consumer), args=[0, consumer, 0, 0, 0]))
 
 
 def settlement_args(

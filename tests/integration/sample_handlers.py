@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import signal
 import time
 from functools import cache
 
@@ -54,6 +55,16 @@ def crash_on_poison(item: object) -> None:
     """Kill the worker on the item "poison"; record every other item."""
     if item == "poison":
         os._exit(3)
+    record(item)
+
+
+def sigkill_self_on_poison(item: object) -> None:
+    """SIGKILL the worker from within on the item "poison", a moment after it started (so that
+    items started with it are still running); record every other item after 0.2 s."""
+    if item == "poison":
+        time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.2)
     record(item)
 
 

@@ -99,3 +99,20 @@ def test_descendants_are_found_below_a_process() -> None:
         shell.wait()
     # And an ended process has none
     assert cputime.descendants(shell.pid) == []
+
+
+def test_slot_memory_prints_a_cost_per_slot_for_threads_and_tasks() -> None:
+    # When bench/slot_memory.py runs a small measurement
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "slot_memory.py"), "--slots", "50", "--runs", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    # Then it prints KiB per slot, resident and address space, for each kind
+    for kind in ("threads", "tasks"):
+        assert re.search(
+            rf"^\| {kind} \| -?{NUMBER} \(.+\) \| -?{NUMBER} \(.+\) \|$", done.stdout, re.M
+        ), done.stdout

@@ -1,7 +1,9 @@
 """consumers.concurrency above 1, with the real daemon: each handler kind (threads for a plain
 def, asyncio tasks for an async def, programs for a command) runs many items at once per
 process, and every guarantee of one item at a time holds: nothing lost on a kill, a timeout
-blames only its item, a stop finishes what runs, max_items counts across slots."""
+blames only its item, a stop finishes what runs and one cut short (graceful_timeout, a second
+TERM) gives everything back unblamed, a frozen process is killed and its items run again,
+max_items counts across slots."""
 
 from __future__ import annotations
 
@@ -20,6 +22,25 @@ TASKS = {
     "setup": "sample_handlers:connect_async",
 }
 RECORD_COMMAND = ["sh", "-c", 'printf "%s\\n" "$(cat)" >> "$OUT"']
+
+
+# Commands that keep the same records in Redis as the Python handlers, through redis-cli on
+# the tests' server (a unix socket): set -e, so that a failed write fails the item.
+CLI = 'redis-cli -s "${TEST_REDIS_URL#unix://}"'
+RECORD_IN_REDIS = {
+    "handler": None,
+    "command": ["sh", "-c", f'set -e; item=$(cat); {CLI} rpush test:handled "$item" > /dev/null'],
+}
+RECORD_WHEN_RELEASED = {
+    "handler": None,
+    "command": [
+        "sh",
+        "-c",
+        f'set -e; item=$(cat); {CLI} rpush test:started "$item" > /dev/null; '
+        f'until [ "$({CLI} exists test:go)" = 1 ]; do sleep 0.01; done; '
+        f'{CLI} rpush test:handled "$item" > /dev/null',
+    ],
+}
 
 
 def push(r, items: list[str]) -> None:
@@ -69,8 +90,8 @@ def test_commands_run_many_at_once_each_item_once(r, tmp_path, make_config, star
     )
     daemon = start_daemon(config, notify=notify, env={"OUT": str(out)})
     notify.wait("READY", "1")
-    # When 1,000 items are pushed (a program per item costs milliseconds of CPU: 10,000 would
-    # take the suite's time for little more)
+    # When 1,000 items are pushed (a program per item costs milliseconds of CPU: 1,000 take
+    # 4 to 8 s on the 2-core VM, so 10,000 would take most of a minute for little more)
     items = [f"good{i}" for i in range(1_000)]
     push(r, items)
     # Then each reached a command exactly once
@@ -121,6 +142,7 @@ RELEASED = {
         "handler": "sample_handlers:record_when_released_async",
         "setup": "sample_handlers:connect_async",
     },
+    "command": RECORD_WHEN_RELEASED,
 }
 
 
@@ -146,6 +168,38 @@ def test_a_killed_consumer_s_running_items_all_run_again(
     assert sorted(set(handled(r))) == sorted(items)
     wait_for(lambda: nothing_held(r), 5, "nothing held")
     assert r.llen("goodsd:{q}:dead") == 0
+
+
+def test_an_item_that_kills_its_worker_among_others_ends_dead_alone(
+    r, make_config, start_daemon, notify
+):
+    # Given one consumer running 10 items at once whose handler SIGKILLs its own process on
+    # the item "poison", one retry
+    settings = {"processes": 1, "concurrency": 10, "retries": 1, "retry_delay": "100ms"}
+    config = make_config(
+        consumers={"handler": "sample_handlers:sigkill_self_on_poison", **settings}
+    )
+    daemon = start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    # When the poison item arrives first, among 30 good ones, so that it runs beside others
+    good = [f"good{i}" for i in range(30)]
+    r.lpush("q", "poison", *good)
+    # Then it ends in the dead list after retries + 1 = 2 attempts, each blamed on a death it
+    # caused running alone (the deaths beside others blamed nobody)
+    wait_for(lambda: r.llen("goodsd:{q}:dead") == 1, 60, "the poison item in the dead list")
+    [record] = dead_records(r)
+    assert record["item"] == "poison" and record["attempts"] == 2
+    assert record["error"] == "worker killed by SIGKILL while running this item"
+    # And every good item is handled (at least once: a death redoes what ran beside it), none
+    # dead, and nothing is left suspect, in flight or waiting
+    wait_for(lambda: set(handled(r)) == set(good), 30, "every good item handled")
+    wait_for(lambda: nothing_held(r), 5, "nothing held")
+    assert r.zcard("goodsd:{q}:retry") == 0 and r.hlen("goodsd:{q}:attempts") == 0
+    assert r.hlen("goodsd:{q}:suspects") == 0
+    stats = r.hgetall("goodsd:{q}:stats")
+    assert (int(stats[b"dead"]), int(stats[b"failed"])) == (1, 2)
+    assert len(daemon.log().split("killed by SIGKILL")) - 1 >= 2
+    assert daemon.stop() == 0
 
 
 def test_status_shows_the_items_each_consumer_runs(r, make_config, start_daemon, notify):
@@ -259,11 +313,15 @@ def test_a_stop_finishes_the_running_items_and_gives_back_the_rest(
     assert "killing" not in daemon.log()
 
 
-def test_max_items_counts_across_slots(r, make_config, start_daemon, notify):
+RECORDING = {"threads": THREADS, "tasks": TASKS, "command": RECORD_IN_REDIS}
+
+
+@pytest.mark.parametrize("kind", sorted(RECORDING))
+def test_max_items_counts_across_slots(kind, r, make_config, start_daemon, notify):
     # Given one consumer running 8 items at once, replaced after every 20
     config = make_config(
         consumers={
-            **THREADS,
+            **RECORDING[kind],
             "processes": 1,
             "concurrency": 8,
             "batch": 10,
@@ -348,3 +406,84 @@ def test_a_loop_blocked_past_the_timeout_fails_its_blocker_alone(
     assert r.hlen("goodsd:{q}:attempts") == 0
     daemon.wait_log(r"consumer 0 \(pid \d+\) ready", count=2)
     assert "killing" not in daemon.log()
+
+
+def test_graceful_timeout_cuts_running_threads_and_gives_their_items_back(
+    r, make_config, start_daemon, notify
+):
+    # Given one consumer with 6 items running in threads (each waiting for a go that never
+    # comes), 4 more claimed, and a 1 s graceful timeout
+    config = make_config(
+        consumers={**RELEASED["threads"], "processes": 1, "concurrency": 6},
+        supervisor={"graceful_timeout": "1s"},
+    )
+    daemon = start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    items = [f"good{i}" for i in range(10)]
+    r.lpush("q", *items)
+    wait_for(lambda: r.llen("test:started") == 6, 10, "6 items running")
+    # When goodsd is told to stop and the items do not finish in time
+    daemon.send(signal.SIGTERM)
+    # Then the consumer is killed at the graceful timeout, goodsd exits 0, and every item is
+    # back in the queue with no attempt counted (the stop was not their fault)
+    assert daemon.wait_exit(10) == 0
+    assert "did not stop within 1s: killing it" in daemon.log()
+    assert sorted(b.decode() for b in r.lrange("q", 0, -1)) == sorted(items)
+    assert r.hlen("goodsd:{q}:attempts") == 0 and r.llen("goodsd:{q}:dead") == 0
+    assert r.zcard("goodsd:{q}:retry") == 0 and r.keys("goodsd:{q}:inflight:*") == []
+    assert r.llen("test:handled") == 0
+
+
+def test_a_second_term_cuts_running_threads_and_gives_everything_back(
+    r, make_config, start_daemon, notify
+):
+    # Given one consumer with 6 items running in threads (each waiting for a go) and 4 more
+    # claimed, and the default graceful timeout of the tests (10 s)
+    config = make_config(consumers={**RELEASED["threads"], "processes": 1, "concurrency": 6})
+    daemon = start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    items = [f"good{i}" for i in range(10)]
+    r.lpush("q", *items)
+    wait_for(lambda: r.llen("test:started") == 6, 10, "6 items running")
+    # When the master is told to stop twice
+    daemon.send(signal.SIGTERM)
+    notify.wait("STOPPING", "1")
+    daemon.send(signal.SIGTERM)
+    # Then it stops at once, and every item is back in the queue, none blamed
+    assert daemon.wait_exit(5) == 0
+    assert sorted(b.decode() for b in r.lrange("q", 0, -1)) == sorted(items)
+    assert r.hlen("goodsd:{q}:attempts") == 0 and r.llen("goodsd:{q}:dead") == 0
+    assert r.zcard("goodsd:{q}:retry") == 0 and r.keys("goodsd:{q}:inflight:*") == []
+    assert r.llen("test:handled") == 0
+
+
+def test_a_frozen_consumer_with_threads_running_is_killed_and_its_items_run_again(
+    r, make_config, start_daemon, notify
+):
+    # Given one consumer with 6 items running in threads (each waiting for a go) and 2 more
+    # claimed, retried at once should they count an attempt
+    config = make_config(
+        consumers={
+            **RELEASED["threads"],
+            "processes": 1,
+            "concurrency": 6,
+            "retry_delay": "100ms",
+        }
+    )
+    daemon = start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    items = [f"good{i}" for i in range(8)]
+    r.lpush("q", *items)
+    wait_for(lambda: r.llen("test:started") == 6, 10, "6 items running")
+    # When the process freezes: its main loop beats no more while its items are running
+    (child,) = daemon.children()
+    os.kill(child, signal.SIGSTOP)
+    # Then the master kills it for its stale heartbeat (after max(15 s, lease / 2)), its items
+    # go back to the queue, and a replacement runs them all
+    daemon.wait_log(rf"killing consumer 0 \(pid {child}\): no heartbeat for", timeout=25)
+    daemon.wait_log(r"requeued 8 in-flight item\(s\)")
+    r.set("test:go", 1)
+    wait_for(lambda: len(set(handled(r))) == len(items), 20, "every item handled")
+    assert sorted(set(handled(r))) == sorted(items)
+    wait_for(lambda: nothing_held(r), 5, "nothing held")
+    assert r.llen("goodsd:{q}:dead") == 0

@@ -50,6 +50,9 @@ class Harness:
     registered: Callable[[], set[str]]
     slip_in: Callable[[str, bytes], None]  # an unclaimed value at the oldest end of a list
     pass_time: Callable[[float], None]
+    # a master requeues a gone consumer's items, marking suspect the values named
+    requeue_suspects: Callable[[str, list[bytes]], int]
+    suspects: Callable[[], dict[str, str]]  # tag -> the consumer that died with it
 
 
 def on_redis(r: redis.Redis) -> Harness:
@@ -65,6 +68,12 @@ def on_redis(r: redis.Redis) -> Harness:
         registered=lambda: set(views.registered()),
         slip_in=lambda consumer, value: r.rpush(views.keys.inflight(consumer), value) and None,
         pass_time=lambda seconds: None,
+        requeue_suspects=lambda consumer, values: Upkeep(r, "q").requeue(
+            consumer, suspects=[fingerprint(value) for value in values]
+        ),
+        suspects=lambda: {
+            k.decode(): v.decode() for k, v in r.hgetall(views.keys.suspects).items()
+        },
     )
 
 
@@ -82,6 +91,8 @@ def in_memory() -> Harness:
         registered=lambda: set(store.registrations),
         slip_in=lambda consumer, value: store.inflight[consumer].append(value),
         pass_time=clock.advance,
+        requeue_suspects=store.requeue_suspects,
+        suspects=lambda: dict(store.suspects),
     )
 
 
@@ -267,6 +278,68 @@ def test_a_consumer_leaves_the_registry_when_it_deregisters(h):
     assert h.registered() == {ME}
     h.store.deregister(ME)
     assert h.registered() == set()
+
+
+# -- suspects: items running beside others when their worker died ----------------------------
+
+
+def suspects_made(h: Harness, *items: bytes) -> list:
+    """Given a consumer that claimed ``items`` and died running them all, requeued by its
+    master: what the next claim takes of them."""
+    registered_with(h, *items)
+    assert h.requeue_suspects(ME, list(items)) == len(items)
+    return h.store.claim(ME, len(items), LEASE, 0)
+
+
+def test_items_running_when_their_worker_died_come_back_suspect_no_attempt_counted(h):
+    # Given a consumer that died holding three items, running the first and the last
+    registered_with(h, b"good1", b"good2", b"good3")
+    # When its master requeues them, naming those two as suspects
+    assert h.requeue_suspects(ME, [b"good1", b"good3"]) == 3
+    # Then no attempt counted: both wait in the retry set (due now), the other is ready
+    assert (h.stats()["failed"], h.stats()["requeued"]) == (0, 3)
+    assert h.ready() == [b"good2"] and len(h.retry_waiting()) == 2
+    assert sorted(h.attempts().values()) == [0, 0]
+    assert h.suspects() == dict.fromkeys(h.attempts(), ME)
+    # And the next claim takes them first, each a suspect, then the other item, not one
+    claimed = h.store.claim(ME, 3, LEASE, 0)
+    assert sorted(d.payload for d in claimed[:2]) == [b"good1", b"good3"]
+    assert [d.suspect for d in claimed] == [True, True, False]
+    assert {d.tag for d in claimed[:2]} == set(h.suspects())
+    # And a read-back of what is held says so too
+    assert {d.payload: d.suspect for d in h.store.held(ME)} == {
+        b"good1": True,
+        b"good2": False,
+        b"good3": True,
+    }
+
+
+def test_a_retry_made_suspect_keeps_its_tag_and_attempts(h):
+    # Given an item that failed once and is claimed again
+    [first] = registered_with(h, b"good1")
+    h.store.settle(ME, Settlement("s1", failed=(Failure(first, "boom"),)), RetryPolicy(2, 0))
+    [retry] = h.store.claim(ME, 1, LEASE, 0)
+    # When its worker dies running it beside others, then it comes back a suspect, the same
+    # delivery, its attempt still counted
+    h.requeue_suspects(ME, [retry.claimed])
+    [again] = h.store.claim(ME, 1, LEASE, 0)
+    assert again.suspect and again.claimed == retry.claimed
+    assert h.attempts() == {retry.tag: 1} and h.suspects() == {retry.tag: ME}
+
+
+def test_a_suspect_loses_its_mark_when_done_or_failed_and_keeps_it_when_given_back(h):
+    # Given three suspects claimed
+    done, failed, back = suspects_made(h, b"good1", b"good2", b"good3")
+    # When one is done, one fails and one is given back unstarted
+    settlement = Settlement(
+        "s1", done=(done,), failed=(Failure(failed, "boom"),), given_back=(back,)
+    )
+    h.store.settle(ME, settlement, RetryPolicy(2, 0))
+    # Then only the one given back is still a suspect; the failed one counts its attempt
+    assert h.suspects() == {back.tag: ME}
+    assert h.attempts() == {failed.tag: 1, back.tag: 0}
+    claimed = {d.payload: d.suspect for d in h.store.claim(ME, 3, LEASE, 0)}
+    assert claimed == {back.payload: True, failed.payload: False}
 
 
 # -- requeues by a master (Redis only) -------------------------------------------------------

@@ -276,3 +276,67 @@ def test_after_a_lost_reply_it_learns_what_the_claim_took_besides_what_it_holds(
     assert worker.slots.payloads() == goods(2, 3)
     assert [d.payload for d in worker.unstarted] == goods(4)
     assert sorted(held(store)) == goods(2, 3, 4) and store.stats["done"] == 1
+
+
+def suspects_left_by_a_dead_worker(store: MemoryConsumerStore, *items: bytes) -> None:
+    """``items`` claimed by another consumer that died running them all at once, and requeued
+    by its master: suspects now, due at once."""
+    store.push(*items)
+    store.claim("host-2-bb", len(items), 30.0, 0)
+    store.requeue_suspects("host-2-bb", items)
+
+
+def test_suspects_run_alone_one_after_the_other_before_the_rest(store, clock):
+    # Given two suspects waiting, then 3 fresh items, and a consumer running 3 at once
+    suspects_left_by_a_dead_worker(store, b"good7", b"good8")
+    store.push(*goods(1, 2, 3))
+    worker = started(store, clock, concurrency=3, batch=2)
+    # When it takes a step, then it claims them all but starts one suspect alone
+    worker.loop()
+    [first] = worker.slots.running
+    assert first.suspect and first.payload in goods(7, 8)
+    assert sorted(held(store)) == sorted(goods(1, 2, 3, 7, 8))
+    # When that one is done, then the other suspect runs, alone too
+    worker.slots.finish(first.payload)
+    worker.loop()
+    [second] = worker.slots.running
+    assert second.suspect and {first.payload, second.payload} == set(goods(7, 8))
+    # When that one fails, then the fresh items start, 3 at once, and neither suspect is one
+    # any more: the failed one waits for its retry as an ordinary failure
+    worker.slots.finish(second.payload, ValueError("cannot"))
+    worker.loop()
+    assert worker.slots.payloads() == goods(1, 2, 3)
+    worker.running = False
+    for n in (1, 2, 3):
+        worker.slots.finish_on_wait(f"good{n}".encode())
+    worker.shutdown()
+    assert store.suspects == {} and list(store.attempts.values()) == [1]
+
+
+def test_a_suspect_waits_for_the_running_items_and_nothing_starts_beside_it(store, clock):
+    # Given a consumer running 3 items at once, one more claimed
+    store.push(*goods(1, 2, 3, 4))
+    worker = started(store, clock, concurrency=3, batch=1)
+    worker.loop()
+    assert worker.slots.payloads() == goods(1, 2, 3)
+    # When a suspect appears and an item finishes, then the next fresh item starts, and the
+    # suspect claimed with that settle waits, first in line, while others run
+    suspects_left_by_a_dead_worker(store, b"good5")
+    worker.slots.finish(b"good1")
+    worker.loop()
+    assert worker.slots.payloads() == goods(2, 3, 4)
+    assert [(d.payload, d.suspect) for d in worker.unstarted] == [(b"good5", True)]
+    # When the running ones end, then the suspect starts alone, and what is claimed meanwhile
+    # waits for it
+    store.push(*goods(6, 7))
+    for n in (2, 3, 4):
+        worker.slots.finish(f"good{n}".encode())
+    worker.loop()
+    assert worker.slots.payloads() == [b"good5"]
+    worker.loop()
+    assert worker.slots.payloads() == [b"good5"]
+    assert [d.payload for d in worker.unstarted] == goods(6, 7)
+    # When it is done, then the rest start together
+    worker.slots.finish(b"good5")
+    worker.loop()
+    assert worker.slots.payloads() == goods(6, 7)

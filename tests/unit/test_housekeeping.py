@@ -67,12 +67,91 @@ def test_a_killed_consumer_blames_only_the_items_it_was_killed_for() -> None:
     assert (rec.running, rec.error) == ((4,), f"worker killed: {reason}")
 
 
-def test_a_consumer_that_crashed_blames_every_item_it_was_running() -> None:
+def test_a_consumer_that_crashed_running_several_items_blames_none_and_suspects_them_all():
+    # Given a consumer running two items of three slots
     child = consumer(0, board=Scoreboard(slots=3))
     child.board.busy(100.0, 4, slot=0)
     child.board.busy(101.0, 6, slot=2)
+    # When it dies on its own
     rec = requeue_of(child, child.board.read(), "killed by SIGSEGV", CONFIG)
-    assert rec.running == (4, 6)
+    # Then neither counts a failed attempt (either may be innocent): both are suspects
+    assert (rec.running, rec.suspects) == ((), (4, 6))
+    assert rec.error == "worker killed by SIGSEGV while running this item"
+
+
+def test_a_consumer_that_crashed_running_one_item_of_several_slots_blames_it() -> None:
+    # Given a consumer of three slots running one item (a suspect running alone, say)
+    child = consumer(0, board=Scoreboard(slots=3))
+    child.board.busy(100.0, 6, slot=1)
+    # When it dies on its own, then that item counts a failed attempt, as at concurrency 1
+    rec = requeue_of(child, child.board.read(), "killed by SIGKILL", CONFIG)
+    assert (rec.running, rec.suspects) == ((6,), ())
+
+
+def concurrent(index: int, slots: int = 3) -> Child:
+    """A consumer with ``slots`` items in flight at once (heartbeat judged at all times)."""
+    config = parse(
+        f"consumers: {{handler: goodsd.handlers:noop, timeout: 10s, concurrency: {slots}}}\n"
+        "supervisor: {lease: 20s}\n",
+        "goodsd.yaml",
+    )
+    return consumer(index, config=config, board=Scoreboard(slots=slots))
+
+
+def killed_for_no_heartbeat(child: Child, now: float) -> str:
+    """Let the master judge ``child`` at ``now``; it must kill it for its heartbeat."""
+    [(found, reason, blamed)] = overdue_children([child], now=now)
+    assert found is child and reason.startswith("no heartbeat"), reason
+    child.kill_reason, child.blamed = reason, blamed
+    return reason
+
+
+def test_a_no_heartbeat_kill_with_several_items_running_suspects_them_all() -> None:
+    # Given a consumer of three slots whose main loop stopped beating (a handler holding the
+    # GIL, say) while two items ran, neither past its timeout
+    child = concurrent(0)
+    child.board.write(heartbeat=100.0)
+    child.board.busy(101.0, 4, slot=0)
+    child.board.busy(102.0, 5, slot=1)
+    # When the master kills it for that
+    reason = killed_for_no_heartbeat(child, now=100.0 + 15 + 0.5)
+    # Then neither is blamed, both are suspects
+    rec = requeue_of(child, child.board.read(), "killed by SIGKILL", CONFIG)
+    assert (rec.running, rec.suspects, rec.error) == ((), (4, 5), f"worker killed: {reason}")
+
+
+def test_a_no_heartbeat_kill_with_one_item_running_blames_it() -> None:
+    # Given a consumer of three slots whose main loop stopped beating while one item ran
+    child = concurrent(0)
+    child.board.write(heartbeat=100.0)
+    child.board.busy(101.0, 5, slot=2)
+    # When the master kills it for that, then that item counts a failed attempt
+    reason = killed_for_no_heartbeat(child, now=100.0 + 15 + 0.5)
+    rec = requeue_of(child, child.board.read(), "killed by SIGKILL", CONFIG)
+    assert (rec.running, rec.suspects, rec.error) == ((5,), (), f"worker killed: {reason}")
+
+
+def test_a_timeout_kill_suspects_nothing_beside_the_overdue_item() -> None:
+    # Given a consumer of three slots, one item past its timeout, two others running
+    child = concurrent(0)
+    child.board.write(heartbeat=116.0)
+    child.board.busy(100.0, 4, slot=0)
+    child.board.busy(115.0, 5, slot=1)
+    child.board.busy(116.0, 6, slot=2)
+    [(_, reason, blamed)] = overdue_children([child], now=100.0 + 10 + TIMEOUT_GRACE + 1)
+    child.kill_reason, child.blamed = reason, blamed
+    # When it is requeued, then the overdue item is blamed, the others are neither blamed
+    # nor suspects
+    rec = requeue_of(child, child.board.read(), "killed by SIGKILL", CONFIG)
+    assert (rec.running, rec.suspects) == ((4,), ())
+
+
+def test_a_crash_during_a_stop_suspects_nothing() -> None:
+    child = consumer(0, State.STOPPING, board=Scoreboard(slots=3))
+    child.board.busy(100.0, 4, slot=0)
+    child.board.busy(101.0, 6, slot=2)
+    rec = requeue_of(child, child.board.read(), "killed by SIGKILL", CONFIG)
+    assert (rec.running, rec.suspects) == ((), ())
 
 
 def test_a_stop_blames_nothing_and_an_idle_consumer_blames_nothing() -> None:

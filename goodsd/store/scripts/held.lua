@@ -1,4 +1,5 @@
--- A consumer's in-flight list, oldest first, with the 1-based positions of its retry envelopes.
+-- A consumer's in-flight list, oldest first, with the 1-based positions of its retry envelopes
+-- (negative for suspects, as a claim gives them).
 -- KEYS: the consumer's (lib/shared.lua)
 --#include lib/shared.lua
 local K = consumer_keys(KEYS)
@@ -6,6 +7,7 @@ local values = redis.call('LRANGE', K.inflight, 0, -1)
 local oldest_first, retries = {}, {}
 for i = #values, 1, -1 do
   oldest_first[#oldest_first + 1] = values[i]
-  if retry_tag(K.attempts, values[i]) then retries[#retries + 1] = #oldest_first end
+  local tag = retry_tag(K.attempts, values[i])
+  if tag then retries[#retries + 1] = retry_position(K, tag, #oldest_first) end
 end
 return {oldest_first, retries}

@@ -7,7 +7,8 @@
 -- is empty before every claim, so its length is exactly this claim, including an item BLMOVE
 -- took just before).
 -- One RPOP with a count and one LPUSH instead of an LMOVE per item: same effect, far cheaper.
--- Returns {values in claimed order, positions (1-based) of the retry envelopes among them}.
+-- Returns {values in claimed order, positions (1-based) of the retry envelopes among them,
+-- negative for suspects}.
 local function claim(K, n, lease_ms, consumer, registration)
   local claimed, retries = {}, {}
   if n > 0 then
@@ -15,10 +16,11 @@ local function claim(K, n, lease_ms, consumer, registration)
     for _, value in ipairs(due) do
       redis.call('ZREM', K.retry, value)
       -- a retry keeps its attempts entry; should Redis have lost it, the envelope still counts
-      redis.call('HSETNX', K.attempts, string.sub(value, 9, 24), 1)
+      local tag = string.sub(value, 9, 24)
+      redis.call('HSETNX', K.attempts, tag, 1)
       redis.call('LPUSH', K.inflight, value)
       claimed[#claimed + 1] = value
-      retries[#retries + 1] = #claimed
+      retries[#retries + 1] = retry_position(K, tag, #claimed)
     end
     if n > #due then
       local fresh = redis.call('RPOP', K.ready, n - #due) or {}
@@ -27,9 +29,8 @@ local function claim(K, n, lease_ms, consumer, registration)
       end
       for _, value in ipairs(fresh) do
         claimed[#claimed + 1] = value
-        if string.byte(value, 1) == 30 and retry_tag(K.attempts, value) then
-          retries[#retries + 1] = #claimed
-        end
+        local tag = string.byte(value, 1) == 30 and retry_tag(K.attempts, value)
+        if tag then retries[#retries + 1] = retry_position(K, tag, #claimed) end
       end
     end
   end

@@ -3,7 +3,8 @@
 --   settle_id, kept (how many other values the consumer goes on holding), retries,
 --   retry_delay_ms, n_done, n_done_tags, n_failed, n_given_back,
 --   the claimed values done (only when kept > 0: else the whole list goes),
---   the tags among the done (of items that had failed before: their attempts entries go),
+--   the tags among the done (of items that had failed before or are suspects: their attempts
+--   entries and suspect marks go),
 --   5 per failure (claimed value, tag, envelope, record head, final),
 --   the claimed values given back unstarted, oldest first.
 -- A value is taken out of the in-flight list by value (LREM with a count of 1: equal values
@@ -63,7 +64,10 @@ local function settle(K, A, first)
   else
     for _, value in ipairs(named) do redis.call('LREM', K.inflight, -1, value) end
   end
-  for a = tags_at, failed_at - 1 do redis.call('HDEL', K.attempts, A[a]) end
+  for a = tags_at, failed_at - 1 do
+    redis.call('HDEL', K.attempts, A[a])
+    redis.call('HDEL', K.suspects, A[a])
+  end
   local dead = 0
   for a = failed_at, back_at - 1, 5 do
     if fail_delivery(K, A[a + 1], A[a + 2], A[a + 3], A[a + 4] == '1', retries, delay) then

@@ -10,6 +10,7 @@ local function consumer_keys(keys)
   return {
     ready = keys[1], inflight = keys[2], lease = keys[3], settled = keys[4],
     consumers = keys[5], attempts = keys[6], retry = keys[7], dead = keys[8], stats = keys[9],
+    suspects = keys[10],
   }
 end
 
@@ -41,11 +42,31 @@ local function give_back(K, value)
   end
 end
 
+-- The 1-based position a claim reports for a retry envelope with this tag among what it took:
+-- negative for a suspect (see suspect_delivery), which its consumer runs alone.
+local function retry_position(K, tag, position)
+  if redis.call('HEXISTS', K.suspects, tag) == 1 then return -position end
+  return position
+end
+
+-- A delivery that was running beside others when its worker died (a crash, or a kill for no
+-- heartbeat): any of them may have killed it, so none counts a failed attempt; each is marked
+-- suspect instead (tag -> the consumer that died), to run alone next time, and waits in the
+-- retry set as its envelope, due now (the attempts hash must hold its tag for the envelope to
+-- count as a retry; a tag that failed before keeps its count). The mark goes when the delivery
+-- is done or fails (settle.lua, fail_delivery); a give-back keeps it.
+local function suspect_delivery(K, tag, envelope, consumer)
+  redis.call('HSETNX', K.attempts, tag, 0)
+  redis.call('HSET', K.suspects, tag, consumer)
+  redis.call('ZADD', K.retry, now, envelope)
+end
+
 -- One failed attempt of a delivery: counted under its tag; then it waits in the retry set (as
 -- its envelope) until delay_ms from now, or, when final (malformed) or its retries are used up,
 -- goes to the dead list as its record's head completed with the attempts count. The one place
 -- that decides "retry or dead", for settles and for requeues alike. Returns true when dead.
 local function fail_delivery(K, tag, envelope, head, final, retries, delay_ms)
+  redis.call('HDEL', K.suspects, tag)  -- it failed on its own: it no longer needs to run alone
   local attempts = redis.call('HINCRBY', K.attempts, tag, 1)
   if final or attempts > retries then
     redis.call('HDEL', K.attempts, tag)
