@@ -18,11 +18,12 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import traceback
 from collections.abc import Callable, Sequence
 from typing import IO
 from urllib.parse import unquote, urlsplit
 
-from goodsd import __version__, logs, metrics
+from goodsd import __version__, exits, logs, metrics
 from goodsd import config as config_mod
 from goodsd.config import Config, ConfigError
 from goodsd.exits import EXIT_CONFIG, EXIT_FAILURE, EXIT_USAGE
@@ -422,12 +423,39 @@ def check_as_user(args: argparse.Namespace) -> int:
             args.as_user = None
             code = run_command(args)
             print(f"  (checked as user {user.pw_name})")
+        except OSError as exc:
+            # What the user may not reach that the checks do not name themselves: the
+            # interpreter the import probe runs (a venv under /root), a directory for its files
+            print(f"goodsd: check as user {user.pw_name}: {os_error_text(exc)}", file=sys.stderr)
+            code = EXIT_CONFIG
+        except BaseException as exc:  # the child must report before os._exit, whatever it was
+            print(
+                f"goodsd: check as user {user.pw_name} failed: {one_line_traceback(exc)}",
+                file=sys.stderr,
+            )
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
+
+
+def os_error_text(exc: OSError) -> str:
+    """An OSError as one line: its reason, and the file it concerns if it names one."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{exc.filename}: {reason}" if exc.filename is not None else reason
+
+
+def one_line_traceback(exc: BaseException) -> str:
+    """An unexpected exception as one line: what it was, and where it was raised (the
+    innermost frame)."""
+    what = "".join(traceback.format_exception_only(exc)).strip().replace("\n", " ")
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return what
+    where = frames[-1]
+    return f"{what} (at {where.filename}:{where.lineno} in {where.name})"
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -522,13 +550,13 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 # Every command's --help ends with its exit codes (the man page shows the same lists).
 _FORMAT = _HelpFormatter
-_EXIT_USAGE = "  2   bad command-line arguments"
-_EXIT_CONFIG = "  78  bad config file (the message names its file, line and key)"
 
 
-def _exit_codes(*lines: str) -> str:
-    """An epilog listing exit codes, one ``"  N   meaning"`` line each."""
-    return "exit status:\n" + "\n".join(lines)
+def _exit_codes(meanings: dict[int, str]) -> str:
+    """An epilog listing exit codes, one ``"  N   meaning"`` line each (see goodsd.exits)."""
+    return "exit status:\n" + "\n".join(
+        f"  {code:<3} {meaning}" for code, meaning in sorted(meanings.items())
+    )
 
 
 def add_ops_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -540,15 +568,7 @@ def add_ops_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentP
         description="Push items into the ready list: the arguments, or else one item per line "
         "of stdin (line endings removed, empty lines skipped, bytes kept as they are), 10,000 "
         "per round trip, after what is already waiting. Items over 383 MiB are refused.",
-        epilog=_exit_codes(
-            "  0   every item was pushed",
-            "  1   Redis unreachable or failing (the message says how many went in), "
-            "an item over the limit, or interrupted",
-            "  3   with redis.wait_replicas: the last items pushed are on the primary only "
-            "(the message says how many); pushing them again would add them twice",
-            _EXIT_USAGE,
-            _EXIT_CONFIG,
-        ),
+        epilog=_exit_codes(exits.COMMANDS["push"]),
         formatter_class=_FORMAT,
     )
     push.add_argument("items", nargs="*", metavar="ITEM", help="items; none: read stdin lines")
@@ -567,12 +587,7 @@ def add_ops_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentP
         description="Show the queue (backlog, in flight, retry waiting, dead), rates over one "
         "second, the fleet's counters, and every master, consumer and producer registered in "
         "Redis.",
-        epilog=_exit_codes(
-            "  0   shown (with --watch: stopped with Ctrl-C)",
-            "  1   Redis unreachable or failing",
-            _EXIT_USAGE,
-            _EXIT_CONFIG,
-        ),
+        epilog=_exit_codes(exits.COMMANDS["status"]),
         formatter_class=_FORMAT,
     )
     status.add_argument("--json", action="store_true", help="one JSON object instead of text")
@@ -591,9 +606,7 @@ def add_ops_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentP
         help="items that used up their attempts",
         description="Look at the dead list (items that used up their retries, or could not be "
         "decoded), give its items another run, or delete it.",
-        epilog=_exit_codes(
-            "  0   done", "  1   see the action's --help", _EXIT_USAGE, _EXIT_CONFIG
-        ),
+        epilog=_exit_codes(exits.COMMANDS["dead"]),
         formatter_class=_FORMAT,
     )
     dead_sub = dead.add_subparsers(dest="dead_command", required=True, metavar="ACTION")
@@ -603,9 +616,7 @@ def add_ops_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentP
         help="newest dead items first",
         description="List dead records, newest first: when, attempts, the item (as requeue "
         "takes it back: base64:... for any item that is not plain text) and the last error.",
-        epilog=_exit_codes(
-            "  0   listed", "  1   Redis unreachable or failing", _EXIT_USAGE, _EXIT_CONFIG
-        ),
+        epilog=_exit_codes(exits.COMMANDS["dead list"]),
         formatter_class=_FORMAT,
     )
     listing.add_argument("--limit", type=_count(1), default=20, metavar="N", help="default 20")
@@ -618,13 +629,7 @@ def add_ops_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentP
         description="Put dead items back at the pop end of the ready list, so they run next, "
         "attempts counted from zero: every dead copy of each ITEM, or --all. Each record is "
         "removed and its item pushed in one atomic step.",
-        epilog=_exit_codes(
-            "  0   every item requeued",
-            "  1   an item not found, an argument that is not valid base64, or Redis "
-            "unreachable or failing",
-            "  2   bad command-line arguments (neither or both of --all and ITEM)",
-            _EXIT_CONFIG,
-        ),
+        epilog=_exit_codes(exits.COMMANDS["dead requeue"]),
         formatter_class=_FORMAT,
     )
     requeue.add_argument(
@@ -638,12 +643,7 @@ def add_ops_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentP
         help="delete all dead items",
         description="Delete the dead list. Asks on a terminal; without one, refuses unless "
         "given --yes, so a script never deletes by accident.",
-        epilog=_exit_codes(
-            "  0   deleted (or nothing to delete)",
-            "  1   refused or declined, or Redis unreachable or failing",
-            _EXIT_USAGE,
-            _EXIT_CONFIG,
-        ),
+        epilog=_exit_codes(exits.COMMANDS["dead purge"]),
         formatter_class=_FORMAT,
     )
     purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
@@ -656,11 +656,7 @@ def add_ops_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentP
         "with consumers running goodsd.handlers:demo and a producer with goodsd.sources:counter, "
         "and redraw a live view until Ctrl-C, which stops everything and removes the temp dir. "
         "Reads no config file.",
-        epilog=_exit_codes(
-            "  0   stopped with Ctrl-C, nothing left running",
-            "  1   no redis-server on PATH, or the master exited on its own",
-            _EXIT_USAGE,
-        ),
+        epilog=_exit_codes(exits.COMMANDS["demo"]),
         formatter_class=_FORMAT,
     )
     demo.add_argument("--consumers", type=_count(1), default=4, metavar="N", help="default 4")
@@ -700,15 +696,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A supervised pool of worker processes for a Redis list: consumers claim "
         "items atomically, run a handler and ack; optional producers fill the list; a master "
         "supervises them under systemd. Each command has its own --help.",
-        epilog=_exit_codes(
-            "  0   clean stop (run), or the command did its job",
-            "  1   anything else: Redis unreachable or failing, an item not found, a purge "
-            "refused, a locked pidfile",
-            _EXIT_USAGE,
-            "  78  bad config, a handler, setup or source that cannot be loaded, an unreadable "
-            "password file, a Redis that refuses the login, a command goodsd needs (ACL) or its "
-            "unix socket, a metrics address that cannot be served",
-        )
+        epilog=_exit_codes(exits.MEANINGS)
         + f"\n\nconfig: -c PATH, else $GOODSD_CONFIG, else {config_mod.DEFAULT_PATH}; "
         "see goodsd(1) and goodsd.yaml(5)",
         formatter_class=_FORMAT,
@@ -743,15 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
         "to stderr; --detach daemonizes without systemd after checking the config, the "
         "imports, the pidfile and the log file. Signals: TERM/INT stop gracefully (a second "
         "one kills the children), HUP reloads the config, TTIN/TTOU add or remove a consumer.",
-        epilog=_exit_codes(
-            "  0   clean stop",
-            "  1   a pidfile another goodsd holds, a log file that cannot be opened, no "
-            "/dev/log to detach to without --logfile, or an unexpected failure",
-            _EXIT_USAGE,
-            "  78  bad config, a handler, setup or source that cannot be loaded, an unreadable "
-            "password file, a Redis that refuses the login, a command goodsd needs (ACL) or its "
-            "unix socket, a metrics address that cannot be served",
-        ),
+        epilog=_exit_codes(exits.COMMANDS["run"]),
         formatter_class=_FORMAT,
     )
     run.add_argument(
@@ -768,15 +748,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate config, import handler",
         description="Validate the config file and import the handler, setup and source it "
         "names (in a throwaway interpreter), check that commands and setpriv can be found, that "
-        "the metrics address can be served and that a Redis unix socket may be opened. Sends "
-        "Redis nothing. Prints a summary, and warnings about secrets other users can read.",
-        epilog=_exit_codes(
-            "  0   the config is valid and everything it names imports",
-            "  2   bad command-line arguments, an unknown --as-user or --group, --as-user "
-            "without root",
-            "  78  the config is invalid, or something it names does not import within "
-            "--import-timeout",
-        ),
+        "the metrics address can be served and that a Redis unix socket may be opened. Prints "
+        "a summary, and warnings about secrets other users can read. Without --redis it sends "
+        "Redis nothing; with --redis it also connects as the service would and reports on the "
+        "server: its version, deployment, eviction policy, persistence, TLS and ACL user.",
+        epilog=_exit_codes(exits.COMMANDS["check"]),
         formatter_class=_FORMAT,
     )
     check.add_argument(
@@ -802,7 +778,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--redis",
         action="store_true",
-        help="also connect to redis as the service would, and report on it",
+        help="also connect to Redis as the service would and report on the server (any "
+        "problem: exit 78)",
     )
     check.set_defaults(func=cmd_check)
     add_ops_commands(sub, common)

@@ -519,6 +519,7 @@ def _string(value: object) -> str:
     return _no_nul(value)
 
 
+@_kind("non-empty string")
 def _nonempty_string(value: object) -> str:
     text = _string(value)
     if not text:
@@ -696,7 +697,11 @@ _URL_TEXT_SETTINGS = frozenset(
 )
 
 
-@_kind("URL: redis://, rediss:// or unix://")
+@_kind(
+    "URL: one server, redis://HOST[:PORT][/DB], rediss://... (TLS) or unix:///PATH; "
+    "Sentinel, redis+sentinel://HOST[:PORT],.../SERVICE[/DB]; Cluster, "
+    "redis+cluster://HOST[:PORT],...; rediss+sentinel:// and rediss+cluster:// for TLS"
+)
 def _redis_url(value: object) -> str:
     """Check the URL the way goodsd.redisconn.connect will read it: its shape, its hosts, each
     query parameter, then redis-py's own parsing and connection class (which connect to

@@ -6,8 +6,9 @@
 # The package is built from the sdist (so the sdist is proven complete), made offline with
 # Debian's own setuptools, unpacked in build/deb with packaging/debian as its debian/ and the
 # units and sysusers entry of packaging/ copied in. The Debian version is goodsd.__version__
-# plus "-$GOODSD_DEB_REVISION" (default 1). Needs network for the dependencies' wheels (PyPI),
-# unless GOODSD_PIP_OPTIONS points pip at a local wheel house.
+# plus "-$GOODSD_DEB_REVISION" (default 1). Needs a package index for the pinned files of
+# packaging/pins/ (PyPI), unless GOODSD_PIP_OPTIONS points pip at a local wheel house; the
+# options are never printed (an index password belongs in pip.conf or PIP_INDEX_URL anyway).
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -65,6 +66,17 @@ def demo_config(redis_url: str, consumers: int, producers: int) -> dict[str, obj
     }
 
 
+def own_command(argv0: str, executable: str, on_path: str | None) -> str:
+    """How another terminal runs this same goodsd: ``goodsd`` when that is the one on PATH
+    (``on_path``), else the full path it was started by (a clone's .venv/bin/goodsd, which no
+    shell finds by name), or ``executable -m goodsd`` for ``python -m goodsd``."""
+    if os.path.basename(argv0) == "__main__.py":
+        return f"{shlex.quote(executable)} -m goodsd"
+    if on_path and os.path.realpath(on_path) == os.path.realpath(argv0):
+        return "goodsd"
+    return shlex.quote(os.path.abspath(argv0))
+
+
 def header(consumers: int, producers: int, config_path: str) -> str:
     feed = (
         f"{producers} producer(s) (goodsd.sources:counter) keep {LOW_WATERMARK}-"
@@ -73,6 +85,7 @@ def header(consumers: int, producers: int, config_path: str) -> str:
         else f"this demo pushes items itself, as any program may, keeping {LOW_WATERMARK}-"
         f"{HIGH_WATERMARK} ready"
     )
+    goodsd = own_command(sys.argv[0], sys.executable, shutil.which("goodsd"))
     return (
         "goodsd demo (Ctrl-C stops it and cleans up)\n"
         f"  {consumers} consumer processes take items from the Redis list {QUEUE!r}; each item\n"
@@ -81,7 +94,7 @@ def header(consumers: int, producers: int, config_path: str) -> str:
         f"  {feed}.\n"
         "  backlog: waiting in Redis; in flight: claimed by a consumer, not yet done;\n"
         "  retry waiting: failed, tried again soon; dead: out of attempts, kept for a look.\n"
-        f"  Try in another terminal: goodsd status -c {config_path}   (or dead list, push)\n"
+        f"  Try in another terminal: {goodsd} status -c {config_path}   (or dead list, push)\n"
     )
 
 

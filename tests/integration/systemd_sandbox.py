@@ -6,8 +6,11 @@ test_systemd.py (goodsd installed by the README's steps) and test_deb.py (by its
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +22,8 @@ SANDBOX_SH = ROOT / "tests" / "systemd" / "sandbox.sh"
 # The interpreter a venv for the service is built with: the system's, never one under /root.
 HOST_PYTHON = "/usr/bin/python3"
 REDIS_SOCKET = "/run/redis/redis-server.sock"
+# One small pinned file (shtab's wheel) that the package build downloads too.
+PROBE_PINS = ROOT / "packaging" / "pins" / "docgen.txt"
 
 
 def missing_prerequisite() -> str | None:
@@ -48,6 +53,28 @@ def missing_prerequisite() -> str | None:
         return "sandbox prerequisite missing: cgroup2 at /sys/fs/cgroup(/unified)"
     if os.stat("/").st_dev != os.stat("/usr").st_dev:
         return "sandbox prerequisite missing: /usr is a separate mount"
+    return None
+
+
+def package_index_problem() -> str | None:
+    """Why pip cannot download from the package index here (no network, say), or None.
+
+    Tried on one small pinned file before anything is built, with the pip options the package
+    build takes (GOODSD_PIP_OPTIONS), so that a build that fails afterwards fails its test
+    instead of passing for a network problem.
+    """
+    options = shlex.split(os.environ.get("GOODSD_PIP_OPTIONS", ""))
+    download = ("download", "--quiet", "--no-deps", "--require-hashes", *options)
+    with tempfile.TemporaryDirectory(prefix="goodsd-probe-") as dest:
+        probe = subprocess.run(
+            [sys.executable, "-m", "pip", *download, "--dest", dest, "-r", str(PROBE_PINS)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    if probe.returncode != 0:
+        return f"pip cannot download from the package index:\n{probe.stderr[-1500:]}"
     return None
 
 

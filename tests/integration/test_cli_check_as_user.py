@@ -6,11 +6,15 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 from test_cli_check import EX_CONFIG, goodsd
+
+from goodsd import cli
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="--as-user needs root")
 
@@ -105,3 +109,48 @@ def test_check_refuses_a_metrics_address_this_host_cannot_serve(
     result = goodsd("check", "-c", str(path))
     assert result.returncode == EX_CONFIG, result.stdout
     assert f"metrics.listen: cannot listen on {listen}: {reason}" in result.stderr
+
+
+@needs_root
+def test_an_interpreter_the_service_user_cannot_reach_fails_its_check(shared_dir, tmp_path) -> None:
+    # Given goodsd run by an interpreter in a directory only root may enter (a venv under
+    # /root, say), and a config the user may read that names a handler to import
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (private / "venv").symlink_to(Path(sys.prefix))
+    python = private / "venv" / "bin" / Path(sys.executable).name
+    path = config(shared_dir, "redis://127.0.0.1:6390/0")
+    # When it is checked as a user who cannot run that interpreter
+    result = subprocess.run(
+        [str(python), "-m", "goodsd", "check", "-c", str(path), "--as-user", "nobody"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    # Then the check fails as a config problem and says what the user could not reach
+    assert result.returncode == EX_CONFIG, result
+    assert result.stderr == f"goodsd: check as user nobody: {python}: Permission denied\n"
+
+
+@needs_root
+def test_an_unexpected_error_of_the_check_as_user_is_one_line(
+    shared_dir, monkeypatch, capfd
+) -> None:
+    # Given a check as a user (root itself) that fails in a way nobody planned for
+    path = config(shared_dir, "redis://127.0.0.1:6390/0")
+    args = cli.build_parser().parse_args(["check", "-c", str(path), "--as-user", "root"])
+
+    def broken(_: object) -> int:
+        raise ValueError("something nobody planned for")
+
+    monkeypatch.setattr(cli, "run_command", broken)
+    # When it runs (in a child process, as --as-user does)
+    code = cli.check_as_user(args)
+    # Then it exits 1 with one line: what went wrong and where
+    err = capfd.readouterr().err
+    assert code == 1
+    assert err.startswith(
+        "goodsd: check as user root failed: ValueError: something nobody planned for (at "
+    ), err
+    assert err.count("\n") == 1 and "in broken)" in err, err

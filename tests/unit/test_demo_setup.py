@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from goodsd import config, handlers
@@ -34,3 +36,20 @@ def test_demo_handler_fails_some_items_for_good_and_others_by_chance(monkeypatch
     monkeypatch.setattr(handlers.random, "random", lambda: 0.01)
     with pytest.raises(TimeoutError, match="simulated"):
         handlers.demo("good-1")
+
+
+@pytest.mark.parametrize(
+    ("argv0", "on_path", "command"),
+    [
+        # installed: the goodsd on PATH is this one
+        ("/usr/bin/goodsd", "/usr/bin/goodsd", "goodsd"),
+        # a clone's venv (./dev demo), relative to where it started: no shell finds it by name
+        (".venv/bin/goodsd", None, f"{os.getcwd()}/.venv/bin/goodsd"),
+        # another goodsd is on PATH: name this one
+        ("/srv/clone/.venv/bin/goodsd", "/usr/bin/goodsd", "/srv/clone/.venv/bin/goodsd"),
+        # python -m goodsd
+        ("/srv/clone/goodsd/__main__.py", "/usr/bin/goodsd", "/srv/py/bin/python -m goodsd"),
+    ],
+)
+def test_the_demo_names_the_goodsd_that_runs_it(argv0, on_path, command):
+    assert demo.own_command(argv0, "/srv/py/bin/python", on_path) == command

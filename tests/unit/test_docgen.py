@@ -1,4 +1,4 @@
-"""The generated man pages and completion cover what the code defines (packaging/docgen.py).
+"""The generated man pages and completion cover what the code defines (goodsd.docgen).
 
 They are generated at build time from the argparse parser and the config schema; these tests
 make sure that nothing the code has is left out: every command, option, exit code, environment
@@ -8,29 +8,18 @@ variable and config key, and that the pages are roff that man reads without a wa
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from bash_completion import completion_argv, offered
 
-from goodsd import cli, config, exits
+from goodsd import cli, config, docgen, exits
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_docgen() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("docgen", ROOT / "packaging" / "docgen.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-docgen = load_docgen()
 
 
 def plain(page: str) -> str:
@@ -80,7 +69,7 @@ def test_goodsd_1_has_every_exit_code_environment_variable_and_file(pages: Path)
     text = plain((pages / "goodsd.1").read_text())
     # Then every exit code goodsd.exits defines is explained
     codes = {v for k, v in vars(exits).items() if k.startswith("EXIT_")}
-    assert codes == set(docgen.EXIT_MEANINGS)
+    assert codes == set(exits.MEANINGS)
     exit_section = text.split(".SH EXIT STATUS", 1)[1].split(".SH ", 1)[0]
     for code in codes:
         assert f".TP\n{code}\n" in exit_section, code
@@ -90,6 +79,19 @@ def test_goodsd_1_has_every_exit_code_environment_variable_and_file(pages: Path)
         assert name in environment, name
     # And the config paths are in FILES
     assert config.DEFAULT_PATH in text.split(".SH FILES", 1)[1]
+
+
+def test_every_command_lists_the_exit_codes_of_goodsd_exits() -> None:
+    # Then each command's --help lists exactly what goodsd.exits says for it, one code a line
+    commands = {" ".join(words): parser for words, parser in every_parser() if words}
+    assert set(commands) == set(exits.COMMANDS)
+    for name, parser in [("", cli.build_parser()), *commands.items()]:
+        meanings = exits.COMMANDS[name] if name else exits.MEANINGS
+        listed = re.findall(r"^  (\d+) ", parser.epilog or "", re.M)
+        assert listed == [str(code) for code in sorted(meanings)], name
+        help_text = " ".join(parser.format_help().split())
+        for meaning in meanings.values():
+            assert " ".join(meaning.split()) in help_text, (name, meaning)
 
 
 def environment_variables_read() -> set[str]:
@@ -129,6 +131,17 @@ def test_goodsd_yaml_5_has_every_key_with_type_default_and_meaning(pages: Path) 
     assert set(meanings) == {info.key for info in config.described_keys()}
 
 
+def test_every_key_says_what_values_it_takes() -> None:
+    # Then no key reads as the fallback of a parser without words of its own (config._kind):
+    # "a value, or null" says nothing of what to write
+    vague = [(i.key, i.kind) for i in config.described_keys() if "a value" in i.kind]
+    assert vague == []
+    # And redis.url names every form a URL may take
+    (url,) = [i.kind for i in config.described_keys() if i.key == "redis.url"]
+    for scheme in ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://"):
+        assert scheme in url, scheme
+
+
 def test_defaults_are_shown_as_the_file_would_write_them() -> None:
     assert docgen.default_text(None) == "null (not set)"
     assert docgen.default_text(()) == "[]"
@@ -154,21 +167,10 @@ def test_man_reads_the_pages_without_a_warning(pages: Path, name: str) -> None:
 
 def bash_complete(script: Path, cwd: Path, *words: str) -> list[str]:
     """What the bash completion offers after ``words`` (the last one being completed)."""
-    program = (
-        f"source {script}\n"
-        'COMP_WORDS=("$@"); COMP_CWORD=$(( $# - 1 )); COMP_LINE="$*"; '
-        "COMP_POINT=${#COMP_LINE}; COMPREPLY=()\n"
-        "_shtab_goodsd\n"
-        'printf "%s\\n" "${COMPREPLY[@]}"\n'
-    )
     result = subprocess.run(
-        ["bash", "--norc", "-c", program, "bash", *words],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=True,
+        completion_argv(str(script), *words), cwd=cwd, capture_output=True, text=True, check=True
     )
-    return sorted(line for line in result.stdout.splitlines() if line)
+    return offered(result.stdout)
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
@@ -210,3 +212,35 @@ def test_man_dir_puts_the_pages_where_man_looks(tmp_path: Path) -> None:
         "man1/goodsd.1",
         "man5/goodsd.yaml.5",
     ]
+
+
+def test_the_source_tree_script_writes_the_same_pages(tmp_path: Path) -> None:
+    # When packaging/docgen.py runs from another directory, as a script
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "packaging" / "docgen.py"), "--man-dir", str(tmp_path)],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    # Then it writes what goodsd.docgen writes
+    assert result.returncode == 0, result.stderr
+    for section, name, text in docgen.man_pages():
+        assert (tmp_path / section / name).read_text() == text
+
+
+def test_the_readme_is_the_source_trees_and_else_the_installed_copy(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Given goodsd imported from this tree, the tree's README is the one
+    assert docgen.readme_path() == ROOT / "README.md"
+    # Given goodsd installed from a wheel (no pyproject.toml beside the package), the copy the
+    # wheel put under sys.prefix is
+    installed = tmp_path / "site-packages" / "goodsd" / "docgen.py"
+    monkeypatch.setattr(docgen, "__file__", str(installed))
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    copy = tmp_path / "share" / "goodsd" / "README.md"
+    copy.parent.mkdir(parents=True)
+    copy.write_text("# goodsd\n")
+    assert docgen.readme_path() == copy

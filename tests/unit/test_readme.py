@@ -1,9 +1,12 @@
 """The README and the units point only at things a reader can reach.
 
 The README is read on a checkout, on a package index and, once installed, as
-/usr/share/doc/goodsd/README.md: every link must land on a heading of its own or a file of this
-repository, and every file it names must be one the repository has. The systemd units name
-their documentation with `Documentation=`, in a form systemd accepts.
+/usr/share/doc/goodsd/README.md. A package index shows it without the repository beside it, and
+PyPI's renderer gives its headings no ids, so a link to a file or to a heading would land
+nowhere there: the README links absolute URLs only, and names its own sections in plain words
+(see "Redis keys"), each the title of one of its headings. Every file it names must be one the
+repository has. The systemd units name their documentation with `Documentation=`, in a form
+systemd accepts.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from goodsd import exits
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -31,32 +36,24 @@ def prose_and_code(text: str) -> tuple[str, list[str]]:
     return FENCE.sub("", text), FENCE.findall(text)
 
 
-def github_anchor(heading: str) -> str:
-    """The fragment GitHub (and PyPI's renderer) gives a heading: lower case, markup and
-    punctuation dropped, spaces turned into hyphens."""
-    text = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", ""))
-    return text.replace(" ", "-")
+def headings(text: str) -> set[str]:
+    """The titles of ``text``'s headings, as plain words (code spans' backticks dropped)."""
+    return {title.replace("`", "") for title in re.findall(r"^#{1,6} (.+)$", text, re.M)}
 
 
-def anchors(prose: str) -> set[str]:
-    """Every fragment a heading of ``prose`` defines."""
-    return {github_anchor(h) for h in re.findall(r"^#{1,6} (.+)$", prose, re.M)}
+def unknown_sections(text: str) -> list[str]:
+    """Sections ``text`` names in words (see "X", in "X", of "X", under "X") that are none of
+    its headings."""
+    named = re.findall(r'\b(?:see|in|of|under)\s+"([^"]+)"', text)
+    known = headings(text)
+    return [name for name in (" ".join(n.split()) for n in named) if name not in known]
 
 
-def unreachable_links(prose: str) -> list[str]:
-    """Links of ``prose`` that land nowhere: a fragment without its heading, a relative path
-    that is not a file or directory of the repository."""
-    known = anchors(prose)
-    bad = []
-    for target in LINK.findall(CODE_SPAN.sub("", prose)):
-        url = urlsplit(target)
-        if url.scheme in ("http", "https", "mailto"):
-            continue
-        if not url.path and url.fragment not in known:
-            bad.append(f"{target}: no such heading")
-        elif url.path and not in_repository(url.path):
-            bad.append(f"{target}: no such file in the repository")
-    return bad
+def links_that_do_not_travel(prose: str) -> list[str]:
+    """Links of ``prose`` that are not absolute URLs: a heading of the page (PyPI gives
+    headings no ids) or a relative path (no repository beside the README there)."""
+    links = LINK.findall(CODE_SPAN.sub("", prose))
+    return [t for t in links if urlsplit(t).scheme not in ("http", "https", "mailto")]
 
 
 def unreachable_files(prose: str, code: list[str]) -> list[str]:
@@ -90,11 +87,16 @@ def documentation_urls(unit: Path) -> list[str]:
     return [url for line in lines for url in line.split()]
 
 
-def test_every_link_of_the_readme_lands_on_a_heading_or_a_file_of_the_repository() -> None:
-    # Given the README's prose (links inside code are not links)
+def test_the_readme_links_only_absolute_urls() -> None:
+    # Given the README's prose, as PyPI and the package show it (links inside code are not
+    # links)
     prose, _ = prose_and_code(README.read_text())
-    # Then every link resolves
-    assert unreachable_links(prose) == []
+    # Then every link is an absolute URL
+    assert links_that_do_not_travel(prose) == []
+
+
+def test_every_section_the_readme_names_is_one_of_its_headings() -> None:
+    assert unknown_sections(README.read_text()) == []
 
 
 def test_the_readme_names_no_file_outside_the_repository() -> None:
@@ -105,32 +107,24 @@ def test_the_readme_names_no_file_outside_the_repository() -> None:
 
 
 def test_the_checks_catch_what_a_reader_cannot_reach() -> None:
-    # Given a README that links to a missing heading and a sibling project, and names a file
-    # that only its authors have
-    prose, code = prose_and_code(
-        "## Usage\n\nSee [usage](#usage), [security](#security) and [style](../shared/STYLE.md)."
-        "\nThe design is in `DESIGN.md`, the rules in `../shared/RULES.md`; the config is "
-        "[`config/goodsd.yaml`](config/goodsd.yaml), Debian/Ubuntu's is `/etc/redis/redis.conf`.\n"
+    # Given a README that links to a heading and a sibling project, names a section it lacks,
+    # and names a file that only its authors have
+    text = (
+        "## Usage\n\nSee [usage](#usage), [style](../shared/STYLE.md) and [the site]"
+        '(https://example.org/); see "Usage" and "Security", as in "Install".\n'
+        "The design is in `DESIGN.md`, the rules in `../shared/RULES.md`; the config is "
+        "`config/goodsd.yaml`, Debian/Ubuntu's is `/etc/redis/redis.conf`.\n"
         "```sh\ncp packaging/goodsd.service packaging/missing.service /etc/\n```\n"
     )
+    prose, code = prose_and_code(text)
     # Then exactly those are reported
-    assert unreachable_links(prose) == [
-        "#security: no such heading",
-        "../shared/STYLE.md: no such file in the repository",
-    ]
+    assert links_that_do_not_travel(prose) == ["#usage", "../shared/STYLE.md"]
+    assert unknown_sections(text) == ["Install"]
     assert unreachable_files(prose, code) == [
         "../shared/RULES.md: not in the repository",
         "packaging/missing.service: not in the repository",
         "DESIGN.md: no file of that name in the repository",
     ]
-
-
-def test_github_anchors() -> None:
-    assert github_anchor("Put items in: `goodsd push`") == "put-items-in-goodsd-push"
-    assert github_anchor("Metrics (Prometheus)") == "metrics-prometheus"
-    assert github_anchor("Stopping, reloading, and items in between") == (
-        "stopping-reloading-and-items-in-between"
-    )
 
 
 def test_every_unit_names_its_documentation_in_a_form_systemd_accepts() -> None:
@@ -150,19 +144,9 @@ def test_every_unit_names_its_documentation_in_a_form_systemd_accepts() -> None:
     assert len({tuple(documentation_urls(u)) for u in UNITS}) == 1
 
 
-def relative_links(prose: str) -> list[str]:
-    """Links of ``prose`` to a path rather than a heading or a URL: they work on a checkout
-    but land nowhere on a package index or in /usr/share/doc."""
-    links = LINK.findall(CODE_SPAN.sub("", prose))
-    return [t for t in links if urlsplit(t).path and not urlsplit(t).scheme]
-
-
-def test_the_readme_links_only_headings_and_absolute_urls() -> None:
-    # Given the README's prose, as PyPI and the package show it (without the repository)
-    prose, _ = prose_and_code(README.read_text())
-    # Then it links only its own headings and absolute URLs
-    assert relative_links(prose) == []
-    # (and the check finds a link to a file)
-    assert relative_links("See [the config](config/goodsd.yaml) and [here](#usage).") == [
-        "config/goodsd.yaml"
-    ]
+def test_the_exit_codes_table_says_what_goodsd_exits_says() -> None:
+    # Given the README's "Exit codes" table, its code spans read as plain words
+    section = README.read_text().split("\n## Exit codes\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (\d+) \| (.*) \|$", section, re.M)
+    # Then it has every code with the meaning goodsd --help and goodsd(1) give it
+    assert {int(code): meaning.replace("`", "") for code, meaning in rows} == exits.MEANINGS
