@@ -12,7 +12,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 
 from goodsd.store import Failure, InFlightLost, Registration, RetryPolicy, Settlement
-from goodsd.store.records import TAG_LEN, TAG_MARK, Delivery, deliveries
+from goodsd.store.records import NO_DELIVERIES, TAG_LEN, TAG_MARK, Batch, deliveries
 from goodsd.store.worker import failure_args
 
 SETTLED_TTL = 3600.0  # seconds a settle id is remembered, as scripts/lib/settle.lua keeps it
@@ -70,9 +70,9 @@ class MemoryConsumerStore:
         self.leases.pop(consumer, None)
         self.settled.pop(consumer, None)
 
-    def claim(self, consumer: str, batch: int, lease: float, block: float) -> list[Delivery]:
+    def claim(self, consumer: str, batch: int, lease: float, block: float) -> Batch:
         if batch <= 0:
-            return []
+            return NO_DELIVERIES
         claimed = self._claim(consumer, batch, lease)
         if claimed or block <= 0:
             return claimed
@@ -86,11 +86,11 @@ class MemoryConsumerStore:
         policy: RetryPolicy,
         claim_next: int = 0,
         lease: float = 0.0,
-    ) -> list[Delivery]:
+    ) -> Batch:
         if not settlement:
-            return self.claim(consumer, claim_next, lease, 0) if claim_next else []
+            return self.claim(consumer, claim_next, lease, 0) if claim_next else NO_DELIVERIES
         in_step = self._settle(consumer, settlement, policy)
-        claimed = self._claim(consumer, claim_next, lease) if claim_next else []
+        claimed = self._claim(consumer, claim_next, lease) if claim_next else NO_DELIVERIES
         if not in_step:
             raise InFlightLost(
                 f"the in-flight list of {consumer} no longer matches what it claimed (its lease "
@@ -98,7 +98,7 @@ class MemoryConsumerStore:
             )
         return claimed
 
-    def held(self, consumer: str) -> list[Delivery]:
+    def held(self, consumer: str) -> Batch:
         values = list(reversed(self.inflight.get(consumer, ())))
         return self._deliveries(values)
 
@@ -117,7 +117,7 @@ class MemoryConsumerStore:
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    def _claim(self, consumer: str, n: int, lease: float) -> list[Delivery]:
+    def _claim(self, consumer: str, n: int, lease: float) -> Batch:
         held = self.inflight.setdefault(consumer, deque())
         claimed: list[bytes] = []
         if n > 0:
@@ -195,7 +195,7 @@ class MemoryConsumerStore:
             return None
         return tag.decode() if tag.decode() in self.attempts else None
 
-    def _deliveries(self, values: list[bytes]) -> list[Delivery]:
+    def _deliveries(self, values: list[bytes]) -> Batch:
         retries = [i + 1 for i, value in enumerate(values) if self._retry_tag(value)]
         return deliveries(values, retries)
 

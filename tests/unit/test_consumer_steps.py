@@ -128,6 +128,37 @@ def test_slow_items_are_acked_as_they_go(store, clock):
     assert store.stats["done"] == 3 and store.held(ME) == []
 
 
+def test_done_and_failed_items_acked_as_they_go_are_each_settled_once(store, clock):
+    # Given five items: the first and third slow, the second and fourth failing
+    store.push(b"good1", b"bad2", b"good3", b"bad4", b"good5")
+    held_during_last: list[list[bytes]] = []
+    ACTIONS["good1"] = ACTIONS["good3"] = lambda: clock.advance(FLUSH_AFTER * 2)
+    ACTIONS["bad2"] = ACTIONS["bad4"] = fail
+    ACTIONS["good5"] = lambda: held_during_last.append([d.payload for d in store.held(ME)])
+    worker = started(store, clock, batch=10, retries=3)
+    # When the consumer takes a step
+    worker.loop()
+    # Then the outcomes up to the last slow item were recorded as it went (the last failure
+    # came too soon after it), and in the end every item is settled once: three done, two
+    # waiting for a retry, nothing held
+    assert held_during_last == [[b"bad4", b"good5"]]
+    assert (store.stats["done"], store.stats["failed"], store.stats["retried"]) == (3, 2, 2)
+    assert len(store.retry) == 2 and store.held(ME) == []
+    assert (worker.done_count, worker.failed_count) == (3, 2)
+
+
+def test_the_claim_with_the_acks_takes_only_what_max_items_leaves(store, clock):
+    # Given five items and a consumer that may handle three, two at a time
+    store.push(b"good1", b"good2", b"good3", b"good4", b"good5")
+    worker = started(store, clock, batch=2, max_items=3)
+    # When it steps until it stops
+    while worker.running:
+        worker.loop()
+    # Then it ran three items and claimed no more: the rest wait in the queue
+    assert HANDLED == ["good1", "good2", "good3"]
+    assert list(reversed(store.ready)) == [b"good4", b"good5"] and store.held(ME) == []
+
+
 def test_a_consumer_out_of_step_gives_back_everything_and_starts_afresh(store, clock):
     # Given two items, and a value the consumer never claimed slipped into its list meanwhile
     store.push(b"good1", b"good2")

@@ -11,7 +11,9 @@ from goodsd.store.records import (
     MAX_ERROR,
     TAG_LEN,
     TAG_MARK,
+    Batch,
     DeadRecord,
+    Delivery,
     deliveries,
     from_envelope,
     new_tag,
@@ -65,6 +67,27 @@ def test_only_the_positions_redis_marked_are_unwrapped() -> None:
         (values[1], b"good2", tag),
         (b"good3", b"good3", None),
     ]
+
+
+def test_a_batch_reads_as_the_deliveries_it_holds() -> None:
+    # Given claimed values, the second of them a retry
+    tag = new_tag()
+    values = [b"good1", tagged_value(tag, b"good2"), b"good3"]
+    first, second, third = (
+        Delivery(b"good1", b"good1", None),
+        Delivery(values[1], b"good2", tag),
+        Delivery(b"good3", b"good3", None),
+    )
+    # When they are read as a batch
+    batch = deliveries(values, [2])
+    # Then it reads as those deliveries: whole, by index, in slices, picked, joined
+    assert list(batch) == [first, second, third] and len(batch) == 3
+    assert batch[1] == second and batch[-1] == third
+    assert batch[1:] == [second, third] and batch.pick([2, 0]) == [third, first]
+    assert batch[:1] + batch[2:] == [first, third] and batch != [first, second]
+    assert Batch.of([first, second, third]) == batch
+    # And its payloads are the items inside the values
+    assert batch.payloads == [b"good1", b"good2", b"good3"]
 
 
 # --- dead records -----------------------------------------------------------------------------
