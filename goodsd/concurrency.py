@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -255,7 +254,7 @@ class ConcurrentConsumer(Consumer):
         pending, self.pending = self.pending, Pending()
         holding = [*self.in_slots.values(), *self.unstarted]
         settlement = Settlement(
-            secrets.token_hex(8),
+            next(self.settle_ids),
             tuple(pending.done),
             tuple(pending.failed),
             (*pending.cut, *release),
@@ -333,7 +332,7 @@ class ConcurrentConsumer(Consumer):
         self.unstarted.clear()
         self.record(
             Settlement(
-                secrets.token_hex(8),
+                next(self.settle_ids),
                 tuple(pending.done),
                 tuple(pending.failed),
                 (*pending.cut, *release),

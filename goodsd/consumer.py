@@ -10,6 +10,7 @@ goodsd.concurrency builds on it to run several at once.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import secrets
@@ -121,6 +122,10 @@ class Consumer:
         self.outage = Outage()  # this process's Redis outage, across all its Redis steps
         # A batch claimed together with the previous batch's acks, to run next.
         self.next_batch = NO_DELIVERIES
+        # Settle ids: each settle's own (its repeats after a lost reply keep it). A random
+        # prefix per process and a count, as a random id per settle cost a system call.
+        prefix = secrets.token_hex(8)
+        self.settle_ids = (f"{prefix}-{n}" for n in itertools.count(1))
 
     @property
     def handled(self) -> int:
@@ -278,7 +283,7 @@ class Consumer:
         wanted = self.wants_more() if claim_next else 0
         self.beat(self.clock())
         release = (*pending.cut, *release)
-        settlement = Settlement(secrets.token_hex(8), done, tuple(pending.failed), release, kept)
+        settlement = Settlement(next(self.settle_ids), done, tuple(pending.failed), release, kept)
         claimed = self.record(settlement, wanted)
         self.next_batch = NO_DELIVERIES if claimed is None else claimed
         return claimed is not None
