@@ -87,7 +87,7 @@ class BatchPending:
         """Its items done, when those up to position ``end`` (not included) ran."""
         if self.not_done:
             return self.batch.pick(p for p in range(self.first, end) if p not in self.not_done)
-        if self.first == 0 and end == len(self.batch):
+        if self.first == 0 and end == len(self.batch.values):
             return self.batch  # the usual case: all of it
         return self.batch[self.first : end]
 
@@ -165,7 +165,7 @@ class Consumer:
         """One step: claim a batch (waiting at most CLAIM_BLOCK), run it, settle it."""
         self.beat(self.clock())
         batch, self.next_batch = self.next_batch, NO_DELIVERIES
-        if not batch:
+        if not batch.values:
             want = self.wants_more()
             batch = self._until_done(
                 lambda q: q.claim(
@@ -173,7 +173,7 @@ class Consumer:
                 ),
                 retry=lambda q: q.held(self.consumer_id),
             )
-        if batch:
+        if batch.values:
             self.run_batch(batch)
         if self.cfg.max_items and self.handled >= self.cfg.max_items:
             log.info("handled %d items (max_items): exiting to be replaced", self.handled)
@@ -199,8 +199,8 @@ class Consumer:
         settled = 0
         flush_at = 0.0  # when the oldest pending outcome turns FLUSH_AFTER old
         clock, busy, run_item, guard = self.clock, self.board.busy, self.run_item, self.guard
-        values = batch.values
-        for position, payload in enumerate(batch.payloads):
+        values, payloads = batch.values, batch.payloads
+        for position, payload in enumerate(payloads):
             if not self.running:
                 self.settle(pending, position, release=batch[position:])
                 return
@@ -209,7 +209,7 @@ class Consumer:
                 flush_at = started + FLUSH_AFTER
             elif started > flush_at:
                 settled = position
-                if not self.settle(pending, position, kept=len(batch) - position):
+                if not self.settle(pending, position, kept=len(payloads) - position):
                     return  # what was left of the batch went back to the queue
                 pending = BatchPending(batch, settled)
                 flush_at = started + FLUSH_AFTER
@@ -227,7 +227,7 @@ class Consumer:
                 continue
             if guard.cloned:
                 guard.leave()
-        self.settle(pending, len(batch), claim_next=True)
+        self.settle(pending, len(payloads), claim_next=True)
 
     def wants_more(self) -> int:
         """How many items to claim along with this batch's acks (0: none)."""
@@ -279,7 +279,7 @@ class Consumer:
         Idle first: if the process dies during the settle, the item it last ran must not count
         a failed attempt."""
         done = pending.done(end)
-        self.done_count += len(done)
+        self.done_count += len(done.values)
         wanted = self.wants_more() if claim_next else 0
         self.beat(self.clock())
         release = (*pending.cut, *release)
