@@ -153,7 +153,9 @@ def fingerprint(claimed: bytes) -> int:
     slot names its item whatever order the others are settled in. It is Python's hash of the
     bytes: children are forked from the master without exec, so they share its hash secret and
     the master computes the same number. Equal values share a fingerprint, as they share
-    everything in flight: settling and requeueing take them by value too."""
+    everything in flight: settling and requeueing take them by value too. The loop of one
+    item at a time (``Consumer.run_batch``) computes it inline, to spare a call per item: a
+    change here is a change there."""
     return hash(claimed) & FINGERPRINT_BITS
 
 

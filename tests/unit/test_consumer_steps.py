@@ -15,6 +15,7 @@ from goodsd.config import Config, ConsumersConfig
 from goodsd.consumer import CLAIM_BLOCK, FLUSH_AFTER, Consumer
 from goodsd.scoreboard import Scoreboard
 from goodsd.store import DeadRecord
+from goodsd.store.records import fingerprint
 
 ME = "host-1-aa"
 HANDLED: list[str] = []  # every item the handler was called with, in order
@@ -112,6 +113,34 @@ def test_a_stop_mid_batch_gives_back_the_items_not_started(store, clock):
     assert (store.stats["done"], store.stats["requeued"]) == (2, 2)
     worker.shutdown()
     assert ME not in store.registrations
+
+
+def test_the_scoreboard_names_the_running_item_by_the_fingerprint_of_its_claimed_value(
+    store, clock
+):
+    # Given two items taken one at a time, the first failing once, so that its retry runs
+    # from its retry envelope
+    store.push(b"good1", b"good2")
+    worker = started(store, clock, batch=1, retries=3, retry_delay=5.0)
+    seen: list[tuple[tuple[int, ...], bytes]] = []  # (running fingerprints, claimed value)
+
+    def look() -> None:
+        [held] = store.held(ME)
+        seen.append((worker.board.read().running, held.claimed))
+
+    ACTIONS["good1"], ACTIONS["good2"] = fail, look
+    # When the consumer runs both, and then the retry once it is due
+    worker.loop()
+    worker.loop()
+    ACTIONS["good1"] = look
+    clock.advance(5.0)
+    worker.loop()
+    # Then while each ran, its one busy slot showed the fingerprint the master computes from
+    # the value held in flight: the item itself, and for the retry its envelope
+    assert [claimed[-5:] for _, claimed in seen] == [b"good2", b"good1"]
+    assert seen[1][1] != b"good1"
+    assert [running for running, _ in seen] == [(fingerprint(claimed),) for _, claimed in seen]
+    assert HANDLED == ["good1", "good2", "good1"] and store.held(ME) == []
 
 
 def test_slow_items_are_acked_as_they_go(store, clock):
