@@ -16,6 +16,7 @@ from support import wait_for
 from goodsd.store import (
     STAT_FIELDS,
     TAG_MARK,
+    Batch,
     ConsumerStore,
     DeadRecord,
     Failure,
@@ -128,6 +129,30 @@ def test_envelope_shaped_items_from_strangers_are_ordinary_items(h):
     forged = [TAG_MARK + b"0123456789abcdef:x", TAG_MARK + b"not-hex-at-all!!:y", TAG_MARK]
     # When they are claimed, then each is delivered whole, untagged
     assert registered_with(h, *forged) == [(value, value, None) for value in forged]
+
+
+def test_claims_and_read_backs_are_batches_of_parallel_lists(h):
+    # Given a consumer holding a retry that is due and an item pushed after it
+    claimed = registered_with(h, b"good1", b"good2")
+    failed = (Failure(claimed[0], "boom"),)
+    h.store.settle(ME, Settlement("s1", done=claimed[1:], failed=failed), RetryPolicy(2, 0.0))
+    h.push(b"good3")
+    # When it claims them, reads back what it holds, settles them claiming more than there
+    # is, and claims again
+    retried = h.store.claim(ME, 2, LEASE, 0)
+    held = h.store.held(ME)
+    following = h.store.settle(ME, Settlement("s2", done=retried), POLICY, 5, LEASE)
+    again = h.store.claim(ME, 5, LEASE, 0)
+    # Then each answer is a Batch whose lists are its deliveries' fields, empty ones too
+    assert [(d.payload, d.tag is not None) for d in retried] == [
+        (b"good1", True),
+        (b"good3", False),
+    ]
+    for batch in (retried, held, following, again):
+        assert isinstance(batch, Batch)
+        fields = [[d.claimed for d in batch], [d.payload for d in batch], [d.tag for d in batch]]
+        assert [batch.values, batch.payloads, batch.tags] == fields
+    assert held == retried and following == again == [] and h.store.held(ME) == []
 
 
 # -- settling --------------------------------------------------------------------------------
