@@ -291,10 +291,13 @@ def overdue(
     timeout: float | None,
     heartbeat_timeout: float,
     waiting_on_redis: bool = False,
+    beats_while_busy: bool = False,
 ) -> str:
     """Why ``child`` must be killed now, or "" when it is fine. A starting child that is
     waiting out a Redis outage (and heartbeats meanwhile) is no failed start: restarting it
-    would not bring Redis back."""
+    would not bring Redis back. A child that runs one item at a time heartbeats between items
+    only, so its heartbeat is judged while it is idle; one that ``beats_while_busy`` (items in
+    slots of their own, the heartbeat from its main loop) is judged always."""
     if child.state in IDLE or child.kill_reason:
         return ""
     if busy_since and timeout is not None and now - busy_since > timeout + TIMEOUT_GRACE:
@@ -305,7 +308,7 @@ def overdue(
         if now - child.started_at > START_TIMEOUT:
             return f"not ready after {START_TIMEOUT:g}s"
         return ""
-    if not busy_since and now - heartbeat > heartbeat_timeout:
+    if (beats_while_busy or not busy_since) and now - heartbeat > heartbeat_timeout:
         return f"no heartbeat for {now - heartbeat:.1f}s"
     return ""
 
@@ -317,12 +320,21 @@ def keeps_lease(
     now: float,
     timeout: float | None,
     heartbeat_timeout: float,
+    beats_while_busy: bool = False,
 ) -> bool:
     """Whether the master renews ``child``'s lease: only while it serves and ``overdue`` finds
     nothing to kill it for, so a hung child never holds its items for good."""
     if child.state not in (State.RUNNING, State.STOPPING) or not child.pid or child.kill_reason:
         return False
-    return not overdue(child, heartbeat, busy_since, now, timeout, heartbeat_timeout)
+    return not overdue(
+        child,
+        heartbeat,
+        busy_since,
+        now,
+        timeout,
+        heartbeat_timeout,
+        beats_while_busy=beats_while_busy,
+    )
 
 
 def heartbeat_timeout(lease: float) -> float:

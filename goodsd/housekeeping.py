@@ -90,18 +90,31 @@ def overdue_children(
             continue
         reading = child.board.read()
         timeout = child.config.consumers.timeout if child.role == Role.CONSUMER else None
+        heartbeat, beats_while_busy = heartbeat_of(child, reading)
         reason = overdue(
             child,
-            reading.heartbeat,
+            heartbeat,
             reading.busy_since,
             now,
             timeout,
             heartbeat_timeout(child.config.supervisor.lease),
             waiting_on_redis=waiting_on(reading.flags) is not None,
+            beats_while_busy=beats_while_busy,
         )
         if reason:
             kills.append((child, reason, overdue_items(reading, now, timeout)))
     return kills
+
+
+def heartbeat_of(child: Child, reading: Reading) -> tuple[float, bool]:
+    """The heartbeat to judge ``child`` by, and whether it beats while busy: a consumer with
+    several items in flight (``consumers.concurrency`` above 1) heartbeats from its main loop
+    whatever its slots do, so its header's heartbeat alone counts, at all times; one running
+    one item at a time beats between items, and an item's start counts as a sign of life."""
+    config = child.config
+    if child.role == Role.CONSUMER and config is not None and config.consumers.concurrency > 1:
+        return reading.beat, True
+    return reading.heartbeat, False
 
 
 def overdue_items(reading: Reading, now: float, timeout: float | None) -> tuple[int, ...]:
@@ -123,8 +136,15 @@ def lease_holders(children: Iterable[Child], now: float) -> list[tuple[Config, l
             continue
         reading = child.board.read()
         limit = heartbeat_timeout(cfg.supervisor.lease)
+        heartbeat, beats_while_busy = heartbeat_of(child, reading)
         if keeps_lease(
-            child, reading.heartbeat, reading.busy_since, now, cfg.consumers.timeout, limit
+            child,
+            heartbeat,
+            reading.busy_since,
+            now,
+            cfg.consumers.timeout,
+            limit,
+            beats_while_busy=beats_while_busy,
         ):
             live.setdefault((cfg.redis, cfg.queue), (cfg, []))[1].append(child.identity)
     return list(live.values())

@@ -91,8 +91,14 @@ def master_entry(
     children: Iterable[Child], *, host: str, pid: int, started: float, seen: float
 ) -> MasterEntry:
     """This master's entry in the masters registry: who it is (``started`` and ``seen`` are
-    wall-clock seconds) and how many of its children run, by role."""
+    wall-clock seconds), how many of its children run, by role, and how many items each of
+    its consumers runs now (from their scoreboards)."""
     children = list(children)
+    items = {
+        c.identity: len(c.board.read().running)
+        for c in children
+        if c.role == Role.CONSUMER and c.board is not None and c.identity
+    }
 
     def running(role: Role) -> int:
         return sum(1 for c in children if c.role == role and c.state is State.RUNNING)
@@ -105,6 +111,7 @@ def master_entry(
         version=__version__,
         consumers=running(Role.CONSUMER),
         producers=running(Role.PRODUCER),
+        running=items,
     )
 
 

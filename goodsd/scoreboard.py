@@ -81,6 +81,7 @@ class Reading(NamedTuple):
     given_back: int
     starts: tuple[float, ...] = ()
     items: tuple[int, ...] = ()
+    beat: float = 0.0  # the header's heartbeat alone: the child's main loop, not its slots
 
     @property
     def slots(self) -> tuple[Slot, ...]:
@@ -187,6 +188,7 @@ class Scoreboard:
             given_back,
             tuple(starts),
             tuple(items),
+            heartbeat,
         )
 
     def _read_header(self) -> tuple[float, int, int, int, int]:

@@ -55,12 +55,16 @@ def build(
     rate: dict[str, float] | None,
     now: float,
 ) -> dict[str, object]:
-    """The whole view as plain data: what --json prints and what the human view renders."""
+    """The whole view as plain data: what --json prints and what the human view renders.
+    A consumer's ``running`` (items it runs now) comes from its master's entry; None when
+    no live master reports it."""
     live = []
+    running: dict[str, int] = {}
     for master_id, entry in sorted(masters.items(), key=lambda kv: (str(kv[1].host), kv[0])):
         seen = entry.seen or 0.0
         if now - seen > LIVE_WITHIN:
             continue
+        running.update(entry.running or {})
         live.append(
             {
                 "id": master_id,
@@ -90,6 +94,7 @@ def build(
                 "host": load.host,
                 "pid": load.pid,
                 "in_flight": load.in_flight,
+                "running": running.get(load.id),
                 "lease_left_s": None if load.lease_left is None else round(load.lease_left, 1),
             }
             for load in loads
@@ -150,12 +155,13 @@ def render(view: dict[str, object]) -> str:
     if consumers:
         lines.append(f"consumers: {len(consumers)}, holding {view['in_flight']} item(s)")
         lines += table(
-            ["HOST", "PID", "ITEMS", "LEASE LEFT"],
+            ["HOST", "PID", "ITEMS", "RUNNING", "LEASE LEFT"],
             [
                 [
                     c["host"],
                     c["pid"],
                     c["in_flight"],
+                    "-" if c["running"] is None else c["running"],
                     "expired" if c["lease_left_s"] is None else span(c["lease_left_s"]),
                 ]
                 for c in consumers

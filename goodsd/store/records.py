@@ -226,6 +226,7 @@ class MasterEntry(_Record):
     version: str | None = None  # its goodsd version
     consumers: int | None = None  # its running consumers
     producers: int | None = None  # its running producers
+    running: dict[str, int] | None = None  # consumer id -> items it runs now
 
 
 @dataclass(frozen=True)
@@ -353,10 +354,23 @@ def _flag(obj: dict[str, object], name: str) -> bool:
     return obj.get(name) is True
 
 
+def _counts(obj: dict[str, object], name: str) -> dict[str, int] | None:
+    """A JSON object of counts; entries that are not a name and a whole number are left out."""
+    value = obj.get(name)
+    if not isinstance(value, dict):
+        return None
+    return {
+        key: count
+        for key, count in value.items()
+        if isinstance(count, int) and not isinstance(count, bool)
+    }
+
+
 # a record field's declared type -> how it is read from the JSON object
 _READERS: dict[str, Callable[[dict[str, object], str], object]] = {
     "str | None": _text,
     "int | None": _int,
     "float | None": _number,
     "bool": _flag,
+    "dict[str, int] | None": _counts,
 }

@@ -10,6 +10,7 @@ import os
 import signal
 
 import pytest
+from ops_cli import goodsd
 from support import wait_for
 
 # handler kind -> consumers settings (async ones get their client from an async setup)
@@ -145,6 +146,31 @@ def test_a_killed_consumer_s_running_items_all_run_again(
     assert sorted(set(handled(r))) == sorted(items)
     wait_for(lambda: nothing_held(r), 5, "nothing held")
     assert r.llen("goodsd:{q}:dead") == 0
+
+
+def test_status_shows_the_items_each_consumer_runs(r, make_config, start_daemon, notify):
+    # Given one consumer running 6 items at once, each waiting for a go, with 2 more claimed
+    config = make_config(consumers={**RELEASED["threads"], "processes": 1, "concurrency": 6})
+    daemon = start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    r.lpush("q", *[f"good{i}" for i in range(8)])
+    wait_for(lambda: r.llen("test:started") == 6, 10, "6 items running")
+    # When the operator asks for the status, once the master has reported
+    (child,) = daemon.children()
+
+    def consumers() -> list[dict[str, object]]:
+        result = goodsd(config, "status", "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)["consumers"]
+
+    wait_for(lambda: [c["running"] for c in consumers()] == [6], 10, "6 running reported")
+    # Then its one consumer holds all 8 and runs 6 of them, and the human view says so too
+    [row] = consumers()
+    assert (row["pid"], row["in_flight"], row["running"]) == (child, 8, 6)
+    table = goodsd(config, "status").stdout.split("consumers:")[1].splitlines()
+    assert table[1].split()[:4] == ["HOST", "PID", "ITEMS", "RUNNING"]
+    assert table[2].split()[1:4] == [str(child), "8", "6"]
+    r.set("test:go", 1)
 
 
 HANGS = {

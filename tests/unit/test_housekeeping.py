@@ -178,3 +178,32 @@ def test_a_failed_call_pauses_the_others_and_is_said_as_an_outage() -> None:
     now[0] += REDIS_PAUSE
     assert keeper.do("backlog", lambda: 5) == 5
     assert calls == [100.0] and keeper.outage.trouble is None
+
+
+CONCURRENT = parse(
+    "consumers: {processes: 1, handler: goodsd.handlers:noop, timeout: 10s, concurrency: 4}\n"
+    "supervisor: {lease: 60s}\n",
+    "goodsd.yaml",
+)
+
+
+def test_a_consumer_with_items_in_slots_is_judged_by_its_main_loops_heartbeat() -> None:
+    # Given two consumers with 4 slots, both running items that started recently
+    hung, fine = (consumer(i, config=CONCURRENT, board=Scoreboard(slots=4)) for i in (0, 1))
+    for child in (hung, fine):
+        child.board.busy(95.0, 7, slot=0)
+        child.board.busy(99.0, 8, slot=1)
+    # When the main loop of one stopped beating long ago, while the other's beats on
+    hung.board.write(heartbeat=10.0)
+    fine.board.write(heartbeat=99.5)
+    # Then the hung one is killed for its heartbeat, though items in its slots started lately,
+    # and blames no item (none is past its timeout); neither keeps its lease but the fine one
+    [(found, reason, blamed)] = overdue_children([hung, fine], now=100.0)
+    assert found is hung and reason == "no heartbeat for 90.0s" and blamed == ()
+    assert [ids for _, ids in lease_holders([hung, fine], now=100.0)] == [[fine.identity]]
+
+
+def test_one_item_at_a_time_is_not_judged_by_heartbeat_while_it_runs() -> None:
+    child = consumer(0)
+    child.board.write(heartbeat=10.0, busy_since=95.0, item=7)
+    assert overdue_children([child], now=100.0) == []

@@ -125,6 +125,7 @@ def test_status_data_has_self_explaining_keys_and_only_live_masters():
         "host": "web2",
         "pid": 30,
         "in_flight": 2,
+        "running": None,  # no live master reports it
         "lease_left_s": None,
     }
     assert view["producers"][0]["lock"] is True  # type: ignore[index]
@@ -150,6 +151,18 @@ def test_status_view_is_compact_and_aligned():
     assert "expired" in text  # web2's lease is gone
     assert "held" in text  # the producer holding the singleton lock
     assert "old" not in text.split("masters:")[1].split("consumers:")[0]
+
+
+def test_status_shows_items_running_per_consumer_as_its_master_reports_them():
+    # Given a live master that reports 3 items running in one of its consumers
+    live = MasterEntry(host="web1", pid=10, seen=NOW - 1, running={"web1-20-aa": 3})
+    view = _view(masters={"web1-10": live})
+    # Then that consumer shows 3 running, and one no live master reports shows none known
+    assert [c["running"] for c in view["consumers"]] == [3, None]  # type: ignore[union-attr]
+    rows = status.render(view).split("consumers:")[1].splitlines()
+    assert rows[1].split() == ["HOST", "PID", "ITEMS", "RUNNING", "LEASE", "LEFT"]
+    assert rows[2].split()[:4] == ["web1", "20", "5", "3"]
+    assert rows[3].split()[:4] == ["web2", "30", "2", "-"]
 
 
 def test_status_view_without_workers_says_so():

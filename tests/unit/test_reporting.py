@@ -76,6 +76,16 @@ def test_the_registry_entry_counts_running_children_by_role() -> None:
     assert (entry.consumers, entry.producers) == (1, 1)
 
 
+def test_the_registry_entry_says_how_many_items_each_consumer_runs() -> None:
+    busy = child(Role.CONSUMER, 0, identity="h-1-aa")
+    busy.board = Scoreboard(slots=4)
+    busy.board.busy(5.0, 11, slot=0)
+    busy.board.busy(6.0, 12, slot=3)
+    idle = child(Role.CONSUMER, 1, identity="h-2-bb")
+    entry = master_entry([busy, idle, child(Role.PRODUCER, 0)], host="h", pid=1, started=0, seen=0)
+    assert entry.running == {"h-1-aa": 2, "h-2-bb": 0}
+
+
 def test_the_metrics_snapshot_has_every_role_and_state_and_a_paused_producer() -> None:
     children = [child(Role.CONSUMER, 0), child(Role.PRODUCER, 0, flags=FLAG_PAUSED)]
     snap = metrics_snapshot(children, queue="q", overview=None, restarts=3, reload_ok=False)

@@ -115,7 +115,8 @@ def test_slots_are_independent(seed: int) -> None:
 
 def expected_reading(model: list[Slot], heartbeat: float, done: int) -> Reading:
     """What a board must read as whose slots hold ``model``: the oldest busy slot (the first
-    in slot order of equals) is its current item; the latest start counts as a heartbeat."""
+    in slot order of equals) is its current item; the latest start counts as a heartbeat, and
+    the header's heartbeat is also read alone."""
     busy = [slot for slot in model if slot.busy_since]
     oldest = min(busy, key=lambda slot: slot.busy_since, default=IDLE)
     return Reading(
@@ -127,6 +128,7 @@ def expected_reading(model: list[Slot], heartbeat: float, done: int) -> Reading:
         0,
         tuple(slot.busy_since for slot in model),
         tuple(slot.item for slot in model),
+        heartbeat,  # the header's own heartbeat
     )
 
 
