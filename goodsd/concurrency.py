@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -280,7 +279,7 @@ class ConcurrentConsumer(Consumer):
         pending, self.pending = self.pending, Pending()
         holding = [*self.in_slots.values(), *self.unstarted]
         settlement = Settlement(
-            secrets.token_hex(8),
+            next(self.settle_ids),
             tuple(pending.done),
             tuple(pending.failed),
             (*pending.cut, *release),
@@ -358,7 +357,7 @@ class ConcurrentConsumer(Consumer):
         self.unstarted.clear()
         self.record(
             Settlement(
-                secrets.token_hex(8),
+                next(self.settle_ids),
                 tuple(pending.done),
                 tuple(pending.failed),
                 (*pending.cut, *release),

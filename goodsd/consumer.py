@@ -10,6 +10,7 @@ goodsd.concurrency builds on it to run several at once.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import secrets
@@ -28,6 +29,8 @@ from goodsd.redisconn import GaveUp, Outage, until_done
 from goodsd.scoreboard import IDLE_SINCE, Scoreboard
 from goodsd.store import (
     MAX_ERROR,
+    NO_DELIVERIES,
+    Batch,
     ConsumerStore,
     Delivery,
     Failure,
@@ -37,7 +40,7 @@ from goodsd.store import (
     Settlement,
     clip,
 )
-from goodsd.store.records import fingerprint
+from goodsd.store.records import FINGERPRINT_BITS
 
 log = logging.getLogger("goodsd.consumer")
 T = TypeVar("T")
@@ -54,8 +57,9 @@ STOP_MARGIN = 1.0
 
 @dataclass
 class Pending:
-    """Outcomes of the current batch not yet written to Redis, each kind in claimed order,
-    and when the oldest of them was reached."""
+    """Outcomes not yet written to Redis, each kind in claimed order, and when the oldest of
+    them was reached (several items at a time, goodsd.concurrency; with one at a time, see
+    BatchPending)."""
 
     done: list[Delivery] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
@@ -64,6 +68,28 @@ class Pending:
 
     def __len__(self) -> int:
         return len(self.done) + len(self.failed) + len(self.cut)
+
+
+@dataclass
+class BatchPending:
+    """With one item at a time: the outcomes of the current batch not yet written to Redis,
+    those of the items of ``batch`` that ran from position ``first`` on. Each is done unless
+    it failed or was cut, so a done item costs no record: the done ones are settled as a
+    slice of the batch."""
+
+    batch: Batch
+    first: int = 0  # position in the batch of its oldest item
+    failed: list[Failure] = field(default_factory=list)
+    cut: list[Delivery] = field(default_factory=list)  # failed once a stop began: given back
+    not_done: set[int] = field(default_factory=set)  # positions of the failed and the cut
+
+    def done(self, end: int) -> Batch:
+        """Its items done, when those up to position ``end`` (not included) ran."""
+        if self.not_done:
+            return self.batch.pick(p for p in range(self.first, end) if p not in self.not_done)
+        if self.first == 0 and end == len(self.batch.values):
+            return self.batch  # the usual case: all of it
+        return self.batch[self.first : end]
 
 
 class Consumer:
@@ -95,7 +121,11 @@ class Consumer:
         self.event_loop = EventLoop(self.cfg.timeout)  # for async handlers and setups
         self.outage = Outage()  # this process's Redis outage, across all its Redis steps
         # A batch claimed together with the previous batch's acks, to run next.
-        self.next_batch: list[Delivery] = []
+        self.next_batch = NO_DELIVERIES
+        # Settle ids: each settle's own (its repeats after a lost reply keep it). A random
+        # prefix per process and a count, as a random id per settle cost a system call.
+        prefix = secrets.token_hex(8)
+        self.settle_ids = (f"{prefix}-{n}" for n in itertools.count(1))
 
     @property
     def handled(self) -> int:
@@ -134,8 +164,8 @@ class Consumer:
     def loop(self) -> None:
         """One step: claim a batch (waiting at most CLAIM_BLOCK), run it, settle it."""
         self.beat(self.clock())
-        batch, self.next_batch = self.next_batch, []
-        if not batch:
+        batch, self.next_batch = self.next_batch, NO_DELIVERIES
+        if not batch.values:
             want = self.wants_more()
             batch = self._until_done(
                 lambda q: q.claim(
@@ -143,7 +173,7 @@ class Consumer:
                 ),
                 retry=lambda q: q.held(self.consumer_id),
             )
-        if batch:
+        if batch.values:
             self.run_batch(batch)
         if self.cfg.max_items and self.handled >= self.cfg.max_items:
             log.info("handled %d items (max_items): exiting to be replaced", self.handled)
@@ -152,49 +182,55 @@ class Consumer:
     def shutdown(self) -> None:
         """Give back a batch claimed but not started, then leave the registry."""
         if self.next_batch:
-            self.settle(Pending(), release=self.next_batch)
-            self.next_batch = []
+            self.settle(BatchPending(self.next_batch), 0, release=self.next_batch)
+            self.next_batch = NO_DELIVERIES
         self._until_done(lambda q: q.deregister(self.consumer_id))
         self.event_loop.close()
 
     # -- one batch ----------------------------------------------------------------------
 
-    def run_batch(self, batch: list[Delivery]) -> None:
+    def run_batch(self, batch: Batch) -> None:
         """Run the items oldest first; ack slow ones as they go, fast ones once per batch.
         This is the hot loop: attribute lookups are hoisted, a handler that returns costs no
-        further call, and the scoreboard write per item is the three fields that change."""
+        further call and no record (see BatchPending), and the scoreboard write per item is
+        the three fields that change."""
         assert self.run_item is not None
-        pending = Pending()
+        pending = BatchPending(batch)
         settled = 0
+        flush_at = 0.0  # when the oldest pending outcome turns FLUSH_AFTER old
         clock, busy, run_item, guard = self.clock, self.board.busy, self.run_item, self.guard
-        for position, delivery in enumerate(batch):
+        values, payloads = batch.values, batch.payloads
+        # The busy slot names the item by records.fingerprint of its claimed value, computed
+        # inline: the function call cost a third as much again as the hash and mask themselves.
+        bits = FINGERPRINT_BITS
+        for position, payload in enumerate(payloads):
             if not self.running:
-                self.settle(pending, release=batch[position:])
+                self.settle(pending, position, release=batch[position:])
                 return
             started = clock()
             if position == settled:  # nothing pending: this outcome will be the oldest
-                pending.since = started
-            elif started - pending.since > FLUSH_AFTER:
+                flush_at = started + FLUSH_AFTER
+            elif started > flush_at:
                 settled = position
-                if not self.settle(pending, kept=len(batch) - position):
+                if not self.settle(pending, position, kept=len(payloads) - position):
                     return  # what was left of the batch went back to the queue
-                pending = Pending(since=started)
-            busy(started, fingerprint(delivery.claimed))
+                pending = BatchPending(batch, settled)
+                flush_at = started + FLUSH_AFTER
+            busy(started, hash(values[position]) & bits)
             try:
-                run_item(delivery.payload)
+                run_item(payload)
             except Exception as exc:
                 if guard.cloned:
                     guard.leave()
+                pending.not_done.add(position)
                 if self.running or isinstance(exc, runner.MalformedItem):
-                    pending.failed.append(self.failure(delivery, exc))
+                    pending.failed.append(self.failure(batch[position], exc))
                 else:  # the stop may be what failed it (see stop_cut)
-                    pending.cut.append(self.stop_cut(delivery, exc))
+                    pending.cut.append(self.stop_cut(batch[position], exc))
                 continue
             if guard.cloned:
                 guard.leave()
-            self.done_count += 1
-            pending.done.append(delivery)
-        self.settle(pending, claim_next=self.wants_more())
+        self.settle(pending, len(payloads), claim_next=True)
 
     def wants_more(self) -> int:
         """How many items to claim along with this batch's acks (0: none)."""
@@ -230,30 +266,34 @@ class Consumer:
 
     def settle(
         self,
-        pending: Pending,
+        pending: BatchPending,
+        end: int,
         release: Sequence[Delivery] = (),
-        claim_next: int = 0,
+        claim_next: bool = False,
         kept: int = 0,
     ) -> bool:
-        """Write outcomes, give back ``release`` (and maybe claim the next batch) in one round
-        trip (``record``); ``kept`` items of the batch stay held (not run yet). Returns False
-        when Redis's in-flight list no longer matched ours: everything held went back to the
-        queue and the batch is abandoned.
+        """Write the outcomes of ``pending``'s items, those up to position ``end`` (not
+        included) having run, give back ``release`` (and with ``claim_next``, claim the next
+        batch: as many items as ``wants_more`` says once these are counted) in one round trip
+        (``record``); ``kept`` items of the batch stay held (not run yet). Returns False when
+        Redis's in-flight list no longer matched ours: everything held went back to the queue
+        and the batch is abandoned.
 
         Idle first: if the process dies during the settle, the item it last ran must not count
         a failed attempt."""
+        done = pending.done(end)
+        self.done_count += len(done.values)
+        wanted = self.wants_more() if claim_next else 0
         self.beat(self.clock())
         release = (*pending.cut, *release)
-        settlement = Settlement(
-            secrets.token_hex(8), tuple(pending.done), tuple(pending.failed), release, kept
-        )
-        claimed = self.record(settlement, claim_next)
-        self.next_batch = claimed or []
+        settlement = Settlement(next(self.settle_ids), done, tuple(pending.failed), release, kept)
+        claimed = self.record(settlement, wanted)
+        self.next_batch = NO_DELIVERIES if claimed is None else claimed
         return claimed is not None
 
     def record(
         self, settlement: Settlement, claim_next: int = 0, holding: Collection[Delivery] = ()
-    ) -> list[Delivery] | None:
+    ) -> Batch | None:
         """Write ``settlement`` and claim up to ``claim_next`` items, in one round trip;
         returns what the claim took. ``holding``: the deliveries the consumer goes on holding
         (``settlement.kept`` of them), if it knows them. After a lost reply the settle is
@@ -266,12 +306,12 @@ class Consumer:
         already done here may run again) and this returns None."""
         lease = self.config.supervisor.lease
 
-        def attempt(q: ConsumerStore, claim: int) -> list[Delivery]:
+        def attempt(q: ConsumerStore, claim: int) -> Batch:
             return q.settle(self.consumer_id, settlement, self.policy, claim, lease)
 
-        def resync(q: ConsumerStore) -> list[Delivery]:
+        def resync(q: ConsumerStore) -> Batch:
             attempt(q, 0)
-            return without(q.held(self.consumer_id), holding) if claim_next else []
+            return without(q.held(self.consumer_id), holding) if claim_next else NO_DELIVERIES
 
         # Finished items would run again if this settle never reached Redis: on a stop during
         # an outage, keep trying for most of the graceful timeout (the master kills at its end).
@@ -324,7 +364,7 @@ class Consumer:
         )
 
 
-def without(held: list[Delivery], holding: Collection[Delivery]) -> list[Delivery]:
+def without(held: Batch, holding: Collection[Delivery]) -> Batch:
     """``held`` less one delivery equal to each of ``holding`` (equal values are
     interchangeable in flight), in ``held``'s order."""
     if not holding:
@@ -336,7 +376,7 @@ def without(held: list[Delivery], holding: Collection[Delivery]) -> list[Deliver
             left[delivery] -= 1
         else:
             rest.append(delivery)
-    return rest
+    return Batch.of(rest)
 
 
 def run(consumer: Consumer) -> int:

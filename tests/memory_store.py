@@ -12,7 +12,15 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 
 from goodsd.store import Failure, InFlightLost, Registration, RetryPolicy, Settlement
-from goodsd.store.records import TAG_LEN, TAG_MARK, Delivery, deliveries, new_tag, tagged_value
+from goodsd.store.records import (
+    NO_DELIVERIES,
+    TAG_LEN,
+    TAG_MARK,
+    Batch,
+    deliveries,
+    new_tag,
+    tagged_value,
+)
 from goodsd.store.worker import failure_args
 
 SETTLED_TTL = 3600.0  # seconds a settle id is remembered, as scripts/lib/settle.lua keeps it
@@ -71,9 +79,9 @@ class MemoryConsumerStore:
         self.leases.pop(consumer, None)
         self.settled.pop(consumer, None)
 
-    def claim(self, consumer: str, batch: int, lease: float, block: float) -> list[Delivery]:
+    def claim(self, consumer: str, batch: int, lease: float, block: float) -> Batch:
         if batch <= 0:
-            return []
+            return NO_DELIVERIES
         claimed = self._claim(consumer, batch, lease)
         if claimed or block <= 0:
             return claimed
@@ -87,11 +95,11 @@ class MemoryConsumerStore:
         policy: RetryPolicy,
         claim_next: int = 0,
         lease: float = 0.0,
-    ) -> list[Delivery]:
+    ) -> Batch:
         if not settlement:
-            return self.claim(consumer, claim_next, lease, 0) if claim_next else []
+            return self.claim(consumer, claim_next, lease, 0) if claim_next else NO_DELIVERIES
         in_step = self._settle(consumer, settlement, policy)
-        claimed = self._claim(consumer, claim_next, lease) if claim_next else []
+        claimed = self._claim(consumer, claim_next, lease) if claim_next else NO_DELIVERIES
         if not in_step:
             raise InFlightLost(
                 f"the in-flight list of {consumer} no longer matches what it claimed (its lease "
@@ -99,7 +107,7 @@ class MemoryConsumerStore:
             )
         return claimed
 
-    def held(self, consumer: str) -> list[Delivery]:
+    def held(self, consumer: str) -> Batch:
         values = list(reversed(self.inflight.get(consumer, ())))
         return self._deliveries(values)
 
@@ -142,7 +150,7 @@ class MemoryConsumerStore:
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    def _claim(self, consumer: str, n: int, lease: float) -> list[Delivery]:
+    def _claim(self, consumer: str, n: int, lease: float) -> Batch:
         held = self.inflight.setdefault(consumer, deque())
         claimed: list[bytes] = []
         if n > 0:
@@ -222,7 +230,7 @@ class MemoryConsumerStore:
             return None
         return tag.decode() if tag.decode() in self.attempts else None
 
-    def _deliveries(self, values: list[bytes]) -> list[Delivery]:
+    def _deliveries(self, values: list[bytes]) -> Batch:
         retries = []
         for i, value in enumerate(values):
             if tag := self._retry_tag(value):

@@ -8,8 +8,10 @@ does), ``views`` (operator views and actions); under them ``keys`` (every key na
 from goodsd.store.keys import STAT_FIELDS, QueueKeys
 from goodsd.store.records import (
     MAX_ERROR,
+    NO_DELIVERIES,
     TAG_LEN,
     TAG_MARK,
+    Batch,
     DeadRecord,
     Delivery,
     MasterEntry,
@@ -35,10 +37,12 @@ from goodsd.store.worker import (
 __all__ = [
     "MAX_ERROR",
     "NOT_HOLDER",
+    "NO_DELIVERIES",
     "PUSHED",
     "STAT_FIELDS",
     "TAG_LEN",
     "TAG_MARK",
+    "Batch",
     "ConsumerLoad",
     "ConsumerStore",
     "DeadRecord",

@@ -9,6 +9,7 @@ record for status views.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -17,7 +18,9 @@ import redis
 from goodsd.store import scripts
 from goodsd.store.keys import QueueKeys
 from goodsd.store.records import (
+    NO_DELIVERIES,
     TAG_MARK,
+    Batch,
     DeadRecord,
     Delivery,
     ProducerRecord,
@@ -72,12 +75,14 @@ class Settlement:
     (unstarted) go back to be taken next, oldest first. Each group is in claimed order.
     ``kept`` is how many other deliveries the consumer goes on holding: Redis must hold
     exactly those and the ones named, or nothing is settled (InFlightLost). ``settle_id``
-    names it, so that recording it again (after a lost reply) changes nothing."""
+    names it, so that recording it again (after a lost reply) changes nothing. ``done`` is
+    best a Batch (with one item at a time, a slice of what the consumer claimed): its values
+    and tags then go to Redis as they are, without a look at each delivery."""
 
     settle_id: str
-    done: tuple[Delivery, ...] = ()
+    done: Sequence[Delivery] = ()
     failed: tuple[Failure, ...] = ()
-    given_back: tuple[Delivery, ...] = ()
+    given_back: Sequence[Delivery] = ()
     kept: int = 0
 
     def __len__(self) -> int:
@@ -99,7 +104,7 @@ class ConsumerStore(Protocol):
     def deregister(self, consumer: str) -> None:
         """A clean exit: its in-flight list is already empty."""
 
-    def claim(self, consumer: str, batch: int, lease: float, block: float) -> list[Delivery]:
+    def claim(self, consumer: str, batch: int, lease: float, block: float) -> Batch:
         """Up to ``batch`` items, oldest first (due retries before the backlog), waiting up to
         ``block`` seconds while there are none; renews the lease."""
 
@@ -110,12 +115,12 @@ class ConsumerStore(Protocol):
         policy: RetryPolicy,
         claim_next: int = 0,
         lease: float = 0.0,
-    ) -> list[Delivery]:
+    ) -> Batch:
         """Record ``settlement`` (InFlightLost, changing nothing, when the store no longer
         holds what the consumer does), then claim up to ``claim_next`` items without waiting;
         returns them."""
 
-    def held(self, consumer: str) -> list[Delivery]:
+    def held(self, consumer: str) -> Batch:
         """What the consumer holds, oldest first."""
 
     def give_back_all(self, consumer: str) -> int:
@@ -169,12 +174,12 @@ class RedisConsumerStore:
     def _claim_args(self, consumer: str, n: int, lease: float) -> list[object]:
         return [n, ms(lease), consumer, self._registrations.get(consumer, "")]
 
-    def claim(self, consumer: str, batch: int, lease: float, block: float) -> list[Delivery]:
+    def claim(self, consumer: str, batch: int, lease: float, block: float) -> Batch:
         """Claim up to ``batch`` items, oldest first. Non-blocking first (one round trip when
         the queue has items); on an empty queue, BLMOVE waits up to ``block`` seconds and the
         rest of the batch is claimed in the same pipeline, so a pick-up costs one round trip."""
         if batch <= 0:
-            return []
+            return NO_DELIVERIES
         keys, args = self._keys_of(consumer), self._claim_args(consumer, batch, lease)
         values, retries = self._claim(keys=keys, args=args)
         if values or block <= 0:
@@ -188,7 +193,7 @@ class RedisConsumerStore:
             return deliveries(more, retries)
         if first[:1] == TAG_MARK[:1]:  # rare: let Redis judge it, like every claimed value
             return self.held(consumer)
-        return [Delivery(first, first, None), *deliveries(more, retries)]
+        return Batch([first]) + deliveries(more, retries)
 
     # -- settling -----------------------------------------------------------------------
 
@@ -199,7 +204,7 @@ class RedisConsumerStore:
         policy: RetryPolicy,
         claim_next: int = 0,
         lease: float = 0.0,
-    ) -> list[Delivery]:
+    ) -> Batch:
         """Record ``settlement`` (see scripts/lib/settle.lua) in one round trip; failures are
         retried by ``policy``. Safe to repeat with the same settlement. Raises InFlightLost,
         having changed nothing, when Redis no longer holds what the consumer does: every
@@ -210,7 +215,7 @@ class RedisConsumerStore:
         are returned.
         """
         if not settlement:
-            return self.claim(consumer, claim_next, lease, 0) if claim_next else []
+            return self.claim(consumer, claim_next, lease, 0) if claim_next else NO_DELIVERIES
         claim = self._claim_args(consumer, claim_next, lease) if claim_next else ["", "", "", ""]
         keys = self._keys_of(consumer)
         args = claim + settlement_args(settlement, policy, consumer, time.time())
@@ -223,9 +228,9 @@ class RedisConsumerStore:
                 f"the in-flight list of {consumer} no longer matches what it claimed (its lease "
                 "lapsed, or Redis lost recent writes)"
             )
-        return deliveries(*reply[1]) if claim_next else []
+        return deliveries(*reply[1]) if claim_next else NO_DELIVERIES
 
-    def held(self, consumer: str) -> list[Delivery]:
+    def held(self, consumer: str) -> Batch:
         """What the consumer holds in flight, oldest first: after a lost reply this is the
         truth about what a claim took."""
         return deliveries(*self._held(keys=self._keys_of(consumer)))
@@ -240,12 +245,14 @@ def settlement_args(
     settlement: Settlement, policy: RetryPolicy, consumer: str, at: float
 ) -> list[object]:
     """How scripts/lib/settle.lua takes a settlement (its failures dying ``at``)."""
-    tags = [delivery.tag for delivery in settlement.done if delivery.tag]
+    done = settlement.done
+    batch = done if isinstance(done, Batch) else None  # its lists go as they are
+    tags = list(filter(None, batch.tags)) if batch is not None else [d.tag for d in done if d.tag]
     args: list[object] = [settlement.settle_id, settlement.kept]
     args += [policy.retries, int(policy.delay * 1000)]
-    args += [len(settlement.done), len(tags), len(settlement.failed), len(settlement.given_back)]
+    args += [len(done), len(tags), len(settlement.failed), len(settlement.given_back)]
     if settlement.kept:  # else the whole list goes: the done values need not travel
-        args += [delivery.claimed for delivery in settlement.done]
+        args += batch.values if batch is not None else [d.claimed for d in done]
     args += tags
     for failure in settlement.failed:
         args += failure_args(failure, consumer, at)

@@ -145,6 +145,27 @@ def test_a_claim_judges_envelope_shapes_by_what_redis_holds(r):
     assert [d.claimed for d in queue.held("c1")] == [*items, live]
 
 
+def test_a_claim_of_due_retries_and_ready_items_tags_each_at_its_place(r):
+    # Given a due retry, and in the ready list a copy of another live envelope between items
+    queue = RedisConsumerStore(r, "q")
+    queue.register("c1", Registration(host="h", pid=1), 30)
+    r.lpush("q", b"due", b"later")
+    due, later = queue.claim("c1", 2, 30, 0)
+    queue.settle("c1", Settlement("s1", failed=(Failure(due, "boom"),), kept=1), RetryPolicy(3, 0))
+    queue.settle("c1", Settlement("s2", failed=(Failure(later, "boom"),)), RetryPolicy(3, 60))
+    [later_envelope] = r.zrange("goodsd:{q}:retry", -1, -1)  # due last, in a minute
+    r.lpush("q", b"good1", later_envelope, b"good2")
+    # When one claim takes the due retry and then the ready items
+    claimed = queue.claim("c1", 4, 30, 0)
+    # Then each retry is tagged at its own place, and the items around them are untagged
+    assert [(d.payload, d.tag is not None) for d in claimed] == [
+        (b"due", True),
+        (b"good1", False),
+        (b"later", True),
+        (b"good2", False),
+    ]
+
+
 def test_a_blocking_claim_judges_its_first_item_too(r, redis_server):
     # Given an idle consumer blocked on an empty queue
     queue = RedisConsumerStore(r, "q")

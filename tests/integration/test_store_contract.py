@@ -16,6 +16,7 @@ from support import wait_for
 from goodsd.store import (
     STAT_FIELDS,
     TAG_MARK,
+    Batch,
     ConsumerStore,
     DeadRecord,
     Failure,
@@ -27,7 +28,7 @@ from goodsd.store import (
     Upkeep,
     Views,
 )
-from goodsd.store.records import ENVELOPE_HEAD, fingerprint
+from goodsd.store.records import ENVELOPE_HEAD, Delivery, Suspect, fingerprint
 
 POLICY = RetryPolicy(retries=2, delay=60.0)
 LEASE = 30.0
@@ -139,6 +140,30 @@ def test_envelope_shaped_items_from_strangers_are_ordinary_items(h):
     forged = [TAG_MARK + b"0123456789abcdef:x", TAG_MARK + b"not-hex-at-all!!:y", TAG_MARK]
     # When they are claimed, then each is delivered whole, untagged
     assert registered_with(h, *forged) == [(value, value, None) for value in forged]
+
+
+def test_claims_and_read_backs_are_batches_of_parallel_lists(h):
+    # Given a consumer holding a retry that is due and an item pushed after it
+    claimed = registered_with(h, b"good1", b"good2")
+    failed = (Failure(claimed[0], "boom"),)
+    h.store.settle(ME, Settlement("s1", done=claimed[1:], failed=failed), RetryPolicy(2, 0.0))
+    h.push(b"good3")
+    # When it claims them, reads back what it holds, settles them claiming more than there
+    # is, and claims again
+    retried = h.store.claim(ME, 2, LEASE, 0)
+    held = h.store.held(ME)
+    following = h.store.settle(ME, Settlement("s2", done=retried), POLICY, 5, LEASE)
+    again = h.store.claim(ME, 5, LEASE, 0)
+    # Then each answer is a Batch whose lists are its deliveries' fields, empty ones too
+    assert [(d.payload, d.tag is not None) for d in retried] == [
+        (b"good1", True),
+        (b"good3", False),
+    ]
+    for batch in (retried, held, following, again):
+        assert isinstance(batch, Batch)
+        fields = [[d.claimed for d in batch], [d.payload for d in batch], [d.tag for d in batch]]
+        assert [batch.values, batch.payloads, batch.tags] == fields
+    assert held == retried and following == again == [] and h.store.held(ME) == []
 
 
 # -- settling --------------------------------------------------------------------------------
@@ -340,6 +365,44 @@ def test_a_suspect_loses_its_mark_when_done_or_failed_and_keeps_it_when_given_ba
     assert h.attempts() == {failed.tag: 1, back.tag: 0}
     claimed = {d.payload: d.suspect for d in h.store.claim(ME, 3, LEASE, 0)}
     assert claimed == {back.payload: True, failed.payload: False}
+
+
+def test_a_claim_holding_a_suspect_is_a_batch_with_that_delivery_a_suspect(h):
+    # Given a consumer that failed one item, then died running another beside a third: one
+    # retry and one suspect wait in the retry set, the third is back in the ready list
+    claimed = registered_with(h, b"good1", b"good2", b"good3")
+    failed = (Failure(claimed[0], "boom"),)
+    h.store.settle(ME, Settlement("s1", failed=failed, kept=2), RetryPolicy(2, 0))
+    assert h.requeue_suspects(ME, [b"good2"]) == 2
+    [suspect_tag] = h.suspects()
+    # When it claims them with two items pushed after, and reads back what it holds
+    h.push(b"good4", b"good5")
+    batch = h.store.claim(ME, 5, LEASE, 0)
+    held = h.store.held(ME)
+    # Then the claim is a Batch: the due retries first (the suspect among them), then the
+    # ready items
+    assert isinstance(batch, Batch)
+    assert sorted(batch.payloads[:2]) == [b"good1", b"good2"]
+    assert batch.payloads[2:] == [b"good3", b"good4", b"good5"]
+    # And the delivery at the suspect's index, and there only, is a Suspect, its payload and
+    # tag right, however it is reached; the retry beside it is a plain tagged delivery
+    at = batch.payloads.index(b"good2")
+    for deliveries in (batch, held):
+        assert [type(d) for d in deliveries] == [Suspect if i == at else Delivery for i in range(5)]
+        assert [type(deliveries[i]) for i in range(-5, 5)] == [
+            Suspect if i % 5 == at else Delivery for i in range(-5, 5)
+        ]
+        suspect = deliveries[at]
+        assert suspect.suspect and suspect.payload == b"good2" and suspect.tag == suspect_tag
+        assert suspect.claimed.endswith(b":good2") and suspect.claimed[:1] == TAG_MARK[:1]
+        retry = deliveries[1 - at]
+        assert (retry.payload, retry.tag is not None, retry.suspect) == (b"good1", True, False)
+        assert h.attempts() == {retry.tag: 1, suspect_tag: 0}
+        # And the plain items beside it are whole and untagged
+        assert list(deliveries)[2:] == [
+            (item, item, None) for item in (b"good3", b"good4", b"good5")
+        ]
+    assert held == batch
 
 
 # -- requeues by a master (Redis only) -------------------------------------------------------

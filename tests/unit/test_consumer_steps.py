@@ -15,6 +15,7 @@ from goodsd.config import Config, ConsumersConfig
 from goodsd.consumer import CLAIM_BLOCK, FLUSH_AFTER, Consumer
 from goodsd.scoreboard import Scoreboard
 from goodsd.store import DeadRecord
+from goodsd.store.records import fingerprint
 
 ME = "host-1-aa"
 HANDLED: list[str] = []  # every item the handler was called with, in order
@@ -114,6 +115,34 @@ def test_a_stop_mid_batch_gives_back_the_items_not_started(store, clock):
     assert ME not in store.registrations
 
 
+def test_the_scoreboard_names_the_running_item_by_the_fingerprint_of_its_claimed_value(
+    store, clock
+):
+    # Given two items taken one at a time, the first failing once, so that its retry runs
+    # from its retry envelope
+    store.push(b"good1", b"good2")
+    worker = started(store, clock, batch=1, retries=3, retry_delay=5.0)
+    seen: list[tuple[tuple[int, ...], bytes]] = []  # (running fingerprints, claimed value)
+
+    def look() -> None:
+        [held] = store.held(ME)
+        seen.append((worker.board.read().running, held.claimed))
+
+    ACTIONS["good1"], ACTIONS["good2"] = fail, look
+    # When the consumer runs both, and then the retry once it is due
+    worker.loop()
+    worker.loop()
+    ACTIONS["good1"] = look
+    clock.advance(5.0)
+    worker.loop()
+    # Then while each ran, its one busy slot showed the fingerprint the master computes from
+    # the value held in flight: the item itself, and for the retry its envelope
+    assert [claimed[-5:] for _, claimed in seen] == [b"good2", b"good1"]
+    assert seen[1][1] != b"good1"
+    assert [running for running, _ in seen] == [(fingerprint(claimed),) for _, claimed in seen]
+    assert HANDLED == ["good1", "good2", "good1"] and store.held(ME) == []
+
+
 def test_slow_items_are_acked_as_they_go(store, clock):
     # Given three items that take longer than FLUSH_AFTER each
     store.push(b"good1", b"good2", b"good3")
@@ -126,6 +155,37 @@ def test_slow_items_are_acked_as_they_go(store, clock):
     # Then by the time the last one runs, the first two are done and no longer held
     assert held_during_last == [[b"good3"]]
     assert store.stats["done"] == 3 and store.held(ME) == []
+
+
+def test_done_and_failed_items_acked_as_they_go_are_each_settled_once(store, clock):
+    # Given five items: the first and third slow, the second and fourth failing
+    store.push(b"good1", b"bad2", b"good3", b"bad4", b"good5")
+    held_during_last: list[list[bytes]] = []
+    ACTIONS["good1"] = ACTIONS["good3"] = lambda: clock.advance(FLUSH_AFTER * 2)
+    ACTIONS["bad2"] = ACTIONS["bad4"] = fail
+    ACTIONS["good5"] = lambda: held_during_last.append([d.payload for d in store.held(ME)])
+    worker = started(store, clock, batch=10, retries=3)
+    # When the consumer takes a step
+    worker.loop()
+    # Then the outcomes up to the last slow item were recorded as it went (the last failure
+    # came too soon after it), and in the end every item is settled once: three done, two
+    # waiting for a retry, nothing held
+    assert held_during_last == [[b"bad4", b"good5"]]
+    assert (store.stats["done"], store.stats["failed"], store.stats["retried"]) == (3, 2, 2)
+    assert len(store.retry) == 2 and store.held(ME) == []
+    assert (worker.done_count, worker.failed_count) == (3, 2)
+
+
+def test_the_claim_with_the_acks_takes_only_what_max_items_leaves(store, clock):
+    # Given five items and a consumer that may handle three, two at a time
+    store.push(b"good1", b"good2", b"good3", b"good4", b"good5")
+    worker = started(store, clock, batch=2, max_items=3)
+    # When it steps until it stops
+    while worker.running:
+        worker.loop()
+    # Then it ran three items and claimed no more: the rest wait in the queue
+    assert HANDLED == ["good1", "good2", "good3"]
+    assert list(reversed(store.ready)) == [b"good4", b"good5"] and store.held(ME) == []
 
 
 def test_a_consumer_out_of_step_gives_back_everything_and_starts_afresh(store, clock):

@@ -11,7 +11,10 @@ from goodsd.store.records import (
     MAX_ERROR,
     TAG_LEN,
     TAG_MARK,
+    Batch,
     DeadRecord,
+    Delivery,
+    Suspect,
     deliveries,
     from_envelope,
     new_tag,
@@ -65,6 +68,47 @@ def test_only_the_positions_redis_marked_are_unwrapped() -> None:
         (values[1], b"good2", tag),
         (b"good3", b"good3", None),
     ]
+
+
+def test_a_batch_reads_as_the_deliveries_it_holds() -> None:
+    # Given claimed values, the second of them a retry
+    tag = new_tag()
+    values = [b"good1", tagged_value(tag, b"good2"), b"good3"]
+    first, second, third = (
+        Delivery(b"good1", b"good1", None),
+        Delivery(values[1], b"good2", tag),
+        Delivery(b"good3", b"good3", None),
+    )
+    # When they are read as a batch
+    batch = deliveries(values, [2])
+    # Then it reads as those deliveries: whole, by index, in slices, picked, joined
+    assert list(batch) == [first, second, third] and len(batch) == 3
+    assert batch[1] == second and batch[-1] == third
+    assert batch[1:] == [second, third] and batch.pick([2, 0]) == [third, first]
+    assert batch[:1] + batch[2:] == [first, third] and batch != [first, second]
+    assert Batch.of([first, second, third]) == batch
+    # And its payloads are the items inside the values
+    assert batch.payloads == [b"good1", b"good2", b"good3"]
+
+
+def test_a_batch_keeps_its_suspects_however_it_is_cut_or_joined() -> None:
+    # Given claimed values, the second a retry and the third a suspect (negative position)
+    retry_tag, suspect_tag = new_tag(), new_tag()
+    values = [b"good1", tagged_value(retry_tag, b"good2"), tagged_value(suspect_tag, b"good3")]
+    batch = deliveries([*values, b"good4"], [2, -3])
+    # Then the suspect is a Suspect with its own payload and tag, the others are not
+    assert [type(d) for d in batch] == [Delivery, Delivery, Suspect, Delivery]
+    assert batch[2] == (values[2], b"good3", suspect_tag) and batch[-2].suspect
+    assert batch.payloads == [b"good1", b"good2", b"good3", b"good4"]
+    assert batch.tags == [None, retry_tag, suspect_tag, None]
+    # And it stays one in slices, picks, joins and batches made of deliveries
+    assert [d.suspect for d in batch[1:]] == [False, True, False]
+    assert [d.suspect for d in batch[::-1]] == [False, True, False, False]
+    assert [d.suspect for d in batch.pick([3, 2, 0])] == [False, True, False]
+    assert [d.suspect for d in batch[2:] + batch[:2]] == [True, False, False, False]
+    assert [d.suspect for d in batch[:2] + batch[2:]] == [False, False, True, False]
+    assert [d.suspect for d in Batch.of(reversed(list(batch)))] == [False, True, False, False]
+    assert not deliveries(values, [2]).suspects
 
 
 # --- dead records -----------------------------------------------------------------------------

@@ -27,10 +27,14 @@ local function claim(K, n, lease_ms, consumer, registration)
       for first = 1, #fresh, 1000 do
         redis.call('LPUSH', K.inflight, unpack(fresh, first, math.min(first + 999, #fresh)))
       end
-      for _, value in ipairs(fresh) do
-        claimed[#claimed + 1] = value
+      -- without due retries (the usual claim) the popped values are the claim itself: a copy
+      -- into claimed would cost Redis a table insert per item
+      local before = #claimed
+      if before == 0 then claimed = fresh end
+      for i, value in ipairs(fresh) do
+        if before > 0 then claimed[before + i] = value end
         local tag = string.byte(value, 1) == 30 and retry_tag(K.attempts, value)
-        if tag then retries[#retries + 1] = retry_position(K, tag, #claimed) end
+        if tag then retries[#retries + 1] = retry_position(K, tag, before + i) end
       end
     end
   end
