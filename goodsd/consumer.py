@@ -15,7 +15,6 @@ import logging
 import os
 import secrets
 import time
-from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -40,7 +39,7 @@ from goodsd.store import (
     Settlement,
     clip,
 )
-from goodsd.store.records import FINGERPRINT_BITS
+from goodsd.store.records import FINGERPRINT_BITS, without
 
 log = logging.getLogger("goodsd.consumer")
 T = TypeVar("T")
@@ -311,7 +310,7 @@ class Consumer:
 
         def resync(q: ConsumerStore) -> Batch:
             attempt(q, 0)
-            return without(q.held(self.consumer_id), holding) if claim_next else NO_DELIVERIES
+            return held_besides(q.held(self.consumer_id), holding) if claim_next else NO_DELIVERIES
 
         # Finished items would run again if this settle never reached Redis: on a stop during
         # an outage, keep trying for most of the graceful timeout (the master kills at its end).
@@ -364,19 +363,9 @@ class Consumer:
         )
 
 
-def without(held: Batch, holding: Collection[Delivery]) -> Batch:
-    """``held`` less one delivery equal to each of ``holding`` (equal values are
-    interchangeable in flight), in ``held``'s order."""
-    if not holding:
-        return held
-    left = Counter(holding)
-    rest = []
-    for delivery in held:
-        if left[delivery] > 0:
-            left[delivery] -= 1
-        else:
-            rest.append(delivery)
-    return Batch.of(rest)
+def held_besides(held: Batch, holding: Collection[Delivery]) -> Batch:
+    """``held`` less one delivery equal to each of ``holding``, in ``held``'s order."""
+    return Batch.of(without(held, holding)) if holding else held
 
 
 def run(consumer: Consumer) -> int:

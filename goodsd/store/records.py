@@ -28,7 +28,8 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple, Self, TypeVar, overload
 
@@ -423,3 +424,16 @@ _READERS: dict[str, Callable[[dict[str, object], str], object]] = {
     "bool": _flag,
     "dict[str, int] | None": _counts,
 }
+
+
+def without(held: Sequence[Delivery], taken: Collection[Delivery]) -> list[Delivery]:
+    """``held`` less one delivery equal to each of ``taken`` (equal deliveries are
+    interchangeable in flight), in ``held``'s order."""
+    left = Counter(taken)
+    rest = []
+    for delivery in held:
+        if left[delivery] > 0:
+            left[delivery] -= 1
+        else:
+            rest.append(delivery)
+    return rest

@@ -19,6 +19,7 @@ from goodsd.store.records import (
     fingerprint,
     new_tag,
     tagged_value,
+    without,
 )
 from goodsd.store.views import Views
 from goodsd.store.worker import Failure, RetryPolicy, failure_args, ms
@@ -78,7 +79,7 @@ class Upkeep:
         if running or suspects:
             held = deliveries(*self._held(keys=keys))
             blamed = named_by(held, running)
-            marked = named_by(without_taken(held, blamed), suspects)
+            marked = named_by(without(held, blamed), suspects)
         args.append(len(blamed))
         now = time.time()
         for delivery in blamed:
@@ -120,18 +121,6 @@ class Upkeep:
 
     def forget_master(self, master: str) -> None:
         self.client.hdel(self.keys.masters, master)
-
-
-def without_taken(held: Sequence[Delivery], taken: Sequence[Delivery]) -> list[Delivery]:
-    """``held`` less one delivery equal to each of ``taken``, in ``held``'s order."""
-    left = Counter(taken)
-    rest = []
-    for delivery in held:
-        if left[delivery] > 0:
-            left[delivery] -= 1
-        else:
-            rest.append(delivery)
-    return rest
 
 
 def named_by(held: Sequence[Delivery], fingerprints: Sequence[int]) -> list[Delivery]:
