@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import redis
 
@@ -240,7 +241,20 @@ def free_tcp_port(*, bus: bool = False) -> int:
         return port
 
 
-class LocalCluster:
+class _Group:
+    """Several servers started together: ``with`` starts them all, and a start that fails
+    half way stops what it started. Each subclass has its own ``start`` and ``__exit__``."""
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()  # type: ignore[attr-defined]
+        except BaseException:
+            self.__exit__(None, None, None)  # type: ignore[attr-defined]
+            raise
+        return self
+
+
+class LocalCluster(_Group):
     """A Redis Cluster of private redis-servers on 127.0.0.1, one primary per node (no
     replicas), the slots split evenly, in one temp dir; used as a context manager."""
 
@@ -254,14 +268,6 @@ class LocalCluster:
     def url(self) -> str:
         """A redis+cluster:// URL naming every node."""
         return "redis+cluster://" + ",".join(f"127.0.0.1:{n.tcp_port}" for n in self.nodes)
-
-    def __enter__(self) -> LocalCluster:
-        try:
-            self.start()
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
 
     def __exit__(self, *exc_info: object) -> None:
         for node in self.nodes:
@@ -351,7 +357,7 @@ class LocalCluster:
                 client.flushall()
 
 
-class LocalSentinels:
+class LocalSentinels(_Group):
     """A primary, its replicas and the sentinels that watch them, private redis-servers on
     127.0.0.1 in one temp dir; used as a context manager. ``url`` is goodsd's
     redis+sentinel:// URL for them. Replication starts at once (diskless, no delay) and the
@@ -380,14 +386,6 @@ class LocalSentinels:
     def url(self) -> str:
         hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
         return f"redis+sentinel://{hosts}/{self.service}"
-
-    def __enter__(self) -> LocalSentinels:
-        try:
-            self.start()
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
 
     def __exit__(self, *exc_info: object) -> None:
         for process in self._sentinels:
