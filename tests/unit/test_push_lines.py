@@ -115,8 +115,8 @@ def test_a_long_line_takes_time_linear_in_its_length():
 
     # When each is split
     short, long = best_time(line(40)), best_time(line(160))
-    # Then 4 times the line takes about 4 times as long (not 16), and well under seconds
-    assert long < 3.0, f"160 MiB line: {long:.2f}s"
+    # Then 4 times the line takes about 4 times as long, not 16 (a ratio of two runs on the
+    # same machine: an absolute bound would judge the machine's load, not the code)
     assert long < 8 * short, f"40 MiB: {short:.3f}s, 160 MiB: {long:.3f}s"
 
 
