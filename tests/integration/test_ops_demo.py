@@ -52,9 +52,10 @@ def test_demo_runs_and_cleans_up(tmp_path):
             result = goodsd(config, "status", "--json")
             view = json.loads(result.stdout) if result.returncode == 0 else None
             ok = view and view["totals"]["done"] > 0 and view["totals"]["failed"] > 0
-            return view if ok else None
+            # (the demo feeds items before its master is ready: a consumer may still be starting)
+            return view if ok and len(view["consumers"]) == 4 else None
 
-        view = wait_for(working, 20, "items done and failures")
+        view = wait_for(working, 20, "items done and failures, four consumers up")
         # Then a master with four consumers works the queue, some items fail and are retried,
         # and the other commands work against the demo's Redis
         assert len(view["masters"]) == 1
