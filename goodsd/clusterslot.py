@@ -24,6 +24,8 @@ import redis
 from redis.connection import Connection, SSLConnection
 from redis.crc import key_slot
 
+from goodsd.inturn import failed_to_back, within_budget
+
 
 class SlotNotServed(redis.ConnectionError):
     """No node of the cluster answered for the slot, or none serves it right now."""
@@ -62,13 +64,15 @@ class SlotOwner:
 
     def find(self) -> tuple[str, int]:
         """The node serving the slot: the one last learnt, else looked up in the cluster, querying
-        each node named in the URL, then each primary seen before. Raises SlotNotServed,
-        NotACluster, or the login's refusal (redis.AuthenticationError)."""
+        the nodes named in the URL, then the primaries seen before, in turn within
+        goodsd.inturn's budget (nodes that failed are queried last next time). Raises
+        SlotNotServed, NotACluster, or the login's refusal (redis.AuthenticationError)."""
         with self.lock:
             if self.address is not None:
                 return self.address
-            failures = []
-            for node in dict.fromkeys([*self.seeds, *self.known]):
+            nodes = list(dict.fromkeys([*self.seeds, *self.known]))
+            failures, failed = [], []
+            for node in within_budget(nodes):
                 try:
                     self.address = self._query(node)
                     return self.address
@@ -76,6 +80,11 @@ class SlotOwner:
                     if isinstance(exc, redis.AuthenticationError):
                         raise
                     failures.append(f"{node[0]}:{node[1]}: {exc}")
+                    failed.append(node)
+            self.seeds = failed_to_back(self.seeds, failed)
+            self.known = failed_to_back(self.known, failed)
+            if len(failed) < len(nodes):
+                failures.append(f"{len(nodes) - len(failed)} more not queried this time")
             raise SlotNotServed(
                 f"no cluster node told who serves slot {self.slot} ({'; '.join(failures)})"
             )

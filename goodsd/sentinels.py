@@ -23,6 +23,7 @@ from redis.sentinel import (
     SentinelManagedSSLConnection,
 )
 
+from goodsd.inturn import failed_to_back, within_budget
 from goodsd.replycode import reply_code
 
 
@@ -34,40 +35,47 @@ class Sentinels(Sentinel):
     """The sentinels of one URL."""
 
     def discover_master(self, service_name: str) -> tuple[str, int]:
-        """The address of the primary the first sentinel that knows it names. Raises
-        MasterNotFoundError (an outage: the sentinels are away, or have no primary by that
-        name yet), redis.AuthenticationError when every sentinel that answered refused the
-        login, NotASentinel when none answered as a sentinel."""
+        """The address of the primary the first sentinel that knows it names, asking sentinels
+        in turn within goodsd.inturn's budget: the one that answers is asked first next time,
+        those that failed last. Raises MasterNotFoundError (an outage: the sentinels asked are
+        away, or have no primary by that name yet), redis.AuthenticationError when every
+        sentinel that answered refused the login, NotASentinel when none answered as a
+        sentinel."""
         failures: list[str] = []
-        refusals: list[Exception] = []
-        strangers = 0
-        for number, sentinel in enumerate(self.sentinels):
+        failed: list[redis.Redis] = []
+        refusals = strangers = unreachable = 0
+        for sentinel in within_budget(list(self.sentinels)):
             where = "{host}:{port}".format_map(sentinel.connection_pool.connection_kwargs)
+            failed.append(sentinel)
             try:
                 masters = sentinel.sentinel_masters()
             except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
-                refusals.append(exc)
+                refusals += 1
                 failures.append(f"{where}: {exc}")
                 continue
             except (redis.ConnectionError, redis.TimeoutError) as exc:
+                unreachable += 1
                 failures.append(f"{where}: {exc}")
                 continue
             except redis.ResponseError as exc:
                 if str(exc).startswith("NOPERM"):
-                    refusals.append(exc)
+                    refusals += 1
                 else:  # "unknown command 'SENTINEL'": a data node, not a sentinel
                     strangers += 1
                 failures.append(f"{where}: {exc}")
                 continue
             state = masters.get(service_name)
             if state and self.check_master_state(state, service_name):
-                # ask this one first next time
-                self.sentinels[0], self.sentinels[number] = sentinel, self.sentinels[0]
+                self.sentinels.remove(sentinel)
+                self.sentinels.insert(0, sentinel)
                 return state["ip"], state["port"]
             failures.append(f"{where}: no primary named {service_name!r} that is up")
+        self.sentinels[:] = failed_to_back(self.sentinels, failed)
+        if len(failed) < len(self.sentinels):
+            failures.append(f"{len(self.sentinels) - len(failed)} more not asked this time")
         detail = "; ".join(failures)
-        answered = len(self.sentinels) - (len(failures) - len(refusals) - strangers)
-        if refusals and len(refusals) + strangers == answered:
+        answered = len(failed) - unreachable
+        if refusals and refusals + strangers == answered:
             raise redis.AuthenticationError(f"sentinel refused goodsd's login ({detail})")
         if strangers and strangers == answered:
             raise NotASentinel(f"no host of the URL answered as a sentinel ({detail})")

@@ -5,12 +5,16 @@ running, READY=1 follows and STATUS= says why. New children that keep crashing r
 from __future__ import annotations
 
 import re
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from support import wait_for
 from test_reload import reload
+
+from goodsd.redisurl import MAX_NODES
 
 
 def deep_queue(config: Path) -> None:
@@ -64,6 +68,49 @@ def test_a_reload_that_fails_in_any_way_keeps_the_old_config(
     assert daemon.proc.poll() is None and daemon.children() == before
     daemon.wait_log(r"reload rejected")
     # And the old config keeps serving
+    r.lpush("q", "after")
+    wait_for(lambda: r.lrange("test:handled", 0, -1) == [b"after"], 10, "the item handled")
+
+
+@pytest.fixture
+def silent_ports() -> Iterator[list[int]]:
+    """As many TCP ports on 127.0.0.1 as a URL may name, each taking connections (the kernel
+    completes them) and never answering, as a stopped or cut-off Redis would."""
+    listeners = []
+    try:
+        for _ in range(MAX_NODES):
+            listener = socket.socket()
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(16)
+            listeners.append(listener)
+        yield [listener.getsockname()[1] for listener in listeners]
+    finally:
+        for listener in listeners:
+            listener.close()
+
+
+@pytest.mark.parametrize("form", ["redis+sentinel", "redis+cluster"])
+def test_a_reload_to_hosts_that_never_answer_is_refused_without_holding_the_master(
+    form, silent_ports, r, make_config, start_daemon, notify
+):
+    # Given a running pool
+    config = make_config(consumers={"handler": "sample_handlers:record"})
+    daemon = start_daemon(config, notify=notify)
+    notify.wait("READY", "1")
+    before = daemon.children()
+    # When the new config names 64 hosts that take connections and never answer (asked one
+    # after another, they would hold the master's loop for 64 timeouts of 2 s: over two
+    # minutes, four times systemd's watchdog)
+    hosts = ",".join(f"127.0.0.1:{port}" for port in silent_ports)
+    data = yaml.safe_load(config.read_text())
+    data["redis"]["url"] = f"{form}://{hosts}" + ("/goods" if form == "redis+sentinel" else "")
+    config.write_text(yaml.safe_dump(data))
+    ready = reload(daemon, notify)
+    # Then the reload is refused within reload()'s 20 s, saying that Redis could not be
+    # checked and how many hosts were left for a later try
+    assert re.search(r"last reload failed: .* cannot be checked: .*more not", ready["STATUS"])
+    # And the master lives on with the same children, serving
+    assert daemon.proc.poll() is None and daemon.children() == before
     r.lpush("q", "after")
     wait_for(lambda: r.lrange("test:handled", 0, -1) == [b"after"], 10, "the item handled")
 
