@@ -21,7 +21,7 @@ from goodsd.store.records import (
     new_tag,
     tagged_value,
 )
-from goodsd.store.worker import failure_args
+from goodsd.store.worker import MIN_BLOCK, failure_args
 
 SETTLED_TTL = 3600.0  # seconds a settle id is remembered, as scripts/lib/settle.lua keeps it
 
@@ -85,6 +85,9 @@ class MemoryConsumerStore:
         claimed = self._claim(consumer, batch, lease)
         if claimed or block <= 0:
             return claimed
+        if self.retry:  # the wait ends when the earliest retry is due, if that is sooner
+            due_in = (min(self.retry.values()) - self._now_ms()) / 1000
+            block = min(block, max(due_in, MIN_BLOCK))
         self.sleep(block)  # BLMOVE times out: nobody pushes while this thread waits
         return self._claim(consumer, batch - 1, lease)
 

@@ -37,6 +37,8 @@ PUSHED_MARKER_TTL_MS = 3_600_000
 WAKE_TTL_MS = 10_000
 # Results of the push script.
 PUSHED, FULL, NOT_HOLDER = 1, 0, -1
+# The shortest wait of a blocking claim, in seconds: BLMOVE's timeout of 0 means "forever".
+MIN_BLOCK = 0.001
 
 
 class PushResult(NamedTuple):
@@ -176,19 +178,23 @@ class RedisConsumerStore:
 
     def claim(self, consumer: str, batch: int, lease: float, block: float) -> Batch:
         """Claim up to ``batch`` items, oldest first. Non-blocking first (one round trip when
-        the queue has items); on an empty queue, BLMOVE waits up to ``block`` seconds and the
-        rest of the batch is claimed in the same pipeline, so a pick-up costs one round trip."""
+        the queue has items); on an empty queue, BLMOVE waits up to ``block`` seconds, or until
+        the earliest retry is due if that is sooner (a retry never enters the ready list, so
+        BLMOVE cannot see it), and the rest of the batch is claimed in the same pipeline, so a
+        pick-up costs one round trip."""
         if batch <= 0:
             return NO_DELIVERIES
         keys, args = self._keys_of(consumer), self._claim_args(consumer, batch, lease)
-        values, retries = self._claim(keys=keys, args=args)
+        values, retries, *due = self._claim(keys=keys, args=args)
         if values or block <= 0:
             return deliveries(values, retries)
+        if due and due[0] >= 0:  # (a timeout of 0 would make BLMOVE wait forever)
+            block = min(block, max(due[0] / 1000, MIN_BLOCK))
         pipe = self.client.pipeline(transaction=False)
         pipe.blmove(self.keys.ready, self.keys.inflight(consumer), block, "RIGHT", "LEFT")
         args[0] = batch - 1
         scripts.in_pipeline(pipe, self._claim, keys, args)
-        first, (more, retries) = scripts.execute(self.client, pipe, self._pipelined)
+        first, (more, retries, *_) = scripts.execute(self.client, pipe, self._pipelined)
         if first is None:
             return deliveries(more, retries)
         if first[:1] == TAG_MARK[:1]:  # rare: let Redis judge it, like every claimed value

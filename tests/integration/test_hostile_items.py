@@ -193,15 +193,19 @@ def test_a_blocking_claim_judges_its_first_item_too(r, redis_server):
 
 @pytest.mark.parametrize("pushed", [[b"b1"], [b"b1", b"b2"]])
 def test_a_retry_that_falls_due_during_a_blocking_claim_is_delivered_whole(r, redis_server, pushed):
-    # Given a failed item waiting for its retry, and a consumer blocked on an empty queue
+    # Given a consumer blocked on an empty queue with no retry waiting, and another consumer
+    # holding an item
     queue = RedisConsumerStore(r, "q")
     queue.register("c1", Registration(host="h", pid=1), 30)
+    other = RedisConsumerStore(redis_server.client(), "q")
+    other.register("c2", Registration(host="h", pid=2), 30)
     r.lpush("q", b"a")
-    [first] = queue.claim("c1", 1, 30, 0)
-    queue.settle("c1", Settlement("s1", failed=(Failure(first, "boom"),)), RetryPolicy(3, 0.3))
+    [first] = other.claim("c2", 1, 30, 0)
 
-    def push_when_due() -> None:
-        pusher = redis_server.client()
+    def fail_then_push_when_due() -> None:
+        pusher = other.client
+        wait_for(lambda: any(c["cmd"] == "blmove" for c in pusher.client_list()), 5, "c1 blocked")
+        other.settle("c2", Settlement("s1", failed=(Failure(first, "boom"),)), RetryPolicy(3, 0.3))
         wait_for(
             lambda: pusher.zrangebyscore("goodsd:{q}:retry", "-inf", pusher.time()[0] * 1000),
             5,
@@ -210,8 +214,8 @@ def test_a_retry_that_falls_due_during_a_blocking_claim_is_delivered_whole(r, re
         pusher.lpush("q", *pushed)
         pusher.close()
 
-    # When items arrive after the retry fell due, while it waits
-    thread = threading.Thread(target=push_when_due)
+    # When the other's item fails while the claim waits, and items arrive once its retry is due
+    thread = threading.Thread(target=fail_then_push_when_due)
     thread.start()
     claimed = queue.claim("c1", 10, 30, 5)
     thread.join()

@@ -5,6 +5,7 @@ so the two cannot drift apart. Requeues by a master (Upkeep) is checked on Redis
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -51,6 +52,7 @@ class Harness:
     registered: Callable[[], set[str]]
     slip_in: Callable[[str, bytes], None]  # an unclaimed value at the oldest end of a list
     pass_time: Callable[[float], None]
+    now: Callable[[], float]  # seconds, the clock the store waits by
     # a master requeues a gone consumer's items, marking suspect the values named
     requeue_suspects: Callable[[str, list[bytes]], int]
     suspects: Callable[[], dict[str, str]]  # tag -> the consumer that died with it
@@ -69,6 +71,7 @@ def on_redis(r: redis.Redis) -> Harness:
         registered=lambda: set(views.registered()),
         slip_in=lambda consumer, value: r.rpush(views.keys.inflight(consumer), value) and None,
         pass_time=lambda seconds: None,
+        now=time.monotonic,
         requeue_suspects=lambda consumer, values: Upkeep(r, "q").requeue(
             consumer, suspects=[fingerprint(value) for value in values]
         ),
@@ -92,6 +95,7 @@ def in_memory() -> Harness:
         registered=lambda: set(store.registrations),
         slip_in=lambda consumer, value: store.inflight[consumer].append(value),
         pass_time=clock.advance,
+        now=clock,
         requeue_suspects=store.requeue_suspects,
         suspects=lambda: dict(store.suspects),
     )
@@ -223,6 +227,18 @@ def test_a_failed_item_waits_for_its_delay_and_comes_back_tagged(h):
     # And once done, its attempts are forgotten
     h.store.settle(ME, Settlement("s2", done=(again,)), POLICY)
     assert h.attempts() == {} and h.retry_waiting() == []
+
+
+def test_a_claim_waiting_on_an_empty_queue_ends_when_a_retry_falls_due(h):
+    # Given an empty queue and one failed item, to be retried after 0.3 s
+    [first] = registered_with(h, b"good1")
+    h.store.settle(ME, Settlement("s1", failed=(Failure(first, "boom"),)), RetryPolicy(2, 0.3))
+    # When a consumer claims one item, willing to wait up to 10 s for it
+    started = h.now()
+    [again] = wait_for(lambda: h.store.claim(ME, 1, LEASE, 10.0), 20, "the retry claimed")
+    # Then its wait ended once the retry was due (not at the 10 s), and it took the retry
+    assert h.now() - started < 10.0
+    assert again.payload == b"good1" and again.tag in h.attempts()
 
 
 def test_an_item_out_of_retries_or_malformed_goes_to_the_dead_list(h):
