@@ -169,7 +169,7 @@ class MemoryConsumerStore:
         self.leases[consumer] = self.clock() + lease
         if consumer in self._put_back:
             self.registrations.setdefault(consumer, self._put_back[consumer])
-        self._count("claimed", len(held))
+        self._count("claimed", len(claimed))
         return self._deliveries(claimed)
 
     def _settle(self, consumer: str, settlement: Settlement, policy: RetryPolicy) -> bool:

@@ -193,6 +193,7 @@ class RedisConsumerStore:
         pipe = self.client.pipeline(transaction=False)
         pipe.blmove(self.keys.ready, self.keys.inflight(consumer), block, "RIGHT", "LEFT")
         args[0] = batch - 1
+        args.append("1")  # after_block: count what BLMOVE took too
         scripts.in_pipeline(pipe, self._claim, keys, args)
         first, (more, retries, *_) = scripts.execute(self.client, pipe, self._pipelined)
         if first is None:

@@ -79,6 +79,8 @@ def test_ten_thousand_items_finish_out_of_order_each_once(
     assert daemon.stop() == 0
     assert nothing_held(r)
     assert int(r.hget("goodsd:{q}:stats", "done")) == len(items)
+    # (each claimed once, however many its consumer held when it claimed)
+    assert int(r.hget("goodsd:{q}:stats", "claimed")) == len(items)
     assert "Traceback" not in daemon.log()
 
 
@@ -104,6 +106,7 @@ def test_commands_run_many_at_once_each_item_once(r, tmp_path, make_config, star
     assert daemon.stop() == 0
     assert nothing_held(r)
     assert int(r.hget("goodsd:{q}:stats", "done")) == len(items)
+    assert int(r.hget("goodsd:{q}:stats", "claimed")) == len(items)
 
 
 def test_retries_and_the_dead_list_work_as_one_at_a_time(r, make_config, start_daemon, notify):

@@ -305,6 +305,18 @@ def test_a_settle_claims_the_next_batch_in_the_same_call(h):
     assert h.store.held(ME) == following
 
 
+def test_claimed_counts_each_item_once_however_many_are_held(h):
+    # Given a consumer holding three items (as one running several at once does)
+    claimed = registered_with(h, b"good1", b"good2", b"good3")
+    h.push(b"good4", b"good5", b"good6")
+    # When it settles one, keeping two, and claims more with the same call, then without one
+    more = h.store.settle(ME, Settlement("s1", done=claimed[:1], kept=2), POLICY, 2, LEASE)
+    more += h.store.claim(ME, 1, LEASE, 0)
+    # Then each item claimed counted once: the ones still held are not counted again
+    assert len(more) == 3 and len(h.store.held(ME)) == 5
+    assert h.stats()["claimed"] == 6
+
+
 def test_giving_back_everything_forgets_the_consumer_until_its_next_claim(h):
     claimed = registered_with(h, b"good1", b"good2")
     assert h.store.give_back_all(ME) == 2

@@ -10,4 +10,4 @@
 local K = consumer_keys(KEYS)
 local settled = settle(K, ARGV, 5)
 if ARGV[1] == '' then return {settled} end
-return {settled, claim(K, tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4])}
+return {settled, claim(K, tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], false)}

@@ -1,15 +1,15 @@
--- claim(K, n, lease_ms, consumer, registration): moves up to n more items into the in-flight
--- list, each to the left of what is already held (as LMOVE RIGHT LEFT would): first due
--- retries, straight from the retry set (they run before the backlog, and never pass through the
--- ready list), then the oldest ready items. Stamps the lease and puts the registration back
+-- claim(K, n, lease_ms, consumer, registration, after_block): moves up to n more items into the
+-- in-flight list, each to the left of what is already held (as LMOVE RIGHT LEFT would): first
+-- due retries, straight from the retry set (they run before the backlog, and never pass through
+-- the ready list), then the oldest ready items. Stamps the lease and puts the registration back
 -- ('' = none) if a lease check removed it (a live consumer whose lease ran out, e.g. in a long Redis
--- outage, must stay visible to a requeue); counts every item now in flight as claimed (in-flight
--- is empty before every claim, so its length is exactly this claim, including an item BLMOVE
--- took just before).
+-- outage, must stay visible to a requeue). Counts as claimed the items it moved, and with
+-- after_block also the item a BLMOVE may have moved just before (a consumer blocks only while
+-- it holds nothing, so that is whatever is in flight beyond this claim's own).
 -- One RPOP with a count and one LPUSH instead of an LMOVE per item: same effect, far cheaper.
 -- Returns {values in claimed order, positions (1-based) of the retry envelopes among them,
 -- negative for suspects}.
-local function claim(K, n, lease_ms, consumer, registration)
+local function claim(K, n, lease_ms, consumer, registration, after_block)
   local claimed, retries = {}, {}
   if n > 0 then
     local due = redis.call('ZRANGEBYSCORE', K.retry, '-inf', now, 'LIMIT', 0, n)
@@ -40,6 +40,6 @@ local function claim(K, n, lease_ms, consumer, registration)
   end
   redis.call('SET', K.lease, consumer, 'PX', lease_ms)
   if registration ~= '' then redis.call('HSETNX', K.consumers, consumer, registration) end
-  count(K, 'claimed', redis.call('LLEN', K.inflight))
+  count(K, 'claimed', after_block and redis.call('LLEN', K.inflight) or #claimed)
   return {claimed, retries}
 end
