@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -255,11 +256,21 @@ class _Group:
 
 
 class LocalCluster(_Group):
-    """A Redis Cluster of private redis-servers on 127.0.0.1, one primary per node (no
-    replicas), the slots split evenly, in one temp dir; used as a context manager."""
+    """A Redis Cluster of private redis-servers on 127.0.0.1 in one temp dir, the slots split
+    evenly among ``primaries`` nodes, each with ``replicas`` replicas of its own; used as a
+    context manager. ``nodes`` holds the primaries first, then the replicas (those of the first
+    primary, then of the second...), as they started: a failover changes who is what, which
+    ``serving`` and ``replicas_of`` ask the cluster.
 
-    def __init__(self, nodes: int = 3, *, settings: tuple[str, ...] = ()) -> None:
-        self.size = nodes
+    Without replicas, a node is taken for failed after 2 s (``cluster-node-timeout``). With
+    them, replication starts at once (diskless, no delay) and a node is taken for failed after
+    1 s, so a replica takes over from a dead primary within a few seconds."""
+
+    def __init__(
+        self, primaries: int = 3, *, replicas: int = 0, settings: tuple[str, ...] = ()
+    ) -> None:
+        self.size = primaries
+        self.replicas = replicas  # of each primary
         self.settings = settings  # more redis-server arguments for every node
         self.directory = tempfile.mkdtemp(prefix="goodsd-cluster-", dir="/tmp")
         self.nodes: list[LocalRedis] = []
@@ -269,29 +280,50 @@ class LocalCluster(_Group):
         """A redis+cluster:// URL naming every node."""
         return "redis+cluster://" + ",".join(f"127.0.0.1:{n.tcp_port}" for n in self.nodes)
 
+    @property
+    def running(self) -> list[LocalRedis]:
+        """The nodes whose process runs (a test may have killed some)."""
+        return [node for node in self.nodes if node.pid is not None]
+
     def __exit__(self, *exc_info: object) -> None:
         for node in self.nodes:
             node.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def start(self, timeout: float = 20.0) -> None:
-        """Start the nodes, give each its share of the slots, introduce them to each other,
-        and return once every node sees every slot served (``cluster_state:ok``)."""
-        for number in range(self.size):
+        """Start the nodes, give each primary its share of the slots, introduce them all to
+        each other, make the replicas follow their primaries, and return once every node sees
+        every slot served (``cluster_state:ok``) and every replica is in sync."""
+        for number in range(self.size * (1 + self.replicas)):
             self.nodes.append(self._start_node(number))
+        primaries = self.nodes[: self.size]
         share = CLUSTER_SLOTS // self.size
-        for number, node in enumerate(self.nodes):
+        for number, node in enumerate(primaries):
             last = CLUSTER_SLOTS - 1 if number == self.size - 1 else (number + 1) * share - 1
             with node.client() as client:
                 client.execute_command("CLUSTER", "ADDSLOTSRANGE", number * share, last)
         with self.nodes[0].client() as first:
             for node in self.nodes[1:]:
                 first.execute_command("CLUSTER", "MEET", "127.0.0.1", node.tcp_port)
+        if self.replicas:
+            # CLUSTER REPLICATE needs the primary's id known to the replica, by gossip
+            self._wait(timeout, "every node to know every other", self._all_known)
+            for number, replica in enumerate(self.nodes[self.size :]):
+                primary_id = self.node_id(primaries[number // self.replicas])
+                with replica.client() as client:
+                    client.execute_command("CLUSTER", "REPLICATE", primary_id)
         self.wait_until_settled(timeout)
 
     def _start_node(self, number: int) -> LocalRedis:
         directory = os.path.join(self.directory, str(number))
         os.mkdir(directory)
+        if self.replicas:
+            timeout = "1000"
+            replication: tuple[str, ...] = (
+                "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0",
+            )  # fmt: skip
+        else:
+            timeout, replication = "2000", ()
         for _ in range(20):  # a port taken meanwhile by someone else: try another
             node = LocalRedis(
                 directory,
@@ -299,7 +331,8 @@ class LocalCluster(_Group):
                 settings=(
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", "nodes.conf",
-                    "--cluster-node-timeout", "2000",
+                    "--cluster-node-timeout", timeout,
+                    *replication,
                     *self.settings,
                 ),
             )  # fmt: skip
@@ -310,40 +343,89 @@ class LocalCluster(_Group):
             return node
         raise RuntimeError(f"no free ports for cluster node {number}")
 
-    def slots_seen(self) -> list[dict[int, int]]:
-        """For each node: slot range start -> port of the node serving it, as that node
-        sees the cluster."""
-        seen = []
+    def kill(self, node: LocalRedis, timeout: float = 5.0) -> None:
+        """``node`` dies at once (SIGKILL), as in a crash; return once it is gone, so that
+        ``running`` leaves it out."""
+        assert node.pid is not None, "the node is not running"
+        os.kill(node.pid, signal.SIGKILL)
+        self._wait(timeout, "the killed node to be gone", lambda: node.pid is None)
+
+    def _all_known(self) -> bool:
+        """Whether every node knows every other (met directly or by gossip)."""
         for node in self.nodes:
+            with node.client() as client:
+                info = client.execute_command("CLUSTER", "INFO").decode()
+            if f"cluster_known_nodes:{len(self.nodes)}" not in info:
+                return False
+        return True
+
+    def _wait(self, timeout: float, what: str, done: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
+            time.sleep(0.05)
+
+    def slots_seen(self) -> list[dict[int, int]]:
+        """For each running node: slot range start -> port of the node serving it, as that
+        node sees the cluster."""
+        seen = []
+        for node in self.running:
             with node.client() as client:
                 ranges = client.execute_command("CLUSTER", "SLOTS")
             seen.append({int(r[0]): int(r[2][1]) for r in ranges})
         return seen
 
+    def replication_seen(self) -> list[dict[int, int]]:
+        """For each running node: replica port -> port of its primary, as that node sees the
+        cluster (nodes it takes for failed left out)."""
+        seen = []
+        for node in self.running:
+            with node.client() as client:
+                text = client.execute_command("CLUSTER", "NODES").decode()
+            ports, following = {}, {}
+            for line in text.splitlines():
+                node_id, address, flags, primary_id = line.split()[:4]
+                ports[node_id] = _port_of(address)
+                if "slave" in flags.split(",") and "fail" not in flags.split(","):
+                    following[node_id] = primary_id
+            seen.append({ports[r]: ports[p] for r, p in following.items() if p in ports})
+        return seen
+
     def wait_until_settled(self, timeout: float = 20.0) -> None:
-        """Return once every node reports ``cluster_state:ok`` and all agree on who serves
-        which slots; raise otherwise."""
-        deadline = time.monotonic() + timeout
-        while True:
-            states = []
-            for node in self.nodes:
-                with node.client() as client:
-                    states.append(client.execute_command("CLUSTER", "INFO"))
-            ok = all(b"cluster_state:ok" in state for state in states)
-            if ok:
-                seen = self.slots_seen()
-                if all(view == seen[0] for view in seen):
-                    return
-            if time.monotonic() >= deadline:
-                raise RuntimeError(f"cluster not settled within {timeout:g}s")
-            time.sleep(0.05)
+        """Return once every running node reports ``cluster_state:ok``, all agree on who
+        serves which slots and on who replicates whom, and every running replica is in sync
+        with its primary; raise RuntimeError otherwise."""
+        self._wait(timeout, "the cluster to settle", self._settled)
+
+    def _settled(self) -> bool:
+        for node in self.running:
+            with node.client() as client:
+                if b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+                    return False
+                replication = client.info("replication")
+            if replication["role"] == "slave" and replication["master_link_status"] != "up":
+                return False
+        slots, replication = self.slots_seen(), self.replication_seen()
+        return all(view == slots[0] for view in slots) and all(
+            view == replication[0] for view in replication
+        )
 
     def serving(self, queue: str) -> LocalRedis:
-        """The node that serves ``queue``'s slot."""
+        """The node that serves ``queue``'s slot, as the first running node sees it."""
         slot = queue_slot(queue)
-        with self.nodes[0].client() as client:
+        with self.running[0].client() as client:
             ranges = client.execute_command("CLUSTER", "SLOTS")
         port = next(int(r[2][1]) for r in ranges if int(r[0]) <= slot <= int(r[1]))
+        return self._node_at(port)
+
+    def replicas_of(self, primary: LocalRedis) -> list[LocalRedis]:
+        """The nodes that replicate ``primary``, as the cluster sees it now."""
+        with primary.client() as client:
+            lines = client.execute_command("CLUSTER", "REPLICAS", self.node_id(primary))
+        return [self._node_at(_port_of(line.decode().split()[1])) for line in lines]
+
+    def _node_at(self, port: int) -> LocalRedis:
         return next(node for node in self.nodes if node.tcp_port == port)
 
     def node_id(self, node: LocalRedis) -> str:
@@ -351,10 +433,17 @@ class LocalCluster(_Group):
             return client.execute_command("CLUSTER", "MYID").decode()
 
     def flush(self) -> None:
-        """Empty every node."""
-        for node in self.nodes:
+        """Empty every running primary (its replicas follow)."""
+        for node in self.running:
             with node.client() as client:
-                client.flushall()
+                if client.execute_command("ROLE")[0] == b"master":
+                    client.flushall()
+
+
+def _port_of(address: str) -> int:
+    """The client port of a node's address as CLUSTER NODES gives it, "ip:port@busport"
+    (Redis 7 may add ",hostname")."""
+    return int(address.split("@")[0].rsplit(":", 1)[1])
 
 
 class LocalSentinels(_Group):

@@ -4,8 +4,9 @@ import os
 
 import pytest
 import redis
+from support import wait_for
 
-from goodsd.localredis import LocalRedis, RedisServerMissing, find_redis_server
+from goodsd.localredis import LocalCluster, LocalRedis, RedisServerMissing, find_redis_server
 
 
 def test_serves_on_a_unix_socket_and_cleans_up() -> None:
@@ -49,3 +50,35 @@ def test_missing_binary_says_how_to_install_it(
         find_redis_server()
     with pytest.raises(RedisServerMissing, match="not found on PATH"), LocalRedis():
         pass
+
+
+def test_a_cluster_with_replicas_starts_each_in_sync_and_cleans_up() -> None:
+    # Given a Cluster of 2 primaries with a replica each
+    with LocalCluster(2, replicas=1) as cluster:
+        primaries, replicas = cluster.nodes[:2], cluster.nodes[2:]
+        # Then each primary serves slots and has its own replica, which every node knows
+        assert len(replicas) == 2 and cluster.url.count(",") == 3
+        assert {port for view in cluster.slots_seen() for port in view.values()} == {
+            node.tcp_port for node in primaries
+        }
+        assert [cluster.replicas_of(node) for node in primaries] == [[replicas[0]], [replicas[1]]]
+        assert cluster.replication_seen()[0] == {
+            replica.tcp_port: primary.tcp_port
+            for primary, replica in zip(primaries, replicas, strict=True)
+        }
+        # And a write its replica acknowledged is there, and leaves it with a flush
+        queue = "q"
+        primary = cluster.serving(queue)
+        (replica,) = cluster.replicas_of(primary)
+        with primary.client() as client:
+            client.lpush(queue, "a")
+            assert client.execute_command("WAIT", 1, 5000) == 1
+        with replica.client(single_connection_client=True) as client:
+            client.execute_command("READONLY")
+            assert client.lrange(queue, 0, -1) == [b"a"]
+            cluster.flush()
+            wait_for(lambda: client.exists(queue) == 0, 5, "the flush on the replica")
+        directory = cluster.directory
+    # And leaving the block stops every node and removes the temp dir
+    assert all(node.pid is None for node in cluster.nodes)
+    assert not os.path.exists(directory)

@@ -1,25 +1,36 @@
 """goodsd on a real Redis Cluster (3 primaries on 127.0.0.1): a queue served by any node works
 end to end through a URL naming another node (consumers, a singleton producer held back by its
 watermark, push, status, dead, metrics), a slot migrated while items flow loses nothing and
-restarts nobody, and a URL of the wrong form is refused at start."""
+restarts nobody, and a URL of the wrong form is refused at start. On a Cluster whose primaries
+each have a replica: a primary that dies is followed to the replica the cluster promotes,
+with no item lost and no process restarted, and ``redis.wait_replicas`` waits for the replica
+of the node serving the queue's slot."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 import pytest
 import redis
-from ops_cli import goodsd
+from ops_cli import assert_one_line_error, goodsd
 from support import wait_for, write_config
 from test_ops_metrics import free_port, scrape
 from test_redis_outage import lines
+from test_redis_sentinel import WAITED
 from test_redis_tls_acl import PASSWORD, README, readme_acl_rule
 
 from goodsd.clusterslot import queue_slot
 from goodsd.config import RedisConfig
 from goodsd.localredis import LocalCluster, LocalRedis
+from goodsd.ops.push import WAIT_PATIENCE
 from goodsd.redisconn import Kind, classify, connect, refused_commands
 from goodsd.store import Upkeep
 
@@ -332,3 +343,186 @@ def test_the_readme_cluster_rule_is_all_goodsd_needs(fresh_cluster, acl_on_every
     assert trouble is not None and trouble.kind is Kind.NO_PERMISSION
     assert "'cluster|slots'" in trouble.detail
     client.close()
+
+
+@pytest.fixture
+def replicated_cluster() -> Iterator[LocalCluster]:
+    """A Cluster of its own for one test (which may kill a node): 3 primaries, a replica each."""
+    with LocalCluster(3, replicas=1) as started:
+        yield started
+
+
+def done_on(node: LocalRedis, queue: str) -> int | None:
+    """The queue's count of items done, on one node (a replica's too: READONLY); None while
+    the node says the cluster is down (a failover under way)."""
+    with node.client(single_connection_client=True) as client:
+        try:
+            client.execute_command("READONLY")
+            return int(client.hget(f"goodsd:{{{queue}}}:stats", "done") or 0)
+        except redis.exceptions.ClusterDownError:
+            return None
+
+
+def push_acknowledged(node: LocalRedis, queue: str, items: list[str]) -> None:
+    """Push ``items`` to ``queue`` on ``node`` as goodsd push does (LPUSH, and count them),
+    then WAIT on the same connection until its replica has them."""
+    with node.client() as client:
+        pipe = client.pipeline(transaction=False)
+        pipe.lpush(queue, *items)
+        pipe.hincrby(f"goodsd:{{{queue}}}:stats", "pushed", len(items))
+        pipe.execute_command("WAIT", 1, 5000)
+        *_, acknowledged = pipe.execute()
+    assert acknowledged == 1, "the replica did not acknowledge the push"
+
+
+# The lines of one process (its log prefix) that say an outage began, and that it ended.
+OUTAGE_BEGAN = re.compile(r"\[([^]]+)\] redis unavailable")
+OUTAGE_ENDED = re.compile(r"\[([^]]+)\] redis available again")
+
+
+@pytest.mark.slow
+def test_a_primary_that_dies_is_followed_to_its_replica_and_nothing_is_lost(
+    replicated_cluster, tmp_path, start_daemon, notify
+):
+    cluster = replicated_cluster
+    # Given consumers at work on items that the primary serving their queue's slot pushed and
+    # its replica acknowledged
+    primary = cluster.nodes[0]
+    (replica,) = cluster.replicas_of(primary)
+    queue = queue_on(cluster, primary)
+    out, items = tmp_path / "handled", 1500
+    config = write_config(
+        tmp_path,
+        cluster.url,
+        queue=queue,
+        consumers={"handler": "sample_handlers:paced_record_to_file", "batch": 5},
+    )
+    env = {"TEST_OUT": str(out), "TEST_ITEM_SECONDS": "0.004"}
+    daemon = start_daemon(config, notify=notify, env=env)
+    notify.wait("READY", "1")
+    everything = [f"item-{i}" for i in range(items)]
+    push_acknowledged(primary, queue, everything)
+    wait_for(lambda: len(lines(out)) >= 200, 20, "consumption under way")
+    children = daemon.children()
+    # When that primary dies
+    began = time.monotonic()
+    cluster.kill(primary)
+    done_then = done_on(replica, queue) or 0
+    # Then the cluster promotes its replica, and goodsd acknowledges items there
+    wait_for(lambda: cluster.serving(queue) is replica, 30, "the cluster to promote the replica")
+    promoted = time.monotonic() - began
+    wait_for(
+        lambda: (done_on(replica, queue) or 0) > done_then, 30, "goodsd's first ack on the replica"
+    )
+    followed = time.monotonic() - began
+    # And every item is handled, at least once (an ack the replica never got runs it again)
+    wait_for(lambda: set(lines(out)) == set(everything), 30, "every item handled")
+    view = wait_for(
+        lambda: (
+            (v := json.loads(goodsd(config, "status", "--json").stdout))["in_flight"] == 0 and v
+        ),
+        10,
+        "nothing left in flight",
+    )
+    assert (view["backlog"], view["dead"]) == (0, 0), view
+    twice = sum(n - 1 for n in Counter(lines(out)).values())
+    # And nobody restarted: each process said its outage once, and its end
+    log = daemon.log()
+    assert daemon.children() == children, log
+    assert "exited" not in log and "restarting" not in log and "Traceback" not in log, log
+    began_in, ended_in = Counter(OUTAGE_BEGAN.findall(log)), Counter(OUTAGE_ENDED.findall(log))
+    assert began_in and set(began_in.values()) == {1} and ended_in == began_in, log
+    assert daemon.stop() == 0
+    # (the figures the README gives: how soon the cluster and goodsd went on, and goodsd's
+    # longest wait)
+    longest, kind = max((float(s), was) for s, was in WAITED.findall(log))
+    print(
+        f"cluster primary killed: its replica promoted {promoted:.1f}s later; goodsd "
+        f"acknowledged an item there {followed:.1f}s after the kill; its longest wait: "
+        f"{longest:.1f}s ({kind}); {items} items handled, {twice} of them twice"
+    )
+
+
+@pytest.mark.slow
+def test_wait_replicas_waits_for_the_replica_of_the_node_serving_the_queue(
+    replicated_cluster, tmp_path, start_daemon, notify
+):
+    cluster = replicated_cluster
+    # Given goodsd waiting for one replica, on a queue of the second primary
+    primary = cluster.nodes[1]
+    (replica,) = cluster.replicas_of(primary)
+    queue = queue_on(cluster, primary)
+    out = tmp_path / "handled"
+    config = write_config(
+        tmp_path,
+        cluster.url,
+        redis={"url": cluster.url, "wait_replicas": 1},
+        queue=queue,
+        consumers={"handler": "sample_handlers:paced_record_to_file"},
+    )
+    # Then check --redis finds the node serving the slot, with its replica
+    checked = goodsd(config, "check", "--redis")
+    assert checked.returncode == 0, checked.stderr
+    assert (
+        f"deployment: cluster node 127.0.0.1:{primary.tcp_port} serves slot "
+        f"{queue_slot(queue)} of queue {queue!r} (3 primaries; 1 replica(s) of this one)"
+    ) in checked.stdout, checked.stdout
+    # When items are pushed while consumers run
+    daemon = start_daemon(config, notify=notify, env={"TEST_OUT": str(out)})
+    notify.wait("READY", "1")
+    pushed = goodsd(config, "push", "a", "b", "c")
+    assert pushed.returncode == 0, pushed.stderr
+    # Then they are handled, and counted done on the replica too
+    wait_for(lambda: sorted(lines(out)) == ["a", "b", "c"], 10, "the items handled")
+    wait_for(lambda: done_on(replica, queue) == 3, 5, "the three counted done on the replica")
+    children = daemon.children()
+    # When the replica stops answering, and an item is pushed
+    os.kill(replica.pid, signal.SIGSTOP)
+    try:
+        pushing = subprocess.Popen(
+            [sys.executable, "-m", "goodsd", "push", "-c", str(config), "d"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        # Then the settle of the item, once handled, waits for the replica (its WAIT of 1 s
+        # fell short), and so does the push, which began before it
+        daemon.wait_log(r"\[consumer \d pid \d+\] redis unavailable: too few replicas")
+        assert pushing.poll() is None
+        resumed = time.monotonic()
+    finally:
+        os.kill(replica.pid, signal.SIGCONT)
+    # And both go on once the replica answers again, each item in and counted once
+    out_text, err_text = pushing.communicate(timeout=30)
+    assert pushing.returncode == 0, err_text
+    assert out_text == f"pushed 1 item(s) to {queue!r}\n"
+    daemon.wait_log(r"\[consumer \d pid \d+\] redis available again")
+    settled = time.monotonic() - resumed
+    wait_for(lambda: done_on(replica, queue) == 4, 5, "the fourth counted done on the replica")
+    assert sorted(lines(out)) == ["a", "b", "c", "d"]
+    log = daemon.log()
+    assert daemon.children() == children, log
+    assert "exited" not in log and "restarting" not in log and "Traceback" not in log, log
+    assert daemon.stop() == 0
+    # When the replica is stopped, then a push says its items are on the primary only, with
+    # the exit status the README gives for that
+    replica.stop()
+    began = time.monotonic()
+    result = goodsd(config, "push", "e")
+    unreplicated = time.monotonic() - began
+    assert_one_line_error(
+        result,
+        3,
+        f"pushed 1 item(s) to {queue!r}, but the last 1 are on the redis primary only: 0 of 1 "
+        f"replica(s) acknowledged them within {WAIT_PATIENCE:g}s",
+    )
+    # And check --redis finds the node serving the slot without its replica
+    checked = goodsd(config, "check", "--redis")
+    assert checked.returncode == 0, checked.stderr
+    assert "(3 primaries; 0 replica(s) of this one)" in checked.stdout, checked.stdout
+    view = json.loads(goodsd(config, "status", "--json").stdout)
+    assert (view["totals"]["pushed"], view["totals"]["done"], view["backlog"]) == (5, 4, 1)
+    print(
+        f"cluster wait_replicas 1: a settle went on {settled:.1f}s after its replica answered "
+        f"again; with the replica stopped, push exited 3 after {unreplicated:.1f}s"
+    )
