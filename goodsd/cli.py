@@ -8,6 +8,7 @@ import errno
 import fcntl
 import grp
 import json
+import math
 import os
 import pwd
 import select
@@ -315,7 +316,9 @@ def redis_check(cfg: Config) -> int:
     from goodsd.redisconn import PasswordError, connect
 
     try:
-        client = connect(cfg.redis, "goodsd-check", queue=cfg.queue, socket_timeout=5.0)
+        client = connect(
+            cfg.redis, "goodsd-check", queue=cfg.queue, socket_timeout=5.0, lookup_budget=math.inf
+        )
     except PasswordError as exc:
         print(f"{cfg.path}: {exc}", file=sys.stderr)
         return EXIT_CONFIG

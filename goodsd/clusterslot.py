@@ -53,9 +53,14 @@ class SlotOwner:
     known. Shared by the connections of one pool."""
 
     def __init__(
-        self, seeds: Sequence[tuple[str, int]], slot: int, lookup: dict[str, object]
+        self,
+        seeds: Sequence[tuple[str, int]],
+        slot: int,
+        lookup: dict[str, object],
+        budget: float,
     ) -> None:
         self.seeds = list(seeds)  # nodes the URL names
+        self.budget = budget  # seconds one lookup goes on querying further nodes
         self.known: list[tuple[str, int]] = []  # every primary the cluster listed last time
         self.slot = slot
         self.lookup = lookup  # connection keywords for querying a node (login, TLS, timeouts)
@@ -72,7 +77,7 @@ class SlotOwner:
                 return self.address
             nodes = list(dict.fromkeys([*self.seeds, *self.known]))
             failures, failed = [], []
-            for node in within_budget(nodes):
+            for node in within_budget(nodes, self.budget):
                 try:
                     self.address = self._query(node)
                     return self.address
@@ -196,9 +201,11 @@ def slot_client(
     *,
     tls: bool,
     lookup: dict[str, object],
+    budget: float,
     **connection_kwargs: object,
 ) -> redis.Redis:
     """A client for the node serving ``queue``'s slot; it connects on its first call.
-    ``lookup``: keywords for the short connections that query a node for the cluster's map."""
-    owner = SlotOwner(seeds, queue_slot(queue), {**lookup, "ssl": tls})
+    ``lookup``: keywords for the short connections that query a node for the cluster's map;
+    ``budget``: seconds one lookup goes on querying further nodes (goodsd.inturn)."""
+    owner = SlotOwner(seeds, queue_slot(queue), {**lookup, "ssl": tls}, budget)
     return redis.Redis(connection_pool=SlotPool(owner, tls=tls, **connection_kwargs))

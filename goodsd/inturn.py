@@ -5,7 +5,8 @@ firewall that drops packets, a process stopped with SIGSTOP) costs a whole timeo
 next is asked. Asked all in one go, silent hosts would hold a caller for minutes: the master's
 loop (its watchdog, reaping, a reload's check) included. So one lookup asks hosts only until
 its budget is spent, and the hosts that failed go to the back of the line, so that the next
-lookup, after the caller's growing delay, begins with hosts not yet tried.
+lookup, after the caller's growing delay, begins with hosts not yet tried. A one-shot command
+has no next lookup: it gives an endless budget and asks every host.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from goodsd import redisurl
 from goodsd.backoff import backoff_delay
 from goodsd.clusterslot import NotACluster, SlotFollowed, slot_client
 from goodsd.config import PasswordFileError, RedisConfig, read_password_file
+from goodsd.inturn import LOOKUP_BUDGET
 from goodsd.redisurl import Deployment
 from goodsd.replycode import PIPELINE_NOTE, reply_code
 from goodsd.scoreboard import REDIS_WAIT_SHIFT
@@ -94,11 +95,19 @@ def sentinel_password(cfg: RedisConfig, environ: Mapping[str, str]) -> str | Non
 
 
 def connect(
-    cfg: RedisConfig, name: str, *, queue: str = "", socket_timeout: float = 10.0
+    cfg: RedisConfig,
+    name: str,
+    *,
+    queue: str = "",
+    socket_timeout: float = 10.0,
+    lookup_budget: float = LOOKUP_BUDGET,
 ) -> redis.Redis:
     """A client that fails fast on a dead server (timeouts) instead of hanging a worker.
     Blocking calls must wait less than ``socket_timeout``. Built, not connected: it connects
-    on its first call.
+    on its first call. ``lookup_budget``: seconds one lookup of a Sentinel or Cluster URL goes
+    on asking further hosts (goodsd.inturn): a process that lives on tries the others at its
+    next attempt; a one-shot command, which has no next attempt, gives ``math.inf`` to ask
+    them all.
 
     Whatever the URL's form, the client is a single-server redis-py client: for a Sentinel
     URL its connections go to the primary the sentinels name (looked up on every connect); for a
@@ -142,12 +151,15 @@ def connect(
             target.service,
             tls=target.tls,
             sentinel_kwargs=sentinel_kwargs,
+            budget=lookup_budget,
             db=target.db,
             **options,
         )
     if not queue:
         raise ValueError("a cluster client serves one queue: give its name")
-    return slot_client(target.nodes, queue, tls=target.tls, lookup=lookup, **options)
+    return slot_client(
+        target.nodes, queue, tls=target.tls, lookup=lookup, budget=lookup_budget, **options
+    )
 
 
 # -- what a Redis error means ----------------------------------------------------------------

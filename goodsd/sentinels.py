@@ -14,6 +14,7 @@ an outage.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import redis
 from redis.sentinel import (
@@ -32,7 +33,14 @@ class NotASentinel(redis.RedisError):
 
 
 class Sentinels(Sentinel):
-    """The sentinels of one URL."""
+    """The sentinels of one URL. ``budget``: seconds one lookup goes on asking further
+    sentinels (goodsd.inturn; ``math.inf`` asks every one)."""
+
+    def __init__(
+        self, sentinels: Sequence[tuple[str, int]], *, budget: float, **kwargs: Any
+    ) -> None:
+        super().__init__(list(sentinels), **kwargs)
+        self.budget = budget
 
     def discover_master(self, service_name: str) -> tuple[str, int]:
         """The address of the primary the first sentinel that knows it names, asking sentinels
@@ -44,7 +52,7 @@ class Sentinels(Sentinel):
         failures: list[str] = []
         failed: list[redis.Redis] = []
         refusals = strangers = unreachable = 0
-        for sentinel in within_budget(list(self.sentinels)):
+        for sentinel in within_budget(list(self.sentinels), self.budget):
             where = "{host}:{port}".format_map(sentinel.connection_pool.connection_kwargs)
             failed.append(sentinel)
             try:
@@ -134,10 +142,12 @@ def primary_client(
     *,
     tls: bool,
     sentinel_kwargs: dict[str, object],
+    budget: float,
     **connection_kwargs: object,
 ) -> redis.Redis:
     """A client for the primary named ``service``, found through ``sentinels`` (reached
-    with ``sentinel_kwargs``) whenever a connection opens. Connects on its first call."""
-    manager = Sentinels(list(sentinels), sentinel_kwargs=sentinel_kwargs)
+    with ``sentinel_kwargs``, asked in turn within ``budget`` seconds per lookup) whenever a
+    connection opens. Connects on its first call."""
+    manager = Sentinels(sentinels, budget=budget, sentinel_kwargs=sentinel_kwargs)
     connection_class = PrimarySSLConnection if tls else PrimaryConnection
     return manager.master_for(service, connection_class=connection_class, **connection_kwargs)

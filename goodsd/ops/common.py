@@ -4,6 +4,7 @@ and the few text-layout helpers the human views use."""
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 import sys
 from collections.abc import Iterator, Sequence
@@ -22,9 +23,11 @@ class OpsError(Exception):
 
 
 def open_queue(cfg: Config, name: str) -> Views:
-    """A connection of its own, named so `CLIENT LIST` shows who is there."""
+    """A connection of its own, named so `CLIENT LIST` shows who is there. A command runs
+    once: a Sentinel or Cluster lookup asks every host the URL names, not only those a
+    daemon's time budget allows."""
     try:
-        client = connect(cfg.redis, f"goodsd-{name}", queue=cfg.queue)
+        client = connect(cfg.redis, f"goodsd-{name}", queue=cfg.queue, lookup_budget=math.inf)
     except PasswordError as exc:
         raise OpsError(str(exc)) from None
     return Views(client, cfg.queue, cfg.redis.wait_replicas)

@@ -3,6 +3,7 @@ the real daemon; a real NOTIFY_SOCKET."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import redis
 from support import Daemon, NotifyListener, write_config
 
 from goodsd.localredis import LocalRedis
+from goodsd.redisurl import MAX_NODES
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +63,20 @@ def start_daemon(tmp_path: Path, redis_server: LocalRedis) -> Iterator[Callable[
     yield start
     for daemon in started:
         daemon.kill_group()
+
+
+@pytest.fixture
+def silent_ports() -> Iterator[list[int]]:
+    """As many TCP ports on 127.0.0.1 as a URL may name, each taking connections (the kernel
+    completes them) and never answering, as a stopped or cut-off Redis would."""
+    listeners = []
+    try:
+        for _ in range(MAX_NODES):
+            listener = socket.socket()
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(16)
+            listeners.append(listener)
+        yield [listener.getsockname()[1] for listener in listeners]
+    finally:
+        for listener in listeners:
+            listener.close()

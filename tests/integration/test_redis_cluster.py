@@ -230,6 +230,29 @@ def test_a_slot_migrated_while_items_flow_loses_nothing_and_restarts_nobody(
     assert daemon.stop() == 0
 
 
+def test_a_silent_first_host_in_the_url_holds_up_neither_the_daemon_nor_a_command(
+    fresh_cluster, silent_ports, tmp_path, start_daemon, notify
+):
+    # Given a URL whose first host takes connections and never answers, then a live node
+    node = fresh_cluster.nodes[0]
+    out = tmp_path / "handled"
+    url = f"redis+cluster://127.0.0.1:{silent_ports[0]},127.0.0.1:{node.tcp_port}"
+    config = write_config(
+        tmp_path, url, consumers={"handler": "sample_handlers:record_to_file_unless_bad"}
+    )
+    # When goodsd starts, then it gets ready (a lookup that ran out of time asks the live node
+    # first the next time)
+    daemon = start_daemon(config, notify=notify, env={"TEST_OUT": str(out)})
+    notify.wait("READY", "1", timeout=30)
+    # And a one-shot command, which has no next time, asks every host: push and status work
+    assert goodsd(config, "push", "good1").returncode == 0
+    wait_for(lambda: lines(out) == ["good1"], 10, "the item handled")
+    status = goodsd(config, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["totals"]["pushed"] == 1
+    assert daemon.stop() == 0
+
+
 def test_a_redis_url_at_a_cluster_node_is_refused_at_start(fresh_cluster, tmp_path, start_daemon):
     # Given a plain redis:// URL naming a cluster node
     node = fresh_cluster.nodes[0]

@@ -102,6 +102,30 @@ def switch_primary(group: LocalSentinels) -> None:
         sentinel.execute_command("SENTINEL", "FAILOVER", group.service)
 
 
+def test_a_silent_first_sentinel_holds_up_neither_the_daemon_nor_a_command(
+    make_sentinels, silent_ports, tmp_path, start_daemon, notify
+):
+    # Given a URL whose first sentinel takes connections and never answers, then live ones
+    group = make_sentinels()
+    out = tmp_path / "handled"
+    live = ",".join(f"127.0.0.1:{port}" for port in group.sentinel_ports)
+    url = f"redis+sentinel://127.0.0.1:{silent_ports[0]},{live}/{group.service}"
+    config = write_config(
+        tmp_path, url, consumers={"handler": "sample_handlers:paced_record_to_file"}
+    )
+    # When goodsd starts, then it gets ready (a lookup that ran out of time asks the others
+    # first the next time)
+    daemon = start_daemon(config, notify=notify, env={"TEST_OUT": str(out)})
+    notify.wait("READY", "1", timeout=30)
+    # And a one-shot command, which has no next time, asks every sentinel: push and status work
+    assert goodsd(config, "push", "a").returncode == 0
+    wait_for(lambda: lines(out) == ["a"], 10, "the item handled")
+    status = goodsd(config, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["totals"]["pushed"] == 1
+    assert daemon.stop() == 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("failover", "wait_replicas"),

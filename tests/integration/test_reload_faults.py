@@ -5,16 +5,12 @@ running, READY=1 follows and STATUS= says why. New children that keep crashing r
 from __future__ import annotations
 
 import re
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from support import wait_for
 from test_reload import reload
-
-from goodsd.redisurl import MAX_NODES
 
 
 def deep_queue(config: Path) -> None:
@@ -70,23 +66,6 @@ def test_a_reload_that_fails_in_any_way_keeps_the_old_config(
     # And the old config keeps serving
     r.lpush("q", "after")
     wait_for(lambda: r.lrange("test:handled", 0, -1) == [b"after"], 10, "the item handled")
-
-
-@pytest.fixture
-def silent_ports() -> Iterator[list[int]]:
-    """As many TCP ports on 127.0.0.1 as a URL may name, each taking connections (the kernel
-    completes them) and never answering, as a stopped or cut-off Redis would."""
-    listeners = []
-    try:
-        for _ in range(MAX_NODES):
-            listener = socket.socket()
-            listener.bind(("127.0.0.1", 0))
-            listener.listen(16)
-            listeners.append(listener)
-        yield [listener.getsockname()[1] for listener in listeners]
-    finally:
-        for listener in listeners:
-            listener.close()
 
 
 @pytest.mark.parametrize("form", ["redis+sentinel", "redis+cluster"])
