@@ -221,11 +221,11 @@ def _deployment_line(
     if target.deployment is Deployment.CLUSTER:
         owner = client.connection_pool.owner  # see goodsd.clusterslot
         host, port = owner.address or ("?", 0)
-        return (
+        line = (
             f"cluster node {host}:{port} serves slot {owner.slot} of queue {cfg.queue!r} "
             f"({len(owner.known)} primaries; {with_replicas} of this one)"
         )
-    if target.deployment is Deployment.SENTINEL:
+    elif target.deployment is Deployment.SENTINEL:
         pool = client.connection_pool
         host, port = pool.master_address or ("?", 0)
         sentinels = len(pool.sentinel_manager.sentinels)

@@ -490,6 +490,8 @@ def test_wait_replicas_waits_for_the_replica_of_the_node_serving_the_queue(
         f"deployment: cluster node 127.0.0.1:{primary.tcp_port} serves slot "
         f"{queue_slot(queue)} of queue {queue!r} (3 primaries; 1 replica(s) of this one)"
     ) in checked.stdout, checked.stdout
+    # And warns, as a start does, that the node takes writes its replica has not acknowledged
+    assert "takes writes that no replica has acknowledged" in checked.stderr, checked.stderr
     # When items are pushed while consumers run
     daemon = start_daemon(config, notify=notify, env={"TEST_OUT": str(out)})
     notify.wait("READY", "1")
@@ -543,6 +545,7 @@ def test_wait_replicas_waits_for_the_replica_of_the_node_serving_the_queue(
     checked = goodsd(config, "check", "--redis")
     assert checked.returncode == 0, checked.stderr
     assert "(3 primaries; 0 replica(s) of this one)" in checked.stdout, checked.stdout
+    assert "redis.wait_replicas is 1 but the redis primary has 0 replica(s)" in checked.stderr
     view = json.loads(goodsd(config, "status", "--json").stdout)
     assert (view["totals"]["pushed"], view["totals"]["done"], view["backlog"]) == (5, 4, 1)
     print(
