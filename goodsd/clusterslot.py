@@ -24,7 +24,7 @@ import redis
 from redis.connection import Connection, SSLConnection
 from redis.crc import key_slot
 
-from goodsd.inturn import failed_to_back, within_budget
+from goodsd.inturn import AskingOrder, within_budget
 
 
 class SlotNotServed(redis.ConnectionError):
@@ -65,31 +65,31 @@ class SlotOwner:
         self.slot = slot
         self.lookup = lookup  # connection keywords for querying a node (login, TLS, timeouts)
         self.address: tuple[str, int] | None = None  # the node serving the slot, if known
+        self.order: AskingOrder[tuple[str, int]] = AskingOrder()
         self.lock = threading.Lock()
 
     def find(self) -> tuple[str, int]:
         """The node serving the slot: the one last learnt, else looked up in the cluster, querying
-        the nodes named in the URL, then the primaries seen before, in turn within
-        goodsd.inturn's budget (nodes that failed are queried last next time). Raises
-        SlotNotServed, NotACluster, or the login's refusal (redis.AuthenticationError)."""
+        the nodes named in the URL and the primaries seen before, in turn within goodsd.inturn's
+        budget, those that failed before last. Raises SlotNotServed, NotACluster, or the
+        login's refusal (redis.AuthenticationError)."""
         with self.lock:
             if self.address is not None:
                 return self.address
-            nodes = list(dict.fromkeys([*self.seeds, *self.known]))
-            failures, failed = [], []
+            nodes = self.order.of(list(dict.fromkeys([*self.seeds, *self.known])))
+            failures = []
             for node in within_budget(nodes, self.budget):
                 try:
                     self.address = self._query(node)
+                    self.order.note_answer(node)
                     return self.address
                 except (redis.ConnectionError, redis.TimeoutError, SlotNotServed) as exc:
                     if isinstance(exc, redis.AuthenticationError):
                         raise
                     failures.append(f"{node[0]}:{node[1]}: {exc}")
-                    failed.append(node)
-            self.seeds = failed_to_back(self.seeds, failed)
-            self.known = failed_to_back(self.known, failed)
-            if len(failed) < len(nodes):
-                failures.append(f"{len(nodes) - len(failed)} more not queried this time")
+                    self.order.note_failure(node)
+            if len(failures) < len(nodes):
+                failures.append(f"{len(nodes) - len(failures)} more not queried this time")
             raise SlotNotServed(
                 f"no cluster node told who serves slot {self.slot} ({'; '.join(failures)})"
             )

@@ -3,27 +3,28 @@
 A URL may name up to 64 hosts (goodsd.redisurl.MAX_NODES), and a host that is silent (a
 firewall that drops packets, a process stopped with SIGSTOP) costs a whole timeout before the
 next is asked. Asked all in one go, silent hosts would hold a caller for minutes: the master's
-loop (its watchdog, reaping, a reload's check) included. So one lookup asks hosts only until
-its budget is spent, and the hosts that failed go to the back of the line, so that the next
-lookup, after the caller's growing delay, begins with hosts not yet tried. A one-shot command
-has no next lookup: it gives an endless budget and asks every host.
+loop (its watchdog, reaping, a reload's check) included. So one lookup by a daemon's process
+asks hosts only until its budget is spent, and ``AskingOrder`` puts the hosts that failed
+last, so that the next lookup, after the caller's growing delay, begins with hosts not yet
+tried. A one-shot command has no next lookup: it gives an endless budget and asks every host.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
-# How long one lookup goes on asking further hosts, in seconds. The host asked last may still
-# take its own timeouts (connect, then read) beyond it.
-LOOKUP_BUDGET = 2.0
+# How long one lookup goes on asking further hosts, in seconds: room for one silent host (its
+# timeout is goodsd.redisconn.LOOKUP_TIMEOUT, 2 s) and the next, so that a single silent host
+# never fails a lookup. The host asked last may take its own timeouts beyond it.
+LOOKUP_BUDGET = 4.0
 
 
 def within_budget(
-    hosts: Sequence[T], budget: float = LOOKUP_BUDGET, clock: Callable[[], float] = time.monotonic
+    hosts: Sequence[T], budget: float, clock: Callable[[], float] = time.monotonic
 ) -> Iterator[T]:
     """``hosts`` in order while ``budget`` seconds have not passed since the first was given;
     the first is always given. Seconds are ``clock``'s (monotonic)."""
@@ -34,7 +35,25 @@ def within_budget(
         yield host
 
 
-def failed_to_back(hosts: Sequence[T], failed: Sequence[T]) -> list[T]:
-    """``hosts`` with those in ``failed`` moved to the end, each part in its order. Compared by
-    equality."""
-    return [h for h in hosts if h not in failed] + [h for h in hosts if h in failed]
+class AskingOrder(Generic[T]):
+    """The order to ask hosts in: those not known to have failed first, in the order given,
+    then those that failed, the one that failed longest ago first. Hosts compare by equality.
+    Not thread-safe: its owner serialises lookups."""
+
+    def __init__(self) -> None:
+        self.failed: list[T] = []  # the oldest failure first
+
+    def of(self, hosts: Sequence[T]) -> list[T]:
+        """``hosts`` in the order to ask them."""
+        return [h for h in hosts if h not in self.failed] + [h for h in self.failed if h in hosts]
+
+    def note_failure(self, host: T) -> None:
+        """``host`` failed to answer: ask it after the others."""
+        if host in self.failed:
+            self.failed.remove(host)
+        self.failed.append(host)
+
+    def note_answer(self, host: T) -> None:
+        """``host`` answered: it is no longer known to fail."""
+        if host in self.failed:
+            self.failed.remove(host)

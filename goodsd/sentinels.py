@@ -24,7 +24,7 @@ from redis.sentinel import (
     SentinelManagedSSLConnection,
 )
 
-from goodsd.inturn import failed_to_back, within_budget
+from goodsd.inturn import AskingOrder, within_budget
 from goodsd.replycode import reply_code
 
 
@@ -34,27 +34,29 @@ class NotASentinel(redis.RedisError):
 
 class Sentinels(Sentinel):
     """The sentinels of one URL. ``budget``: seconds one lookup goes on asking further
-    sentinels (goodsd.inturn; ``math.inf`` asks every one)."""
+    sentinels (goodsd.inturn; ``math.inf`` asks every one). One client's connections look up
+    one at a time (goodsd's processes use a client from one thread)."""
 
     def __init__(
         self, sentinels: Sequence[tuple[str, int]], *, budget: float, **kwargs: Any
     ) -> None:
         super().__init__(list(sentinels), **kwargs)
         self.budget = budget
+        self.order: AskingOrder[redis.Redis] = AskingOrder()
 
     def discover_master(self, service_name: str) -> tuple[str, int]:
         """The address of the primary the first sentinel that knows it names, asking sentinels
-        in turn within goodsd.inturn's budget: the one that answers is asked first next time,
-        those that failed last. Raises MasterNotFoundError (an outage: the sentinels asked are
-        away, or have no primary by that name yet), redis.AuthenticationError when every
-        sentinel that answered refused the login, NotASentinel when none answered as a
-        sentinel."""
+        in turn within the budget, those that failed before last. Raises MasterNotFoundError
+        (an outage: the sentinels asked are away, or have no primary by that name yet, or the
+        budget ran out before every sentinel was asked), and, once every sentinel was asked,
+        redis.AuthenticationError when every one that answered refused the login, NotASentinel
+        when none answered as a sentinel."""
         failures: list[str] = []
-        failed: list[redis.Redis] = []
-        refusals = strangers = unreachable = 0
-        for sentinel in within_budget(list(self.sentinels), self.budget):
+        asked = refusals = strangers = unreachable = 0
+        for sentinel in within_budget(self.order.of(self.sentinels), self.budget):
             where = "{host}:{port}".format_map(sentinel.connection_pool.connection_kwargs)
-            failed.append(sentinel)
+            asked += 1
+            self.order.note_failure(sentinel)  # until it names the primary
             try:
                 masters = sentinel.sentinel_masters()
             except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
@@ -74,18 +76,17 @@ class Sentinels(Sentinel):
                 continue
             state = masters.get(service_name)
             if state and self.check_master_state(state, service_name):
-                self.sentinels.remove(sentinel)
-                self.sentinels.insert(0, sentinel)
+                self.order.note_answer(sentinel)
                 return state["ip"], state["port"]
             failures.append(f"{where}: no primary named {service_name!r} that is up")
-        self.sentinels[:] = failed_to_back(self.sentinels, failed)
-        if len(failed) < len(self.sentinels):
-            failures.append(f"{len(self.sentinels) - len(failed)} more not asked this time")
+        unasked = len(self.sentinels) - asked
+        if unasked:  # a sentinel not asked may yet answer: nothing to hold against the URL
+            failures.append(f"{unasked} more not asked this time")
         detail = "; ".join(failures)
-        answered = len(failed) - unreachable
-        if refusals and refusals + strangers == answered:
+        answered = asked - unreachable
+        if not unasked and refusals and refusals + strangers == answered:
             raise redis.AuthenticationError(f"sentinel refused goodsd's login ({detail})")
-        if strangers and strangers == answered:
+        if not unasked and strangers and strangers == answered:
             raise NotASentinel(f"no host of the URL answered as a sentinel ({detail})")
         raise MasterNotFoundError(f"no primary {service_name!r} found ({detail})")
 

@@ -86,7 +86,7 @@ class MemoryConsumerStore:
         if claimed or block <= 0:
             return claimed
         if self.retry:  # the wait ends when the earliest retry is due, if that is sooner
-            due_in = (min(self.retry.values()) - self._now_ms()) / 1000
+            due_in = (min(self.retry.values()) - self._now_ms() + 1) / 1000
             block = min(block, max(due_in, MIN_BLOCK))
         self.sleep(block)  # BLMOVE times out: nobody pushes while this thread waits
         return self._claim(consumer, batch - 1, lease)

@@ -37,8 +37,10 @@ PUSHED_MARKER_TTL_MS = 3_600_000
 WAKE_TTL_MS = 10_000
 # Results of the push script.
 PUSHED, FULL, NOT_HOLDER = 1, 0, -1
-# The shortest wait of a blocking claim, in seconds: BLMOVE's timeout of 0 means "forever".
-MIN_BLOCK = 0.001
+# The shortest wait of a blocking claim, in seconds. BLMOVE's timeout of 0 means "forever",
+# and Redis 6.2 to 7.0.7 truncate a timeout to whole milliseconds, so 0.001 can become 0
+# (redis/redis#11687): never below 10 ms.
+MIN_BLOCK = 0.01
 
 
 class PushResult(NamedTuple):
@@ -188,8 +190,8 @@ class RedisConsumerStore:
         values, retries, *due = self._claim(keys=keys, args=args)
         if values or block <= 0:
             return deliveries(values, retries)
-        if due and due[0] >= 0:  # (a timeout of 0 would make BLMOVE wait forever)
-            block = min(block, max(due[0] / 1000, MIN_BLOCK))
+        if due and due[0] >= 0:  # a millisecond more: a truncated timeout must not end early
+            block = min(block, max((due[0] + 1) / 1000, MIN_BLOCK))
         pipe = self.client.pipeline(transaction=False)
         pipe.blmove(self.keys.ready, self.keys.inflight(consumer), block, "RIGHT", "LEFT")
         args[0] = batch - 1

@@ -123,6 +123,8 @@ def test_a_silent_first_sentinel_holds_up_neither_the_daemon_nor_a_command(
     status = goodsd(config, "status", "--json")
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["totals"]["pushed"] == 1
+    # And no process took the one silent host for an outage
+    assert "redis unavailable" not in daemon.log(), daemon.log()
     assert daemon.stop() == 0
 
 

@@ -236,8 +236,9 @@ def test_a_claim_waiting_on_an_empty_queue_ends_when_a_retry_falls_due(h):
     # When a consumer claims one item, willing to wait up to 10 s for it
     started = h.now()
     [again] = wait_for(lambda: h.store.claim(ME, 1, LEASE, 10.0), 20, "the retry claimed")
-    # Then its wait ended once the retry was due (not at the 10 s), and it took the retry
-    assert h.now() - started < 10.0
+    # Then its wait ended once the retry was due (about 0.3 s; not at the 10 s), and it took
+    # the retry
+    assert h.now() - started < 5.0
     assert again.payload == b"good1" and again.tag in h.attempts()
 
 

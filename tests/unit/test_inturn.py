@@ -1,6 +1,19 @@
-"""Hosts asked in turn within a budget (goodsd.inturn)."""
+"""Hosts asked in turn within a budget (goodsd.inturn), and the two lookups that use it:
+Sentinel's primary (goodsd.sentinels) and a Cluster slot's node (goodsd.clusterslot), with
+stand-in hosts."""
 
-from goodsd.inturn import failed_to_back, within_budget
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import redis
+from redis.sentinel import MasterNotFoundError
+
+from goodsd.clusterslot import SlotNotServed, SlotOwner
+from goodsd.inturn import AskingOrder, within_budget
+from goodsd.sentinels import NotASentinel, Sentinels
 
 
 class SteppingClock:
@@ -31,21 +44,123 @@ def test_every_host_is_given_when_they_answer_quickly():
     assert list(within_budget(hosts, 2.0, SteppingClock(0.001))) == hosts
 
 
-def test_hosts_that_failed_go_to_the_back_in_order():
-    assert failed_to_back(["a", "b", "c", "d"], ["c", "a"]) == ["b", "d", "a", "c"]
-    assert failed_to_back(["a", "b"], []) == ["a", "b"]
-    assert failed_to_back(["a", "b"], ["a", "b"]) == ["a", "b"]
+def test_hosts_that_failed_are_asked_last_the_oldest_failure_first():
+    order = AskingOrder[str]()
+    order.note_failure("c")
+    order.note_failure("a")
+    assert order.of(["a", "b", "c", "d"]) == ["b", "d", "c", "a"]
+    order.note_failure("c")
+    assert order.of(["a", "b", "c", "d"]) == ["b", "d", "a", "c"]
+    order.note_answer("a")
+    assert order.of(["a", "b", "c", "d"]) == ["a", "b", "d", "c"]
+    # hosts no longer given are left out
+    assert order.of(["b", "c"]) == ["b", "c"]
 
 
 def test_successive_lookups_reach_every_host():
     # Given 10 hosts of which only the last answers, and a budget that asks 2 per lookup
     hosts = [f"h{i}" for i in range(10)]
+    order = AskingOrder[str]()
     lookups = 0
     while True:
         lookups += 1
-        asked = list(within_budget(hosts, 1.5, SteppingClock(1.0)))
+        asked = list(within_budget(order.of(hosts), 1.5, SteppingClock(1.0)))
         if "h9" in asked:
             break
-        hosts = failed_to_back(hosts, asked)
+        for host in asked:
+            order.note_failure(host)
     # Then the answering host is asked by the fifth lookup: none is asked twice before it
     assert lookups == 5
+
+
+# -- Sentinel --------------------------------------------------------------------------------
+
+PRIMARY = {"ip": "10.0.0.9", "port": 6379, "is_master": True, "is_sdown": False}
+PRIMARY |= {"is_odown": False, "num-other-sentinels": 2}
+
+
+def sentinel(port: int, answer: object) -> SimpleNamespace:
+    """A stand-in sentinel whose SENTINEL MASTERS returns ``answer``, or raises it."""
+
+    def masters() -> object:
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    pool = SimpleNamespace(connection_kwargs={"host": "127.0.0.1", "port": port})
+    return SimpleNamespace(connection_pool=pool, sentinel_masters=masters)
+
+
+GOOD = {"goods": PRIMARY}
+REFUSES = redis.AuthenticationError("invalid username-password pair")
+SILENT = redis.TimeoutError("Timeout reading from socket")
+DATA_NODE = redis.ResponseError("unknown command 'SENTINEL'")
+
+
+def sentinels(budget: float, *answers: object) -> Sentinels:
+    group = Sentinels([("127.0.0.1", 1)], budget=budget)
+    group.sentinels = [sentinel(26379 + n, answer) for n, answer in enumerate(answers)]
+    return group
+
+
+def test_a_sentinel_that_answers_after_one_that_refuses_is_found():
+    # Given a sentinel that refuses goodsd's login, then one that names the primary
+    group = sentinels(math.inf, REFUSES, GOOD)
+    # Then the primary is found
+    assert group.discover_master("goods") == ("10.0.0.9", 6379)
+
+
+def test_a_refusal_or_a_data_node_is_fatal_only_once_every_sentinel_was_asked():
+    # Given a lookup whose budget runs out after the first host: a refusal or a data node
+    # there is an outage (the next may answer), and the next lookup asks the other first
+    for first in (REFUSES, DATA_NODE):
+        group = sentinels(0.0, first, GOOD)
+        with pytest.raises(MasterNotFoundError, match="1 more not asked this time"):
+            group.discover_master("goods")
+        assert group.discover_master("goods") == ("10.0.0.9", 6379)
+    # When every sentinel was asked, then it is the URL's fault
+    with pytest.raises(redis.AuthenticationError):
+        sentinels(math.inf, REFUSES, REFUSES, SILENT).discover_master("goods")
+    with pytest.raises(NotASentinel):
+        sentinels(math.inf, DATA_NODE, SILENT).discover_master("goods")
+    with pytest.raises(MasterNotFoundError):
+        sentinels(math.inf, SILENT, SILENT).discover_master("goods")
+
+
+def test_a_sentinel_that_failed_is_asked_last_the_next_time():
+    # Given a silent sentinel first and one that names the primary
+    group = sentinels(math.inf, SILENT, GOOD)
+    silent, good = group.sentinels
+    asked: list[object] = []
+    for stand_in in (silent, good):
+        masters = stand_in.sentinel_masters
+        stand_in.sentinel_masters = lambda s=stand_in, m=masters: asked.append(s) or m()
+    # When the primary is looked up twice, then the silent one is asked only the first time
+    group.discover_master("goods")
+    group.discover_master("goods")
+    assert asked == [silent, good, good]
+
+
+# -- Cluster ---------------------------------------------------------------------------------
+
+
+def test_cluster_nodes_learnt_before_are_queried_when_the_url_s_node_is_silent():
+    # Given a URL naming one node, and two primaries the cluster listed before
+    seed, known = ("10.0.0.1", 7000), [("10.0.0.2", 7000), ("10.0.0.3", 7000)]
+    owner = SlotOwner([seed], 42, {}, budget=0.0)
+    owner.known = list(known)
+    asked: list[tuple[str, int]] = []
+
+    def query(node: tuple[str, int]) -> tuple[str, int]:
+        asked.append(node)
+        if node == seed:
+            raise redis.TimeoutError("Timeout reading from socket")
+        return known[1]
+
+    owner._query = query  # type: ignore[method-assign]
+    # When the URL's node is silent and a lookup's budget covers one node
+    with pytest.raises(SlotNotServed, match="2 more not queried this time"):
+        owner.find()
+    # Then the next lookup queries a primary learnt before, and finds the slot's node
+    assert owner.find() == known[1]
+    assert asked == [seed, known[0]]
