@@ -71,25 +71,47 @@ class SlotOwner:
     def find(self) -> tuple[str, int]:
         """The node serving the slot: the one last learnt, else looked up in the cluster, querying
         the nodes named in the URL and the primaries seen before, in turn within goodsd.inturn's
-        budget, those that failed before last. Raises SlotNotServed, NotACluster, or the
-        login's refusal (redis.AuthenticationError)."""
+        budget, those that were silent before last. Raises SlotNotServed (an outage: no node
+        queried told, or the budget ran out before every node was queried), and, once every
+        node was queried, the login's refusal (redis.AuthenticationError) when every one that
+        answered refused it, NotACluster when every one answered, none as a cluster node."""
         with self.lock:
             if self.address is not None:
                 return self.address
             nodes = self.order.of(list(dict.fromkeys([*self.seeds, *self.known])))
-            failures = []
+            failures: list[str] = []
+            logins: list[redis.AuthenticationError] = []  # the login refused
+            strangers: list[NotACluster] = []  # no cluster node
+            unreachable = 0
             for node in within_budget(nodes, self.budget):
+                where = f"{node[0]}:{node[1]}"
                 try:
                     self.address = self._query(node)
                     self.order.note_answer(node)
                     return self.address
-                except (redis.ConnectionError, redis.TimeoutError, SlotNotServed) as exc:
-                    if isinstance(exc, redis.AuthenticationError):
-                        raise
-                    failures.append(f"{node[0]}:{node[1]}: {exc}")
+                except NotACluster as exc:
+                    strangers.append(exc)
+                    failures.append(f"{where}: {exc}")
+                    self.order.note_answer(node)
+                except redis.AuthenticationError as exc:
+                    logins.append(exc)
+                    failures.append(f"{where}: {exc}")
+                    self.order.note_answer(node)
+                except SlotNotServed as exc:
+                    failures.append(f"{where}: {exc}")
+                    self.order.note_answer(node)
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    unreachable += 1
+                    failures.append(f"{where}: {exc}")
                     self.order.note_failure(node)
-            if len(failures) < len(nodes):
-                failures.append(f"{len(nodes) - len(failures)} more not queried this time")
+            asked = len(failures)
+            if asked < len(nodes):
+                failures.append(f"{len(nodes) - asked} more not queried this time")
+            if asked == len(nodes):  # as for sentinels: the URL is to blame only when
+                if logins and len(logins) + len(strangers) == asked - unreachable:
+                    raise logins[0]  # every node that answered refused the login
+                if strangers and len(strangers) == asked:  # and none was merely away
+                    raise strangers[0]
             raise SlotNotServed(
                 f"no cluster node told who serves slot {self.slot} ({'; '.join(failures)})"
             )

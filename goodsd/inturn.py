@@ -17,10 +17,12 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
-# How long one lookup goes on asking further hosts, in seconds: room for one silent host (its
-# timeout is goodsd.redisconn.LOOKUP_TIMEOUT, 2 s) and the next, so that a single silent host
-# never fails a lookup. The host asked last may take its own timeouts beyond it.
-LOOKUP_BUDGET = 4.0
+# How long a host asked may take to connect, and then to answer, in seconds.
+LOOKUP_TIMEOUT = 2.0
+# How long one lookup goes on asking further hosts, in seconds: room for one silent host (one
+# timeout, when its name gives one address) and the next, so that a single silent host never
+# fails a lookup. The host asked last may take its own timeouts beyond it.
+LOOKUP_BUDGET = 2 * LOOKUP_TIMEOUT
 
 
 def within_budget(
@@ -36,24 +38,27 @@ def within_budget(
 
 
 class AskingOrder(Generic[T]):
-    """The order to ask hosts in: those not known to have failed first, in the order given,
-    then those that failed, the one that failed longest ago first. Hosts compare by equality.
-    Not thread-safe: its owner serialises lookups."""
+    """The order to ask hosts in: those not known to be silent first, in the order given, then
+    those that were, the one silent longest ago first. Only silence (a timeout, a refused or
+    broken connection) costs a lookup time: a host that answers anything, even "no primary",
+    is no reason to ask it later. Hosts compare by equality. Not thread-safe: its owner
+    serialises lookups."""
 
     def __init__(self) -> None:
-        self.failed: list[T] = []  # the oldest failure first
+        self.failed: list[T] = []  # the hosts that were silent, the oldest first
 
     def of(self, hosts: Sequence[T]) -> list[T]:
-        """``hosts`` in the order to ask them."""
-        return [h for h in hosts if h not in self.failed] + [h for h in self.failed if h in hosts]
+        """``hosts`` in the order to ask them (forgetting hosts no longer among them)."""
+        self.failed = [h for h in self.failed if h in hosts]
+        return [h for h in hosts if h not in self.failed] + self.failed
 
     def note_failure(self, host: T) -> None:
-        """``host`` failed to answer: ask it after the others."""
+        """``host`` did not answer: ask it after the others."""
         if host in self.failed:
             self.failed.remove(host)
         self.failed.append(host)
 
     def note_answer(self, host: T) -> None:
-        """``host`` answered: it is no longer known to fail."""
+        """``host`` answered: it is no longer known to be silent."""
         if host in self.failed:
             self.failed.remove(host)

@@ -24,7 +24,7 @@ from goodsd import redisurl
 from goodsd.backoff import backoff_delay
 from goodsd.clusterslot import NotACluster, SlotFollowed, slot_client
 from goodsd.config import PasswordFileError, RedisConfig, read_password_file
-from goodsd.inturn import LOOKUP_BUDGET
+from goodsd.inturn import LOOKUP_BUDGET, LOOKUP_TIMEOUT
 from goodsd.redisurl import Deployment
 from goodsd.replycode import PIPELINE_NOTE, reply_code
 from goodsd.scoreboard import REDIS_WAIT_SHIFT
@@ -39,8 +39,6 @@ T = TypeVar("T")
 CREDENTIAL_NAME = "redis-password"
 # The same for the password of Sentinel itself.
 SENTINEL_CREDENTIAL_NAME = "redis-sentinel-password"
-# How long a sentinel, or a cluster node queried for who serves a slot, may take to answer.
-LOOKUP_TIMEOUT = 2.0
 # Everything a Redis call can raise that may be Redis trouble; ``classify`` tells which it is.
 REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OSError)
 

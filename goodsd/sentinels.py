@@ -13,6 +13,7 @@ an outage.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +44,7 @@ class Sentinels(Sentinel):
         super().__init__(list(sentinels), **kwargs)
         self.budget = budget
         self.order: AskingOrder[redis.Redis] = AskingOrder()
+        self.lock = threading.Lock()  # one lookup at a time: they share the order
 
     def discover_master(self, service_name: str) -> tuple[str, int]:
         """The address of the primary the first sentinel that knows it names, asking sentinels
@@ -50,22 +52,27 @@ class Sentinels(Sentinel):
         (an outage: the sentinels asked are away, or have no primary by that name yet, or the
         budget ran out before every sentinel was asked), and, once every sentinel was asked,
         redis.AuthenticationError when every one that answered refused the login, NotASentinel
-        when none answered as a sentinel."""
+        when every one answered, none as a sentinel."""
+        with self.lock:
+            return self._discover(service_name)
+
+    def _discover(self, service_name: str) -> tuple[str, int]:
         failures: list[str] = []
         asked = refusals = strangers = unreachable = 0
         for sentinel in within_budget(self.order.of(self.sentinels), self.budget):
             where = "{host}:{port}".format_map(sentinel.connection_pool.connection_kwargs)
             asked += 1
-            self.order.note_failure(sentinel)  # until it names the primary
             try:
                 masters = sentinel.sentinel_masters()
             except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
                 refusals += 1
                 failures.append(f"{where}: {exc}")
+                self.order.note_answer(sentinel)
                 continue
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 unreachable += 1
                 failures.append(f"{where}: {exc}")
+                self.order.note_failure(sentinel)
                 continue
             except redis.ResponseError as exc:
                 if str(exc).startswith("NOPERM"):
@@ -73,10 +80,11 @@ class Sentinels(Sentinel):
                 else:  # "unknown command 'SENTINEL'": a data node, not a sentinel
                     strangers += 1
                 failures.append(f"{where}: {exc}")
+                self.order.note_answer(sentinel)
                 continue
+            self.order.note_answer(sentinel)
             state = masters.get(service_name)
             if state and self.check_master_state(state, service_name):
-                self.order.note_answer(sentinel)
                 return state["ip"], state["port"]
             failures.append(f"{where}: no primary named {service_name!r} that is up")
         unasked = len(self.sentinels) - asked
@@ -86,7 +94,7 @@ class Sentinels(Sentinel):
         answered = asked - unreachable
         if not unasked and refusals and refusals + strangers == answered:
             raise redis.AuthenticationError(f"sentinel refused goodsd's login ({detail})")
-        if not unasked and strangers and strangers == answered:
+        if not unasked and strangers and strangers == asked:  # and none was merely away
             raise NotASentinel(f"no host of the URL answered as a sentinel ({detail})")
         raise MasterNotFoundError(f"no primary {service_name!r} found ({detail})")
 

@@ -240,8 +240,7 @@ def test_a_silent_first_host_in_the_url_holds_up_neither_the_daemon_nor_a_comman
     config = write_config(
         tmp_path, url, consumers={"handler": "sample_handlers:record_to_file_unless_bad"}
     )
-    # When goodsd starts, then it gets ready (a lookup that ran out of time asks the live node
-    # first the next time)
+    # When goodsd starts, then it gets ready (the silent one costs a lookup 2 s of its 4)
     daemon = start_daemon(config, notify=notify, env={"TEST_OUT": str(out)})
     notify.wait("READY", "1", timeout=30)
     # And a one-shot command, which has no next time, asks every host: push and status work

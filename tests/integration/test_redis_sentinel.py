@@ -113,8 +113,7 @@ def test_a_silent_first_sentinel_holds_up_neither_the_daemon_nor_a_command(
     config = write_config(
         tmp_path, url, consumers={"handler": "sample_handlers:paced_record_to_file"}
     )
-    # When goodsd starts, then it gets ready (a lookup that ran out of time asks the others
-    # first the next time)
+    # When goodsd starts, then it gets ready (the silent one costs a lookup 2 s of its 4)
     daemon = start_daemon(config, notify=notify, env={"TEST_OUT": str(out)})
     notify.wait("READY", "1", timeout=30)
     # And a one-shot command, which has no next time, asks every sentinel: push and status work

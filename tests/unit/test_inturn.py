@@ -11,7 +11,7 @@ import pytest
 import redis
 from redis.sentinel import MasterNotFoundError
 
-from goodsd.clusterslot import SlotNotServed, SlotOwner
+from goodsd.clusterslot import NotACluster, SlotNotServed, SlotOwner
 from goodsd.inturn import AskingOrder, within_budget
 from goodsd.sentinels import NotASentinel, Sentinels
 
@@ -112,19 +112,34 @@ def test_a_sentinel_that_answers_after_one_that_refuses_is_found():
 
 def test_a_refusal_or_a_data_node_is_fatal_only_once_every_sentinel_was_asked():
     # Given a lookup whose budget runs out after the first host: a refusal or a data node
-    # there is an outage (the next may answer), and the next lookup asks the other first
+    # there is an outage (the next may answer)
     for first in (REFUSES, DATA_NODE):
-        group = sentinels(0.0, first, GOOD)
         with pytest.raises(MasterNotFoundError, match="1 more not asked this time"):
-            group.discover_master("goods")
-        assert group.discover_master("goods") == ("10.0.0.9", 6379)
-    # When every sentinel was asked, then it is the URL's fault
+            sentinels(0.0, first, GOOD).discover_master("goods")
+    # When every sentinel was asked, then refusals by all that answered are the login's fault,
+    # and data nodes the URL's, unless a host was only away (it may be the sentinel)
     with pytest.raises(redis.AuthenticationError):
         sentinels(math.inf, REFUSES, REFUSES, SILENT).discover_master("goods")
     with pytest.raises(NotASentinel):
-        sentinels(math.inf, DATA_NODE, SILENT).discover_master("goods")
+        sentinels(math.inf, DATA_NODE, DATA_NODE).discover_master("goods")
+    for hosts in ((DATA_NODE, SILENT), (SILENT, SILENT)):
+        with pytest.raises(MasterNotFoundError):
+            sentinels(math.inf, *hosts).discover_master("goods")
+
+
+def test_sentinels_that_answer_no_primary_in_a_failover_stay_ahead_of_silent_ones():
+    # Given two sentinels known to be silent, and a live one that knows no primary for now
+    group = sentinels(math.inf, SILENT, SILENT, {})
+    silent_1, silent_2, live = group.sentinels
+    group.order.note_failure(silent_1)
+    group.order.note_failure(silent_2)
+    # When a lookup asks them all and finds no primary
     with pytest.raises(MasterNotFoundError):
-        sentinels(math.inf, SILENT, SILENT).discover_master("goods")
+        group.discover_master("goods")
+    # Then the live one is still asked first next time, and names the primary once it has one
+    assert group.order.of(group.sentinels)[0] is live
+    live.sentinel_masters = lambda: GOOD
+    assert group.discover_master("goods") == ("10.0.0.9", 6379)
 
 
 def test_a_sentinel_that_failed_is_asked_last_the_next_time():
@@ -164,3 +179,22 @@ def test_cluster_nodes_learnt_before_are_queried_when_the_url_s_node_is_silent()
     # Then the next lookup queries a primary learnt before, and finds the slot's node
     assert owner.find() == known[1]
     assert asked == [seed, known[0]]
+
+
+def test_a_node_that_is_no_cluster_node_is_fatal_only_when_every_node_answered():
+    # Given a URL naming a node that is away and a server that is no cluster node
+    stranger = NotACluster("10.0.0.2:6379 is not a cluster node: use a redis:// URL")
+    answers = {("10.0.0.1", 7000): redis.TimeoutError("Timeout"), ("10.0.0.2", 6379): stranger}
+
+    def query(node: tuple[str, int]) -> tuple[str, int]:
+        raise answers[node]
+
+    owner = SlotOwner(list(answers), 42, {}, budget=math.inf)
+    owner._query = query  # type: ignore[method-assign]
+    # Then it is an outage while the node is away (it may be the cluster), and the URL's
+    # fault once every node answered
+    with pytest.raises(SlotNotServed):
+        owner.find()
+    answers[("10.0.0.1", 7000)] = stranger
+    with pytest.raises(NotACluster):
+        owner.find()
