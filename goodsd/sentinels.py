@@ -35,8 +35,8 @@ class NotASentinel(redis.RedisError):
 
 class Sentinels(Sentinel):
     """The sentinels of one URL. ``budget``: seconds one lookup goes on asking further
-    sentinels (goodsd.inturn; ``math.inf`` asks every one). One client's connections look up
-    one at a time (goodsd's processes use a client from one thread)."""
+    sentinels (goodsd.inturn; ``math.inf`` asks every one). Lookups by the connections of
+    one client take turns: they share the asking order."""
 
     def __init__(
         self, sentinels: Sequence[tuple[str, int]], *, budget: float, **kwargs: Any
@@ -48,7 +48,7 @@ class Sentinels(Sentinel):
 
     def discover_master(self, service_name: str) -> tuple[str, int]:
         """The address of the primary the first sentinel that knows it names, asking sentinels
-        in turn within the budget, those that failed before last. Raises MasterNotFoundError
+        in turn within the budget, those that were silent before last. Raises MasterNotFoundError
         (an outage: the sentinels asked are away, or have no primary by that name yet, or the
         budget ran out before every sentinel was asked), and, once every sentinel was asked,
         redis.AuthenticationError when every one that answered refused the login, NotASentinel
