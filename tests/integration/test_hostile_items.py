@@ -10,6 +10,7 @@ import random
 import threading
 
 import pytest
+import redis
 from support import wait_for
 
 from goodsd.store import (
@@ -166,16 +167,27 @@ def test_a_claim_of_due_retries_and_ready_items_tags_each_at_its_place(r):
     ]
 
 
+def blocked_in_blmove(watcher: redis.Redis, client_id: int) -> bool:
+    """Whether the connection ``client_id`` is blocked in BLMOVE now. (Only that connection:
+    another one whose last command was a BLMOVE, say one an earlier test left open on the
+    session's server, is not the consumer under test.)"""
+    return any(
+        c["id"] == str(client_id) and c["cmd"] == "blmove" and "b" in c["flags"]
+        for c in watcher.client_list()
+    )
+
+
 def test_a_blocking_claim_judges_its_first_item_too(r, redis_server):
     # Given an idle consumer blocked on an empty queue
     queue = RedisConsumerStore(r, "q")
     queue.register("c1", Registration(host="h", pid=1), 30)
     forged = TAG_MARK + FORGED_TAG + b":payload"
+    consumer_connection = r.client_id()  # (r's one connection: the claim below uses it too)
 
     def push_once_blocked() -> None:
         pusher = redis_server.client()
         wait_for(
-            lambda: any(c["cmd"] == "blmove" for c in pusher.client_list()),
+            lambda: blocked_in_blmove(pusher, consumer_connection),
             5,
             "the consumer blocked in BLMOVE",
         )
@@ -201,10 +213,11 @@ def test_a_retry_that_falls_due_during_a_blocking_claim_is_delivered_whole(r, re
     other.register("c2", Registration(host="h", pid=2), 30)
     r.lpush("q", b"a")
     [first] = other.claim("c2", 1, 30, 0)
+    consumer_connection = r.client_id()  # (r's one connection: c1's claim below uses it too)
 
     def fail_then_push_when_due() -> None:
         pusher = other.client
-        wait_for(lambda: any(c["cmd"] == "blmove" for c in pusher.client_list()), 5, "c1 blocked")
+        wait_for(lambda: blocked_in_blmove(pusher, consumer_connection), 5, "c1 blocked")
         other.settle("c2", Settlement("s1", failed=(Failure(first, "boom"),)), RetryPolicy(3, 0.3))
         wait_for(
             lambda: pusher.zrangebyscore("goodsd:{q}:retry", "-inf", pusher.time()[0] * 1000),
