@@ -230,12 +230,12 @@ def test_a_slot_migrated_while_items_flow_loses_nothing_and_restarts_nobody(
     assert daemon.stop() == 0
 
 
-@pytest.mark.parametrize("silent", [1, 3])
+@pytest.mark.parametrize("silent", [1, 2])
 def test_silent_first_hosts_in_the_url_hold_up_neither_the_daemon_nor_a_command(
     silent, fresh_cluster, silent_ports, tmp_path, start_daemon, notify
 ):
-    # Given a URL whose first hosts take connections and never answer (three of them take a
-    # daemon's lookup more than its 4 s), then a live node
+    # Given a URL whose first hosts take connections and never answer (two of them take a
+    # daemon's lookup its whole 4 s), then a live node
     hosts = [f"127.0.0.1:{port}" for port in silent_ports[:silent]]
     hosts.append(f"127.0.0.1:{fresh_cluster.nodes[0].tcp_port}")
     check_silent_hosts_first(
