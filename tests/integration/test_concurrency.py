@@ -14,6 +14,7 @@ import signal
 import pytest
 from ops_cli import goodsd
 from support import wait_for
+from test_command_handler import dead_records
 
 # handler kind -> consumers settings (async ones get their client from an async setup)
 THREADS = {"handler": "sample_handlers:shuffled_record"}
@@ -54,8 +55,11 @@ def handled(r) -> list[str]:
     return [b.decode() for b in r.lrange("test:handled", 0, -1)]
 
 
-def dead_records(r) -> list[dict[str, object]]:
-    return [json.loads(raw) for raw in r.lrange("goodsd:{q}:dead", 0, -1)]
+def the_dead_record(r, timeout: float, what: str) -> dict[str, object]:
+    """The one dead record, once there is one (``what`` names it in a timeout's message)."""
+    wait_for(lambda: r.llen("goodsd:{q}:dead") == 1, timeout, what)
+    [record] = dead_records(r)
+    return record
 
 
 def nothing_held(r) -> bool:
@@ -189,8 +193,7 @@ def test_an_item_that_kills_its_worker_among_others_ends_dead_alone(
     r.lpush("q", "poison", *good)
     # Then it ends in the dead list after retries + 1 = 2 attempts, each blamed on a death it
     # caused running alone (the deaths beside others blamed nobody)
-    wait_for(lambda: r.llen("goodsd:{q}:dead") == 1, 60, "the poison item in the dead list")
-    [record] = dead_records(r)
+    record = the_dead_record(r, 60, "the poison item in the dead list")
     assert record["item"] == "poison" and record["attempts"] == 2
     assert record["error"] == "worker killed by SIGKILL while running this item"
     # And every good item is handled (at least once: a death redoes what ran beside it), none
@@ -255,8 +258,7 @@ def test_an_item_past_its_timeout_is_cut_alone(kind, r, make_config, start_daemo
     r.lpush("q", "hang", *items)
     # Then the hung one is cut at the timeout and dead after its one attempt, the process
     # is not killed, and every other item is done, without an attempt counted
-    wait_for(lambda: r.llen("goodsd:{q}:dead") == 1, 15, "the hung item dead")
-    [record] = dead_records(r)
+    record = the_dead_record(r, 15, "the hung item dead")
     assert record["item"] == "hang" and record["attempts"] == 1
     assert "timed out after 1s" in str(record["error"])
     wait_for(lambda: int(r.hget("goodsd:{q}:stats", "done") or 0) == len(items), 10, "all done")
@@ -284,8 +286,7 @@ def test_a_sync_item_past_its_timeout_blames_it_alone(r, make_config, start_daem
     # be stopped); only the hung item counts an attempt (dead, with no retries), and the
     # items running beside it are given back and done by the replacement
     daemon.wait_log(r"killing consumer 0 \(pid \d+\): item running for")
-    wait_for(lambda: r.llen("goodsd:{q}:dead") == 1, 10, "the hung item dead")
-    [record] = dead_records(r)
+    record = the_dead_record(r, 10, "the hung item dead")
     assert record["item"] == "hang" and record["attempts"] == 1
     wait_for(lambda: len(set(handled(r))) == len(items), 30, "every other item handled")
     assert r.llen("goodsd:{q}:dead") == 1
@@ -402,8 +403,7 @@ def test_a_loop_blocked_past_the_timeout_fails_its_blocker_alone(
     # Then once they are past their timeout the worker gives up on its loop: the blocker is
     # dead after one attempt, the others go back unblamed and a replacement does them; the
     # master kills nobody
-    wait_for(lambda: r.llen("goodsd:{q}:dead") == 1, 10, "the blocker dead")
-    [record] = dead_records(r)
+    record = the_dead_record(r, 10, "the blocker dead")
     assert record["item"] == "block" and record["attempts"] == 1
     assert str(record["error"]).startswith("ItemTimeout: blocked the event loop for ")
     wait_for(lambda: sorted(handled(r)) == ["good1", "good2"], 10, "the others handled")
